@@ -1,0 +1,84 @@
+"""Alembic environment: async (asyncpg), URL from the app's settings, one run at a time.
+
+Two ways in:
+- the `alembic` command (the `migrate` service, `make migrate`): connects with the
+  URL from DATABASE_URL;
+- programmatically with a connection in `config.attributes["connection"]` (the
+  tests), which runs on that connection instead of opening one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from logging.config import fileConfig
+
+from sqlalchemy import Connection, pool, text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from alembic import context
+from app.core.config import SettingsError, get_settings
+from app.core.db import Base
+from app.items import models as _items_models  # noqa: F401  # registers the items table
+
+config = context.config
+
+# Any two concurrent `alembic upgrade` runs queue on this lock instead of racing;
+# the second finds the work done. The number is arbitrary but must never change.
+MIGRATION_LOCK_KEY = 7_311_982_640_113
+
+if config.config_file_name is not None and config.attributes.get("configure_logger", True):
+    fileConfig(config.config_file_name)
+
+target_metadata = Base.metadata
+
+
+def run_migrations_offline() -> None:
+    """`alembic upgrade --sql`: print the SQL instead of running it."""
+    context.configure(
+        url=get_settings().sqlalchemy_url,
+        target_metadata=target_metadata,
+        literal_binds=True,
+        dialect_opts={"paramstyle": "named"},
+        compare_server_default=True,
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def do_run_migrations(connection: Connection) -> None:
+    context.configure(
+        connection=connection,
+        target_metadata=target_metadata,
+        compare_server_default=True,
+    )
+    with context.begin_transaction():
+        # Held until this transaction ends, and so released even if the run dies.
+        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+        context.run_migrations()
+
+
+async def run_async_migrations() -> None:
+    try:
+        url = get_settings().sqlalchemy_url
+    except SettingsError as exc:
+        raise SystemExit(str(exc)) from None
+    engine = create_async_engine(url, poolclass=pool.NullPool)
+    try:
+        async with engine.connect() as connection:
+            await connection.run_sync(do_run_migrations)
+    finally:
+        await engine.dispose()
+
+
+def run_migrations_online() -> None:
+    connection = config.attributes.get("connection")
+    if connection is not None:
+        do_run_migrations(connection)
+    else:
+        asyncio.run(run_async_migrations())
+
+
+if context.is_offline_mode():
+    run_migrations_offline()
+else:
+    run_migrations_online()

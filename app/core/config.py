@@ -1,0 +1,136 @@
+"""Application settings: the only place the environment is read.
+
+Values come from environment variables, then an optional `.env` file, then files
+in /run/secrets (Docker secrets), in that order of precedence. A missing or
+invalid value stops the process before it serves anything.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import (
+    Field,
+    PostgresDsn,
+    RedisDsn,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+SECRETS_DIR = Path("/run/secrets")
+
+# The placeholder shipped in .env.example: fine on a laptop, refused in production.
+EXAMPLE_SECRET_KEY = "change-me-to-a-long-random-string-of-at-least-32-chars"
+
+Environment = Literal["development", "test", "production"]
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+LogFormat = Literal["json", "console"]
+
+
+class SettingsError(RuntimeError):
+    """The configuration is invalid; the message names each bad setting, never its value."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        # Only read /run/secrets where it exists, so local runs do not warn about it.
+        secrets_dir=SECRETS_DIR if SECRETS_DIR.is_dir() else None,
+        extra="ignore",
+        frozen=True,
+    )
+
+    environment: Environment = "development"
+    database_url: PostgresDsn
+    redis_url: RedisDsn = RedisDsn("redis://localhost:6379/0")
+    secret_key: SecretStr = Field(min_length=32)
+    log_level: LogLevel = "INFO"
+    # None means "pick for the environment": json in production, console elsewhere.
+    log_format: LogFormat | None = None
+    cors_origins: Annotated[list[str], NoDecode] = []
+
+    db_pool_size: int = Field(default=5, ge=1)
+    db_max_overflow: int = Field(default=10, ge=0)
+    db_pool_timeout: float = Field(default=10.0, gt=0)
+    db_pool_recycle: int = Field(default=1800, ge=-1)
+    db_pool_pre_ping: bool = True
+
+    redis_socket_timeout: float = Field(default=0.5, gt=0)
+    redis_connect_timeout: float = Field(default=0.5, gt=0)
+
+    health_check_timeout: float = Field(default=1.0, gt=0)
+    item_cache_ttl_seconds: int = Field(default=300, ge=1)
+    # 0 requests disables the write rate limit.
+    rate_limit_writes: int = Field(default=60, ge=0)
+    rate_limit_window_seconds: int = Field(default=60, ge=1)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_log_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("database_url", mode="before")
+    @classmethod
+    def _use_asyncpg(cls, value: object) -> object:
+        """Accept the usual postgres:// and postgresql:// forms; the app always talks asyncpg."""
+        if isinstance(value, str):
+            for prefix in ("postgres://", "postgresql://", "postgresql+psycopg://"):
+                if value.startswith(prefix):
+                    return "postgresql+asyncpg://" + value.removeprefix(prefix)
+        return value
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [origin.strip() for origin in value.split(",") if origin.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _refuse_example_secret_in_production(self) -> Settings:
+        if (
+            self.environment == "production"
+            and self.secret_key.get_secret_value() == EXAMPLE_SECRET_KEY
+        ):
+            raise ValueError("SECRET_KEY is the example value from .env.example")
+        return self
+
+    @property
+    def effective_log_format(self) -> LogFormat:
+        if self.log_format is not None:
+            return self.log_format
+        return "json" if self.environment == "production" else "console"
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        return str(self.database_url)
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One line per bad setting, named as its environment variable, without its value."""
+    lines = []
+    for error in exc.errors(include_input=False, include_url=False):
+        name = "_".join(str(part) for part in error["loc"]).upper()
+        message = error["msg"].removeprefix("Value error, ")
+        lines.append(f"  {name}: {message}" if name else f"  {message}")
+    return "invalid configuration:\n" + "\n".join(lines)
+
+
+def load_settings() -> Settings:
+    """Read and validate the settings, raising SettingsError with a readable message."""
+    try:
+        return Settings()  # type: ignore[call-arg]  # required fields come from the environment
+    except ValidationError as exc:
+        raise SettingsError(describe_validation_error(exc)) from None
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return load_settings()
