@@ -48,9 +48,15 @@ def create_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSessi
     return async_sessionmaker(engine, expire_on_commit=False)
 
 
-async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
-    """One session per request: committed if the handler succeeds, rolled back otherwise."""
+def get_session_factory(request: Request) -> async_sessionmaker[AsyncSession]:
     session_factory: async_sessionmaker[AsyncSession] = request.state.session_factory
+    return session_factory
+
+
+async def get_session(
+    session_factory: Annotated[async_sessionmaker[AsyncSession], Depends(get_session_factory)],
+) -> AsyncIterator[AsyncSession]:
+    """One session per request: committed if the handler succeeds, rolled back otherwise."""
     async with session_factory() as session:
         try:
             yield session

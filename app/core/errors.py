@@ -6,6 +6,7 @@ FastAPI's own HTTP and validation errors, into `application/problem+json`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from http import HTTPStatus
 from typing import Any
 
@@ -23,15 +24,11 @@ class AppError(Exception):
     """Base for errors the client can act on; subclasses set the status and say what went wrong."""
 
     status_code: int = HTTPStatus.BAD_REQUEST
-    headers: dict[str, str] | None = None
+    headers: Mapping[str, str] | None = None
 
     def __init__(self, detail: str) -> None:
         super().__init__(detail)
         self.detail = detail
-
-
-class ServiceUnavailable(AppError):
-    status_code = HTTPStatus.SERVICE_UNAVAILABLE
 
 
 def problem_response(
@@ -39,7 +36,7 @@ def problem_response(
     status_code: int,
     detail: str | None = None,
     *,
-    headers: dict[str, str] | None = None,
+    headers: Mapping[str, str] | None = None,
     **extensions: Any,
 ) -> JSONResponse:
     """A problem+json response carrying the request id, in body and header."""
@@ -91,7 +88,9 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
 async def _unhandled_error(request: Request, exc: Exception) -> JSONResponse:
     # Starlette re-raises the exception after this response, and the server logs its
     # traceback (with the request id); the client never sees exception text.
-    return problem_response(request, HTTPStatus.INTERNAL_SERVER_ERROR, "An internal error occurred.")
+    return problem_response(
+        request, HTTPStatus.INTERNAL_SERVER_ERROR, "An internal error occurred."
+    )
 
 
 def register_exception_handlers(app: FastAPI) -> None:

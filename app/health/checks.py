@@ -32,18 +32,16 @@ async def ping_redis(redis: Redis) -> None:
     await redis.ping()
 
 
-async def run_check(
-    name: str, probe: Callable[[], Awaitable[None]], timeout: float
-) -> CheckResult:
+async def run_check(name: str, probe: Callable[[], Awaitable[None]], seconds: float) -> CheckResult:
     """Run one probe; a timeout or any error is a failed check, reported by kind only."""
     started = time.perf_counter()
     error: str | None = None
     try:
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(seconds):
             await probe()
     except TimeoutError:
-        error = f"timed out after {timeout} s"
-    except Exception as exc:  # noqa: BLE001  # any failure means "not ready", whatever its cause
+        error = f"timed out after {seconds} s"
+    except Exception as exc:  # any failure means "not ready", whatever its cause
         # The exception's type only: its text may carry hosts or credentials.
         error = type(exc).__name__
     latency_ms = round((time.perf_counter() - started) * 1000, 2)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response, status
 
@@ -16,7 +16,7 @@ from app.items.schemas import MAX_PAGE_SIZE, ItemCreate, ItemPage, ItemRead, Ite
 
 router = APIRouter(prefix="/items", tags=["items"])
 
-ERRORS = {
+ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"description": "No item has this id"},
     409: {"description": "Another item has this name"},
     429: {"description": "Too many write requests from this client"},

@@ -53,9 +53,7 @@ async def get_item(session: AsyncSession, item_id: uuid.UUID) -> Item:
     return item
 
 
-async def get_item_cached(
-    session: AsyncSession, cache: ItemCache, item_id: uuid.UUID
-) -> ItemRead:
+async def get_item_cached(session: AsyncSession, cache: ItemCache, item_id: uuid.UUID) -> ItemRead:
     """Cache-aside read: Redis first, then Postgres, filling the cache on the way back."""
     cached = await cache.get(item_id)
     if cached is not None:

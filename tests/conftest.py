@@ -1,0 +1,201 @@
+"""Test fixtures: a real Postgres and a real Redis, never mocks.
+
+The run gets a fresh database, migrated with Alembic. Each test runs inside a
+transaction that is rolled back afterwards (the app's own commits become
+savepoints), and the tests' Redis database is flushed after each test.
+
+Settings come from the environment, as in production (docker-compose.test.yml
+sets them for `make test`); the run's own database replaces the one named there.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from alembic.config import Config
+from asgi_lifespan import LifespanManager
+from fastapi import FastAPI
+from httpx import ASGITransport, AsyncClient
+from redis.asyncio import Redis
+from sqlalchemy import Connection, make_url, pool, text
+from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+
+from alembic import command
+from app.core.config import Settings, load_settings
+from app.core.db import create_engine, get_session_factory
+from app.core.redis import create_redis
+from app.main import create_app
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Ports on this machine where nothing listens: "the dependency is down".
+UNREACHABLE_POSTGRES = "postgresql://nobody:nothing@127.0.0.1:1/none"
+UNREACHABLE_REDIS = "redis://127.0.0.1:1/0"
+
+
+def alembic_config(connection: Connection | None = None) -> Config:
+    """Alembic's config for programmatic runs, on `connection` if one is given."""
+    config = Config(ROOT / "alembic.ini")
+    config.attributes["configure_logger"] = False  # keep the app's logging setup
+    if connection is not None:
+        config.attributes["connection"] = connection
+    return config
+
+
+def upgrade_to_head(connection: Connection) -> None:
+    command.upgrade(alembic_config(connection), "head")
+
+
+@pytest.fixture(scope="session")
+def base_settings() -> Settings:
+    return load_settings()
+
+
+@pytest.fixture(scope="session")
+async def admin_engine(base_settings: Settings) -> AsyncIterator[AsyncEngine]:
+    """On the server's maintenance database, to create and drop test databases."""
+    url = make_url(base_settings.sqlalchemy_url).set(database="postgres")
+    engine = create_async_engine(url, isolation_level="AUTOCOMMIT", poolclass=pool.NullPool)
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def make_database(admin_engine: AsyncEngine, base_settings: Settings) -> DatabaseMaker:
+    return DatabaseMaker(admin_engine, base_settings)
+
+
+class DatabaseMaker:
+    """Creates empty databases named test_<random> and drops them all at the end."""
+
+    def __init__(self, admin: AsyncEngine, settings: Settings) -> None:
+        self._admin = admin
+        self._settings = settings
+        self._names: list[str] = []
+
+    async def create(self) -> str:
+        """A new empty database; returns its URL."""
+        name = f"test_{uuid.uuid4().hex[:12]}"
+        async with self._admin.connect() as connection:
+            await connection.execute(text(f'CREATE DATABASE "{name}"'))
+        self._names.append(name)
+        url = make_url(self._settings.sqlalchemy_url).set(database=name)
+        return url.render_as_string(hide_password=False)
+
+    async def drop_all(self) -> None:
+        async with self._admin.connect() as connection:
+            for name in self._names:
+                await connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="session")
+async def settings(
+    make_database: DatabaseMaker, base_settings: Settings
+) -> AsyncIterator[Settings]:
+    """The run's settings, on a fresh database migrated to head with Alembic."""
+    url = await make_database.create()
+    engine = create_async_engine(url, poolclass=pool.NullPool)
+    async with engine.begin() as connection:
+        await connection.run_sync(upgrade_to_head)
+    await engine.dispose()
+    yield with_overrides(base_settings, database_url=url, environment="test")
+    await make_database.drop_all()
+
+
+def with_overrides(settings: Settings, **changes: object) -> Settings:
+    """A validated copy of `settings` with some values changed."""
+    values = settings.model_dump() | {"secret_key": settings.secret_key.get_secret_value()}
+    return Settings(_env_file=None, **(values | changes))
+
+
+@pytest.fixture(scope="session")
+async def engine(settings: Settings) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(settings)
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture
+async def connection(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """A connection in a transaction that is rolled back when the test ends."""
+    async with engine.connect() as connection:
+        transaction = await connection.begin()
+        yield connection
+        await transaction.rollback()
+
+
+@pytest.fixture
+def session_factory(connection: AsyncConnection) -> async_sessionmaker[AsyncSession]:
+    # The app's commits release a savepoint instead; the outer transaction is rolled back.
+    return async_sessionmaker(
+        connection, expire_on_commit=False, join_transaction_mode="create_savepoint"
+    )
+
+
+@pytest.fixture
+async def session(
+    session_factory: async_sessionmaker[AsyncSession],
+) -> AsyncIterator[AsyncSession]:
+    async with session_factory() as session:
+        yield session
+
+
+@pytest.fixture
+async def redis(settings: Settings) -> AsyncIterator[Redis]:
+    """The tests' Redis database, emptied after each test."""
+    client = create_redis(settings)
+    yield client
+    await client.flushdb()
+    await client.aclose()
+
+
+async def start_app(app: FastAPI) -> tuple[LifespanManager, AsyncClient]:
+    manager = LifespanManager(app)
+    await manager.__aenter__()
+    # raise_app_exceptions=False: see the 500 response, as a client would.
+    transport = ASGITransport(app=manager.app, raise_app_exceptions=False)
+    return manager, AsyncClient(transport=transport, base_url="http://testserver")
+
+
+@pytest.fixture
+async def make_client(
+    session_factory: async_sessionmaker[AsyncSession], redis: Redis
+) -> AsyncIterator[AppClientMaker]:
+    """Builds apps on given settings; each runs its real lifespan and shares the
+    test's transaction, so what one test writes is gone for the next."""
+    maker = AppClientMaker(session_factory)
+    yield maker
+    await maker.close_all()
+
+
+class AppClientMaker:
+    def __init__(self, session_factory: async_sessionmaker[AsyncSession]) -> None:
+        self._session_factory = session_factory
+        self._open: list[tuple[LifespanManager, AsyncClient]] = []
+
+    async def __call__(self, settings: Settings, app: FastAPI | None = None) -> AsyncClient:
+        app = app or create_app(settings)
+        app.dependency_overrides[get_session_factory] = lambda: self._session_factory
+        manager, client = await start_app(app)
+        self._open.append((manager, client))
+        return client
+
+    async def close_all(self) -> None:
+        for manager, client in reversed(self._open):
+            await client.aclose()
+            await manager.__aexit__(None, None, None)
+
+
+@pytest.fixture
+async def client(make_client: AppClientMaker, settings: Settings) -> AsyncClient:
+    """A client on the app as configured for the run."""
+    return await make_client(settings)

@@ -1,0 +1,158 @@
+"""Settings: good values are read and normalised; each bad one is refused by name."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from app.core.config import EXAMPLE_SECRET_KEY, Settings, SettingsError, load_settings
+
+SECRET = "a-perfectly-fine-secret-key-of-40-chars!"
+VALID = {
+    "DATABASE_URL": "postgresql://app:pw@db:5432/app",
+    "REDIS_URL": "redis://redis:6379/0",
+    "SECRET_KEY": SECRET,
+}
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyPatch:
+    """A clean environment holding only VALID, run from a folder without a .env file."""
+    for name in Settings.model_fields:
+        monkeypatch.delenv(name.upper(), raising=False)
+    for name, value in VALID.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.chdir(tmp_path)
+    return monkeypatch
+
+
+def test_defaults(env: pytest.MonkeyPatch) -> None:
+    settings = load_settings()
+    assert settings.environment == "development"
+    assert settings.log_level == "INFO"
+    assert settings.effective_log_format == "console"
+    assert settings.cors_origins == []
+    assert settings.db_pool_pre_ping is True
+
+
+@pytest.mark.parametrize(
+    "given",
+    [
+        "postgres://app:pw@db:5432/app",
+        "postgresql://app:pw@db:5432/app",
+        "postgresql+asyncpg://app:pw@db:5432/app",
+    ],
+)
+def test_database_url_always_uses_asyncpg(env: pytest.MonkeyPatch, given: str) -> None:
+    env.setenv("DATABASE_URL", given)
+    assert load_settings().sqlalchemy_url == "postgresql+asyncpg://app:pw@db:5432/app"
+
+
+def test_production_logs_json_by_default(env: pytest.MonkeyPatch) -> None:
+    env.setenv("ENVIRONMENT", "production")
+    assert load_settings().effective_log_format == "json"
+    env.setenv("LOG_FORMAT", "console")
+    assert load_settings().effective_log_format == "console"
+
+
+def test_log_level_is_case_insensitive(env: pytest.MonkeyPatch) -> None:
+    env.setenv("LOG_LEVEL", "debug")
+    assert load_settings().log_level == "DEBUG"
+
+
+def test_cors_origins_are_comma_separated(env: pytest.MonkeyPatch) -> None:
+    env.setenv("CORS_ORIGINS", "https://a.example, https://b.example,")
+    assert load_settings().cors_origins == ["https://a.example", "https://b.example"]
+
+
+def test_values_are_read_from_dotenv(env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    env.delenv("SECRET_KEY")
+    (tmp_path / ".env").write_text(f"SECRET_KEY={SECRET}\nLOG_LEVEL=WARNING\n")
+    settings = load_settings()
+    assert settings.secret_key.get_secret_value() == SECRET
+    assert settings.log_level == "WARNING"
+
+
+def test_secrets_are_read_from_files(env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Docker secrets: one file per setting, named after it, as in /run/secrets."""
+    env.delenv("SECRET_KEY")
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    (secrets / "secret_key").write_text(SECRET)
+    settings = Settings(_secrets_dir=secrets)
+    assert settings.secret_key.get_secret_value() == SECRET
+
+
+def test_secret_never_appears_in_repr(env: pytest.MonkeyPatch) -> None:
+    assert SECRET not in repr(load_settings())
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "reason"),
+    [
+        ("ENVIRONMENT", "staging", "'development', 'test' or 'production'"),
+        ("DATABASE_URL", "mysql://app:pw@db/app", "URL scheme should be"),
+        ("DATABASE_URL", "not a url", "DATABASE_URL"),
+        ("REDIS_URL", "http://redis:6379", "URL scheme should be"),
+        ("SECRET_KEY", "too-short", "String should have at least 32 characters"),
+        ("LOG_LEVEL", "LOUD", "'DEBUG'"),
+        ("LOG_FORMAT", "xml", "'json' or 'console'"),
+        ("DB_POOL_SIZE", "0", "greater than or equal to 1"),
+        ("DB_POOL_TIMEOUT", "soon", "valid number"),
+        ("DB_POOL_PRE_PING", "maybe", "valid boolean"),
+        ("REDIS_SOCKET_TIMEOUT", "-1", "greater than 0"),
+        ("RATE_LIMIT_WRITES", "-5", "greater than or equal to 0"),
+    ],
+)
+def test_bad_value_is_refused_by_name(
+    env: pytest.MonkeyPatch, name: str, value: str, reason: str
+) -> None:
+    env.setenv(name, value)
+    with pytest.raises(SettingsError) as refused:
+        load_settings()
+    message = str(refused.value)
+    assert f"  {name}: " in message
+    assert reason in message
+    assert value not in message.replace(f"{name}:", "")  # the value is never echoed
+
+
+@pytest.mark.parametrize("name", ["DATABASE_URL", "SECRET_KEY"])
+def test_missing_required_setting_is_named(env: pytest.MonkeyPatch, name: str) -> None:
+    env.delenv(name)
+    with pytest.raises(SettingsError, match=f"{name}: Field required"):
+        load_settings()
+
+
+def test_example_secret_is_refused_in_production(env: pytest.MonkeyPatch) -> None:
+    env.setenv("SECRET_KEY", EXAMPLE_SECRET_KEY)
+    assert load_settings().environment == "development"  # fine on a laptop
+    env.setenv("ENVIRONMENT", "production")
+    with pytest.raises(SettingsError) as refused:
+        load_settings()
+    assert "SECRET_KEY is the example value" in str(refused.value)
+    assert EXAMPLE_SECRET_KEY not in str(refused.value)
+
+
+def test_app_refuses_to_start_on_bad_settings_without_printing_secrets() -> None:
+    """The real entry point, in a fresh process: exit 1 with a message, no traceback."""
+    secret = "s3cret-but-only-12"
+    env = {**os.environ, **VALID, "SECRET_KEY": secret, "ENVIRONMENT": "staging"}
+    result = subprocess.run(
+        [sys.executable, "-c", "import app.main"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "invalid configuration" in result.stderr
+    assert "ENVIRONMENT:" in result.stderr
+    assert "SECRET_KEY: String should have at least 32 characters" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert secret not in result.stderr + result.stdout

@@ -1,0 +1,112 @@
+"""Liveness and readiness, with each dependency up, down, or hanging."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+from httpx import AsyncClient
+
+from app.core.config import Settings
+from tests.conftest import UNREACHABLE_POSTGRES, UNREACHABLE_REDIS, AppClientMaker, with_overrides
+
+
+@pytest.fixture
+async def silent_port() -> AsyncIterator[int]:
+    """A local port that accepts connections and never answers: a hung dependency."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def hold(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+
+    server = await asyncio.start_server(hold, "127.0.0.1", 0)
+    yield server.sockets[0].getsockname()[1]
+    for writer in held:
+        writer.close()
+    server.close()
+    await server.wait_closed()
+
+
+def checks(body: dict[str, object]) -> dict[str, dict[str, object]]:
+    raw = body["checks"]
+    assert isinstance(raw, dict)
+    return {name.split(":")[0]: entries[0] for name, entries in raw.items()}
+
+
+async def test_liveness_passes_without_touching_dependencies(
+    make_client: AppClientMaker, settings: Settings
+) -> None:
+    client = await make_client(
+        with_overrides(settings, database_url=UNREACHABLE_POSTGRES, redis_url=UNREACHABLE_REDIS)
+    )
+    response = await client.get("/health")
+    assert response.status_code == 200
+    assert response.json() == {"status": "pass"}
+    assert response.headers["content-type"] == "application/health+json"
+    assert response.headers["cache-control"] == "no-store"
+
+
+async def test_ready_passes_with_both_dependencies_up(client: AsyncClient) -> None:
+    response = await client.get("/health/ready")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["status"] == "pass"
+    for name, check in checks(body).items():
+        assert name in {"postgres", "redis"}
+        assert check["status"] == "pass"
+        assert check["observedUnit"] == "ms"
+        assert isinstance(check["observedValue"], float)
+    assert response.headers["content-type"] == "application/health+json"
+    assert response.headers["cache-control"] == "no-store"
+
+
+async def test_ready_fails_with_503_when_postgres_is_down(
+    make_client: AppClientMaker, settings: Settings
+) -> None:
+    client = await make_client(with_overrides(settings, database_url=UNREACHABLE_POSTGRES))
+    response = await client.get("/health/ready")
+    assert response.status_code == 503
+    body = response.json()
+    assert body["status"] == "fail"
+    assert checks(body)["postgres"]["status"] == "fail"
+    assert checks(body)["postgres"]["output"]  # says why, by kind of error
+    assert checks(body)["redis"]["status"] == "pass"
+    assert "nothing" not in response.text  # no credentials from the URL
+
+
+async def test_ready_warns_with_200_when_redis_is_down(
+    make_client: AppClientMaker, settings: Settings
+) -> None:
+    client = await make_client(with_overrides(settings, redis_url=UNREACHABLE_REDIS))
+    response = await client.get("/health/ready")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["status"] == "warn"
+    assert checks(body)["redis"]["status"] == "fail"
+    assert checks(body)["postgres"]["status"] == "pass"
+
+
+async def test_ready_times_out_a_hung_dependency_and_checks_concurrently(
+    make_client: AppClientMaker, settings: Settings, silent_port: int
+) -> None:
+    timeout = 0.3
+    client = await make_client(
+        with_overrides(
+            settings,
+            database_url=f"postgresql://x:y@127.0.0.1:{silent_port}/db",
+            redis_url=f"redis://127.0.0.1:{silent_port}/0",
+            redis_socket_timeout=5,
+            redis_connect_timeout=5,
+            health_check_timeout=timeout,
+        )
+    )
+    started = asyncio.get_running_loop().time()
+    response = await client.get("/health/ready")
+    elapsed = asyncio.get_running_loop().time() - started
+    assert response.status_code == 503
+    found = checks(response.json())
+    assert found["postgres"]["output"] == f"timed out after {timeout} s"
+    assert found["redis"]["output"] == f"timed out after {timeout} s"
+    # Both hung for the full timeout, yet the probe took one timeout, not two.
+    assert elapsed < 2 * timeout
