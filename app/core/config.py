@@ -38,23 +38,44 @@ class SettingsError(RuntimeError):
     """The configuration is invalid; the message names each bad setting, never its value."""
 
 
-class Settings(BaseSettings):
+class LoggingSettings(BaseSettings):
+    """The settings logging needs. Gunicorn's master reads these alone (gunicorn_conf.py),
+    so it can log in the app's format without holding the app's secrets."""
+
     model_config = SettingsConfigDict(
         env_file=".env",
         env_file_encoding="utf-8",
         # Only read /run/secrets where it exists, so local runs do not warn about it.
         secrets_dir=SECRETS_DIR if SECRETS_DIR.is_dir() else None,
+        # `LOG_FORMAT=` (as in .env.example) means "use the default", not "empty string".
+        env_ignore_empty=True,
         extra="ignore",
         frozen=True,
     )
 
     environment: Environment = "development"
-    database_url: PostgresDsn
-    redis_url: RedisDsn = RedisDsn("redis://localhost:6379/0")
-    secret_key: SecretStr
     log_level: LogLevel = "INFO"
     # None means "pick for the environment": json in production, console elsewhere.
     log_format: LogFormat | None = None
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_log_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @property
+    def effective_log_format(self) -> LogFormat:
+        if self.log_format is not None:
+            return self.log_format
+        return "json" if self.environment == "production" else "console"
+
+
+class Settings(LoggingSettings):
+    """Everything the app reads from its environment."""
+
+    database_url: PostgresDsn
+    redis_url: RedisDsn = RedisDsn("redis://localhost:6379/0")
+    secret_key: SecretStr
     cors_origins: Annotated[list[str], NoDecode] = []
 
     db_pool_size: int = Field(default=5, ge=1)
@@ -78,11 +99,6 @@ class Settings(BaseSettings):
         if len(value.get_secret_value()) < SECRET_KEY_MIN_LENGTH:
             raise ValueError(f"String should have at least {SECRET_KEY_MIN_LENGTH} characters")
         return value
-
-    @field_validator("log_level", mode="before")
-    @classmethod
-    def _upper_log_level(cls, value: object) -> object:
-        return value.upper() if isinstance(value, str) else value
 
     @field_validator("database_url", mode="before")
     @classmethod
@@ -109,12 +125,6 @@ class Settings(BaseSettings):
         ):
             raise ValueError("SECRET_KEY is the example value from .env.example")
         return self
-
-    @property
-    def effective_log_format(self) -> LogFormat:
-        if self.log_format is not None:
-            return self.log_format
-        return "json" if self.environment == "production" else "console"
 
     @property
     def sqlalchemy_url(self) -> str:

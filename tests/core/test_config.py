@@ -60,6 +60,14 @@ def test_production_logs_json_by_default(env: pytest.MonkeyPatch) -> None:
     assert load_settings().effective_log_format == "console"
 
 
+def test_empty_values_mean_unset(env: pytest.MonkeyPatch) -> None:
+    env.setenv("LOG_FORMAT", "")
+    env.setenv("CORS_ORIGINS", "")
+    settings = load_settings()
+    assert settings.log_format is None
+    assert settings.cors_origins == []
+
+
 def test_log_level_is_case_insensitive(env: pytest.MonkeyPatch) -> None:
     env.setenv("LOG_LEVEL", "debug")
     assert load_settings().log_level == "DEBUG"
