@@ -1,0 +1,176 @@
+#!/usr/bin/env bash
+# End-to-end checks of the production stack (`make e2e`): build the image, start
+# docker-compose.prod.yml with throw-away secrets as a project of its own, and
+# check it from the outside, through the proxy. Removes everything it made,
+# volumes included. On failure it prints the failing service's logs.
+#
+# Needs Docker with Compose v2, curl, and free ports E2E_HTTP_PORT/E2E_HTTPS_PORT.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export COMPOSE_PROJECT_NAME=${E2E_PROJECT:-fastapi-service-e2e}
+HTTP_PORT=${E2E_HTTP_PORT:-18080}
+BASE="http://localhost:${HTTP_PORT}"
+ENV_FILE=$(mktemp)
+COMPOSE=(docker compose -f docker-compose.prod.yml --env-file "$ENV_FILE")
+started=$SECONDS
+
+log() { printf 'e2e [%3ds] %s\n' $((SECONDS - started)) "$*"; }
+fail() {
+  local service=${2:-}
+  printf '\ne2e FAILED: %s\n' "$1" >&2
+  "${COMPOSE[@]}" ps -a >&2 || true
+  if [ -n "$service" ]; then
+    printf '\n--- logs of %s ---\n' "$service" >&2
+    "${COMPOSE[@]}" logs --no-color --tail=200 "$service" >&2 || true
+  else
+    "${COMPOSE[@]}" logs --no-color --tail=60 >&2 || true
+  fi
+  exit 1
+}
+cleanup() {
+  "${COMPOSE[@]}" down --volumes --remove-orphans --timeout 5 >/dev/null 2>&1 || true
+  rm -f "$ENV_FILE"
+}
+trap cleanup EXIT
+
+# Throw-away secrets, and a subnet apart from a real deployment's default.
+random() { head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n'; }
+cat >"$ENV_FILE" <<ENV
+DOMAIN=http://localhost
+POSTGRES_PASSWORD=$(random)
+SECRET_KEY=$(random)
+HTTP_PORT=${HTTP_PORT}
+HTTPS_PORT=${E2E_HTTPS_PORT:-18443}
+EDGE_SUBNET=${E2E_SUBNET:-172.30.251.0/24}
+PROXY_IP=${E2E_PROXY_IP:-172.30.251.10}
+API_IMAGE=fastapi-service:e2e
+ENV
+
+# request METHOD PATH [BODY]: sets STATUS, BODY, HEADERS (lower-cased names).
+request() {
+  local headers_file
+  headers_file=$(mktemp)
+  local args=(-sS -X "$1" -o /dev/stdout -D "$headers_file" -w '\n%{http_code}' --max-time 20)
+  [ $# -ge 3 ] && args+=(-H 'content-type: application/json' --data "$3")
+  local out
+  out=$(curl "${args[@]}" "$BASE$2") || fail "curl $1 $2 could not connect" proxy
+  STATUS=${out##*$'\n'}
+  BODY=${out%$'\n'*}
+  HEADERS=$(tr -d '\r' <"$headers_file" | tr '[:upper:]' '[:lower:]')
+  rm -f "$headers_file"
+}
+expect() { # expect STATUS "what" [service]
+  [ "$STATUS" = "$1" ] || fail "$2: expected $1, got $STATUS: $BODY" "${3:-api}"
+}
+contains() { # contains "needle" "what"
+  [[ "$BODY" == *"$1"* ]] || fail "$2: body lacks $1: $BODY" api
+}
+json_field() { # json_field NAME: a top-level string field of BODY
+  sed -nE "s/.*\"$1\":\"([^\"]*)\".*/\1/p" <<<"$BODY"
+}
+health_of() { docker inspect -f '{{.State.Health.Status}}' "$("${COMPOSE[@]}" ps -q "$1")"; }
+wait_healthy() { # wait_healthy SERVICE SECONDS
+  local deadline=$((SECONDS + $2))
+  until [ "$(health_of "$1")" = healthy ]; do
+    [ $SECONDS -lt $deadline ] || fail "$1 not healthy after $2 s" "$1"
+    sleep 0.2
+  done
+}
+
+log "building the image"
+"${COMPOSE[@]}" build --build-arg REVISION="$(git rev-parse HEAD 2>/dev/null || echo unknown)" api \
+  >/dev/null || fail "image build failed"
+
+log "starting the stack"
+"${COMPOSE[@]}" up --detach --wait --wait-timeout 120 >/dev/null 2>&1 || fail "stack did not become healthy"
+
+migrate_exit=$(docker inspect -f '{{.State.ExitCode}}' "$("${COMPOSE[@]}" ps -aq migrate)")
+[ "$migrate_exit" = 0 ] || fail "migrate exited with $migrate_exit" migrate
+log "migrate exited 0"
+
+request GET /health
+expect 200 "liveness"
+contains '"status":"pass"' "liveness"
+request GET /health/ready
+expect 200 "readiness"
+contains '"status":"pass"' "readiness"
+log "health and readiness pass through the proxy"
+
+request POST /api/v1/items '{"name":"e2e","description":"through the proxy"}'
+expect 201 "create item"
+item_id=$(json_field id)
+location=$(sed -nE 's/^location: (.*)$/\1/p' <<<"$HEADERS")
+[ "$location" = "$BASE/api/v1/items/$item_id" ] || fail "Location is '$location'" api
+request GET "/api/v1/items/$item_id"
+expect 200 "get item"
+request PATCH "/api/v1/items/$item_id" '{"description":"patched"}'
+expect 200 "patch item"
+contains '"description":"patched"' "patch item"
+request GET "/api/v1/items?limit=10"
+expect 200 "list items"
+contains "\"id\":\"$item_id\"" "list items"
+request POST /api/v1/items '{"name":"e2e"}'
+expect 409 "duplicate name"
+[[ "$HEADERS" == *"content-type: application/problem+json"* ]] || fail "409 is not problem+json" api
+request DELETE "/api/v1/items/$item_id"
+expect 204 "delete item"
+request GET "/api/v1/items/$item_id"
+expect 404 "deleted item"
+log "items API works through the proxy"
+
+api=$("${COMPOSE[@]}" ps -q api)
+[ "$(docker exec "$api" id -u)" = 10001 ] || fail "api runs as uid $(docker exec "$api" id -u)" api
+[ "$(docker inspect -f '{{.HostConfig.ReadonlyRootfs}}' "$api")" = true ] || fail "api root filesystem is writable" api
+if docker exec "$api" sh -c 'touch /app/written 2>/dev/null || touch /written 2>/dev/null'; then
+  fail "api could write to its root filesystem" api
+fi
+log "api runs as uid 10001 on a read-only root filesystem"
+
+# Only the proxy is trusted for X-Forwarded-*: the api logs the real client, not the proxy.
+proxy_ip=$(sed -nE 's/^PROXY_IP=(.*)$/\1/p' "$ENV_FILE")
+clients=$("${COMPOSE[@]}" logs --no-color api | grep '"path": "/api/v1/items"' |
+  sed -nE 's/.*"client": "([^"]*)".*/\1/p' | sort -u)
+[ -n "$clients" ] || fail "no access log line with a client address" api
+[[ "$clients" != *"$proxy_ip"* ]] || fail "api logged the proxy ($proxy_ip) as the client" api
+log "forwarded client address applied (client: $(head -1 <<<"$clients"), proxy: $proxy_ip)"
+
+"${COMPOSE[@]}" stop redis >/dev/null 2>&1
+request GET /health/ready
+expect 200 "readiness without redis"
+contains '"status":"warn"' "readiness without redis"
+request POST /api/v1/items '{"name":"no-redis"}'
+expect 201 "create item without redis"
+request GET "/api/v1/items/$(json_field id)"
+expect 200 "get item without redis"
+"${COMPOSE[@]}" start redis >/dev/null 2>&1
+wait_healthy redis 30
+request GET /health/ready
+contains '"status":"pass"' "readiness after redis is back"
+log "redis down: readiness warns, items still work; back: pass"
+
+# Graceful shutdown: a slow upload is in flight when the api gets SIGTERM.
+payload=$(printf '{"name":"in-flight","description":"%s"}' "$(head -c 6000 /dev/zero | tr '\0' x)")
+curl -sS -o /dev/null -w '%{http_code}' --max-time 60 --limit-rate 1500 \
+  -H 'content-type: application/json' --data "$payload" "$BASE/api/v1/items" >"$ENV_FILE.inflight" &
+upload=$!
+sleep 1.5
+kill -0 "$upload" 2>/dev/null || fail "the slow upload finished before the shutdown began" api
+stop_started=$SECONDS
+"${COMPOSE[@]}" stop api >/dev/null 2>&1
+wait "$upload" || true
+inflight=$(cat "$ENV_FILE.inflight")
+rm -f "$ENV_FILE.inflight"
+[ "$inflight" = 201 ] || fail "in-flight request got '$inflight' during shutdown" api
+api_exit=$(docker inspect -f '{{.State.ExitCode}}' "$api")
+[ "$api_exit" = 0 ] || fail "api exited with $api_exit after SIGTERM" api
+log "SIGTERM: in-flight request completed (201), api exited 0 in $((SECONDS - stop_started)) s"
+
+start_ns=$(date +%s%N)
+"${COMPOSE[@]}" start api >/dev/null 2>&1
+wait_healthy api 30
+log "api start to healthy: $(( ($(date +%s%N) - start_ns) / 1000000 )) ms"
+request GET "/api/v1/items?limit=1"
+expect 200 "items after restart"
+
+log "passed in $((SECONDS - started)) s"
