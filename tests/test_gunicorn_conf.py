@@ -1,0 +1,160 @@
+"""gunicorn_conf.py: how the environment maps to Gunicorn's settings."""
+
+from __future__ import annotations
+
+import json
+import os
+import runpy
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gunicorn_conf import available_cpus, cgroup_cpu_limit, default_workers
+
+ROOT = Path(__file__).resolve().parent.parent
+SERVER_VARIABLES = (
+    "HOST",
+    "PORT",
+    "WEB_CONCURRENCY",
+    "GUNICORN_TIMEOUT",
+    "GUNICORN_GRACEFUL_TIMEOUT",
+    "GUNICORN_KEEPALIVE",
+    "GUNICORN_MAX_REQUESTS",
+    "GUNICORN_MAX_REQUESTS_JITTER",
+    "FORWARDED_ALLOW_IPS",
+    "LOG_FORMAT",
+    "LOG_LEVEL",
+    "ENVIRONMENT",
+)
+
+
+def load_config(monkeypatch: pytest.MonkeyPatch, **env: str) -> dict[str, Any]:
+    """The module's globals as Gunicorn would read them, under `env`."""
+    for name in SERVER_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return runpy.run_path(str(ROOT / "gunicorn_conf.py"))
+
+
+def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    config = load_config(monkeypatch)
+    assert config["bind"] == "0.0.0.0:8000"
+    assert config["worker_class"] == "uvicorn_worker.UvicornWorker"
+    assert config["workers"] == default_workers(available_cpus())
+    assert (config["timeout"], config["graceful_timeout"], config["keepalive"]) == (30, 20, 65)
+    assert (config["max_requests"], config["max_requests_jitter"]) == (10_000, 1_000)
+    assert config["worker_tmp_dir"] == "/dev/shm"
+    assert config["forwarded_allow_ips"] == "127.0.0.1"
+    assert config["control_socket_disable"] is True
+    # Each worker imports the app itself, after the fork: no pool or client made
+    # in the master can be inherited.
+    assert config.get("preload_app", False) is False
+
+
+def test_environment_maps_to_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    config = load_config(
+        monkeypatch,
+        HOST="127.0.0.1",
+        PORT="9000",
+        WEB_CONCURRENCY="7",
+        GUNICORN_TIMEOUT="60",
+        GUNICORN_GRACEFUL_TIMEOUT="25",
+        GUNICORN_KEEPALIVE="10",
+        GUNICORN_MAX_REQUESTS="0",
+        GUNICORN_MAX_REQUESTS_JITTER="0",
+        FORWARDED_ALLOW_IPS="10.0.0.2",
+    )
+    assert config["bind"] == "127.0.0.1:9000"
+    assert config["workers"] == 7
+    assert (config["timeout"], config["graceful_timeout"], config["keepalive"]) == (60, 25, 10)
+    assert (config["max_requests"], config["max_requests_jitter"]) == (0, 0)
+    assert config["forwarded_allow_ips"] == "10.0.0.2"
+
+
+def test_zero_workers_means_derive_from_cpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_config(monkeypatch, WEB_CONCURRENCY="0")["workers"] >= 2
+
+
+def test_logs_use_the_apps_structured_format(monkeypatch: pytest.MonkeyPatch) -> None:
+    config = load_config(monkeypatch, ENVIRONMENT="production")
+    formatter = config["logconfig_dict"]["formatters"]["structured"]
+    assert "JSONRenderer" in repr(formatter["processors"])
+    assert config["logconfig_dict"]["loggers"]["gunicorn.error"]["propagate"] is True
+    assert config["errorlog"] == "-"
+
+
+def write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+@pytest.mark.parametrize(
+    ("cpu_max", "limit"),
+    [("max 100000\n", None), ("150000 100000\n", 1.5), ("400000 100000\n", 4.0)],
+)
+def test_cgroup_v2_quota(tmp_path: Path, cpu_max: str, limit: float | None) -> None:
+    write(tmp_path / "cpu.max", cpu_max)
+    assert cgroup_cpu_limit(tmp_path) == limit
+
+
+@pytest.mark.parametrize(("quota", "limit"), [("-1", None), ("50000", 0.5), ("300000", 3.0)])
+def test_cgroup_v1_quota(tmp_path: Path, quota: str, limit: float | None) -> None:
+    write(tmp_path / "cpu" / "cpu.cfs_quota_us", quota)
+    write(tmp_path / "cpu" / "cpu.cfs_period_us", "100000")
+    assert cgroup_cpu_limit(tmp_path) == limit
+
+
+def test_no_cgroup_files_means_no_limit(tmp_path: Path) -> None:
+    assert cgroup_cpu_limit(tmp_path) is None
+    assert available_cpus(tmp_path) == len(os.sched_getaffinity(0))
+
+
+def test_quota_caps_the_cpus_seen(tmp_path: Path) -> None:
+    write(tmp_path / "cpu.max", "50000 100000")
+    assert available_cpus(tmp_path) == 0.5
+
+
+@pytest.mark.parametrize(
+    ("cpus", "workers"), [(0.5, 2), (1, 2), (1.5, 2), (2, 2), (3.2, 4), (8, 8)]
+)
+def test_default_workers(cpus: float, workers: int) -> None:
+    assert default_workers(cpus) == workers
+
+
+def run_conf(**env: str) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if k not in SERVER_VARIABLES}
+    return subprocess.run(
+        [sys.executable, "gunicorn_conf.py"],
+        cwd=ROOT,
+        env=clean | env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def test_prints_the_effective_configuration() -> None:
+    result = run_conf(WEB_CONCURRENCY="3", PORT="8123")
+    assert result.returncode == 0, result.stderr
+    printed = json.loads(result.stdout)
+    assert printed["workers"] == 3
+    assert printed["bind"] == "0.0.0.0:8123"
+
+
+def test_master_refuses_to_start_on_bad_app_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    config = load_config(monkeypatch)
+    monkeypatch.setenv("SECRET_KEY", "short")
+    with pytest.raises(SystemExit) as stopped:
+        config["on_starting"](None)
+    assert "SECRET_KEY: String should have at least 32 characters" in str(stopped.value)
+
+
+def test_bad_value_is_refused_by_name() -> None:
+    result = run_conf(WEB_CONCURRENCY="many")
+    assert result.returncode == 1
+    assert "WEB_CONCURRENCY: Input should be a valid integer" in result.stderr
+    assert "Traceback" not in result.stderr
