@@ -12,6 +12,7 @@ DEV := docker compose -f docker-compose.yml
 TEST := docker compose -f docker-compose.test.yml
 PROD := docker compose -f docker-compose.prod.yml --env-file .env.prod
 API_PORT ?= 8000
+LINT := ruff check . && ruff format --check . && mypy && hadolint Dockerfile Dockerfile.dev
 
 .PHONY: help
 help: ## List the targets
@@ -58,8 +59,12 @@ test: ## Run the tests with coverage in a throw-away stack of their own
 	$(TEST) run --rm tests; status=$$?; $(TEST) down --volumes --remove-orphans >/dev/null 2>&1; exit $$status
 
 .PHONY: lint
-lint: ## Check lint, formatting and types (ruff, mypy --strict)
-	$(DEV) run --rm --no-deps --build api sh -c 'ruff check . && ruff format --check . && mypy'
+lint: ## Check lint, formatting, types and Dockerfiles (ruff, mypy --strict, hadolint)
+	$(DEV) run --rm --no-deps --build api sh -c '$(LINT)'
+
+.PHONY: pytest
+pytest: ## Run the tests with uv on this machine, against DATABASE_URL and REDIS_URL
+	uv run --frozen pytest --cov
 
 .PHONY: fmt
 fmt: ## Format the code and apply safe lint fixes
@@ -85,3 +90,7 @@ prod-logs: .env.prod ## Follow the production stack's logs
 .PHONY: e2e
 e2e: ## Build the image and check the production stack end to end
 	scripts/e2e.sh
+
+.PHONY: image-report
+image-report: ## Print the image's size over its base and its code-only rebuild time
+	scripts/image-report.sh
