@@ -182,9 +182,14 @@ class AppClientMaker:
         self._session_factory = session_factory
         self._open: list[tuple[LifespanManager, AsyncClient]] = []
 
-    async def __call__(self, settings: Settings, app: FastAPI | None = None) -> AsyncClient:
+    async def __call__(
+        self, settings: Settings, app: FastAPI | None = None, *, isolated: bool = True
+    ) -> AsyncClient:
+        """isolated=False: the app uses its own engine from `settings`, not the test's
+        transaction (for tests where that database is unreachable)."""
         app = app or create_app(settings)
-        app.dependency_overrides[get_session_factory] = lambda: self._session_factory
+        if isolated:
+            app.dependency_overrides[get_session_factory] = lambda: self._session_factory
         manager, client = await start_app(app)
         self._open.append((manager, client))
         return client

@@ -6,18 +6,37 @@ FastAPI's own HTTP and validation errors, into `application/problem+json`.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Mapping
 from http import HTTPStatus
 from typing import Any
 
+import structlog
 from fastapi import FastAPI, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.core.request_id import REQUEST_ID_HEADER, current_request_id
 
 PROBLEM_JSON = "application/problem+json"
+
+# What a request sees when Postgres is down or unreachable: refused or reset
+# connections, DNS failures, timeouts, and SQLAlchemy's wrappers of them (pool
+# exhausted, connection lost mid-query). Redis errors never get here: Redis is
+# optional and its callers fall back.
+DATABASE_UNAVAILABLE: tuple[type[Exception], ...] = (
+    ConnectionError,
+    socket.gaierror,
+    TimeoutError,
+    sa_exc.OperationalError,
+    sa_exc.InterfaceError,
+    sa_exc.TimeoutError,
+)
+RETRY_UNAVAILABLE_AFTER_SECONDS = 5
+
+logger = structlog.get_logger(__name__)
 
 
 class AppError(Exception):
@@ -85,6 +104,16 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    logger.warning("database unavailable", error=type(exc).__name__)
+    return problem_response(
+        request,
+        status.HTTP_503_SERVICE_UNAVAILABLE,
+        "The database is unavailable; try again shortly.",
+        headers={"Retry-After": str(RETRY_UNAVAILABLE_AFTER_SECONDS)},
+    )
+
+
 async def _unhandled_error(request: Request, exc: Exception) -> JSONResponse:
     # Starlette re-raises the exception after this response, and the server logs its
     # traceback (with the request id); the client never sees exception text.
@@ -97,4 +126,6 @@ def register_exception_handlers(app: FastAPI) -> None:
     app.add_exception_handler(AppError, _app_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    for exc_class in DATABASE_UNAVAILABLE:
+        app.add_exception_handler(exc_class, _database_unavailable)
     app.add_exception_handler(Exception, _unhandled_error)

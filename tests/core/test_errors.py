@@ -8,7 +8,7 @@ from httpx import AsyncClient
 
 from app.core.config import Settings
 from app.main import create_app
-from tests.conftest import AppClientMaker
+from tests.conftest import UNREACHABLE_POSTGRES, AppClientMaker, with_overrides
 
 PROBLEM_FIELDS = {"type", "title", "status", "instance", "request_id", "detail"}
 
@@ -76,3 +76,21 @@ async def test_unhandled_error_is_500_without_exception_text(
     assert response.json()["detail"] == "An internal error occurred."
     assert "swordfish" not in response.text
     assert "RuntimeError" not in response.text
+
+
+async def test_postgres_down_is_503_problem_with_retry_after(
+    make_client: AppClientMaker, settings: Settings
+) -> None:
+    client = await make_client(
+        with_overrides(settings, database_url=UNREACHABLE_POSTGRES), isolated=False
+    )
+    for method, path, json in [
+        ("GET", "/api/v1/items", None),
+        ("GET", "/api/v1/items/00000000-0000-0000-0000-000000000000", None),
+        ("POST", "/api/v1/items", {"name": "lost"}),
+    ]:
+        response = await client.request(method, path, json=json)
+        assert response.status_code == 503, (method, path, response.text)
+        assert_problem(503, response.json(), dict(response.headers))
+        assert response.headers["retry-after"] == "5"
+        assert "nobody" not in response.text  # nothing from the URL or the exception
