@@ -82,6 +82,18 @@ log "building the image"
 "${COMPOSE[@]}" build --build-arg REVISION="$(git rev-parse HEAD 2>/dev/null || echo unknown)" api \
   >/dev/null || fail "image build failed"
 
+image=fastapi-service:e2e
+revision=$(docker image inspect -f '{{index .Config.Labels "org.opencontainers.image.revision"}}' "$image")
+[ "$revision" = "$(git rev-parse HEAD 2>/dev/null || echo unknown)" ] || fail "revision label is '$revision'"
+docker run --rm --entrypoint sh "$image" -c '
+  for path in /app/tests /app/.git /app/.env /app/pyproject.toml; do
+    [ ! -e "$path" ] || { echo "image contains $path"; exit 1; }
+  done
+  for tool in uv gcc cc; do
+    ! command -v "$tool" >/dev/null || { echo "image contains $tool"; exit 1; }
+  done' || fail "the runtime image holds more than the app"
+log "image: app code only (no tests, .git, .env, uv or compiler), revision label $revision"
+
 log "starting the stack"
 "${COMPOSE[@]}" up --detach --wait --wait-timeout 120 >/dev/null 2>&1 || fail "stack did not become healthy"
 
