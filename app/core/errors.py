@@ -71,6 +71,8 @@ def problem_response(
     if detail:
         body["detail"] = detail
     body.update(extensions)
+    # The middleware adds the header to what passes through it; a 500 is sent by
+    # Starlette's outermost middleware, outside it, so the header is set here too.
     all_headers = {REQUEST_ID_HEADER: request_id, **(headers or {})} if request_id else headers
     return JSONResponse(body, status_code=status_code, headers=all_headers, media_type=PROBLEM_JSON)
 
