@@ -22,11 +22,11 @@ from app.core.request_id import REQUEST_ID_HEADER, current_request_id
 
 PROBLEM_JSON = "application/problem+json"
 
-# What a request sees when Postgres is down or unreachable: refused or reset
-# connections, DNS failures, timeouts, and SQLAlchemy's wrappers of them (pool
-# exhausted, connection lost mid-query). Redis errors never get here: Redis is
-# optional and its callers fall back.
-DATABASE_UNAVAILABLE: tuple[type[Exception], ...] = (
+# What a request sees when a dependency it needs (today, Postgres) is down or
+# unreachable: refused or reset connections, DNS failures, timeouts, and
+# SQLAlchemy's wrappers of them (pool exhausted, connection lost mid-query).
+# Redis errors never get here: Redis is optional and its callers fall back.
+DEPENDENCY_UNAVAILABLE: tuple[type[Exception], ...] = (
     ConnectionError,
     socket.gaierror,
     TimeoutError,
@@ -106,12 +106,12 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
-async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
-    logger.warning("database unavailable", error=type(exc).__name__)
+async def _dependency_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    logger.warning("dependency unavailable", error=type(exc).__name__)
     return problem_response(
         request,
         status.HTTP_503_SERVICE_UNAVAILABLE,
-        "The database is unavailable; try again shortly.",
+        "A service this request needs is unavailable; try again shortly.",
         headers={"Retry-After": str(RETRY_UNAVAILABLE_AFTER_SECONDS)},
     )
 
@@ -128,6 +128,6 @@ def register_exception_handlers(app: FastAPI) -> None:
     app.add_exception_handler(AppError, _app_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
-    for exc_class in DATABASE_UNAVAILABLE:
-        app.add_exception_handler(exc_class, _database_unavailable)
+    for exc_class in DEPENDENCY_UNAVAILABLE:
+        app.add_exception_handler(exc_class, _dependency_unavailable)
     app.add_exception_handler(Exception, _unhandled_error)
