@@ -10,7 +10,6 @@ export HOST_GID := $(shell id -g)
 
 DEV := docker compose -f docker-compose.yml
 TEST := docker compose -f docker-compose.test.yml
-PROD := docker compose -f docker-compose.prod.yml --env-file .env.prod
 API_PORT ?= 8000
 LINT := ruff check . && ruff format --check . && mypy && hadolint Dockerfile Dockerfile.dev
 
@@ -70,27 +69,5 @@ pytest: ## Run the tests with uv on this machine, against DATABASE_URL and REDIS
 fmt: ## Format the code and apply safe lint fixes
 	$(DEV) run --rm --no-deps --build api sh -c 'ruff format . && ruff check --fix .'
 
-##@ Production
-.PHONY: prod-up
-prod-up: .env.prod ## Build and start the production stack (docker-compose.prod.yml, .env.prod)
-	$(PROD) up --build --detach --wait
-
-.PHONY: prod-down
-prod-down: .env.prod ## Stop the production stack (keeps its volumes)
-	$(PROD) down
-
-.PHONY: prod-logs
-prod-logs: .env.prod ## Follow the production stack's logs
-	$(PROD) logs --follow --tail=100
-
-.env.prod:
-	@echo "No .env.prod: cp .env.prod.example .env.prod and fill in DOMAIN, POSTGRES_PASSWORD and SECRET_KEY." >&2
-	@exit 1
-
-.PHONY: e2e
-e2e: ## Build the image and check the production stack end to end
-	scripts/e2e.sh
-
-.PHONY: image-report
-image-report: ## Print the image's size over its base and its code-only rebuild time
-	scripts/image-report.sh
+# Each area keeps its targets in mk/<area>.mk (production, chaos, bench, fuzz, orchestrators).
+include $(sort $(wildcard mk/*.mk))
