@@ -1,0 +1,24 @@
+-- POST /api/v1/items with a name no other request of this run uses (names are unique).
+-- Usage: wrk ... -s create.lua URL -- <run-prefix>
+-- Each wrk thread has its own Lua state: setup() numbers them from the main state,
+-- thread:set() makes that number a global in the thread's state.
+local threads = 0
+local counter = 0
+local prefix = "bench"
+
+function setup(thread)
+  threads = threads + 1
+  thread:set("thread_number", threads)
+end
+
+function init(args)
+  prefix = args[1] or prefix
+  wrk.method = "POST"
+  wrk.headers["Content-Type"] = "application/json"
+end
+
+function request()
+  counter = counter + 1
+  local body = string.format('{"name":"%s-%d-%d"}', prefix, thread_number, counter)
+  return wrk.format(nil, nil, nil, body)
+end

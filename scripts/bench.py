@@ -1,0 +1,545 @@
+#!/usr/bin/env python3
+"""Throughput of the production image, measured side by side in one run (`make bench`).
+
+    scripts/bench.py                       # build, measure, print the table, check the bars
+    scripts/bench.py compare A.json B.json # two runs side by side (e.g. before and after)
+    scripts/bench.py profile [health|item] # py-spy flame graph of the app under load
+
+Every server runs the production image with the same environment, 2 workers and the
+same CPU limit (bench/compose.yml); wrk loads one at a time from a container on the
+same network. Rows are interleaved round by round, so a noisy neighbour slows all of
+them alike, and each row keeps its best round. The bars are ratios between rows, which
+hold from one machine to another; absolute figures do not.
+
+Settings (environment): BENCH_SHORT=1 (a few seconds a row, for CI), BENCH_STRICT=0
+(report missed bars without failing), BENCH_ROUNDS, BENCH_SECONDS, BENCH_WARMUP_SECONDS,
+BENCH_CPUS (each server's CPU limit, default 2), BENCH_IMAGE (measure an image built
+elsewhere; skips the build), BENCH_KEEP=1 (leave the stack running), GUNICORN_MAX_REQUESTS
+and LOG_LEVEL (passed to every server). Standard library only: runs on the host's python3.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+RESULTS = BENCH / "results"
+COMPOSE = ["docker", "compose", "-f", str(BENCH / "compose.yml")]
+IMAGE = "fastapi-service:bench"
+PY_SPY_IMAGE = "fsbench-py-spy:local"
+THREADS, CONNECTIONS = 2, 64
+
+
+def env_int(name: str, default: int) -> int:
+    return int(os.environ.get(name) or default)
+
+
+SHORT = os.environ.get("BENCH_SHORT") == "1"
+STRICT = os.environ.get("BENCH_STRICT", "1") != "0"
+ROUNDS = env_int("BENCH_ROUNDS", 2 if SHORT else 3)
+SECONDS = env_int("BENCH_SECONDS", 3 if SHORT else 10)
+WARMUP_SECONDS = env_int("BENCH_WARMUP_SECONDS", 2 if SHORT else 5)
+SEED_ITEMS = env_int("BENCH_SEED_ITEMS", 1000)
+
+
+@dataclass(frozen=True)
+class Row:
+    key: str
+    label: str
+    server: str  # the compose service that answers
+    path: str  # {id} is replaced by a seeded item's id
+    script: str | None = None  # a wrk Lua script in bench/
+
+
+@dataclass(frozen=True)
+class Bar:
+    label: str
+    row: str
+    reference: str
+    at_least: float  # row's requests/s over the reference's
+
+
+# Reads first, the create last: it grows the table the page row counts.
+ROWS = (
+    Row("bare", "bare ASGI app, Gunicorn", "bare", "/health"),
+    Row("health", "GET /health, Gunicorn", "gunicorn", "/health"),
+    Row("uvicorn", "GET /health, uvicorn --workers 2", "uvicorn", "/health"),
+    Row("item", "GET /api/v1/items/{id}, cached", "gunicorn", "/api/v1/items/{id}"),
+    Row("page", "GET /api/v1/items?limit=20", "gunicorn", "/api/v1/items?limit=20"),
+    # Runs only when bench/metrics.env exists (the settings that turn metrics on).
+    Row("metrics", "GET /health, metrics on", "metrics", "/health"),
+    Row("create", "POST /api/v1/items", "gunicorn", "/api/v1/items", script="create.lua"),
+)
+BARS = (
+    Bar("/health >= 0.40 x bare", "health", "bare", 0.40),
+    Bar("Gunicorn >= 0.95 x uvicorn", "health", "uvicorn", 0.95),
+    Bar("cached read >= 0.6 x /health", "item", "health", 0.60),
+    Bar("page >= 0.3 x /health", "page", "health", 0.30),
+    Bar("metrics cost < 10 %", "metrics", "health", 0.90),
+)
+
+
+@dataclass
+class Measurement:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    requests: int
+    errors: int  # socket errors and non-2xx/3xx responses
+
+
+@dataclass
+class RowResult:
+    key: str
+    label: str
+    rounds: list[Measurement] = field(default_factory=list)
+
+    @property
+    def best(self) -> Measurement:
+        return max(self.rounds, key=lambda m: m.rps)
+
+
+# ----------------------------------------------------------------------------- docker
+
+
+def log(message: str) -> None:
+    print(f"bench: {message}", file=sys.stderr, flush=True)
+
+
+def run(*args: str, stdin: str | None = None, quiet: bool = False) -> str:
+    """Run a command, return its stdout; fail with its stderr."""
+    result = subprocess.run(  # noqa: S603  # fixed docker and git commands, no shell
+        args, cwd=ROOT, input=stdin, capture_output=True, text=True, check=False
+    )
+    if result.returncode != 0:
+        if not quiet:
+            sys.stderr.write(result.stdout + result.stderr)
+        raise subprocess.CalledProcessError(result.returncode, args)
+    return result.stdout
+
+
+def compose(*args: str, stdin: str | None = None) -> str:
+    return run(*COMPOSE, *args, stdin=stdin)
+
+
+def metrics_enabled() -> bool:
+    return (BENCH / "metrics.env").is_file()
+
+
+def servers() -> list[str]:
+    return ["bare", "gunicorn", "uvicorn", *(["metrics"] if metrics_enabled() else [])]
+
+
+def start_stack(services: list[str]) -> None:
+    if "BENCH_IMAGE" not in os.environ:
+        log(f"building the production image as {IMAGE}")
+        run("docker", "build", "-q", "-t", IMAGE, ".")
+    compose("build", "-q", "wrk")
+    log("starting Postgres and Redis, running the migrations")
+    compose("up", "-d", "--wait", "db", "redis")
+    compose("run", "--rm", "migrate")
+    log(f"starting {', '.join(services)}")
+    profiles = ["--profile", "metrics"] if "metrics" in services else []
+    compose(*profiles, "up", "-d", "--wait", *services, "wrk")
+
+
+def stop_stack() -> None:
+    if os.environ.get("BENCH_KEEP") == "1":
+        log("BENCH_KEEP=1: the stack is left running; `make bench-down` removes it")
+        return
+    subprocess.run(  # noqa: S603  # a fixed docker command, no shell
+        [*COMPOSE, "--profile", "metrics", "--profile", "tools", "down", "-v", "-t", "5"],
+        cwd=ROOT,
+        capture_output=True,
+        check=False,
+    )
+
+
+def seed_items() -> str:
+    """Create items through the API and return one id for the cached-read row."""
+    log(f"seeding {SEED_ITEMS} items")
+    script = (BENCH / "seed.py").read_text()
+    return compose("exec", "-T", "gunicorn", "python", "-", str(SEED_ITEMS), stdin=script).strip()
+
+
+# -------------------------------------------------------------------------------- wrk
+
+UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}
+
+
+def duration_ms(text: str) -> float:
+    number, unit = re.fullmatch(r"([\d.]+)([a-z]+)", text).groups()  # type: ignore[union-attr]
+    return float(number) * UNITS_MS[unit]
+
+
+def parse_wrk(output: str) -> Measurement:
+    def find(pattern: str) -> str:
+        match = re.search(pattern, output)
+        if match is None:
+            raise ValueError(f"wrk output without {pattern!r}:\n{output}")
+        return match.group(1)
+
+    socket_errors = re.search(r"Socket errors: (.*)", output)
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    errors = sum(int(n) for n in re.findall(r"\d+", socket_errors.group(1))) if socket_errors else 0
+    return Measurement(
+        rps=float(find(r"Requests/sec:\s+([\d.]+)")),
+        p50_ms=duration_ms(find(r"\s50%\s+(\S+)")),
+        p99_ms=duration_ms(find(r"\s99%\s+(\S+)")),
+        requests=int(find(r"(\d+) requests in")),
+        errors=errors + (int(non_2xx.group(1)) if non_2xx else 0),
+    )
+
+
+def wrk(row: Row, item_id: str, seconds: int) -> Measurement:
+    url = f"http://{row.server}:8000{row.path.replace('{id}', item_id)}"
+    args = ["wrk", f"-t{THREADS}", f"-c{CONNECTIONS}", f"-d{seconds}s", "--latency"]
+    if row.script:
+        args += ["-s", f"/bench/{row.script}", url, "--", uuid.uuid4().hex[:8]]
+    else:
+        args.append(url)
+    return parse_wrk(compose("exec", "-T", "wrk", *args))
+
+
+# ------------------------------------------------------------------ memory and image
+
+PROCESSES = r"""
+import json, os
+rows = []
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    if int(pid) == os.getpid():
+        continue
+    try:
+        cmd = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode()
+        status = dict(l.split(":", 1) for l in open(f"/proc/{pid}/status") if ":" in l)
+        pss = [l for l in open(f"/proc/{pid}/smaps_rollup") if l.startswith("Pss:")]
+    except OSError:
+        continue
+    rows.append({"pid": int(pid), "cmd": cmd.strip(),
+                 "rss_kb": int(status["VmRSS"].split()[0]),
+                 "pss_kb": int(pss[0].split()[1]) if pss else 0})
+print(json.dumps(rows))
+"""
+
+
+def memory(server: str) -> dict[str, Any]:
+    """RSS and PSS (shared pages split between the processes sharing them) per worker."""
+    processes = json.loads(compose("exec", "-T", server, "python", "-c", PROCESSES))
+    workers = [p for p in processes if p["pid"] != 1 and "resource_tracker" not in p["cmd"]]
+    master = next((p for p in processes if p["pid"] == 1), None)
+    return {
+        "master_rss_mb": round(master["rss_kb"] / 1024, 1) if master else None,
+        "worker_rss_mb": [round(p["rss_kb"] / 1024, 1) for p in workers],
+        "worker_pss_mb": [round(p["pss_kb"] / 1024, 1) for p in workers],
+    }
+
+
+def image_size() -> dict[str, Any]:
+    image = os.environ.get("BENCH_IMAGE", IMAGE)
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    base = re.search(r"^FROM (\S+) AS runtime$", dockerfile, re.MULTILINE).group(1)  # type: ignore[union-attr]
+
+    def size(name: str) -> int:
+        return int(run("docker", "image", "inspect", "-f", "{{.Size}}", name))
+
+    return {"base": base, "base_mb": size(base) / 1e6, "added_mb": (size(image) - size(base)) / 1e6}
+
+
+# ------------------------------------------------------------------------------ report
+
+
+def ratio(rows: dict[str, Measurement], key: str, reference: str) -> float | None:
+    if key not in rows or reference not in rows or rows[reference].rps == 0:
+        return None
+    return rows[key].rps / rows[reference].rps
+
+
+def check_bars(rows: dict[str, Measurement]) -> list[dict[str, Any]]:
+    checked = []
+    for bar in BARS:
+        value = ratio(rows, bar.row, bar.reference)
+        checked.append(
+            {
+                "label": bar.label,
+                "ratio": value,
+                "at_least": bar.at_least,
+                "met": None if value is None else value >= bar.at_least,
+            }
+        )
+    return checked
+
+
+def best_rows(result: dict[str, Any]) -> dict[str, Measurement]:
+    return {row["key"]: Measurement(**row["best"]) for row in result["rows"]}
+
+
+def print_table(result: dict[str, Any]) -> None:
+    rows = best_rows(result)
+    print(f"\n{'':36} {'requests/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'x bare':>7} {'errors':>6}")
+    for row in result["rows"]:
+        best = rows[row["key"]]
+        x_bare = ratio(rows, row["key"], "bare")
+        print(
+            f"{row['label']:36} {best.rps:10,.0f} {best.p50_ms:8.2f} {best.p99_ms:8.2f} "
+            f"{x_bare:7.2f} {best.errors:6}"
+        )
+    print()
+    for bar in result["bars"]:
+        if bar["met"] is None:
+            print(f"  --    {bar['label']:32} (row not measured)")
+        else:
+            mark = "ok  " if bar["met"] else "MISS"
+            print(f"  {mark}  {bar['label']:32} {bar['ratio']:.2f} (bar {bar['at_least']:.2f})")
+    memory_rows = result.get("memory", {})
+    if memory_rows:
+        print()
+        for server, figures in memory_rows.items():
+            print(
+                f"  memory {server:9} worker RSS {figures['worker_rss_mb']} MB, "
+                f"PSS {figures['worker_pss_mb']} MB, master RSS {figures['master_rss_mb']} MB"
+            )
+    image = result.get("image")
+    if image:
+        print(
+            f"  image  {image['added_mb']:.1f} MB over {image['base']} ({image['base_mb']:.1f} MB)"
+        )
+    meta = result["meta"]
+    print(
+        f"\n  {meta['date']}  rev {meta['revision']}  {meta['cpu']} x{meta['cpus']}  "
+        f"{meta['rounds']} rounds x {meta['seconds']} s, best kept"
+    )
+
+
+def write_svg(result: dict[str, Any], path: Path) -> None:
+    """A horizontal bar chart of requests/s, with each row's ratio to bare and p99."""
+    rows = best_rows(result)
+    top = max(m.rps for m in rows.values()) or 1
+    label_w, bar_w, line_h = 270, 380, 28
+    height = 50 + line_h * len(rows)
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{label_w + bar_w + 200}" '
+        f'height="{height}" font-family="sans-serif" font-size="13">',
+        '<rect width="100%" height="100%" fill="white"/>',
+        f'<text x="10" y="22" font-weight="bold">requests/s, 2 workers, wrk -t{THREADS} '
+        f"-c{CONNECTIONS} ({result['meta']['date'][:10]}, rev {result['meta']['revision']})</text>",
+    ]
+    for index, row in enumerate(result["rows"]):
+        best = rows[row["key"]]
+        y = 40 + index * line_h
+        width = max(1, round(bar_w * best.rps / top))
+        x_bare = ratio(rows, row["key"], "bare") or 0
+        colour = "#888" if row["key"] == "bare" else "#3a7bd5"
+        parts += [
+            f'<text x="10" y="{y + 15}">{row["label"]}</text>',
+            f'<rect x="{label_w}" y="{y}" width="{width}" height="20" fill="{colour}"/>',
+            f'<text x="{label_w + width + 6}" y="{y + 15}">{best.rps:,.0f} '
+            f"({x_bare:.2f}x bare, p99 {best.p99_ms:.1f} ms)</text>",
+        ]
+    parts.append("</svg>")
+    path.write_text("\n".join(parts) + "\n")
+
+
+def revision() -> str:
+    try:
+        rev = run("git", "rev-parse", "--short", "HEAD", quiet=True).strip()
+        dirty = run("git", "status", "--porcelain", "--", "app", "Dockerfile", quiet=True)
+    except (subprocess.CalledProcessError, FileNotFoundError):
+        return "unknown"
+    return rev + ("-dirty" if dirty.strip() else "")
+
+
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown CPU"
+
+
+# ------------------------------------------------------------------------------- modes
+
+
+def measure() -> dict[str, Any]:
+    rows = [row for row in ROWS if row.server != "metrics" or metrics_enabled()]
+    results = {row.key: RowResult(row.key, row.label) for row in rows}
+    start_stack(servers())
+    item_id = seed_items()
+    reads, writes = [r for r in rows if not r.script], [r for r in rows if r.script]
+    for group in (reads, writes):
+        log(f"warm-up, {WARMUP_SECONDS} s a row: {', '.join(r.key for r in group)}")
+        for row in group:
+            wrk(row, item_id, WARMUP_SECONDS)
+        for number in range(1, ROUNDS + 1):
+            for row in group:
+                measurement = wrk(row, item_id, SECONDS)
+                results[row.key].rounds.append(measurement)
+                log(f"round {number} {row.key:8} {measurement.rps:9,.0f} requests/s")
+        if group is reads:
+            memory_rows = {server: memory(server) for server in servers()}
+    best = {key: r.best for key, r in results.items()}
+    return {
+        "meta": {
+            "date": datetime.now(UTC).isoformat(timespec="seconds"),
+            "revision": revision(),
+            "cpu": cpu_model(),
+            "cpus": os.cpu_count(),
+            "server_cpu_limit": os.environ.get("BENCH_CPUS", "2"),
+            "rounds": ROUNDS,
+            "seconds": SECONDS,
+            "short": SHORT,
+            "gunicorn_max_requests": os.environ.get("GUNICORN_MAX_REQUESTS") or "default",
+            "log_level": os.environ.get("LOG_LEVEL") or "INFO",
+            "image": os.environ.get("BENCH_IMAGE", IMAGE),
+        },
+        "rows": [
+            {
+                "key": r.key,
+                "label": r.label,
+                "best": asdict(r.best),
+                "rounds": [asdict(m) for m in r.rounds],
+            }
+            for r in results.values()
+        ],
+        "bars": check_bars(best),
+        "memory": memory_rows,
+        "image": image_size(),
+    }
+
+
+def bench() -> int:
+    started = time.monotonic()
+    try:
+        result = measure()
+    finally:
+        stop_stack()
+    RESULTS.mkdir(exist_ok=True)
+    name = os.environ.get("BENCH_NAME") or datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (RESULTS / "latest.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_svg(result, RESULTS / f"{name}.svg")
+    write_svg(result, RESULTS / "latest.svg")
+    print_table(result)
+    print(f"  results: bench/results/{name}.json and .svg ({time.monotonic() - started:.0f} s)")
+    failures = [bar["label"] for bar in result["bars"] if bar["met"] is False]
+    failures += [
+        f"{row['key']}: {row['best']['errors']} errors"
+        for row in result["rows"]
+        if row["best"]["errors"] > row["best"]["requests"] / 100
+    ]
+    if failures and STRICT:
+        print(f"\nbench: missed: {'; '.join(failures)} (BENCH_STRICT=0 to report only)")
+        return 1
+    return 0
+
+
+def compare(before_path: str, after_path: str) -> int:
+    before, after = (json.loads(Path(p).read_text()) for p in (before_path, after_path))
+    rows_before, rows_after = best_rows(before), best_rows(after)
+    print(f"\n{'':36} {'before':>9} {'after':>9} {'change':>7}   {'x bare':>11}   {'p99 ms':>13}")
+    for row in after["rows"]:
+        key, new = row["key"], rows_after[row["key"]]
+        old = rows_before.get(key)
+        change = f"{(new.rps / old.rps - 1) * 100:+6.0f}%" if old else "    new"
+        ratios = [ratio(rows, key, "bare") for rows in (rows_before, rows_after)]
+        shown = " -> ".join("  -" if r is None else f"{r:.2f}" for r in ratios)
+        p99 = f"{old.p99_ms:5.1f} -> {new.p99_ms:5.1f}" if old else f"        {new.p99_ms:5.1f}"
+        print(
+            f"{row['label']:36} {old.rps if old else 0:9,.0f} {new.rps:9,.0f} {change:>7}   "
+            f"{shown:>11}   {p99:>13}"
+        )
+    print()
+    for old_bar, new_bar in zip(before["bars"], after["bars"], strict=True):
+        figures = " -> ".join(
+            "  -" if bar["ratio"] is None else f"{bar['ratio']:.2f}" for bar in (old_bar, new_bar)
+        )
+        print(f"  {new_bar['label']:32} {figures}  (bar {new_bar['at_least']:.2f})")
+    return 0
+
+
+def profile(target: str) -> int:
+    """Load one endpoint with wrk and record it with py-spy from a sidecar container."""
+    rows = {"health": ROWS[1], "item": ROWS[3], "page": ROWS[4], "create": ROWS[6]}
+    row = rows[target]
+    seconds = env_int("PROFILE_SECONDS", 20)
+    RESULTS.mkdir(exist_ok=True)
+    run("docker", "build", "-q", "-t", PY_SPY_IMAGE, "-f", "bench/py-spy.Dockerfile", "bench")
+    try:
+        start_stack(["gunicorn"])
+        item_id = seed_items()
+        wrk(row, item_id, WARMUP_SECONDS)
+        container = compose("ps", "-q", "gunicorn").strip()
+        url = f"http://{row.server}:8000{row.path.replace('{id}', item_id)}"
+        script = ["-s", f"/bench/{row.script}", url, "--", "profile"] if row.script else [url]
+        wrk_args = [f"-t{THREADS}", f"-c{CONNECTIONS}", f"-d{2 * seconds + 10}s", *script]
+        # The load runs in the background while both recordings are taken.
+        load = subprocess.Popen(  # noqa: S603  # a fixed docker command, no shell
+            [*COMPOSE, "exec", "-T", "wrk", "wrk", *wrk_args], cwd=ROOT, stdout=subprocess.DEVNULL
+        )
+        time.sleep(2)
+        for fmt, suffix in (("flamegraph", "svg"), ("raw", "txt")):
+            log(f"py-spy: {seconds} s of {row.path} as {fmt}")
+            out = f"/out/profile-{target}.{suffix}"
+            record = (
+                f"py-spy record --pid 1 --subprocesses --nonblocking --rate 250 "
+                f"--duration {seconds} --format {fmt} -o {out} >/dev/null"
+            )
+            # py-spy runs as root to use SYS_PTRACE; the file is handed back to you.
+            sidecar = ["--pid", f"container:{container}", "--cap-add", "SYS_PTRACE"]
+            run(
+                *("docker", "run", "--rm", *sidecar, "-v", f"{RESULTS}:/out"),
+                *("--entrypoint", "sh", PY_SPY_IMAGE, "-c"),
+                f"{record} && chown {os.getuid()}:{os.getgid()} {out}",
+            )
+        load.wait()
+    finally:
+        stop_stack()
+    print_top_frames(RESULTS / f"profile-{target}.txt")
+    print(f"  flame graph: bench/results/profile-{target}.svg")
+    return 0
+
+
+def print_top_frames(collapsed: Path, count: int = 10) -> None:
+    """The frames where the workers spent their own time (self time), from py-spy's raw
+    output: one `frame;frame;...;leaf samples` line per distinct stack."""
+    self_samples: dict[str, int] = {}
+    total = 0
+    for line in collapsed.read_text().splitlines():
+        stack, _, samples = line.rpartition(" ")
+        if not stack:
+            continue
+        leaf = stack.rsplit(";", 1)[-1]
+        self_samples[leaf] = self_samples.get(leaf, 0) + int(samples)
+        total += int(samples)
+    print(f"\n  top {count} frames by self time ({total} samples)")
+    top = sorted(self_samples.items(), key=lambda kv: kv[1], reverse=True)[:count]
+    for leaf, samples in top:
+        print(f"  {samples / total * 100:5.1f}%  {leaf}")
+    print(f"  ({statistics.fmean(self_samples.values()):.1f} samples a frame on average)")
+
+
+def main() -> int:
+    mode = sys.argv[1] if len(sys.argv) > 1 else "run"
+    if mode == "run":
+        return bench()
+    if mode == "compare" and len(sys.argv) == 4:
+        return compare(sys.argv[2], sys.argv[3])
+    if mode == "profile":
+        return profile(sys.argv[2] if len(sys.argv) > 2 else "health")
+    print(__doc__, file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
