@@ -175,7 +175,7 @@ def check_grace(
         )
 
 
-def _selects(selector: Manifest | None, labels: dict[str, str]) -> bool:
+def selects(selector: Manifest | None, labels: dict[str, str]) -> bool:
     """Whether a matchLabels selector picks pods with these labels (an empty one picks all)."""
     if selector is None:
         return False
@@ -217,12 +217,12 @@ def check_coverage(doc: Manifest, template: Manifest, docs: list[Manifest]) -> I
         return [d for d in docs if d["kind"] == kind and _get(d, "metadata.namespace") == namespace]
 
     if not any(
-        _selects(_get(d, "spec.selector"), labels) for d in same_namespace("PodDisruptionBudget")
+        selects(_get(d, "spec.selector"), labels) for d in same_namespace("PodDisruptionBudget")
     ):
         yield Finding("coverage", _name(doc), "no PodDisruptionBudget selects its pods")
     for direction in ("Ingress", "Egress"):
         if not any(
-            _selects(_get(d, "spec.podSelector"), labels)
+            selects(_get(d, "spec.podSelector"), labels)
             and direction in (_get(d, "spec.policyTypes") or ["Ingress"])
             for d in same_namespace("NetworkPolicy")
         ):

@@ -7,7 +7,9 @@ For each overlay under deploy/k8s/overlays:
   2. every resource is validated strictly (unknown fields are errors) against the
      OpenAPI schemas of each Kubernetes version in KUBERNETES_VERSIONS
      (kubernetes-validate, offline);
-  3. scripts/k8s_policy.py's rules must find nothing.
+  3. scripts/k8s_policy.py's rules must find nothing;
+  4. deploy/k8s/deploy.sh's first step (labels component=config|migrate) must hold
+     the migration Job and everything it needs, and not the api.
 Then negative tests prove the checks can fail: each breaks the production render in
 one way (a missing probe, an unknown field, ...) and expects exactly that failure.
 No cluster is involved: this says the manifests are well-formed and follow the
@@ -26,8 +28,9 @@ from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
-from k8s_policy import Manifest, check, load_manifests
+from k8s_policy import LONG_RUNNING, Manifest, check, load_manifests, selects
 
+COMPONENT = "app.kubernetes.io/component"
 ROOT = Path(__file__).resolve().parent.parent
 OVERLAYS = ROOT / "deploy" / "k8s" / "overlays"
 # The oldest and newest minors supported, and every one between. The oldest is
@@ -58,6 +61,46 @@ def schema_errors(doc: Manifest, version: str) -> list[str]:
     return []
 
 
+# deploy/k8s/deploy.sh applies the resources with these component labels first, waits
+# for the migration Job, then applies the rest.
+FIRST_STEP = {"config", "migrate"}
+
+
+def migration_first_errors(docs: list[Manifest]) -> list[str]:
+    """The first step of deploy.sh must hold the Job and all it needs, and no api."""
+    first = [d for d in docs if d["metadata"].get("labels", {}).get(COMPONENT) in FIRST_STEP]
+    present = {(d["kind"], d["metadata"]["name"]) for d in first}
+    jobs = [d for d in first if d["kind"] == "Job"]
+    if not jobs:
+        return ["no Job labelled component=migrate"]
+    errors = []
+    for job in jobs:
+        pod = job["spec"]["template"]
+        needed = {("ServiceAccount", pod["spec"].get("serviceAccountName", "default"))}
+        for container in pod["spec"]["containers"]:
+            needed |= {
+                ("ConfigMap", s["configMapRef"]["name"]) for s in container.get("envFrom", [])
+            }
+        errors += [
+            f"{kind}/{name} is needed by the Job but not applied before it"
+            for kind, name in sorted(needed - present)
+            if name != "default"
+        ]
+        if not any(
+            d["kind"] == "NetworkPolicy"
+            and "Egress" in d["spec"].get("policyTypes", [])
+            and selects(d["spec"].get("podSelector"), pod["metadata"]["labels"])
+            for d in first
+        ):
+            errors.append("no NetworkPolicy lets the Job reach Postgres before it runs")
+    errors += [
+        f"{d['kind']}/{d['metadata']['name']} would roll out before the migration"
+        for d in first
+        if d["kind"] in LONG_RUNNING
+    ]
+    return errors
+
+
 def validate_overlay(name: str, docs: list[Manifest]) -> int:
     """Schema and policy for one rendered overlay; prints each problem, returns their count."""
     problems = 0
@@ -68,6 +111,9 @@ def validate_overlay(name: str, docs: list[Manifest]) -> int:
                 problems += 1
     for finding in check(docs):
         print(f"  FAIL policy {finding}")
+        problems += 1
+    for error in migration_first_errors(docs):
+        print(f"  FAIL order {error}")
         problems += 1
     kinds = ", ".join(sorted({d["kind"] for d in docs}))
     status = "ok" if problems == 0 else f"{problems} problem(s)"
@@ -244,6 +290,15 @@ def run_negative_tests(docs: list[Manifest], kubectl_policy_cli: list[str]) -> t
             f"schema catches {what}",
             f"rejected on {_versions(caught)} (expected {_versions(expected)})",
         )
+
+    broken = copy.deepcopy(docs)
+    _find(broken, "ConfigMap")["metadata"]["labels"][COMPONENT] = "api"
+    errors = migration_first_errors(broken)
+    report(
+        len(errors) == 1 and "ConfigMap" in errors[0],
+        "order check catches a ConfigMap applied after the Job",
+        f"{errors}",
+    )
 
     # The command-line check itself exits non-zero on a bad manifest (what CI relies on).
     broken = copy.deepcopy(docs)
