@@ -1,5 +1,6 @@
 # Everything you run, locally and in CI. `make` lists the targets.
-# Only Docker (with Compose v2) and make are needed: tools run in containers.
+# Docker (with Compose v2) and make run everything; uv on the host is needed only
+# for `make pytest` and the pre-commit hooks. `make init` needs python3.
 
 .DEFAULT_GOAL := help
 SHELL := /bin/bash
@@ -8,23 +9,53 @@ SHELL := /bin/bash
 export HOST_UID := $(shell id -u)
 export HOST_GID := $(shell id -g)
 
-DEV := docker compose -f docker-compose.yml
-TEST := docker compose -f docker-compose.test.yml
-API_PORT ?= 8000
-LINT := ruff check . && ruff format --check . && mypy && hadolint Dockerfile Dockerfile.dev
+# A value from .env (written by `make init`), or nothing. Only plain KEY=value lines.
+dotenv = $(shell sed -n 's/^$(1)=//p' .env 2>/dev/null | tail -n 1)
+
+# This checkout's Compose project: PROJECT in .env, else the directory's name made
+# valid the way Compose does it. Each clone gets its own containers, volumes,
+# networks and image; the tests run as "<project>-test".
+PROJECT ?= $(or $(call dotenv,PROJECT),$(shell basename "$(CURDIR)" | tr 'A-Z' 'a-z' | tr -cd 'a-z0-9_-' | sed 's/^[-_]*//'))
+export PROJECT
+API_PORT ?= $(or $(call dotenv,API_PORT),8000)
+DEBUGPY ?= $(call dotenv,DEBUGPY)
+
+# `make debug` (or DEBUGPY=1) adds the debugger's port to the API container.
+DEV := docker compose -p $(PROJECT) -f docker-compose.yml $(if $(filter 1 true,$(DEBUGPY)),-f docker-compose.debug.yml)
+TEST := docker compose -p $(PROJECT)-test -f docker-compose.test.yml
+# Every checker runs, even after one fails; the exit status says whether any did.
+LINT := status=0; \
+	for check in "ruff check ." "ruff format --check ." "mypy" "mypy scripts/dev_server.py scripts/init.py" "hadolint Dockerfile Dockerfile.dev"; do \
+	  echo "--- $$check"; $$check || { status=1; failed="$$failed\n  $$check"; }; \
+	done; \
+	if [ $$status -ne 0 ]; then printf "\nFailed:$$failed\n"; else echo "--- all checks passed"; fi; exit $$status
 
 .PHONY: help
 help: ## List the targets
-	@awk 'BEGIN {FS = ":.*## "} /^##@ / {printf "\n%s\n", substr($$0, 5)} /^[a-z0-9-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^##@ / {printf "\n%s\n", substr($$0, 5)} /^[a-z0-9-]+:.*## / {printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+##@ Getting started
+.PHONY: init
+init: ## Write .env (fresh secrets, free ports); `make init name=acme-orders` also renames the template
+	python3 scripts/init.py $(if $(name),--name "$(name)")
 
 ##@ Development stack
 .PHONY: up
 up: ## Start Postgres, Redis, migrations and the API with auto-reload
 	$(DEV) up --build --detach --wait api
 	@echo
-	@echo "  API:  http://localhost:$(API_PORT)"
+	@echo "  API:  http://localhost:$(API_PORT)          (project $(PROJECT))"
 	@echo "  Docs: http://localhost:$(API_PORT)/docs"
 	@echo "  Logs: make logs     Stop: make down"
+
+.PHONY: debug
+debug: ## `make up`, with debugpy listening on localhost:DEBUGPY_PORT (5678) for your editor
+	@$(MAKE) --no-print-directory up DEBUGPY=1
+	@echo "  Debugger: attach to localhost:$(or $(call dotenv,DEBUGPY_PORT),5678) (.vscode/launch.json)"
+
+.PHONY: restart
+restart: ## Recreate the API after a .env change (code changes reload by themselves)
+	$(DEV) up --detach --wait --force-recreate --no-deps api
 
 .PHONY: down
 down: ## Stop the development stack (keeps the database; `make down v=1` drops it)
@@ -43,13 +74,18 @@ psql: ## Open psql on the development database
 	$(DEV) exec db psql -U app -d app
 
 .PHONY: migrate
-migrate: ## Apply migrations to the development database
-	$(DEV) run --rm migrate
+migrate: ## Apply migrations to the development database, then print its revision and head
+	$(DEV) run --rm migrate sh -c \
+	  'alembic upgrade head && echo "database at: $$(alembic current 2>/dev/null)" && echo "latest:      $$(alembic heads 2>/dev/null)"'
 
 .PHONY: revision
 revision: ## Autogenerate a migration from the models: make revision m="add orders"
 	@test -n "$(m)" || { echo 'usage: make revision m="what it does"'; exit 2; }
 	$(DEV) run --rm migrate sh -c 'alembic upgrade head && alembic revision --autogenerate -m "$(m)"'
+
+.PHONY: client
+client: ## Generate a typed Python client from the OpenAPI schema into clients/python
+	$(DEV) run --rm --no-deps --build api scripts/client.sh
 
 ##@ Quality
 .PHONY: test
@@ -58,7 +94,7 @@ test: ## Run the tests with coverage in a throw-away stack of their own
 	$(TEST) run --rm tests; status=$$?; $(TEST) down --volumes --remove-orphans >/dev/null 2>&1; exit $$status
 
 .PHONY: lint
-lint: ## Check lint, formatting, types and Dockerfiles (ruff, mypy --strict, hadolint)
+lint: ## Run every checker (ruff, ruff format, mypy --strict, hadolint), then fail if any failed
 	$(DEV) run --rm --no-deps --build api sh -c '$(LINT)'
 
 .PHONY: pytest
@@ -68,6 +104,15 @@ pytest: ## Run the tests with uv on this machine, against DATABASE_URL and REDIS
 .PHONY: fmt
 fmt: ## Format the code and apply safe lint fixes
 	$(DEV) run --rm --no-deps --build api sh -c 'ruff format . && ruff check --fix .'
+
+##@ Template checks (CI)
+.PHONY: check-clones
+check-clones: ## Two clones side by side: make up and make test in both at once, nothing shared
+	scripts/check-clones.sh
+
+.PHONY: check-init
+check-init: ## make init name=… on a throw-away clone, then make lint and make test there
+	scripts/check-init.sh
 
 # Each area keeps its targets in mk/<area>.mk (production, chaos, bench, fuzz, orchestrators).
 include $(sort $(wildcard mk/*.mk))

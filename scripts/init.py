@@ -1,0 +1,192 @@
+"""`make init [name=acme-orders]`: make this checkout yours.
+
+1. With a name, rename the template: every `fastapi-service` in the tracked files
+   (Compose and image names, package metadata, OCI labels), the app's title and the
+   README's. Only a checkout still named after the template is renamed; running it
+   again with the same name changes nothing, with another name it refuses.
+2. Write .env, if there is none, from .env.example: fresh secrets (SECRET_KEY, the
+   dev database's password), this checkout's Compose project name, and host ports
+   that are free right now (so a second clone on this machine does not clash).
+
+Standard library only, Python 3.11 or newer: it runs on the host, before any image.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TEMPLATE = "fastapi-service"
+TEMPLATE_TITLE = "FastAPI service"
+NAME_PATTERN = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
+NAME_MAX_LENGTH = 50
+# This script and its check name the template on purpose.
+KEEP = {"scripts/init.py", "scripts/check-init.sh"}
+
+# Host ports of the dev stack: the default, unless it is taken (or set in the environment).
+PORTS = {"API_PORT": 8000, "POSTGRES_PORT": 5432, "REDIS_PORT": 6379, "DEBUGPY_PORT": 5678}
+PORT_SEARCH = 200
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run a command in the checkout; arguments are ours, never user input to a shell."""
+    program = shutil.which(args[0]) or args[0]
+    return subprocess.run(  # noqa: S603  # a fixed program with arguments built here
+        [program, *args[1:]], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+
+
+def tracked_files() -> list[Path]:
+    listed = run("git", "ls-files", "-z").stdout
+    return [ROOT / name for name in listed.split("\0") if name and name not in KEEP]
+
+
+def project_name() -> str:
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    return str(data["project"]["name"])
+
+
+def rename(name: str) -> list[str]:
+    """Replace the template's name and title everywhere; return the files changed."""
+    title = name.replace("-", " ").capitalize()
+    # Where the template's title or description sits, by file name (or suffix).
+    own_words = {
+        "README.md": [(r"^# FastAPI service$", f"# {title}")],
+        "pyproject.toml": [(r'^description = ".*"$', f'description = "{title}."')],
+        "Dockerfile": [(r'image\.description="[^"]*"', f'image.description="{title}"')],
+        ".py": [(r'title="FastAPI service"', f'title="{title}"')],
+    }
+    everywhere = [(TEMPLATE, name), (TEMPLATE.replace("-", "_"), name.replace("-", "_"))]
+    changed = []
+    for path in tracked_files():
+        if path.is_symlink() or not path.is_file():
+            continue
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            continue  # not text
+        new = text
+        for pattern, replacement in own_words.get(path.name, own_words.get(path.suffix, [])):
+            new = re.sub(pattern, replacement, new, count=1, flags=re.MULTILINE)
+        for old, replacement in everywhere:
+            new = new.replace(old, replacement)
+        if new != text:
+            path.write_text(new, encoding="utf-8")
+            changed.append(str(path.relative_to(ROOT)))
+    return changed
+
+
+def compose_project() -> str:
+    """The directory's name as Compose would make it (the Makefile's default), with a
+    suffix if containers of another checkout already use that name."""
+    base = re.sub(r"[^a-z0-9_-]", "", ROOT.name.lower()).lstrip("-_") or "app"
+    if shutil.which("docker") is None:
+        return base
+    for candidate in [base, *(f"{base}-{n}" for n in range(2, 100))]:
+        result = run(
+            "docker", "ps", "--all",
+            "--filter", f"label=com.docker.compose.project={candidate}",
+            "--format", '{{json (.Label "com.docker.compose.project.working_dir")}}',
+        )  # fmt: skip
+        if result.returncode != 0:
+            return base  # no engine: nothing to compare against
+        owners = {json.loads(line) for line in result.stdout.split()}
+        if owners <= {str(ROOT)}:
+            return candidate
+    sys.exit("init: no free Compose project name; set PROJECT in .env")
+
+
+def is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_ports(preferred: dict[str, int]) -> dict[str, int]:
+    chosen: dict[str, int] = {}
+    for key, start in preferred.items():
+        port = next(
+            (
+                p
+                for p in range(start, start + PORT_SEARCH)
+                if p not in chosen.values() and is_free(p)
+            ),
+            None,
+        )
+        if port is None:
+            sys.exit(f"init: no free port for {key} in {start}-{start + PORT_SEARCH - 1}")
+        chosen[key] = port
+    return chosen
+
+
+def write_env(env_file: Path) -> None:
+    ports = free_ports({key: int(os.environ.get(key) or port) for key, port in PORTS.items()})
+    password = secrets.token_urlsafe(24)
+    values = {
+        "PROJECT": compose_project(),
+        **{key: str(port) for key, port in ports.items()},
+        "POSTGRES_PASSWORD": password,
+        "SECRET_KEY": secrets.token_urlsafe(48),
+        # For running the app on the host (`uv run ...`) against the dev stack's servers;
+        # in the containers, docker-compose.yml sets these to the services' addresses.
+        "DATABASE_URL": f"postgresql://app:{password}@localhost:{ports['POSTGRES_PORT']}/app",
+        "REDIS_URL": f"redis://localhost:{ports['REDIS_PORT']}/0",
+    }
+    lines = []
+    for example in (ROOT / ".env.example").read_text(encoding="utf-8").splitlines():
+        key = example.split("=", 1)[0]
+        keep = example.startswith("#") or key not in values
+        lines.append(example if keep else f"{key}={values.pop(key)}")
+    lines += [f"{key}={value}" for key, value in values.items()]
+    env_file.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    env_file.chmod(0o600)
+    written = dict(line.split("=", 1) for line in lines if "=" in line and not line.startswith("#"))
+    shown = ", ".join(f"{key}={written[key]}" for key in ["PROJECT", *PORTS])
+    print(f"init: wrote .env (mode 600) with fresh secrets; {shown}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--name", help="your service's name, e.g. acme-orders")
+    args = parser.parse_args()
+
+    current = project_name()
+    if args.name:
+        if not NAME_PATTERN.match(args.name) or len(args.name) > NAME_MAX_LENGTH:
+            sys.exit(
+                f"init: {args.name!r} is not a valid name: lower-case letters, digits and "
+                f"single hyphens, starting with a letter, at most {NAME_MAX_LENGTH} characters"
+            )
+        if current == TEMPLATE:
+            changed = rename(args.name)
+            print(f"init: renamed {TEMPLATE} to {args.name} in {len(changed)} files:")
+            print("".join(f"  {path}\n" for path in changed), end="")
+        elif current == args.name:
+            print(f"init: already named {args.name}; nothing to rename")
+        else:
+            sys.exit(f"init: this checkout is already named {current}; refusing to rename it again")
+
+    env_file = ROOT / ".env"
+    if env_file.exists():
+        print("init: .env exists; left as it is (delete it to generate a new one)")
+    else:
+        write_env(env_file)
+    if args.name and current == TEMPLATE:
+        print('next: review `git diff`, then `git commit -am "Rename to ' + args.name + '"`')
+
+
+if __name__ == "__main__":
+    main()
