@@ -1,0 +1,12 @@
+# Docker Swarm: deploy/swarm/stack.yml, tested for real (docs/swarm.md).
+NODES ?= 1
+
+##@ Swarm
+.PHONY: swarm-e2e
+swarm-e2e: ## Deploy the Swarm stack, roll it out and back under load, then leave the swarm (NODES=2: two daemons)
+	NODES=$(NODES) scripts/swarm-e2e.sh
+
+.PHONY: swarm-deploy
+swarm-deploy: ## Deploy or upgrade the Swarm stack: make swarm-deploy IMAGE=registry/fastapi-service:1.4.0
+	@test -n "$(IMAGE)" || { echo 'usage: make swarm-deploy IMAGE=registry/fastapi-service:TAG' >&2; exit 2; }
+	scripts/swarm/deploy.sh "$(IMAGE)"

@@ -1,0 +1,215 @@
+#!/usr/bin/env bash
+# The Swarm stack (deploy/swarm/stack.yml) tested for real: `make swarm-e2e [NODES=2]`.
+#   1. Makes this engine a one-node swarm (its own address pool); with NODES=2, adds
+#      a second dockerd in a network namespace of its own as a worker (node2.sh).
+#   2. Deploys the stack with scripts/swarm/deploy.sh and waits for the api through
+#      the proxy.
+#   3. Rolls the api out to a new build under steady load: zero failed requests.
+#   4. Makes a bad update (a database_url secret with a wrong password: new tasks
+#      never turn healthy) under load: Swarm must roll back by itself, zero failures.
+#   5. NODES=2: shows replicas on both nodes, drains node 2 and shows its tasks move.
+# Always removes the stack, its secrets and volumes, and leaves the swarm, even on
+# failure. Refuses to run on an engine already in a swarm it did not create.
+#
+# Needs: Docker 26 (engine + client), python3, curl; root for NODES=2.
+# Settings: NODES (1), SWARM_HTTP_PORT (18480), SWARM_HTTPS_PORT (18481),
+# SWARM_ADDR_POOL (10.201.0.0/16), STACK (fsswarm).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export STACK=${STACK:-fsswarm}
+NODES=${NODES:-1}
+HTTP_PORT=${SWARM_HTTP_PORT:-18480}
+ADDR_POOL=${SWARM_ADDR_POOL:-10.201.0.0/16}
+BASE="http://127.0.0.1:${HTTP_PORT}"
+IMAGE_A=fastapi-service:swarm-a
+IMAGE_B=fastapi-service:swarm-b
+OWNER_LABEL=fsswarm.e2e # marks a swarm this script created
+WORK=$(mktemp -d)
+started=$SECONDS
+created_swarm=0
+load_pid=
+
+# deploy.sh's settings: images are local (no registry), the proxy on test ports.
+export RESOLVE_IMAGE=never DOMAIN=:80 HTTP_PORT HTTPS_PORT=${SWARM_HTTPS_PORT:-18481}
+
+log() { printf 'swarm-e2e [%3ds] %s\n' $((SECONDS - started)) "$*"; }
+fail() {
+  printf '\nswarm-e2e FAILED: %s\n' "$1" >&2
+  docker stack ps "$STACK" --no-trunc --format '{{.Name}} {{.Image}} {{.Node}} {{.CurrentState}} {{.Error}}' >&2 || true
+  docker service logs --tail 30 "${STACK}_api" >&2 2>&1 || true
+  exit 1
+}
+
+# Removes the stack, its secrets and volumes, node 2, and leaves the swarm.
+remove_swarm() {
+  docker stack rm "$STACK" >/dev/null 2>&1
+  for _ in $(seq 1 60); do # containers go away asynchronously
+    [ -z "$(docker ps -aq --filter "label=com.docker.stack.namespace=$STACK")" ] &&
+      [ -z "$(docker network ls -q --filter "label=com.docker.stack.namespace=$STACK")" ] && break
+    sleep 1
+  done
+  docker secret ls -q --filter "name=${STACK}_" | xargs -r docker secret rm >/dev/null
+  scripts/swarm/node2.sh down
+  docker swarm leave --force >/dev/null
+  docker volume rm "${STACK}_pgdata" "${STACK}_caddy_data" "${STACK}_caddy_config" >/dev/null 2>&1
+}
+
+cleanup() {
+  local status=$?
+  set +e
+  [ -n "$load_pid" ] && kill "$load_pid" 2>/dev/null
+  if [ "$created_swarm" = 1 ]; then
+    log "cleanup: removing the stack, its secrets and volumes, leaving the swarm"
+    remove_swarm
+    # Made by `swarm init`; kept if anything else uses it.
+    [ "$gwbridge_existed" = 0 ] && docker network rm docker_gwbridge >/dev/null 2>&1
+  fi
+  docker image rm "$IMAGE_A" "$IMAGE_B" >/dev/null 2>&1
+  rm -rf "$WORK"
+  log "engine swarm state: $(docker info --format '{{.Swarm.LocalNodeState}}')"
+  exit "$status"
+}
+
+# --- Swarm mode is engine-wide: only ever touch a swarm this script made. ---
+state=$(docker info --format '{{.Swarm.LocalNodeState}}')
+if [ "$state" != inactive ]; then
+  self=$(docker info --format '{{.Swarm.NodeID}}')
+  if [ -n "$self" ] && [ "$(docker node inspect -f "{{index .Spec.Labels \"$OWNER_LABEL\"}}" "$self" 2>/dev/null)" = 1 ]; then
+    log "a swarm left by an earlier run: removing it first"
+    remove_swarm || true
+  else
+    echo "swarm-e2e: this engine is already in a swarm ($state) that swarm-e2e did not create; refusing." >&2
+    exit 1
+  fi
+fi
+gwbridge_existed=0
+docker network inspect docker_gwbridge >/dev/null 2>&1 && gwbridge_existed=1
+trap cleanup EXIT
+
+log "building $IMAGE_A and $IMAGE_B (one Dockerfile, two revisions)"
+docker build -q -t "$IMAGE_A" --build-arg REVISION=swarm-a . >/dev/null
+docker build -q -t "$IMAGE_B" --build-arg REVISION=swarm-b . >/dev/null
+
+if [ "$NODES" = 2 ]; then
+  advertise=$(scripts/swarm/node2.sh host-address)
+else
+  # The address of the interface holding the default route (swarm asks when there are several).
+  advertise=$(ip -4 -o route get 192.0.2.1 2>/dev/null | sed -nE 's/.* src ([0-9.]+).*/\1/p')
+  advertise=${advertise:-$(hostname -I | awk '{print $1}')}
+fi
+log "swarm init (advertising $advertise, address pool $ADDR_POOL)"
+created_swarm=1
+docker swarm init --advertise-addr "$advertise" --default-addr-pool "$ADDR_POOL" \
+  --default-addr-pool-mask-length 24 >/dev/null
+manager=$(docker info --format '{{.Swarm.NodeID}}')
+# The proxy (host port, certificates) and Postgres (its volume) stay on this node.
+docker node update --label-add "$OWNER_LABEL=1" --label-add fsswarm.proxy=true \
+  --label-add fsswarm.db=true "$manager" >/dev/null
+
+if [ "$NODES" = 2 ]; then
+  log "starting node 2 (a dockerd in its own network namespace) and joining it"
+  scripts/swarm/node2.sh up "$(docker swarm join-token -q worker)" "$advertise" "$IMAGE_A" "$IMAGE_B" redis:8
+fi
+
+log "secrets: throw-away values, never in an environment variable"
+random() { head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n'; }
+password=$(random)
+printf %s "$password" | docker secret create "${STACK}_postgres_password" - >/dev/null
+printf %s "postgresql://app:${password}@db:5432/app" | docker secret create "${STACK}_database_url" - >/dev/null
+printf %s "$(random)$(random)" | docker secret create "${STACK}_secret_key" - >/dev/null
+# For the bad update: what a mistyped rotation would look like.
+printf %s "postgresql://app:wrong-${password}@db:5432/app" |
+  docker secret create "${STACK}_database_url_bad" - >/dev/null
+
+wait_ready() { # wait_ready SECONDS: /health/ready through the proxy
+  local deadline=$((SECONDS + $1))
+  until [ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 3 "$BASE/health/ready")" = 200 ]; do
+    [ $SECONDS -lt $deadline ] || fail "not ready through the proxy after $1 s"
+    sleep 1
+  done
+}
+api_tasks() { # the api's running tasks: image and node
+  docker service ps "${STACK}_api" --filter desired-state=running --format '{{.Name}} {{.Image}} {{.Node}} {{.CurrentState}}'
+}
+start_load() {
+  python3 scripts/swarm/load.py "$BASE" >"$WORK/load.json" &
+  load_pid=$!
+  sleep 3 # a baseline before the change
+  kill -0 "$load_pid" 2>/dev/null || { load_pid=; fail "the load generator did not start"; }
+}
+stop_load() { # stop_load WHAT: stops the load, prints its figures, fails on any failed request
+  sleep 3 # and after it
+  kill -TERM "$load_pid"
+  wait "$load_pid" || fail "the load generator failed"
+  load_pid=
+  python3 - "$1" "$WORK/load.json" <<'PY' || fail "$1: requests failed"
+import json, sys
+what, path = sys.argv[1], sys.argv[2]
+s = json.load(open(path))
+print(f"  {what}: {s['requests']} requests in {s['seconds']} s, {s['failures']} failed, "
+      f"p50 {s['p50_ms']} ms, p99 {s['p99_ms']} ms, worst {s['worst_ms']} ms")
+for error in s["errors"]:
+    print(f"    {error}")
+sys.exit(0 if s["failures"] == 0 and s["requests"] >= 100 else 1)
+PY
+}
+
+log "deploy $IMAGE_A: migration job first, then the api"
+t=$SECONDS
+scripts/swarm/deploy.sh "$IMAGE_A" || fail "first deploy"
+wait_ready 120
+log "ready through the proxy, $((SECONDS - t)) s after the first deploy started"
+api_tasks
+
+log "rolling update to $IMAGE_B (start-first) under load"
+start_load
+t=$SECONDS
+scripts/swarm/deploy.sh "$IMAGE_B" || fail "rolling update"
+update_seconds=$((SECONDS - t))
+stop_load "rolling update ($update_seconds s)"
+api_tasks
+[ "$(api_tasks | grep -c " $IMAGE_B ")" -ge 2 ] || fail "the api is not on $IMAGE_B"
+
+log "bad update: database_url with a wrong password; Swarm must roll back by itself"
+start_load
+t=$SECONDS
+docker service update --detach --quiet \
+  --secret-rm "${STACK}_database_url" \
+  --secret-add "source=${STACK}_database_url_bad,target=database_url,uid=10001,gid=10001,mode=0400" \
+  "${STACK}_api" >/dev/null
+deadline=$((SECONDS + 240))
+until [ "$(docker service inspect -f '{{.UpdateStatus.State}}' "${STACK}_api")" = rollback_completed ]; do
+  [ $SECONDS -lt $deadline ] || fail "no rollback after 240 s"
+  sleep 1
+done
+rollback_seconds=$((SECONDS - t))
+stop_load "bad update and rollback ($rollback_seconds s)"
+docker service inspect -f '  {{.UpdateStatus.Message}}' "${STACK}_api"
+secret=$(docker service inspect -f '{{range .Spec.TaskTemplate.ContainerSpec.Secrets}}{{if eq .File.Name "database_url"}}{{.SecretName}}{{end}}{{end}}' "${STACK}_api")
+[ "$secret" = "${STACK}_database_url" ] || fail "after the rollback the api uses secret $secret"
+wait_ready 60
+api_tasks
+
+if [ "$NODES" = 2 ]; then
+  worker=$(docker node ls --filter role=worker -q | head -1)
+  log "replicas per node:"
+  api_tasks
+  [ "$(api_tasks | awk '{print $3}' | sort -u | wc -l)" = 2 ] || fail "the api's replicas are not on both nodes"
+  log "draining node 2 under load: its tasks must move to node 1"
+  start_load
+  t=$SECONDS
+  docker node update --availability drain "$worker" >/dev/null
+  deadline=$((SECONDS + 120))
+  until [ "$(api_tasks | grep -c " Running ")" -ge 2 ] &&
+    ! api_tasks | awk '{print $3}' | grep -qvx "$(docker node inspect -f '{{.Description.Hostname}}' "$manager")"; do
+    [ $SECONDS -lt $deadline ] || fail "node 2's tasks did not move after 120 s"
+    sleep 1
+  done
+  drain_seconds=$((SECONDS - t))
+  stop_load "drain of node 2 ($drain_seconds s)"
+  api_tasks
+  docker node update --availability active "$worker" >/dev/null
+fi
+
+log "PASSED: rolling update ${update_seconds} s, rollback ${rollback_seconds} s${drain_seconds:+, drain ${drain_seconds} s}, zero failed requests"

@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# Deploy (or upgrade) deploy/swarm/stack.yml to the Swarm this Docker client talks to:
+#   scripts/swarm/deploy.sh IMAGE
+# Swarm has no "start this service after that job": this script is the ordering.
+#   1. The migration job runs with IMAGE while the api keeps its current image
+#      (on a first deploy the api has no replicas yet), and must complete.
+#   2. Only then does the api roll out to IMAGE: start-first, one task at a time,
+#      rolled back by Swarm itself if a new task fails or never turns healthy.
+# Migrations must therefore suit the old code too (expand, then contract later).
+# Exits non-zero if the job fails or the update is rolled back.
+#
+# The secrets must exist first (docs/swarm.md): ${STACK}_database_url,
+# ${STACK}_secret_key and ${STACK}_postgres_password. Settings: STACK (fsswarm),
+# DOMAIN (:80, plain HTTP), HTTP_PORT (80), HTTPS_PORT (443), API_REPLICAS (2),
+# RESOLVE_IMAGE (always; `never` when every node already holds IMAGE, no registry).
+set -euo pipefail
+cd "$(dirname "$0")/../../deploy/swarm"
+
+IMAGE=${1:?usage: deploy.sh IMAGE}
+export STACK=${STACK:-fsswarm}
+export API_REPLICAS=${API_REPLICAS:-2}
+export CADDYFILE_DIGEST
+CADDYFILE_DIGEST=$(sha256sum Caddyfile | cut -c1-12)
+TIMEOUT=${DEPLOY_TIMEOUT:-300}
+
+log() { printf 'deploy [%s] %s\n' "$(date +%T)" "$*"; }
+stack_deploy() { # stack_deploy API_IMAGE MIGRATE_IMAGE API_REPLICAS
+  API_IMAGE=$1 MIGRATE_IMAGE=$2 API_REPLICAS=$3 \
+    docker stack deploy --detach=true --resolve-image "${RESOLVE_IMAGE:-always}" \
+    --prune -c stack.yml "$STACK" >/dev/null
+}
+
+for secret in database_url secret_key postgres_password; do
+  docker secret inspect "${STACK}_${secret}" >/dev/null 2>&1 ||
+    { echo "deploy: no secret ${STACK}_${secret}: see docs/swarm.md" >&2; exit 1; }
+done
+
+# Every update of a job service, even one that changes nothing, is a new run of it.
+wait_for_migration() {
+  local service="${STACK}_migrate" deadline=$((SECONDS + TIMEOUT)) iteration states
+  iteration=$(docker service inspect -f '{{.JobStatus.JobIteration.Index}}' "$service")
+  while :; do
+    # The states of this run's tasks (older runs' tasks stay listed).
+    states=$(docker service ps -q "$service" | xargs -r docker inspect \
+      -f '{{.JobIteration.Index}} {{.Status.State}}' | awk -v i="$iteration" '$1 == i {print $2}')
+    grep -qx complete <<<"$states" && return 0
+    if [ $SECONDS -ge $deadline ]; then
+      log "migration not complete after ${TIMEOUT}s; its last logs:"
+      docker service logs --tail 30 "$service" >&2 || true
+      return 1
+    fi
+    sleep 1
+  done
+}
+
+# Waits for the api to be at its desired replicas on IMAGE, or for Swarm to give up.
+wait_for_rollout() {
+  local service="${STACK}_api" deadline=$((SECONDS + TIMEOUT)) state running
+  while :; do
+    state=$(docker service inspect -f '{{if .UpdateStatus}}{{.UpdateStatus.State}}{{end}}' "$service")
+    case $state in
+      rollback_completed | rollback_paused | paused)
+        log "the api update ended as $state: $(docker service inspect -f '{{.UpdateStatus.Message}}' "$service")"
+        return 1 ;;
+    esac
+    running=$(docker service ps "$service" --filter desired-state=running \
+      --format '{{.Image}} {{.CurrentState}}' | grep -c "^$IMAGE Running" || true)
+    if [ "$running" -ge "$API_REPLICAS" ] && [[ $state == "" || $state == completed ]]; then
+      return 0
+    fi
+    [ $SECONDS -lt $deadline ] || { log "api not rolled out after ${TIMEOUT}s (state: ${state:-none})"; return 1; }
+    sleep 1
+  done
+}
+
+current=$(docker service inspect -f '{{.Spec.TaskTemplate.ContainerSpec.Image}}' "${STACK}_api" 2>/dev/null || true)
+current=${current%@*} # a digest pinned by --resolve-image
+if [ -z "$current" ]; then
+  log "first deploy: infrastructure and the migration job, no api replicas yet"
+  stack_deploy "$IMAGE" "$IMAGE" 0
+else
+  log "migration job on $IMAGE; the api stays on $current"
+  stack_deploy "$current" "$IMAGE" "$API_REPLICAS"
+fi
+wait_for_migration
+log "migration complete; rolling the api out to $IMAGE"
+stack_deploy "$IMAGE" "$IMAGE" "$API_REPLICAS"
+wait_for_rollout
+log "api: $API_REPLICAS replicas on $IMAGE"
