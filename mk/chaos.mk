@@ -1,0 +1,8 @@
+# Fault injection on the production stack under load: issue 7's table, measured.
+# scripts/chaos.py needs only Docker (Compose v2) and Python 3.11+ on this machine.
+PYTHON ?= python3
+
+##@ Chaos
+.PHONY: chaos
+chaos: ## Inject faults into the production stack under load and check each against its bar (fault=redis-stop, short=1)
+	$(PYTHON) scripts/chaos.py $(if $(short),--short) $(fault)
