@@ -17,18 +17,20 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from alembic import context
 from app.core.config import SettingsError, get_settings
-from app.core.db import Base
-from app.items import models as _items_models  # noqa: F401  # registers the items table
+from app.core.db import Base, load_all_models
 
 config = context.config
 
 # Any two concurrent `alembic upgrade` runs queue on this lock instead of racing;
 # the second finds the work done. The number is arbitrary but must never change.
 MIGRATION_LOCK_KEY = 7_311_982_640_113
+MIGRATION_LOCK_TIMEOUT = "5s"
 
 if config.config_file_name is not None and config.attributes.get("configure_logger", True):
     fileConfig(config.config_file_name)
 
+# Every app/<domain>/models.py, found by name: a new resource needs no line here.
+load_all_models()
 target_metadata = Base.metadata
 
 
@@ -54,6 +56,9 @@ def do_run_migrations(connection: Connection) -> None:
     with context.begin_transaction():
         # Held until this transaction ends, and so released even if the run dies.
         connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+        # A DDL statement waiting for a table lock makes every later query on that
+        # table wait behind it: give up after a few seconds instead (and run again).
+        connection.execute(text(f"SET LOCAL lock_timeout = '{MIGRATION_LOCK_TIMEOUT}'"))
         context.run_migrations()
 
 

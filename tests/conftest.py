@@ -2,7 +2,8 @@
 
 The run gets a fresh database, migrated with Alembic. Each test runs inside a
 transaction that is rolled back afterwards (the app's own commits become
-savepoints), and the tests' Redis database is flushed after each test.
+savepoints), and the tests' own Redis database (TEST_REDIS_DB, never the one
+REDIS_URL names, which may be a dev stack's) is flushed after each test.
 
 Settings come from the environment, as in production (docker-compose.test.yml
 sets them for `make test`); the run's own database replaces the one named there.
@@ -13,6 +14,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 from alembic.config import Config
@@ -31,15 +33,16 @@ from sqlalchemy.ext.asyncio import (
 
 from alembic import command
 from app.core.config import Settings, load_settings
-from app.core.db import create_engine, get_session_factory
-from app.core.redis import create_redis
-from app.main import create_app
+from app.core.db import create_engine
+from app.core.state import get_session_factory
 
 ROOT = Path(__file__).resolve().parent.parent
 
 # Ports on this machine where nothing listens: "the dependency is down".
 UNREACHABLE_POSTGRES = "postgresql://nobody:nothing@127.0.0.1:1/none"
 UNREACHABLE_REDIS = "redis://127.0.0.1:1/0"
+# The tests empty this Redis database after each test; nothing else should use it.
+TEST_REDIS_DB = 15
 
 
 def alembic_config(connection: Connection | None = None) -> Config:
@@ -107,14 +110,16 @@ async def settings(
     async with engine.begin() as connection:
         await connection.run_sync(upgrade_to_head)
     await engine.dispose()
-    yield with_overrides(base_settings, database_url=url, environment="test")
+    redis_url = urlsplit(str(base_settings.redis_url))._replace(path=f"/{TEST_REDIS_DB}")
+    yield with_overrides(
+        base_settings, database_url=url, redis_url=redis_url.geturl(), environment="test"
+    )
     await make_database.drop_all()
 
 
 def with_overrides(settings: Settings, **changes: object) -> Settings:
     """A validated copy of `settings` with some values changed."""
-    values = settings.model_dump() | {"secret_key": settings.secret_key.get_secret_value()}
-    return Settings(_env_file=None, **(values | changes))
+    return Settings(_env_file=None, **(settings.model_dump() | changes))
 
 
 @pytest.fixture(scope="session")
@@ -142,17 +147,10 @@ def session_factory(connection: AsyncConnection) -> async_sessionmaker[AsyncSess
 
 
 @pytest.fixture
-async def session(
-    session_factory: async_sessionmaker[AsyncSession],
-) -> AsyncIterator[AsyncSession]:
-    async with session_factory() as session:
-        yield session
-
-
-@pytest.fixture
 async def redis(settings: Settings) -> AsyncIterator[Redis]:
-    """The tests' Redis database, emptied after each test."""
-    client = create_redis(settings)
+    """The tests' Redis database, emptied after each test. A plain client: the app's
+    timeouts are tuned for a LAN, not for a loaded test machine."""
+    client = Redis.from_url(str(settings.redis_url))
     yield client
     await client.flushdb()
     await client.aclose()
@@ -185,9 +183,15 @@ class AppClientMaker:
     async def __call__(
         self, settings: Settings, app: FastAPI | None = None, *, isolated: bool = True
     ) -> AsyncClient:
-        """isolated=False: the app uses its own engine from `settings`, not the test's
+        """A client on `app` (default: the service's own app on `settings`).
+        isolated=False: the app uses its own engine from `settings`, not the test's
         transaction (for tests where that database is unreachable)."""
-        app = app or create_app(settings)
+        if app is None:
+            # Imported here: core's tests build their own app and must not need the
+            # domain packages that app.main wires in.
+            from app.main import create_app  # noqa: PLC0415
+
+            app = create_app(settings)
         if isolated:
             app.dependency_overrides[get_session_factory] = lambda: self._session_factory
         manager, client = await start_app(app)

@@ -1,11 +1,14 @@
 """Errors as RFC 9457 problem details, and every exception handler in one place.
 
-Domain code raises subclasses of `AppError`; this module turns them, and
-FastAPI's own HTTP and validation errors, into `application/problem+json`.
+Domain code raises subclasses of `AppError`; this module turns them, FastAPI's own
+HTTP and validation errors, and unavailable dependencies into
+`application/problem+json`. app/core/problems.py documents the same bodies in the
+OpenAPI schema.
 """
 
 from __future__ import annotations
 
+import re
 import socket
 from collections.abc import Mapping
 from http import HTTPStatus
@@ -18,23 +21,22 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app.core.db_errors import is_transient, sqlstate
 from app.core.request_id import REQUEST_ID_HEADER, current_request_id
 
 PROBLEM_JSON = "application/problem+json"
+RETRY_UNAVAILABLE_AFTER_SECONDS = 5
 
-# What a request sees when a dependency it needs (today, Postgres) is down or
-# unreachable: refused or reset connections, DNS failures, timeouts, and
-# SQLAlchemy's wrappers of them (pool exhausted, connection lost mid-query).
-# Redis errors never get here: Redis is optional and its callers fall back.
+# Failures of a dependency reached without SQLAlchemy's wrapping (or before it):
+# refused or reset connections, DNS failures, timeouts, an exhausted pool.
+# SQLAlchemy's DBAPIError is classified by its SQLSTATE instead (app/core/db_errors.py).
+# Redis errors never get here: Redis is optional and OptionalRedis absorbs them.
 DEPENDENCY_UNAVAILABLE: tuple[type[Exception], ...] = (
     ConnectionError,
     socket.gaierror,
     TimeoutError,
-    sa_exc.OperationalError,
-    sa_exc.InterfaceError,
     sa_exc.TimeoutError,
 )
-RETRY_UNAVAILABLE_AFTER_SECONDS = 5
 
 logger = structlog.get_logger(__name__)
 
@@ -48,6 +50,10 @@ class AppError(Exception):
     def __init__(self, detail: str) -> None:
         super().__init__(detail)
         self.detail = detail
+
+    def extensions(self) -> dict[str, Any]:
+        """Extra members of the problem body (e.g. `errors`); none by default."""
+        return {}
 
 
 def problem_response(
@@ -77,43 +83,78 @@ def problem_response(
     return JSONResponse(body, status_code=status_code, headers=all_headers, media_type=PROBLEM_JSON)
 
 
-async def _app_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, AppError)  # noqa: S101  # registered for AppError only
-    return problem_response(request, exc.status_code, exc.detail, headers=exc.headers)
-
-
-async def _http_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, StarletteHTTPException)  # noqa: S101
-    return problem_response(request, exc.status_code, exc.detail, headers=exc.headers)
-
-
-async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, RequestValidationError)  # noqa: S101
-    # Field and reason only: the submitted values are never echoed back (they may be secrets).
-    errors = [
-        {
-            "location": str(error["loc"][0]),
-            "field": ".".join(str(part) for part in error["loc"][1:]),
-            "detail": error["msg"],
-        }
-        for error in exc.errors()
-    ]
-    return problem_response(
-        request,
-        status.HTTP_422_UNPROCESSABLE_CONTENT,
-        "The request is invalid; see errors.",
-        errors=errors,
-    )
-
-
-async def _dependency_unavailable(request: Request, exc: Exception) -> JSONResponse:
-    logger.warning("dependency unavailable", error=type(exc).__name__)
+def unavailable_response(request: Request) -> JSONResponse:
     return problem_response(
         request,
         status.HTTP_503_SERVICE_UNAVAILABLE,
         "A service this request needs is unavailable; try again shortly.",
         headers={"Retry-After": str(RETRY_UNAVAILABLE_AFTER_SECONDS)},
     )
+
+
+def allowed_methods(request: Request) -> str:
+    """The methods the OpenAPI document lists for this path (plus HEAD, served for
+    every GET). Starlette's own 405 names only one route's methods, and FastAPI
+    makes one route per method; the document is what clients read."""
+    methods: set[str] = set()
+    for template, operations in request.app.openapi().get("paths", {}).items():
+        if re.fullmatch(re.sub(r"\\{[^/]+?\\}", "[^/]+", re.escape(template)), request.url.path):
+            methods.update(method.upper() for method in operations)
+    if "GET" in methods:
+        methods.add("HEAD")
+    return ", ".join(sorted(methods))
+
+
+async def _app_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, AppError)  # noqa: S101  # registered for AppError only
+    return problem_response(
+        request, exc.status_code, exc.detail, headers=exc.headers, **exc.extensions()
+    )
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)  # noqa: S101
+    headers = dict(exc.headers or {})
+    if exc.status_code == status.HTTP_405_METHOD_NOT_ALLOWED:
+        headers["Allow"] = allowed_methods(request)
+    return problem_response(request, exc.status_code, exc.detail, headers=headers)
+
+
+def _field_error(error: Mapping[str, Any]) -> dict[str, Any]:
+    location, *path = error["loc"]
+    if error["type"] == "json_invalid":
+        # pydantic puts the character offset in the path; the client needs to know
+        # the body as a whole is unreadable.
+        return {"location": str(location), "field": None, "detail": "Body is not valid JSON."}
+    return {
+        "location": str(location),
+        "field": ".".join(str(part) for part in path) or None,
+        "detail": error["msg"],
+    }
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)  # noqa: S101
+    # Field and reason only: the submitted values are never echoed back (they may be secrets).
+    return problem_response(
+        request,
+        status.HTTP_422_UNPROCESSABLE_CONTENT,
+        "The request is invalid; see errors.",
+        errors=[_field_error(error) for error in exc.errors()],
+    )
+
+
+async def _database_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, sa_exc.DBAPIError)  # noqa: S101
+    if not is_transient(exc):
+        raise exc  # a bug: the generic 500 path logs it once and answers 500
+    logger.warning("database unavailable", error=type(exc).__name__, sqlstate=sqlstate(exc))
+    return unavailable_response(request)
+
+
+async def _dependency_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    logger.warning("dependency unavailable", error=type(exc).__name__)
+    return unavailable_response(request)
 
 
 async def _unhandled_error(request: Request, exc: Exception) -> JSONResponse:
@@ -128,6 +169,7 @@ def register_exception_handlers(app: FastAPI) -> None:
     app.add_exception_handler(AppError, _app_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(sa_exc.DBAPIError, _database_error)
     for exc_class in DEPENDENCY_UNAVAILABLE:
         app.add_exception_handler(exc_class, _dependency_unavailable)
     app.add_exception_handler(Exception, _unhandled_error)

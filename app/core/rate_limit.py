@@ -1,39 +1,42 @@
-"""A per-client fixed-window rate limit kept in Redis, for write endpoints.
+"""Per-client rate limits kept in Redis, as a dependency factory with named scopes.
 
-A fixed window (INCR plus EXPIRE) is one round trip and easy to reason about; it
-lets a client burst up to twice the limit across a window boundary, which is
-acceptable for protecting writes. When Redis is unavailable the limit fails open:
-writes keep working, and a warning is logged.
+    writes = rate_limit("writes")            # budget from the RATE_LIMIT_WRITES setting
+    searches = rate_limit("searches", per_minute=30)
+
+Each scope has its own budget and counter per client. A fixed one-minute window
+(INCR plus EXPIRE, one round trip) is easy to reason about; it lets a client burst
+up to twice the limit across a window boundary, acceptable for protecting writes.
+When Redis is unavailable the limit fails open: requests keep working.
 """
 
 from __future__ import annotations
 
 from http import HTTPStatus
 
-import structlog
-from fastapi import Request
+from fastapi import Request, params
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
+from app.core.config import Settings
 from app.core.errors import AppError
+from app.core.state import RedisDep, SettingsDep
 
-logger = structlog.get_logger(__name__)
+WINDOW_SECONDS = 60
 
 
 class RateLimited(AppError):
     status_code = HTTPStatus.TOO_MANY_REQUESTS
 
     def __init__(self, retry_after: int) -> None:
-        super().__init__(f"Too many write requests; retry in {retry_after} s.")
+        super().__init__(f"Too many requests; retry in {retry_after} s.")
         self.headers = {"Retry-After": str(retry_after)}
 
 
-async def hit(redis: Redis, key: str, limit: int, window_seconds: int) -> int | None:
+async def hit(redis: Redis, key: str, limit: int) -> int | None:
     """Count one request against `key`. Returns the seconds to wait if over the limit."""
     async with redis.pipeline(transaction=True) as pipe:
         pipe.incr(key)
         # NX: the window starts at its first request and is not extended by later ones.
-        pipe.expire(key, window_seconds, nx=True)
+        pipe.expire(key, WINDOW_SECONDS, nx=True)
         pipe.ttl(key)
         count, _, ttl = await pipe.execute()
     if count > limit:
@@ -46,18 +49,21 @@ def client_key(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
 
-async def limit_writes(request: Request) -> None:
-    """Dependency for write endpoints: 429 with Retry-After past the configured rate."""
-    settings = request.state.settings
-    if settings.rate_limit_writes == 0:
-        return
-    key = f"ratelimit:writes:{client_key(request)}"
-    try:
-        retry_after = await hit(
-            request.state.redis, key, settings.rate_limit_writes, settings.rate_limit_window_seconds
-        )
-    except RedisError as exc:
-        logger.warning("rate limit skipped: redis unavailable", error=type(exc).__name__)
-        return
-    if retry_after is not None:
-        raise RateLimited(retry_after)
+def rate_limit(scope: str, *, per_minute: int | None = None) -> params.Depends:
+    """A dependency limiting each client to `per_minute` requests in `scope`; 429 with
+    Retry-After beyond. Without `per_minute`, the budget is the setting
+    `RATE_LIMIT_<SCOPE>` (checked here, at import); 0 turns the limit off."""
+    setting = f"rate_limit_{scope}"
+    if per_minute is None and setting not in Settings.model_fields:
+        raise ValueError(f"rate_limit({scope!r}) needs per_minute= or a {setting} setting")
+
+    async def limit(request: Request, settings: SettingsDep, redis: RedisDep) -> None:
+        budget: int = per_minute if per_minute is not None else getattr(settings, setting)
+        if budget == 0:
+            return
+        key = f"ratelimit:{scope}:{client_key(request)}"
+        retry_after = await redis.run(lambda client: hit(client, key, budget))
+        if retry_after is not None:
+            raise RateLimited(retry_after)
+
+    return params.Depends(limit)

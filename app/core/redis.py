@@ -1,32 +1,76 @@
-"""The Redis client: built in the lifespan, one per process, and its dependency."""
+"""Redis, optional by design: a cache and a rate limiter, never a reason to fail.
+
+`OptionalRedis` wraps the client with a circuit breaker shared by everything that
+uses Redis in this process. When Redis is down or silent, calls return None at
+once (a cache miss, an unlimited request) instead of each waiting for a timeout.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
-from fastapi import Depends, Request
-from redis.asyncio import Redis
+import structlog
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
 
+from app.core.breaker import BreakerState, CircuitBreaker
 from app.core.config import Settings
 
+T = TypeVar("T")
 
-def create_redis(settings: Settings) -> Redis:
-    """A client with short timeouts and no retries: Redis is a cache and a limiter here,
-    so a slow or absent Redis must cost a request milliseconds, not seconds."""
-    return Redis.from_url(
+logger = structlog.get_logger(__name__)
+
+
+def create_redis_client(settings: Settings) -> Redis:
+    """Short timeouts, no retries and a bounded pool: waiting for a free connection
+    is bounded by the socket timeout too, so a saturated Redis is a failure, not a queue."""
+    pool = BlockingConnectionPool.from_url(
         str(settings.redis_url),
+        max_connections=settings.redis_max_connections,
+        timeout=settings.redis_socket_timeout,
         socket_timeout=settings.redis_socket_timeout,
         socket_connect_timeout=settings.redis_connect_timeout,
         retry=Retry(NoBackoff(), retries=0),
-        decode_responses=True,
     )
+    return Redis(connection_pool=pool)
 
 
-def get_redis(request: Request) -> Redis:
-    redis: Redis = request.state.redis
-    return redis
+class OptionalRedis:
+    """A Redis client that degrades: `run` returns None when Redis is unavailable."""
 
+    def __init__(self, client: Redis, breaker: CircuitBreaker) -> None:
+        self.client = client
+        self.breaker = breaker
 
-RedisDep = Annotated[Redis, Depends(get_redis)]
+    @classmethod
+    def from_settings(cls, settings: Settings) -> OptionalRedis:
+        breaker = CircuitBreaker(
+            failures=settings.redis_breaker_failures, cooldown=settings.redis_breaker_cooldown
+        )
+        return cls(create_redis_client(settings), breaker)
+
+    @property
+    def state(self) -> BreakerState:
+        return self.breaker.state
+
+    async def run(self, operation: Callable[[Redis], Awaitable[T]]) -> T | None:
+        """Run `operation` on the client, or skip it (None) while the breaker is open."""
+        if not self.breaker.allow():
+            return None
+        try:
+            result = await operation(self.client)
+        except (RedisError, OSError) as exc:
+            # Log transitions, not every skipped call: an outage must not flood the log.
+            if self.breaker.record_failure():
+                logger.warning("redis unavailable; skipping it", error=type(exc).__name__)
+            return None
+        if self.breaker.state is not BreakerState.CLOSED:
+            logger.info("redis available again")
+        self.breaker.record_success()
+        return result
+
+    async def aclose(self) -> None:
+        await self.client.aclose()

@@ -29,6 +29,8 @@ async def ping_postgres(engine: AsyncEngine) -> None:
 
 
 async def ping_redis(redis: Redis) -> None:
+    # The client itself, not OptionalRedis: readiness reports Redis as it is, even
+    # while the breaker has the app skipping it.
     await redis.ping()
 
 

@@ -20,3 +20,10 @@ class ItemNameTaken(AppError):
 
     def __init__(self) -> None:
         super().__init__("An item with this name already exists.")
+
+
+class ItemInUse(AppError):
+    status_code = HTTPStatus.CONFLICT
+
+    def __init__(self) -> None:
+        super().__init__("Other records (such as orders) refer to this item; delete them first.")

@@ -3,72 +3,59 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request, Response, status
+from fastapi import APIRouter, Request, Response, status
 
 from app.core.db import SessionDep
-from app.core.rate_limit import limit_writes
-from app.core.redis import RedisDep
+from app.core.pagination import Page, PageParamsDep
+from app.core.problems import problem_responses
+from app.core.rate_limit import rate_limit
 from app.items import service
-from app.items.cache import ItemCache
-from app.items.schemas import MAX_PAGE_SIZE, ItemCreate, ItemPage, ItemRead, ItemUpdate
+from app.items.cache import ItemCacheDep
+from app.items.schemas import ItemCreate, ItemRead, ItemUpdate
 
-router = APIRouter(prefix="/items", tags=["items"])
+router = APIRouter(prefix="/items", tags=["items"], responses=problem_responses(503))
 
-ERRORS: dict[int | str, dict[str, Any]] = {
-    404: {"description": "No item has this id"},
-    409: {"description": "Another item has this name"},
-    429: {"description": "Too many write requests from this client"},
-}
+writes = rate_limit("writes")
 
-
-def get_item_cache(request: Request, redis: RedisDep) -> ItemCache:
-    return ItemCache(redis, request.state.settings.item_cache_ttl_seconds)
-
-
-CacheDep = Annotated[ItemCache, Depends(get_item_cache)]
-WriteLimit = Depends(limit_writes)
+LOCATION = {"Location": {"description": "The new item's URL.", "schema": {"type": "string"}}}
 
 
 @router.post(
     "",
     status_code=status.HTTP_201_CREATED,
-    dependencies=[WriteLimit],
-    responses={409: ERRORS[409], 429: ERRORS[429]},
+    dependencies=[writes],
+    responses={201: {"headers": LOCATION}, **problem_responses(409, 413, 429)},
 )
 async def create_item(
     data: ItemCreate, session: SessionDep, request: Request, response: Response
 ) -> ItemRead:
+    """Create an item; its URL is in the Location header. Names are unique."""
     item = await service.create_item(session, data)
     response.headers["Location"] = str(request.url_for("get_item", item_id=item.id))
     return ItemRead.model_validate(item)
 
 
 @router.get("")
-async def list_items(
-    session: SessionDep,
-    limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = 20,
-    offset: Annotated[int, Query(ge=0)] = 0,
-) -> ItemPage:
-    items, total = await service.list_items(session, limit=limit, offset=offset)
-    return ItemPage(
-        items=[ItemRead.model_validate(item) for item in items],
-        total=total,
-        limit=limit,
-        offset=offset,
-    )
+async def list_items(session: SessionDep, page: PageParamsDep) -> Page[ItemRead]:
+    """List items, oldest first, a page at a time: follow `next_cursor`."""
+    items, next_cursor = await service.list_items(session, page)
+    return Page(items=[ItemRead.model_validate(item) for item in items], next_cursor=next_cursor)
 
 
-@router.get("/{item_id}", responses={404: ERRORS[404]})
-async def get_item(item_id: uuid.UUID, session: SessionDep, cache: CacheDep) -> ItemRead:
-    return await service.get_item_cached(session, cache, item_id)
+@router.get("/{item_id}", response_model=ItemRead, responses=problem_responses(404))
+async def get_item(item_id: uuid.UUID, session: SessionDep, cache: ItemCacheDep) -> Response:
+    """Get one item. Served from the cache when it can be: the cached body is sent
+    as stored, without parsing it again."""
+    body = await service.get_item_body(session, cache, item_id)
+    return Response(body, media_type="application/json")
 
 
-@router.patch("/{item_id}", dependencies=[WriteLimit], responses=ERRORS)
+@router.patch("/{item_id}", dependencies=[writes], responses=problem_responses(404, 409, 413, 429))
 async def update_item(
-    item_id: uuid.UUID, changes: ItemUpdate, session: SessionDep, cache: CacheDep
+    item_id: uuid.UUID, changes: ItemUpdate, session: SessionDep, cache: ItemCacheDep
 ) -> ItemRead:
+    """Change some fields of an item: only the fields sent are changed."""
     item = await service.update_item(session, cache, item_id, changes)
     return ItemRead.model_validate(item)
 
@@ -76,8 +63,10 @@ async def update_item(
 @router.delete(
     "/{item_id}",
     status_code=status.HTTP_204_NO_CONTENT,
-    dependencies=[WriteLimit],
-    responses={404: ERRORS[404], 429: ERRORS[429]},
+    response_class=Response,
+    dependencies=[writes],
+    responses=problem_responses(404, 409, 429),
 )
-async def delete_item(item_id: uuid.UUID, session: SessionDep, cache: CacheDep) -> None:
+async def delete_item(item_id: uuid.UUID, session: SessionDep, cache: ItemCacheDep) -> None:
+    """Delete an item. Refused (409) while orders refer to it."""
     await service.delete_item(session, cache, item_id)

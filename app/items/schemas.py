@@ -6,16 +6,14 @@ import uuid
 from datetime import datetime
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic.json_schema import SkipJsonSchema
 
+from app.core.text import multi_line, single_line
 from app.items.models import NAME_MAX_LENGTH
 
-ItemName = Annotated[
-    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=NAME_MAX_LENGTH)
-]
-ItemDescription = Annotated[str, StringConstraints(max_length=10_000)]
-
-MAX_PAGE_SIZE = 100
+ItemName = Annotated[str, single_line(max_length=NAME_MAX_LENGTH)]
+ItemDescription = Annotated[str, multi_line(max_length=10_000)]
 
 
 class ItemCreate(BaseModel):
@@ -30,7 +28,8 @@ class ItemUpdate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: ItemName | None = None
+    # SkipJsonSchema: the schema says what the API accepts, a string; null is refused.
+    name: ItemName | SkipJsonSchema[None] = None
     description: ItemDescription | None = None
 
     @field_validator("name")
@@ -50,13 +49,3 @@ class ItemRead(BaseModel):
     description: str | None
     created_at: datetime
     updated_at: datetime
-
-
-class Page(BaseModel):
-    limit: int = Field(description="The page size asked for.")
-    offset: int = Field(description="How many items were skipped.")
-    total: int = Field(description="How many items exist.")
-
-
-class ItemPage(Page):
-    items: list[ItemRead]

@@ -1,84 +1,67 @@
 """The items logic: plain functions that take the session first, so they are easy to
-call from a router, a script or a test. They raise domain errors, never HTTP ones."""
+call from a router, a script or a test. They raise domain errors, never HTTP ones,
+and flush but never commit: the session dependency owns the transaction."""
 
 from __future__ import annotations
 
 import uuid
 
-from sqlalchemy import func, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.core.db_errors import FOREIGN_KEY_VIOLATION, flush_or_raise
+from app.core.pagination import PageParams, paginate
 from app.items.cache import ItemCache
-from app.items.exceptions import ItemNameTaken, ItemNotFound
+from app.items.exceptions import ItemInUse, ItemNameTaken, ItemNotFound
 from app.items.models import Item
 from app.items.schemas import ItemCreate, ItemRead, ItemUpdate
 
-NAME_CONSTRAINT = "uq_items_name"
-
-
-async def _flush_or_name_taken(session: AsyncSession) -> None:
-    """Flush now, so a duplicate name surfaces here as ItemNameTaken. Checking first
-    with a SELECT would race with a concurrent insert; the constraint does not."""
-    try:
-        await session.flush()
-    except IntegrityError as exc:
-        constraint = getattr(exc.orig.__cause__, "constraint_name", None) if exc.orig else None
-        if constraint == NAME_CONSTRAINT:
-            raise ItemNameTaken from None
-        raise
+NAME_TAKEN = {"uq_items_name": ItemNameTaken}
 
 
 async def create_item(session: AsyncSession, data: ItemCreate) -> Item:
     item = Item(name=data.name, description=data.description)
     session.add(item)
-    await _flush_or_name_taken(session)
+    await flush_or_raise(session, NAME_TAKEN)
     return item
 
 
-async def list_items(session: AsyncSession, *, limit: int, offset: int) -> tuple[list[Item], int]:
-    """A page of items, oldest first, and the total count. The id breaks ties, so
-    the order is stable across pages even for items created in the same instant."""
-    total = await session.scalar(select(func.count()).select_from(Item))
-    page = await session.scalars(
-        select(Item).order_by(Item.created_at, Item.id).limit(limit).offset(offset)
-    )
-    return list(page), total or 0
+async def list_items(session: AsyncSession, page: PageParams) -> tuple[list[Item], str | None]:
+    """A page of items, oldest first; the id breaks ties between equal timestamps."""
+    return await paginate(session, select(Item), (Item.created_at, Item.id), page)
 
 
-async def get_item(session: AsyncSession, item_id: uuid.UUID) -> Item:
-    item = await session.get(Item, item_id)
+async def get_item(session: AsyncSession, item_id: uuid.UUID, *, for_update: bool = False) -> Item:
+    """The item, or ItemNotFound. `for_update` locks its row until the transaction
+    ends, so a concurrent delete makes an update a clean 404, not a lost write."""
+    item = await session.get(Item, item_id, with_for_update=for_update)
     if item is None:
         raise ItemNotFound(item_id)
     return item
 
 
-async def get_item_cached(session: AsyncSession, cache: ItemCache, item_id: uuid.UUID) -> ItemRead:
-    """Cache-aside read: Redis first, then Postgres, filling the cache on the way back."""
-    cached = await cache.get(item_id)
-    if cached is not None:
-        return cached
-    item = ItemRead.model_validate(await get_item(session, item_id))
-    await cache.set(item)
-    return item
+async def get_item_body(session: AsyncSession, cache: ItemCache, item_id: uuid.UUID) -> bytes:
+    """The item's JSON, from the cache or from Postgres (then cached)."""
+
+    async def load() -> ItemRead:
+        return ItemRead.model_validate(await get_item(session, item_id))
+
+    return await cache.get_or_load(item_id, load)
 
 
 async def update_item(
     session: AsyncSession, cache: ItemCache, item_id: uuid.UUID, changes: ItemUpdate
 ) -> Item:
-    item = await get_item(session, item_id)
+    item = await get_item(session, item_id, for_update=True)
     for field, value in changes.model_dump(exclude_unset=True).items():
         setattr(item, field, value)
-    await _flush_or_name_taken(session)
-    # Commit before invalidating: invalidating first would let a concurrent read
-    # cache the old row again until the TTL ends.
-    await session.commit()
-    await cache.invalidate(item_id)
+    await flush_or_raise(session, NAME_TAKEN)
+    cache.invalidate_after_commit(session, item_id)
     return item
 
 
 async def delete_item(session: AsyncSession, cache: ItemCache, item_id: uuid.UUID) -> None:
-    item = await get_item(session, item_id)
+    item = await get_item(session, item_id, for_update=True)
     await session.delete(item)
-    await session.commit()
-    await cache.invalidate(item_id)
+    await flush_or_raise(session, {FOREIGN_KEY_VIOLATION: ItemInUse})
+    cache.invalidate_after_commit(session, item_id)

@@ -9,13 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from app.core.config import EXAMPLE_SECRET_KEY, Settings, SettingsError, load_settings
+from app.core.config import Settings, SettingsError, load_settings
 
-SECRET = "a-perfectly-fine-secret-key-of-40-chars!"
+SECRET = "a-perfectly-fine-database-password"
 VALID = {
-    "DATABASE_URL": "postgresql://app:pw@db:5432/app",
+    "DATABASE_URL": f"postgresql://app:{SECRET}@db:5432/app",
     "REDIS_URL": "redis://redis:6379/0",
-    "SECRET_KEY": SECRET,
 }
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -79,21 +78,21 @@ def test_cors_origins_are_comma_separated(env: pytest.MonkeyPatch) -> None:
 
 
 def test_values_are_read_from_dotenv(env: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    env.delenv("SECRET_KEY")
-    (tmp_path / ".env").write_text(f"SECRET_KEY={SECRET}\nLOG_LEVEL=WARNING\n")
+    env.delenv("DATABASE_URL")
+    (tmp_path / ".env").write_text(f"DATABASE_URL={VALID['DATABASE_URL']}\nLOG_LEVEL=WARNING\n")
     settings = load_settings()
-    assert settings.secret_key.get_secret_value() == SECRET
+    assert SECRET in settings.sqlalchemy_url
     assert settings.log_level == "WARNING"
 
 
 def test_secrets_are_read_from_files(env: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Docker secrets: one file per setting, named after it, as in /run/secrets."""
-    env.delenv("SECRET_KEY")
+    env.delenv("DATABASE_URL")
     secrets = tmp_path / "secrets"
     secrets.mkdir()
-    (secrets / "secret_key").write_text(SECRET)
+    (secrets / "database_url").write_text(VALID["DATABASE_URL"])
     settings = Settings(_secrets_dir=secrets)
-    assert settings.secret_key.get_secret_value() == SECRET
+    assert SECRET in settings.sqlalchemy_url
 
 
 def test_secret_never_appears_in_repr(env: pytest.MonkeyPatch) -> None:
@@ -107,7 +106,7 @@ def test_secret_never_appears_in_repr(env: pytest.MonkeyPatch) -> None:
         ("DATABASE_URL", "mysql://app:pw@db/app", "URL scheme should be"),
         ("DATABASE_URL", "not a url", "DATABASE_URL"),
         ("REDIS_URL", "http://redis:6379", "URL scheme should be"),
-        ("SECRET_KEY", "too-short", "String should have at least 32 characters"),
+        ("MAX_BODY_SIZE", "0", "greater than or equal to 1"),
         ("LOG_LEVEL", "LOUD", "'DEBUG'"),
         ("LOG_FORMAT", "xml", "'json' or 'console'"),
         ("DB_POOL_SIZE", "0", "greater than or equal to 1"),
@@ -129,27 +128,17 @@ def test_bad_value_is_refused_by_name(
     assert value not in message.replace(f"{name}:", "")  # the value is never echoed
 
 
-@pytest.mark.parametrize("name", ["DATABASE_URL", "SECRET_KEY"])
-def test_missing_required_setting_is_named(env: pytest.MonkeyPatch, name: str) -> None:
-    env.delenv(name)
-    with pytest.raises(SettingsError, match=f"{name}: Field required"):
+def test_missing_required_setting_is_named(env: pytest.MonkeyPatch) -> None:
+    env.delenv("DATABASE_URL")
+    with pytest.raises(SettingsError, match="DATABASE_URL: Field required"):
         load_settings()
-
-
-def test_example_secret_is_refused_in_production(env: pytest.MonkeyPatch) -> None:
-    env.setenv("SECRET_KEY", EXAMPLE_SECRET_KEY)
-    assert load_settings().environment == "development"  # fine on a laptop
-    env.setenv("ENVIRONMENT", "production")
-    with pytest.raises(SettingsError) as refused:
-        load_settings()
-    assert "SECRET_KEY is the example value" in str(refused.value)
-    assert EXAMPLE_SECRET_KEY not in str(refused.value)
 
 
 def test_app_refuses_to_start_on_bad_settings_without_printing_secrets() -> None:
     """The real entry point, in a fresh process: exit 1 with a message, no traceback."""
-    secret = "s3cret-but-only-12"
-    env = {**os.environ, **VALID, "SECRET_KEY": secret, "ENVIRONMENT": "staging"}
+    secret = "s3cret-in-a-bad-url"
+    env = {**os.environ, **VALID, "DATABASE_URL": f"mysql://app:{secret}@db/app"}
+    env["ENVIRONMENT"] = "staging"
     result = subprocess.run(
         [sys.executable, "-c", "import app.main"],
         cwd=ROOT,
@@ -161,6 +150,6 @@ def test_app_refuses_to_start_on_bad_settings_without_printing_secrets() -> None
     assert result.returncode == 1
     assert "invalid configuration" in result.stderr
     assert "ENVIRONMENT:" in result.stderr
-    assert "SECRET_KEY: String should have at least 32 characters" in result.stderr
+    assert "DATABASE_URL: URL scheme should be" in result.stderr
     assert "Traceback" not in result.stderr
     assert secret not in result.stderr + result.stdout

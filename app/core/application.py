@@ -1,0 +1,93 @@
+"""The app factory every service built on this core shares: lifespan (engine,
+session factory and Redis per process), middleware, error handling and OpenAPI.
+app/main.py calls it with the domain routers; core's tests call it with a
+test-only router, so core stands without any domain."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+
+import structlog
+from fastapi import APIRouter, FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.routing import APIRoute
+
+from app.core.body_limit import BodyLimitMiddleware
+from app.core.config import Settings
+from app.core.db import create_engine, create_session_factory
+from app.core.errors import register_exception_handlers
+from app.core.logging import configure_logging
+from app.core.middleware import RequestContextMiddleware
+from app.core.problems import install_problem_schema, problem_responses
+from app.core.redis import OptionalRedis
+from app.core.request_id import REQUEST_ID_HEADER
+from app.core.state import AppState
+
+logger = structlog.get_logger(__name__)
+
+
+def operation_id(route: APIRoute) -> str:
+    """Operation ids are the handler's name (`create_item`), so generated clients get
+    readable method names; handler names are unique across the app."""
+    return route.name
+
+
+def build_app(
+    settings: Settings,
+    *,
+    routers: Sequence[APIRouter],
+    title: str,
+    version: str,
+    description: str = "",
+) -> FastAPI:
+    """Build an app serving `routers`. Nothing connects here: the engine and the
+    Redis client are made in the lifespan, once per worker process, after any fork."""
+    configure_logging(settings.log_level, settings.effective_log_format)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[AppState]:
+        engine = create_engine(settings)
+        redis = OptionalRedis.from_settings(settings)
+        logger.info("started", environment=settings.environment)
+        try:
+            yield AppState(
+                settings=settings,
+                engine=engine,
+                session_factory=create_session_factory(engine),
+                redis=redis,
+            )
+        finally:
+            await redis.aclose()
+            await engine.dispose()
+            logger.info("stopped")
+
+    app = FastAPI(
+        title=title,
+        version=version,
+        description=description,
+        lifespan=lifespan,
+        # The interactive docs are for people; production serves only the schema.
+        docs_url=None if settings.environment == "production" else "/docs",
+        redoc_url=None,
+        generate_unique_id_function=operation_id,
+        responses=problem_responses(500),
+    )
+    for router in routers:
+        app.include_router(router)
+
+    register_exception_handlers(app)
+    install_problem_schema(app)
+    # Middleware added last runs first: the request id wraps everything, CORS answers
+    # preflights, then oversized bodies are refused before the app reads them.
+    app.add_middleware(BodyLimitMiddleware, max_body_size=settings.max_body_size)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["*"],
+            allow_headers=["*"],
+            expose_headers=[REQUEST_ID_HEADER, "Location", "Retry-After"],
+        )
+    app.add_middleware(RequestContextMiddleware)
+    return app

@@ -1,0 +1,112 @@
+"""Keyset pagination with an opaque cursor, for any model and any sort key.
+
+A page is the next `limit` rows after the cursor in a fixed order (for example
+created_at, then id to break ties). Unlike LIMIT/OFFSET, a page costs the same
+however deep it is, rows inserted meanwhile neither repeat nor vanish, and there
+is no count(*) over the whole table per request.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import uuid
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Annotated, Any, Generic, TypeVar
+
+from fastapi import Depends, Query
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, Field
+from sqlalchemy import Select, tuple_
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import InstrumentedAttribute
+
+T = TypeVar("T")
+Row = TypeVar("Row")
+
+MAX_PAGE_SIZE = 100
+DEFAULT_PAGE_SIZE = 20
+_MAX_CURSOR_LENGTH = 512
+
+# How a cursor's JSON values are turned back into the sort columns' Python types.
+_DECODERS: dict[type, Callable[[Any], Any]] = {
+    datetime: datetime.fromisoformat,
+    uuid.UUID: uuid.UUID,
+    int: int,
+    str: str,
+}
+
+
+class Page(BaseModel, Generic[T]):
+    items: list[T]
+    next_cursor: str | None = Field(
+        description="Pass as `cursor` to get the next page; null on the last page."
+    )
+
+
+class PageParams(BaseModel):
+    limit: int
+    cursor: str | None
+
+
+async def page_params(
+    limit: Annotated[
+        int, Query(ge=1, le=MAX_PAGE_SIZE, description="How many items per page.")
+    ] = DEFAULT_PAGE_SIZE,
+    cursor: Annotated[
+        str | None,
+        Query(
+            max_length=_MAX_CURSOR_LENGTH,
+            pattern=r"^[A-Za-z0-9_-]+$",
+            description="`next_cursor` from the previous page; leave out for the first page.",
+        ),
+    ] = None,
+) -> PageParams:
+    return PageParams(limit=limit, cursor=cursor)
+
+
+PageParamsDep = Annotated[PageParams, Depends(page_params)]
+
+
+def encode_cursor(values: Sequence[Any]) -> str:
+    plain = json.dumps([str(value) for value in values], separators=(",", ":"))
+    return base64.urlsafe_b64encode(plain.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, columns: Sequence[InstrumentedAttribute[Any]]) -> list[Any]:
+    """The sort key a cursor carries, typed like `columns`; 422 if it is not one of ours."""
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        raw = json.loads(base64.urlsafe_b64decode(padded))
+        if not isinstance(raw, list) or len(raw) != len(columns):
+            raise ValueError("wrong shape")  # one path for every bad cursor
+        return [
+            _DECODERS[column.type.python_type](value)
+            for column, value in zip(columns, raw, strict=True)
+        ]
+    except (ValueError, TypeError, KeyError, binascii.Error, UnicodeDecodeError):
+        raise RequestValidationError(
+            [{"type": "value_error", "loc": ("query", "cursor"), "msg": "Invalid cursor."}]
+        ) from None
+
+
+async def paginate(
+    session: AsyncSession,
+    statement: Select[Row],
+    order_by: Sequence[InstrumentedAttribute[Any]],
+    params: PageParams,
+) -> tuple[list[Row], str | None]:
+    """One page of `statement`'s rows in `order_by` order (ascending; the last column
+    must be unique, e.g. the primary key), and the cursor of the next page."""
+    if params.cursor is not None:
+        after = decode_cursor(params.cursor, order_by)
+        statement = statement.where(tuple_(*order_by) > tuple_(*after))
+    # One row more than asked: it says whether there is a next page.
+    rows = list(await session.scalars(statement.order_by(*order_by).limit(params.limit + 1)))
+    if len(rows) <= params.limit:
+        return rows, None
+    rows = rows[: params.limit]
+    last = rows[-1]
+    return rows, encode_cursor([getattr(last, column.key) for column in order_by])

@@ -1,0 +1,35 @@
+"""The orders table: each order refers to one item."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from sqlalchemy import CheckConstraint, DateTime, ForeignKey, func
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from app.core.db import Base
+from app.items.models import Item
+
+
+class Order(Base):
+    __tablename__ = "orders"
+    __table_args__ = (CheckConstraint("quantity > 0", name="quantity_positive"),)
+    __mapper_args__ = {"eager_defaults": True}  # noqa: RUF012  # SQLAlchemy's declared type
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    # RESTRICT: an item with orders cannot be deleted (the items service says 409).
+    # Indexed: listing an item's orders, and the delete check, look orders up by item.
+    item_id: Mapped[uuid.UUID] = mapped_column(ForeignKey(Item.id, ondelete="RESTRICT"), index=True)
+    quantity: Mapped[int]
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), index=True
+    )
+
+    # lazy="raise": async sessions cannot lazy-load, so every query says what it loads
+    # (joinedload below), which also makes an N+1 impossible to write by accident.
+    item: Mapped[Item] = relationship(lazy="raise")
+
+
+# The constraint a missing item violates; named by the naming convention in core/db.py.
+ITEM_FOREIGN_KEY = "fk_orders_item_id_items"

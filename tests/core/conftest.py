@@ -1,0 +1,119 @@
+"""Core's tests run on an app built from core alone, with the test-only routes and
+table below: they must pass with every domain package deleted."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+
+import pytest
+from fastapi import APIRouter, FastAPI
+from httpx import AsyncClient
+from pydantic import BaseModel, ConfigDict
+from sqlalchemy import DateTime, MetaData, String, func, select, text
+from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from app.core.application import build_app
+from app.core.config import Settings
+from app.core.db import NAMING_CONVENTION, SessionDep
+from app.core.errors import AppError
+from app.core.pagination import Page, PageParamsDep, paginate
+from app.core.problems import problem_responses
+from app.core.rate_limit import rate_limit
+from tests.conftest import AppClientMaker
+
+
+class ProbeBase(DeclarativeBase):
+    """Not the app's Base: Alembic never sees this table; each test creates it in
+    its own rolled-back transaction."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Widget(ProbeBase):
+    __tablename__ = "core_test_widgets"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    name: Mapped[str] = mapped_column(String(50), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class WidgetRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    name: str
+
+
+class Teapot(AppError):
+    status_code = 418
+
+
+router = APIRouter(prefix="/probe", responses=problem_responses(503))
+
+
+@router.get("/teapot", responses=problem_responses(418))
+async def teapot() -> None:
+    raise Teapot("I am a teapot.")
+
+
+@router.get("/boom")
+async def boom() -> None:
+    raise RuntimeError("database password is swordfish")
+
+
+@router.post("/echo")
+async def echo(body: WidgetRead) -> WidgetRead:
+    return body
+
+
+@router.get("/db")
+async def query_database(session: SessionDep, sql: str = "SELECT 1") -> int | None:
+    """Runs the given statement: only ever reachable from these tests."""
+    value = await session.scalar(text(sql))
+    return value if isinstance(value, int) else None
+
+
+@router.post("/limited", dependencies=[rate_limit("writes")])
+async def limited_by_setting() -> None:
+    return None
+
+
+@router.post("/limited-scope", dependencies=[rate_limit("probe", per_minute=2)])
+async def limited_by_scope() -> None:
+    return None
+
+
+@router.get("/widgets")
+async def list_widgets(session: SessionDep, page: PageParamsDep) -> Page[WidgetRead]:
+    rows, cursor = await paginate(session, select(Widget), (Widget.created_at, Widget.id), page)
+    return Page(items=[WidgetRead.model_validate(row) for row in rows], next_cursor=cursor)
+
+
+def build_core_app(settings: Settings) -> FastAPI:
+    return build_app(settings, routers=[router], title="core tests", version="0")
+
+
+CoreClientMaker = Callable[..., Awaitable[AsyncClient]]
+
+
+@pytest.fixture
+async def widgets_table(connection: AsyncConnection) -> None:
+    await connection.run_sync(ProbeBase.metadata.create_all)
+
+
+@pytest.fixture
+def make_core_client(make_client: AppClientMaker) -> CoreClientMaker:
+    """make_core_client(settings, isolated=True): a client on a core-only app."""
+
+    async def make(settings: Settings, *, isolated: bool = True) -> AsyncClient:
+        return await make_client(settings, build_core_app(settings), isolated=isolated)
+
+    return make
+
+
+@pytest.fixture
+async def core_client(make_core_client: CoreClientMaker, settings: Settings) -> AsyncClient:
+    return await make_core_client(settings)

@@ -1,0 +1,143 @@
+"""Database failure semantics against a real Postgres: transient failures are 503
+with Retry-After, bugs stay 500, and nothing waits without a bound."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncGenerator
+from typing import cast
+
+import pytest
+from httpx import AsyncClient
+from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from app.core.config import Settings
+from app.core.db import after_commit
+from app.core.db_errors import UNIQUE_VIOLATION, constraint_name, flush_or_raise, sqlstate
+from app.core.errors import AppError
+from tests.conftest import with_overrides
+from tests.core.conftest import CoreClientMaker, Widget
+from tests.core.problems import assert_problem
+
+
+async def test_statement_timeout_is_503(
+    make_core_client: CoreClientMaker, settings: Settings
+) -> None:
+    client = await make_core_client(
+        with_overrides(settings, db_statement_timeout=0.2), isolated=False
+    )
+    started = time.perf_counter()
+    response = await client.get("/probe/db", params={"sql": "SELECT 1 FROM pg_sleep(5)"})
+    assert_problem(response, 503)
+    assert time.perf_counter() - started < 2
+
+
+async def test_lock_timeout_is_503_not_a_hang(
+    make_core_client: CoreClientMaker, settings: Settings, engine: AsyncEngine
+) -> None:
+    """A row held by another transaction: the request gives up after DB_LOCK_TIMEOUT."""
+    client = await make_core_client(with_overrides(settings, db_lock_timeout=0.2), isolated=False)
+    async with engine.connect() as holder:
+        await holder.execute(text("CREATE TABLE IF NOT EXISTS core_test_locks (id int)"))
+        await holder.commit()
+        await holder.execute(text("LOCK TABLE core_test_locks IN ACCESS EXCLUSIVE MODE"))
+        response = await client.get(
+            "/probe/db", params={"sql": "SELECT count(*) FROM core_test_locks"}
+        )
+        await holder.rollback()
+        await holder.execute(text("DROP TABLE core_test_locks"))
+        await holder.commit()
+    assert_problem(response, 503)
+
+
+async def test_terminated_backend_is_503_then_recovers(
+    make_core_client: CoreClientMaker, settings: Settings, engine: AsyncEngine
+) -> None:
+    """pg_terminate_backend on the app's pooled connections, as a failover or restart does."""
+    client = await make_core_client(
+        with_overrides(settings, db_pool_pre_ping=False), isolated=False
+    )
+    assert (await client.get("/probe/db")).status_code == 200  # a pooled connection exists
+    async with engine.connect() as admin:
+        await admin.execute(
+            text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                " AND state = 'idle'"
+            )
+        )
+    statuses = [(await client.get("/probe/db")).status_code for _ in range(3)]
+    assert 500 not in statuses
+    assert statuses[0] == 503
+    assert statuses[-1] == 200  # the dead connection was dropped from the pool
+
+
+async def test_a_bug_in_sql_stays_500(core_client: AsyncClient) -> None:
+    response = await core_client.get("/probe/db", params={"sql": "SELECT * FROM nowhere"})
+    assert_problem(response, 500)
+
+
+class NameTaken(AppError):
+    status_code = 409
+
+
+async def test_flush_or_raise_maps_a_named_constraint(
+    session_factory: async_sessionmaker[AsyncSession], widgets_table: None
+) -> None:
+    async with session_factory() as session:
+        session.add_all([Widget(name="same"), Widget(name="same")])
+        with pytest.raises(NameTaken):
+            await flush_or_raise(session, {"uq_core_test_widgets_name": lambda: NameTaken("x")})
+
+
+async def test_flush_or_raise_lets_unmapped_violations_through(
+    session_factory: async_sessionmaker[AsyncSession], widgets_table: None
+) -> None:
+    async with session_factory() as session:
+        session.add_all([Widget(name="same"), Widget(name="same")])
+        with pytest.raises(IntegrityError) as caught:
+            await flush_or_raise(session, {"some_other_constraint": lambda: NameTaken("x")})
+        assert constraint_name(caught.value) == "uq_core_test_widgets_name"
+        assert sqlstate(caught.value) == UNIQUE_VIOLATION
+
+
+async def test_after_commit_hooks_run_only_after_a_commit(
+    session_factory: async_sessionmaker[AsyncSession],
+) -> None:
+    from app.core.db import get_session  # noqa: PLC0415
+
+    ran: list[str] = []
+
+    async def hook() -> None:
+        ran.append("hook")
+
+    committed = cast("AsyncGenerator[AsyncSession]", get_session(session_factory))
+    session = await anext(committed)
+    after_commit(session, hook)
+    assert ran == []
+    with pytest.raises(StopAsyncIteration):
+        await anext(committed)
+    assert ran == ["hook"]
+
+    rolled_back = cast("AsyncGenerator[AsyncSession]", get_session(session_factory))
+    session = await anext(rolled_back)
+    after_commit(session, hook)
+    with pytest.raises(RuntimeError):
+        await rolled_back.athrow(RuntimeError("the handler failed"))
+    assert ran == ["hook"]
+
+
+async def test_pool_wait_is_bounded(make_core_client: CoreClientMaker, settings: Settings) -> None:
+    """Every pooled connection busy: the next request is 503 after DB_POOL_TIMEOUT."""
+    client = await make_core_client(
+        with_overrides(settings, db_pool_size=1, db_max_overflow=0, db_pool_timeout=0.3),
+        isolated=False,
+    )
+    slow = asyncio.create_task(client.get("/probe/db", params={"sql": "SELECT 1 FROM pg_sleep(1)"}))
+    await asyncio.sleep(0.2)
+    response = await client.get("/probe/db")
+    assert_problem(response, 503)
+    await slow

@@ -1,0 +1,73 @@
+"""OptionalRedis against real faults: nothing listening, and a server that accepts
+connections but never answers (what `docker pause` looks like to a client)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+from redis.asyncio import Redis
+
+from app.core.breaker import BreakerState
+from app.core.config import Settings
+from app.core.redis import OptionalRedis
+from tests.conftest import UNREACHABLE_REDIS, with_overrides
+
+
+@pytest.fixture
+async def silent_server() -> AsyncIterator[str]:
+    """A TCP server that reads requests and never replies; yields its redis:// URL."""
+
+    async def swallow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await reader.read(1024):
+            pass
+        writer.close()
+
+    server = await asyncio.start_server(swallow, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    yield f"redis://127.0.0.1:{port}/0"
+    server.close()
+
+
+async def ping(client: Redis) -> bool:
+    return bool(await client.ping())
+
+
+async def timed_calls(redis: OptionalRedis, count: int) -> list[float]:
+    durations = []
+    for _ in range(count):
+        started = time.perf_counter()
+        assert await redis.run(ping) is None
+        durations.append(time.perf_counter() - started)
+    return durations
+
+
+async def test_silent_redis_opens_the_breaker_and_is_then_skipped(
+    settings: Settings, silent_server: str
+) -> None:
+    redis = OptionalRedis.from_settings(
+        with_overrides(settings, redis_url=silent_server, redis_socket_timeout=0.05)
+    )
+    durations = await timed_calls(redis, 10)
+    await redis.aclose()
+    # The first failures each cost a timeout; once open, a call costs microseconds.
+    assert all(d >= 0.04 for d in durations[: settings.redis_breaker_failures])
+    assert all(d < 0.005 for d in durations[settings.redis_breaker_failures :])
+    assert redis.state is BreakerState.OPEN
+
+
+async def test_redis_down_is_skipped_and_comes_back(settings: Settings) -> None:
+    redis = OptionalRedis.from_settings(
+        with_overrides(settings, redis_url=UNREACHABLE_REDIS, redis_breaker_cooldown=0.1)
+    )
+    await timed_calls(redis, 5)
+    assert redis.state is BreakerState.OPEN
+    await redis.aclose()
+    # Pointed at a live Redis (as when it restarts), the probe after the cool-down closes it.
+    live = OptionalRedis(Redis.from_url(str(settings.redis_url)), redis.breaker)
+    await asyncio.sleep(0.15)
+    assert await live.run(ping) is True
+    assert live.state is BreakerState.CLOSED
+    await live.aclose()

@@ -1,0 +1,98 @@
+"""The orders API: a resource that refers to another, listed without N+1 queries."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from httpx import AsyncClient
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tests.core.problems import assert_problem
+from tests.items.helpers import ITEMS, create
+
+ORDERS = "/api/v1/orders"
+
+
+async def order(client: AsyncClient, item_id: str, quantity: int = 1) -> dict[str, object]:
+    response = await client.post(ORDERS, json={"item_id": item_id, "quantity": quantity})
+    assert response.status_code == 201, response.text
+    body: dict[str, object] = response.json()
+    return body
+
+
+@pytest.fixture
+def statements(engine: AsyncEngine) -> Iterator[list[str]]:
+    """Every SQL statement the tests' engine runs while the test runs."""
+    seen: list[str] = []
+
+    def record(*args: object) -> None:
+        seen.append(str(args[2]))
+
+    event.listen(engine.sync_engine, "before_cursor_execute", record)
+    yield seen
+    event.remove(engine.sync_engine, "before_cursor_execute", record)
+
+
+async def test_create_returns_the_order_with_its_item(client: AsyncClient) -> None:
+    item = await create(client, "widget")
+    response = await client.post(ORDERS, json={"item_id": item["id"], "quantity": 3})
+    assert response.status_code == 201
+    body = response.json()
+    assert body["quantity"] == 3
+    assert body["item"] == {"id": item["id"], "name": "widget"}
+    assert response.headers["location"].endswith(f"{ORDERS}/{body['id']}")
+    assert (await client.get(response.headers["location"])).json() == body
+
+
+async def test_an_unknown_item_is_422_naming_the_field(client: AsyncClient) -> None:
+    missing = str(uuid.uuid4())
+    response = await client.post(ORDERS, json={"item_id": missing, "quantity": 1})
+    body = assert_problem(response, 422)
+    assert body["errors"] == [
+        {"location": "body", "field": "item_id", "detail": f"Item {missing} does not exist."}
+    ]
+
+
+@pytest.mark.parametrize("quantity", [0, -1, 10_001, "two"])
+async def test_quantity_is_bounded(client: AsyncClient, quantity: object) -> None:
+    item = await create(client, "bounded")
+    response = await client.post(ORDERS, json={"item_id": item["id"], "quantity": quantity})
+    assert_problem(response, 422)
+
+
+async def test_get_unknown_order_is_404(client: AsyncClient) -> None:
+    assert_problem(await client.get(f"{ORDERS}/{uuid.uuid4()}"), 404)
+
+
+async def test_list_is_one_query_however_long_the_page(
+    client: AsyncClient, statements: list[str]
+) -> None:
+    items = [await create(client, f"item-{n}") for n in range(3)]
+    for item in items:
+        await order(client, item["id"], 2)
+    for limit in (1, 3):
+        statements.clear()
+        page = (await client.get(ORDERS, params={"limit": limit})).json()
+        assert len(page["items"]) == limit
+        assert {o["item"]["name"] for o in page["items"]} <= {i["name"] for i in items}
+        selects = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
+        assert len(selects) == 1, selects
+
+
+async def test_list_filters_by_item(client: AsyncClient) -> None:
+    first, second = await create(client, "first"), await create(client, "second")
+    await order(client, first["id"])
+    await order(client, second["id"])
+    page = (await client.get(ORDERS, params={"item_id": first["id"]})).json()
+    assert [o["item"]["id"] for o in page["items"]] == [first["id"]]
+
+
+async def test_an_item_with_orders_cannot_be_deleted(client: AsyncClient) -> None:
+    item = await create(client, "ordered")
+    await order(client, item["id"])
+    response = await client.delete(f"{ITEMS}/{item['id']}")
+    assert_problem(response, 409)
+    assert (await client.get(f"{ITEMS}/{item['id']}")).status_code == 200
