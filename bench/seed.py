@@ -18,7 +18,7 @@ RUN = uuid.uuid4().hex[:8]
 
 def create(number: int) -> str:
     body = json.dumps({"name": f"seed-{RUN}-{number}", "description": "x" * 100}).encode()
-    request = urllib.request.Request(  # noqa: S310  # a fixed http URL
+    request = urllib.request.Request(  # a fixed http URL
         URL, data=body, headers={"Content-Type": "application/json"}, method="POST"
     )
     with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310

@@ -16,6 +16,7 @@ from fastapi.routing import APIRoute
 from app.core.body_limit import BodyLimitMiddleware
 from app.core.config import Settings
 from app.core.db import create_engine, create_session_factory
+from app.core.docs import add_local_docs, fastapi_docs_url
 from app.core.errors import register_exception_handlers
 from app.core.logging import configure_logging
 from app.core.middleware import RequestContextMiddleware
@@ -67,15 +68,16 @@ def build_app(
         version=version,
         description=description,
         lifespan=lifespan,
-        # The interactive docs are for people; production serves only the schema.
-        docs_url=None if settings.environment == "production" else "/docs",
+        docs_url=fastapi_docs_url(settings),
         redoc_url=None,
+        swagger_ui_oauth2_redirect_url=None,
         generate_unique_id_function=operation_id,
         responses=problem_responses(500),
     )
     for router in routers:
         app.include_router(router)
 
+    add_local_docs(app, settings)
     register_exception_handlers(app)
     install_problem_schema(app)
     # Middleware added last runs first: the request id wraps everything, CORS answers

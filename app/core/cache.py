@@ -21,7 +21,6 @@ import hashlib
 import json
 import secrets
 from collections.abc import Awaitable, Callable
-from typing import Generic, TypeVar
 
 from pydantic import BaseModel
 from redis.asyncio import Redis
@@ -29,8 +28,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.db import after_commit
 from app.core.redis import OptionalRedis
-
-Model = TypeVar("Model", bound=BaseModel)
 
 _LEASE_PREFIX = b"lease:"
 # Store the body only if our lease is still the key's value (no write or other fill since).
@@ -49,7 +46,7 @@ def schema_fingerprint(model: type[BaseModel]) -> str:
     return hashlib.sha256(schema).hexdigest()[:12]
 
 
-class ModelCache(Generic[Model]):
+class ModelCache[Model: BaseModel]:
     """Caches `model`'s JSON by id for one resource (`items`, `orders`, …)."""
 
     def __init__(

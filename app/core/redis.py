@@ -8,7 +8,6 @@ once (a cache miss, an unlimited request) instead of each waiting for a timeout.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
 
 import structlog
 from redis.asyncio import BlockingConnectionPool, Redis
@@ -18,8 +17,6 @@ from redis.exceptions import RedisError
 
 from app.core.breaker import BreakerState, CircuitBreaker
 from app.core.config import Settings
-
-T = TypeVar("T")
 
 logger = structlog.get_logger(__name__)
 
@@ -56,7 +53,7 @@ class OptionalRedis:
     def state(self) -> BreakerState:
         return self.breaker.state
 
-    async def run(self, operation: Callable[[Redis], Awaitable[T]]) -> T | None:
+    async def run[T](self, operation: Callable[[Redis], Awaitable[T]]) -> T | None:
         """Run `operation` on the client, or skip it (None) while the breaker is open."""
         if not self.breaker.allow():
             return None
