@@ -19,6 +19,7 @@ PROJECT ?= $(or $(call dotenv,PROJECT),$(shell basename "$(CURDIR)" | tr 'A-Z' '
 export PROJECT
 API_PORT ?= $(or $(call dotenv,API_PORT),8000)
 DEBUGPY ?= $(call dotenv,DEBUGPY)
+DEBUGPY_PORT ?= $(or $(call dotenv,DEBUGPY_PORT),5678)
 
 # `make debug` (or DEBUGPY=1) adds the debugger's port to the API container.
 DEV := docker compose -p $(PROJECT) -f docker-compose.yml $(if $(filter 1 true,$(DEBUGPY)),-f docker-compose.debug.yml)
@@ -51,7 +52,7 @@ up: ## Start Postgres, Redis, migrations and the API with auto-reload
 .PHONY: debug
 debug: ## `make up`, with debugpy listening on localhost:DEBUGPY_PORT (5678) for your editor
 	@$(MAKE) --no-print-directory up DEBUGPY=1
-	@echo "  Debugger: attach to localhost:$(or $(call dotenv,DEBUGPY_PORT),5678) (.vscode/launch.json)"
+	@echo "  Debugger: attach to localhost:$(DEBUGPY_PORT) (.vscode/launch.json)"
 
 .PHONY: restart
 restart: ## Recreate the API after a .env change (code changes reload by themselves)
