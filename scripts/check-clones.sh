@@ -9,7 +9,8 @@
 #   - an item created in one clone's API is not seen by the other's, and survives
 #     both test runs (the tests never touch a dev stack).
 # Removes everything it created, on success or failure.
-# Optional: CHECK_API_PORT, CHECK_POSTGRES_PORT, CHECK_REDIS_PORT, CHECK_DEBUGPY_PORT
+# Optional: CHECK_PREFIX (the clones' directory names, so their Compose projects),
+# CHECK_API_PORT, CHECK_POSTGRES_PORT, CHECK_REDIS_PORT, CHECK_DEBUGPY_PORT
 # (where `make init` starts looking for free ports), KEEP=1 (leave it all running).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,8 +24,8 @@ init_env=(
 unset PROJECT API_PORT POSTGRES_PORT REDIS_PORT DEBUGPY_PORT DEBUGPY MAKEFLAGS MAKELEVEL
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/check-clones.XXXXXX")
-id=$(tr -dc 'a-z0-9' </dev/urandom | head -c 6)
-clones=("$tmp/clone-$id-a" "$tmp/clone-$id-b")
+id=$(printf '%04x%04x' "$RANDOM" "$RANDOM")
+clones=("$tmp/${CHECK_PREFIX:-clone}-$id-a" "$tmp/${CHECK_PREFIX:-clone}-$id-b")
 started=$SECONDS
 say() { printf '\n=== %s (%ds)\n' "$*" $((SECONDS - started)); }
 fail() { printf '\nFAIL: %s\n' "$*" >&2; exit 1; }
@@ -69,8 +70,9 @@ say "an item in $pa only"
 marker="only-in-$pa"
 curl -fsS -X POST "$url_a/api/v1/items" -H 'Content-Type: application/json' \
   -d "{\"name\": \"$marker\"}" >/dev/null
-curl -fsS "$url_a/api/v1/items?limit=100" | grep -q "$marker" || fail "$pa lost its item"
-if curl -fsS "$url_b/api/v1/items?limit=100" | grep -q "$marker"; then fail "$pb sees $pa's item"; fi
+has_item() { [[ "$(curl -fsS "$1/api/v1/items?limit=100")" == *"\"$marker\""* ]]; }
+has_item "$url_a" || fail "$pa lost its item"
+if has_item "$url_b"; then fail "$pb sees $pa's item"; fi
 api_a=$(docker compose -p "$pa" -f "$a/docker-compose.yml" ps -q api)
 api_b=$(docker compose -p "$pb" -f "$b/docker-compose.yml" ps -q api)
 
@@ -117,7 +119,7 @@ done
 # The tests left the dev stacks alone: same API containers, the item still there.
 [ "$(docker compose -p "$pa" -f "$a/docker-compose.yml" ps -q api)" = "$api_a" ] || fail "$pa's api was replaced"
 [ "$(docker compose -p "$pb" -f "$b/docker-compose.yml" ps -q api)" = "$api_b" ] || fail "$pb's api was replaced"
-curl -fsS "$url_a/api/v1/items?limit=100" | grep -q "$marker" || fail "$pa lost its item during the tests"
+has_item "$url_a" || fail "$pa lost its item during the tests"
 # And the test stacks are gone.
 for project in "$pa-test" "$pb-test"; do
   [ -z "$(docker ps -aq --filter "label=com.docker.compose.project=$project")" ] || fail "$project left containers"
