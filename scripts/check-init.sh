@@ -50,7 +50,7 @@ left=$(git grep -n -I "$template" -- . ':!scripts/init.py' ':!scripts/check-init
 [ -z "$left" ] || fail "still named $template:"$'\n'"$left"
 grep -q "^name = \"$name\"" pyproject.toml || fail "pyproject.toml: name"
 grep -q '^# Acme orders$' README.md || fail "README.md: title"
-grep -q 'title="Acme orders"' app/main.py || fail "app/main.py: title"
+grep -q '"Acme orders"' app/main.py || fail "app/main.py: the app's title"
 grep -q "image.title=\"$name\"" Dockerfile || fail "Dockerfile: OCI title"
 grep -q "^name = \"$name\"" uv.lock || fail "uv.lock: the project's own entry"
 [ "$(stat -c %a .env)" = 600 ] || fail ".env is readable by others"

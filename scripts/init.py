@@ -64,7 +64,7 @@ def rename(name: str) -> list[str]:
         "README.md": [(r"^# FastAPI service$", f"# {title}")],
         "pyproject.toml": [(r'^description = ".*"$', f'description = "{title}."')],
         "Dockerfile": [(r'image\.description="[^"]*"', f'image.description="{title}"')],
-        ".py": [(r'title="FastAPI service"', f'title="{title}"')],
+        ".py": [(r'"FastAPI service"', f'"{title}"')],  # the app's title (app/main.py)
     }
     everywhere = [(TEMPLATE, name), (TEMPLATE.replace("-", "_"), name.replace("-", "_"))]
     changed = []
@@ -77,7 +77,7 @@ def rename(name: str) -> list[str]:
             continue  # not text
         new = text
         for pattern, replacement in own_words.get(path.name, own_words.get(path.suffix, [])):
-            new = re.sub(pattern, replacement, new, count=1, flags=re.MULTILINE)
+            new = re.sub(pattern, replacement, new, flags=re.MULTILINE)
         for old, replacement in everywhere:
             new = new.replace(old, replacement)
         if new != text:
