@@ -66,10 +66,12 @@ make --no-print-directory init name="$name"
 [ "$(git diff | sha256sum; sha256sum .env)" = "$before" ] || fail "a second init changed the tree"
 if make --no-print-directory init name=other-name 2>&1; then fail "init renamed twice"; fi
 
+# Both, whatever the first says: a lint finding should not hide a failing test.
 say "make lint"
-make --no-print-directory lint
-
+lint=0; make --no-print-directory lint || lint=$?
 say "make test"
-make --no-print-directory test
+test=0; make --no-print-directory test || test=$?
+[ "$lint" = 0 ] || fail "make lint failed in the renamed tree"
+[ "$test" = 0 ] || fail "make test failed in the renamed tree"
 
 say "PASS: make init name=$name gives a renamed tree that passes make lint and make test"
