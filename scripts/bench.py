@@ -226,8 +226,25 @@ def parse_wrk(output: str) -> Measurement:
     )
 
 
+_addresses: dict[str, str] = {}
+
+
+def address(server: str) -> str:
+    """The server's IP on the bench network. wrk is given addresses, not names: Docker's
+    DNS, slow on a busy machine, would otherwise fail a run now and then."""
+    if server not in _addresses:
+        container = compose("ps", "-q", server).strip()
+        template = "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}"
+        _addresses[server] = run("docker", "inspect", "-f", template, container).strip()
+    return _addresses[server]
+
+
+def url_for(row: Row, item_id: str) -> str:
+    return f"http://{address(row.server)}:8000{row.path.replace('{id}', item_id)}"
+
+
 def wrk(row: Row, item_id: str, seconds: int) -> Measurement:
-    url = f"http://{row.server}:8000{row.path.replace('{id}', item_id)}"
+    url = url_for(row, item_id)
     args = ["wrk", f"-t{THREADS}", f"-c{CONNECTIONS}", f"-d{seconds}s", "--latency"]
     if row.script:
         args += ["-s", f"/bench/{row.script}", url, "--", uuid.uuid4().hex[:8]]
@@ -269,9 +286,12 @@ def workers(server: str) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
 
 
 def memory(server: str) -> dict[str, Any]:
-    """RSS and PSS (shared pages split between the processes sharing them) per worker."""
+    """RSS and PSS (shared pages split between the processes sharing them) per worker,
+    and how many times a worker was replaced so far (Gunicorn's max_requests)."""
     master, processes = workers(server)
+    booted = compose("logs", "--no-log-prefix", server).count("Booting worker")
     return {
+        "worker_restarts": max(0, booted - len(processes)),
         "master_rss_mb": round(master["rss_kb"] / 1024, 1) if master else None,
         "worker_rss_mb": [round(p["rss_kb"] / 1024, 1) for p in processes],
         "worker_pss_mb": [round(p["pss_kb"] / 1024, 1) for p in processes],
@@ -347,8 +367,9 @@ def print_table(result: dict[str, Any]) -> None:
         print()
         for server, figures in memory_rows.items():
             print(
-                f"  memory {server:9} worker RSS {figures['worker_rss_mb']} MB, "
-                f"PSS {figures['worker_pss_mb']} MB, master RSS {figures['master_rss_mb']} MB"
+                f"  {server:9} worker RSS {figures['worker_rss_mb']} MB, "
+                f"PSS {figures['worker_pss_mb']} MB, master RSS {figures['master_rss_mb']} MB, "
+                f"{figures.get('worker_restarts', '?')} worker restarts"
             )
     if "worker_boot_cpu_s" in result:
         print(f"  worker start (imports, app, lifespan): {result['worker_boot_cpu_s']} CPU s")
@@ -526,7 +547,7 @@ def profile(target: str) -> int:
         item_id = seed_items()
         wrk(row, item_id, WARMUP_SECONDS)
         container = compose("ps", "-q", "gunicorn").strip()
-        url = f"http://{row.server}:8000{row.path.replace('{id}', item_id)}"
+        url = url_for(row, item_id)
         script = ["-s", f"/bench/{row.script}", url, "--", "profile"] if row.script else [url]
         wrk_args = [f"-t{THREADS}", f"-c{CONNECTIONS}", f"-d{2 * seconds + 10}s", *script]
         # The load runs in the background while both recordings are taken.
