@@ -47,6 +47,7 @@ cleanup() {
   exit "$status"
 }
 trap cleanup EXIT
+trap 'exit 130' INT TERM  # so the cleanup runs on Ctrl-C and kill too
 
 say "two clones of $(git rev-parse --short HEAD) in $tmp"
 for dir in "${clones[@]}"; do

@@ -38,6 +38,7 @@ cleanup() {
   exit "$status"
 }
 trap cleanup EXIT
+trap 'exit 130' INT TERM  # so the cleanup runs on Ctrl-C and kill too
 
 say "clone $(git rev-parse --short HEAD) into $dir"
 git clone --quiet "$repo" "$dir"
