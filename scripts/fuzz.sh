@@ -91,10 +91,14 @@ for api in "${apis[@]}"; do
     fail "the api did not get RATE_LIMIT_WRITES=0 from the env file"
 done
 
-# Production serves no /docs, but it does serve the schema the fuzzer reads.
-status=$(curl -sS -o /dev/null -w '%{http_code}' --max-time 10 "$BASE/openapi.json") ||
-  fail "cannot reach $BASE/openapi.json"
-[ "$status" = 200 ] || fail "GET /openapi.json through the proxy: $status, not 200"
+# Production serves no /docs, but it does serve the schema the fuzzer reads. The
+# proxy answers 503 until its own health checks have seen an api ready: wait for that.
+deadline=$((SECONDS + 60))
+until status=$(curl -sS -o /dev/null -w '%{http_code}' --max-time 10 "$BASE/openapi.json") &&
+  [ "$status" = 200 ]; do
+  [ $SECONDS -lt $deadline ] || fail "GET /openapi.json through the proxy: ${status:-no answer}, not 200" --logs
+  sleep 0.5
+done
 
 mkdir -p "$REPORT_DIR"
 (cd "$REPORT_DIR" && rm -rf junit-*.xml vcr-*.yaml .schemathesis .hypothesis)
