@@ -26,8 +26,8 @@ DEV := docker compose -p $(PROJECT) -f docker-compose.yml $(if $(filter 1 true,$
 TEST := docker compose -p $(PROJECT)-test -f docker-compose.test.yml
 # Every checker runs, even after one fails; the exit status says whether any did.
 LINT := status=0; \
-	for check in "ruff check ." "ruff format --check ." "mypy" "mypy scripts/dev_server.py scripts/init.py scripts/check_settings.py" \
-	  "hadolint Dockerfile Dockerfile.dev" "python -m scripts.check_settings"; do \
+	for check in "ruff check ." "ruff format --check ." "mypy" "mypy scripts/dev_server.py scripts/init.py scripts/check_settings.py scripts/new_resource.py" \
+	  "hadolint Dockerfile Dockerfile.dev" "python -m scripts.check_settings" "lint-imports --no-cache"; do \
 	  echo "--- $$check"; $$check || { status=1; failed="$$failed\n  $$check"; }; \
 	done; \
 	if [ $$status -ne 0 ]; then printf "\nFailed:$$failed\n"; else echo "--- all checks passed"; fi; exit $$status
