@@ -27,7 +27,8 @@ log() { printf 'deploy-check [%3ds] %s\n' $((SECONDS - started)) "$*"; }
 fail() {
   printf '\ndeploy-check FAILED: %s\n' "$*" >&2
   "${COMPOSE[@]}" ps -a >&2 || true
-  "${COMPOSE[@]}" logs --no-color --tail=40 proxy api-a api-b >&2 || true
+  printf '\n--- errors the proxy logged ---\n' >&2
+  "${COMPOSE[@]}" logs --no-color proxy | grep -E '"status":5|"level":"(error|warn)"' | tail -20 >&2 || true
   exit 1
 }
 cleanup() {

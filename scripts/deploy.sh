@@ -6,21 +6,23 @@
 #   ENV_FILE=/path scripts/deploy.sh   use another settings file than .env
 #
 # 1. Build (or pull) the image. 2. Run the migrations with it, as the one-off
-# `migrate` service: they must work with the api still on the old version. 3. For
-# each api service in turn (api-a, then api-b): start a container of the new image
-# next to the old one, wait until it is healthy and ready, then stop the old one,
-# which Gunicorn drains (in-flight requests finish, up to 20 s). Both containers
-# answer to the service's name meanwhile, so the proxy always has a ready api behind
-# each name, and a connection the old one refuses goes to the new one.
-# On a failure the new container is removed and the old one keeps serving.
+# `migrate` service: they must work with the api still on the old version. 3. Replace
+# the api services one at a time (api-a, then api-b): stop the old container, which
+# Gunicorn drains (in-flight requests finish, up to 20 s), start the new one, wait
+# until it answers /health/ready. The other api serves everything meanwhile: the
+# proxy tries a refused connection there at once, and its health checks keep the
+# new container out of rotation until it answers, so no request waits on an api that
+# is still booting. The new api-a serves before the old api-b drains. On a failure
+# the deploy stops there and the other api keeps serving; fix it and run it again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 COMPOSE=(docker compose -f docker-compose.prod.yml)
 [ -z "${ENV_FILE:-}" ] || COMPOSE+=(--env-file "$ENV_FILE")
 APIS=(api-a api-b)
-# Longer than Gunicorn's graceful timeout (20 s), like the services' stop_grace_period.
-STOP_TIMEOUT=30
+# Seconds for the proxy to notice an api stopped or started: twice its health
+# check interval (deploy/Caddyfile).
+PROXY_SETTLE=2
 started=$SECONDS
 
 log() { printf 'deploy [%3ds] %s\n' $((SECONDS - started)) "$*"; }
@@ -45,9 +47,8 @@ wait_ready() {
     state=$(docker inspect -f '{{.State.Status}}/{{.State.Health.Status}}' "$container")
     case "$state" in
       running/healthy)
-        if docker exec "$container" python -c 'import os, urllib.request
-urllib.request.urlopen(f"http://127.0.0.1:{os.environ.get(\"PORT\", \"8000\")}/health/ready", timeout=2)' \
-          >/dev/null 2>&1; then
+        if docker exec "$container" python -c 'import urllib.request
+urllib.request.urlopen("http://127.0.0.1:8000/health/ready", timeout=2)' >/dev/null 2>&1; then
           return 0
         fi
         ;;
@@ -85,23 +86,22 @@ if ! output=$("${COMPOSE[@]}" up --no-deps --force-recreate --exit-code-from mig
 fi
 
 for service in "${APIS[@]}"; do
-  mapfile -t old < <(running "$service")
-  log "$service: starting a container of the new image next to ${#old[@]} old one(s)"
-  "${COMPOSE[@]}" up --detach --no-deps --no-recreate --scale "$service=$((${#old[@]} + 1))" \
-    "$service" >/dev/null 2>&1 || die "$service: could not start a new container"
-  new=$(comm -13 <(printf '%s\n' "${old[@]}" | sort) <(running "$service" | sort) | head -1)
-  [ -n "$new" ] || die "$service: no new container"
+  log "$service: stopping it (Gunicorn drains it: in-flight requests finish)"
+  "${COMPOSE[@]}" stop "$service" >/dev/null 2>&1
+  # Let the proxy's health check mark it down, so that the new container gets no
+  # request before it passes a check of its own.
+  sleep "$PROXY_SETTLE"
+  "${COMPOSE[@]}" up --detach --no-deps --force-recreate "$service" >/dev/null 2>&1 ||
+    die "$service: could not start the new container; the other api serves"
+  new=$(running "$service")
   if ! wait_ready "$new"; then
     docker logs --tail 50 "$new" >&2 || true
-    docker rm --force "$new" >/dev/null
-    die "$service: the new container never became ready; removed it, the old one still serves"
+    die "$service: the new container never became ready; the other api serves"
   fi
-  [ "$(docker inspect -f '{{.Image}}' "$new")" = "$image" ] || die "$service: new container runs another image"
-  log "$service: new container ready; stopping the old one (Gunicorn drains it)"
-  for container in "${old[@]}"; do
-    docker stop --time "$STOP_TIMEOUT" "$container" >/dev/null
-    docker rm "$container" >/dev/null
-  done
+  [ "$(docker inspect -f '{{.Image}}' "$new")" = "$image" ] || die "$service: runs another image"
+  # In rotation after the proxy's next passing check: only then touch the other api.
+  sleep "$PROXY_SETTLE"
+  log "$service: the new container is ready and in rotation"
 done
 
 log "done in $((SECONDS - started)) s: api-a and api-b run $image_name (${image:7:12})"
