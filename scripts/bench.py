@@ -290,9 +290,11 @@ def memory(server: str) -> dict[str, Any]:
     """RSS and PSS (shared pages split between the processes sharing them) per worker,
     and how many times a worker was replaced so far (Gunicorn's max_requests)."""
     master, processes = workers(server)
-    booted = compose("logs", "--no-log-prefix", server).count("Booting worker")
+    logs = compose("logs", "--no-log-prefix", server)
     return {
-        "worker_restarts": max(0, booted - len(processes)),
+        "worker_restarts": max(0, logs.count("Booting worker") - len(processes)),
+        # A cached read whose Redis call times out goes to Postgres: say when it happened.
+        "redis_skipped": logs.count("redis unavailable"),
         "master_rss_mb": round(master["rss_kb"] / 1024, 1) if master else None,
         "worker_rss_mb": [round(p["rss_kb"] / 1024, 1) for p in processes],
         "worker_pss_mb": [round(p["pss_kb"] / 1024, 1) for p in processes],
@@ -370,7 +372,8 @@ def print_table(result: dict[str, Any]) -> None:
             print(
                 f"  {server:9} worker RSS {figures['worker_rss_mb']} MB, "
                 f"PSS {figures['worker_pss_mb']} MB, master RSS {figures['master_rss_mb']} MB, "
-                f"{figures.get('worker_restarts', '?')} worker restarts"
+                f"{figures.get('worker_restarts', '?')} worker restarts, "
+                f"Redis breaker opened {figures.get('redis_skipped', '?')} times"
             )
     if "worker_boot_cpu_s" in result:
         print(f"  worker start (imports, app, lifespan): {result['worker_boot_cpu_s']} CPU s")
@@ -589,14 +592,16 @@ def print_top_frames(collapsed: Path, count: int = 10) -> None:
         stack, _, samples = line.rpartition(" ")
         if not stack:
             continue
-        leaf = stack.rsplit(";", 1)[-1]
+        # By function, not by line; a process name as the leaf: no Python frame at all.
+        leaf = re.sub(r":\d+\)$", ")", stack.rsplit(";", 1)[-1])
+        if leaf.startswith("process "):
+            leaf = "(native code, no Python frame)"
         self_samples[leaf] = self_samples.get(leaf, 0) + int(samples)
         total += int(samples)
     print(f"\n  top {count} frames by self time ({total} samples)")
     top = sorted(self_samples.items(), key=lambda kv: kv[1], reverse=True)[:count]
     for leaf, samples in top:
         print(f"  {samples / total * 100:5.1f}%  {leaf}")
-    print(f"  ({statistics.fmean(self_samples.values()):.1f} samples a frame on average)")
 
 
 def main() -> int:
