@@ -67,36 +67,10 @@ pa=$(setting "$a" PROJECT) pb=$(setting "$b" PROJECT)
 url_a="http://localhost:$(setting "$a" API_PORT)" url_b="http://localhost:$(setting "$b" API_PORT)"
 [ "$pa" != "$pb" ] || fail "both clones got the project name $pa"
 
-say "an item in $pa only"
-marker="only-in-$pa"
-curl -fsS -X POST "$url_a/api/v1/items" -H 'Content-Type: application/json' \
-  -d "{\"name\": \"$marker\"}" >/dev/null
-has_item() { [[ "$(curl -fsS "$1/api/v1/items?limit=100")" == *"\"$marker\""* ]]; }
-has_item "$url_a" || fail "$pa lost its item"
-if has_item "$url_b"; then fail "$pb sees $pa's item"; fi
 api_a=$(docker compose -p "$pa" -f "$a/docker-compose.yml" ps -q api)
 api_b=$(docker compose -p "$pb" -f "$b/docker-compose.yml" ps -q api)
 
-say "make test in both clones at the same time"
-make -C "$a" --no-print-directory test >"$tmp/test-a.log" 2>&1 & test_a=$!
-make -C "$b" --no-print-directory test >"$tmp/test-b.log" 2>&1 & test_b=$!
-# Evidence that the two test stacks ran side by side: both had running containers.
-overlap=0
-while kill -0 "$test_a" 2>/dev/null || kill -0 "$test_b" 2>/dev/null; do
-  running_a=$(docker ps -q --filter "label=com.docker.compose.project=$pa-test" | wc -l)
-  running_b=$(docker ps -q --filter "label=com.docker.compose.project=$pb-test" | wc -l)
-  if [ "$running_a" -gt 0 ] && [ "$running_b" -gt 0 ]; then overlap=1; fi
-  sleep 1
-done
-status_a=0 status_b=0
-wait "$test_a" || status_a=$?
-wait "$test_b" || status_b=$?
-tail -n 3 "$tmp/test-a.log" "$tmp/test-b.log"
-[ "$status_a" = 0 ] || { cat "$tmp/test-a.log"; fail "make test failed in $pa"; }
-[ "$status_b" = 0 ] || { cat "$tmp/test-b.log"; fail "make test failed in $pb"; }
-[ "$overlap" = 1 ] || fail "the two test stacks never ran at the same time"
-
-say "nothing shared"
+say "nothing shared between the two dev stacks"
 resources() {  # every container, volume and network of a project, and its dev image
   local project=$1
   docker ps -a --filter "label=com.docker.compose.project=$project" --format 'container {{.Names}}'
@@ -117,6 +91,34 @@ for pair in "$pa:$api_a" "$pb:$api_b"; do
   networks=$(docker inspect -f '{{range $name, $_ := .NetworkSettings.Networks}}{{$name}} {{end}}' "$container")
   [ "$networks" = "${project}_default " ] || fail "$project's api is on: $networks"
 done
+
+say "an item in $pa only"
+marker="only-in-$pa"
+curl -fsS --retry 5 --retry-delay 2 --retry-all-errors -X POST "$url_a/api/v1/items" -H 'Content-Type: application/json' \
+  -d "{\"name\": \"$marker\"}" >/dev/null
+has_item() { [[ "$(curl -fsS "$1/api/v1/items?limit=100")" == *"\"$marker\""* ]]; }
+has_item "$url_a" || fail "$pa lost its item"
+if has_item "$url_b"; then fail "$pb sees $pa's item"; fi
+
+say "make test in both clones at the same time"
+make -C "$a" --no-print-directory test >"$tmp/test-a.log" 2>&1 & test_a=$!
+make -C "$b" --no-print-directory test >"$tmp/test-b.log" 2>&1 & test_b=$!
+# Evidence that the two test stacks ran side by side: both had running containers.
+overlap=0
+while kill -0 "$test_a" 2>/dev/null || kill -0 "$test_b" 2>/dev/null; do
+  running_a=$(docker ps -q --filter "label=com.docker.compose.project=$pa-test" | wc -l)
+  running_b=$(docker ps -q --filter "label=com.docker.compose.project=$pb-test" | wc -l)
+  if [ "$running_a" -gt 0 ] && [ "$running_b" -gt 0 ]; then overlap=1; fi
+  sleep 1
+done
+status_a=0 status_b=0
+wait "$test_a" || status_a=$?
+wait "$test_b" || status_b=$?
+tail -n 3 "$tmp/test-a.log" "$tmp/test-b.log"
+[ "$status_a" = 0 ] || { cat "$tmp/test-a.log"; fail "make test failed in $pa"; }
+[ "$status_b" = 0 ] || { cat "$tmp/test-b.log"; fail "make test failed in $pb"; }
+[ "$overlap" = 1 ] || fail "the two test stacks never ran at the same time"
+
 # The tests left the dev stacks alone: same API containers, the item still there.
 [ "$(docker compose -p "$pa" -f "$a/docker-compose.yml" ps -q api)" = "$api_a" ] || fail "$pa's api was replaced"
 [ "$(docker compose -p "$pb" -f "$b/docker-compose.yml" ps -q api)" = "$api_b" ] || fail "$pb's api was replaced"
