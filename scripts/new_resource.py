@@ -180,6 +180,8 @@ def migration(root: Path, names: Names, now: datetime) -> tuple[Path, str]:
 def wire_router(main: str, names: Names) -> str:
     """app/main.py with the router imported (in sorted place) and included last."""
     alias = f"{names.plural}_router"
+    if f"from app.{names.plural}.router import" in main:
+        raise ScaffoldError(f"app/main.py imports app.{names.plural} already")
     include = f"    api_v1.include_router({alias})\n"
     includes = [n for n, line in enumerate(main.splitlines()) if "api_v1.include_router(" in line]
     if not includes:

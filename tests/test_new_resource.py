@@ -21,7 +21,8 @@ NOW = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
 
 @pytest.fixture
 def checkout(tmp_path: Path) -> Path:
-    """The files the scaffold reads, copied from this checkout."""
+    """The files the scaffold reads, copied from this checkout. The tests use names
+    no resource of this service has (probes, …), so they hold in any fork."""
     for name in ("pyproject.toml", "app/__init__.py", "app/main.py", "tests/__init__.py"):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / name, tmp_path / name)
@@ -41,8 +42,8 @@ def checkout(tmp_path: Path) -> Path:
         ("core", None),
         ("items", None),  # exists
         ("classes", "class"),  # a keyword
-        ("widgets", "widgets"),
-        ("widgets", "Widget"),
+        ("probes", "probes"),
+        ("probes", "Probe"),
     ],
 )
 def test_bad_names_are_refused_and_write_nothing(
@@ -55,35 +56,40 @@ def test_bad_names_are_refused_and_write_nothing(
 
 
 def test_singular_is_the_name_without_its_s_unless_given(checkout: Path) -> None:
-    scaffold(checkout, "widgets", None, NOW)
-    scaffold(checkout, "people", "person", NOW)
-    assert "class Widget(Base):" in (checkout / "app/widgets/models.py").read_text()
-    assert "class Person(Base):" in (checkout / "app/people/models.py").read_text()
-    router = (checkout / "app/people/router.py").read_text()
-    assert '"/{person_id}"' in router
-    assert 'prefix="/people"' in router
+    scaffold(checkout, "probes", None, NOW)
+    scaffold(checkout, "probe_people", "probe_person", NOW)
+    assert "class Probe(Base):" in (checkout / "app/probes/models.py").read_text()
+    assert "class ProbePerson(Base):" in (checkout / "app/probe_people/models.py").read_text()
+    router = (checkout / "app/probe_people/router.py").read_text()
+    assert '"/{probe_person_id}"' in router
+    assert 'prefix="/probe-people"' in router
 
 
 def test_migrations_chain_on_the_current_head(checkout: Path) -> None:
     head = new_resource.current_head(checkout / "alembic" / "versions")
-    scaffold(checkout, "widgets", None, NOW)
-    (created,) = (checkout / "alembic" / "versions").glob("2030_01_02_0304-*_create_widgets.py")
+    scaffold(checkout, "probes", None, NOW)
+    (created,) = (checkout / "alembic" / "versions").glob("2030_01_02_0304-*_create_probes.py")
     assert f'down_revision: str | Sequence[str] | None = "{head}"' in created.read_text()
-    scaffold(checkout, "gadgets", None, NOW)
+    scaffold(checkout, "probe_lines", None, NOW)
     new_head = new_resource.current_head(checkout / "alembic" / "versions")
-    (gadgets,) = (checkout / "alembic" / "versions").glob("*_create_gadgets.py")
+    (second,) = (checkout / "alembic" / "versions").glob("*_create_probe_lines.py")
     assert new_head is not None
-    assert new_head in gadgets.name
+    assert new_head in second.name
 
 
-def test_main_and_the_contract_are_wired(checkout: Path) -> None:
-    scaffold(checkout, "widgets", None, NOW)
+def test_main_and_the_contract_are_wired_once(checkout: Path) -> None:
+    scaffold(checkout, "probes", None, NOW)
     main = (checkout / "app/main.py").read_text()
-    assert main.count("from app.widgets.router import router as widgets_router\n") == 1
-    assert main.count("api_v1.include_router(widgets_router)\n") == 1
+    assert main.count("from app.probes.router import router as probes_router\n") == 1
+    assert main.count("api_v1.include_router(probes_router)\n") == 1
     pyproject = (checkout / "pyproject.toml").read_text()
-    assert '    "app.widgets",\n' in pyproject
-    assert '    "tests.widgets",\n' in pyproject
+    assert '    "app.probes",\n' in pyproject
+    assert '    "tests.probes",\n' in pyproject
+    # Deleting the package but not its wiring: refused rather than wired twice.
+    shutil.rmtree(checkout / "app/probes")
+    shutil.rmtree(checkout / "tests/probes")
+    with pytest.raises(ScaffoldError, match=r"imports app\.probes already"):
+        scaffold(checkout, "probes", None, NOW)
 
 
 def ruff(checkout: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -97,16 +103,16 @@ def ruff(checkout: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_the_output_passes_ruff_for_short_long_and_early_sorting_names(checkout: Path) -> None:
-    # "accounts" sorts before app.core, "order_lines" between others, the 16-character
-    # names are the longest allowed; "bs" gives one-letter identifiers.
+    # "aprobes" sorts before app.core, "probe_lines" before "probes" (_ < s), the
+    # 16-character names are the longest allowed; "qs" gives one-letter identifiers.
     for name, singular in [
-        ("widgets", None),
-        ("accounts", None),
-        ("order_lines", None),
-        ("abcdefghijklmnos", None),
-        ("abcdefg_hijklmns", None),
-        ("bs", None),
-        ("people", "person"),
+        ("probes", None),
+        ("aprobes", None),
+        ("probe_lines", None),
+        ("qqqqqqqqqqqqqqqs", None),
+        ("qqqqqqq_qqqqqqqs", None),
+        ("qs", None),
+        ("probe_people", "probe_person"),
     ]:
         scaffold(checkout, name, singular, NOW)
     for args in (["check", "--no-cache"], ["format", "--check", "--no-cache"]):
