@@ -22,6 +22,7 @@ COMPOSE=(docker compose -f docker-compose.prod.yml --env-file "$ENV_FILE")
 started=$SECONDS
 load_pid=""
 images=()
+failed=()
 
 log() { printf 'deploy-check [%3ds] %s\n' $((SECONDS - started)) "$*"; }
 fail() {
@@ -60,13 +61,15 @@ start_load() {
   python3 scripts/deploy_load.py "$BASE" "$@" >"$WORK/$name.json" 2>"$WORK/$name.log" &
   load_pid=$!
 }
-# stop_load NAME: stop it, print its summary, and fail on any failed request.
+# stop_load NAME [TOLERATED]: stop it and print its summary; a failed request fails
+# the check at the end (the next phase still runs, for its figures), except failures
+# of the kind TOLERATED.
 stop_load() {
-  local name=$1
+  local name=$1 tolerated=${2:-none}
   kill -TERM "$load_pid"
   wait "$load_pid" || fail "the load generator failed: $(cat "$WORK/$name.log")"
   load_pid=""
-  python3 - "$WORK/$name.json" "$name" <<'PY' || fail "$name: requests failed"
+  python3 - "$WORK/$name.json" "$name" "$tolerated" <<'PY' || failed+=("$name")
 import json, sys
 s = json.load(open(sys.argv[1]))
 lat = s["latency_ms"]
@@ -74,7 +77,8 @@ print(f"deploy-check        {sys.argv[2]}: {s['requests']} requests in {s['secon
       f"{s['failed']} failed {s['failures'] or ''}, latency p50 {lat['p50']} ms, "
       f"p99 {lat['p99']} ms, max {lat['max']} ms")
 print(f"deploy-check        statuses: {s['statuses']}")
-sys.exit(1 if s["failed"] or not s["requests"] else 0)
+counted = sum(n for kind, n in s["failures"].items() if not kind.endswith(" " + sys.argv[3]))
+sys.exit(1 if counted or not s["requests"] else 0)
 PY
 }
 revision_of() { # revision_of SERVICE: the revision label of each of its running containers
@@ -116,6 +120,9 @@ os.kill(worker, signal.SIGKILL)
 print(worker)') || fail "could not kill a worker"
 log "killed worker $worker of api-a with SIGKILL under read load (8 clients, 80 requests/s)"
 sleep 5
-stop_load kill
+# A response the killed worker had begun to send cannot be resent by anyone: the
+# client sees it cut short (IncompleteRead). Every other request must succeed.
+stop_load kill IncompleteRead
 
+[ ${#failed[@]} -eq 0 ] || fail "requests failed in: ${failed[*]}"
 log "passed in $((SECONDS - started)) s"

@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # End-to-end checks of the production stack (`make e2e`): build the image, start
 # docker-compose.prod.yml with throw-away secrets as a project of its own, and
-# check it from the outside, through the proxy. Removes everything it made,
-# volumes included. On failure it prints the failing service's logs.
+# check it from the outside, through the proxy: the items API, the proxy's headers
+# and body limit, the Postgres roles (the api's cannot CREATE TABLE), the hardening,
+# Redis down, one api down, a graceful SIGTERM. Removes everything it made, volumes
+# included. On failure it prints the failing service's logs. Zero-downtime deploys:
+# scripts/deploy-check.sh.
 #
 # Needs Docker with Compose v2, curl, and free ports E2E_HTTP_PORT/E2E_HTTPS_PORT.
 set -euo pipefail
