@@ -19,13 +19,15 @@ PROJECT ?= $(or $(call dotenv,PROJECT),$(shell basename "$(CURDIR)" | tr 'A-Z' '
 export PROJECT
 API_PORT ?= $(or $(call dotenv,API_PORT),8000)
 DEBUGPY ?= $(call dotenv,DEBUGPY)
+DEBUGPY_PORT ?= $(or $(call dotenv,DEBUGPY_PORT),5678)
 
 # `make debug` (or DEBUGPY=1) adds the debugger's port to the API container.
 DEV := docker compose -p $(PROJECT) -f docker-compose.yml $(if $(filter 1 true,$(DEBUGPY)),-f docker-compose.debug.yml)
 TEST := docker compose -p $(PROJECT)-test -f docker-compose.test.yml
 # Every checker runs, even after one fails; the exit status says whether any did.
 LINT := status=0; \
-	for check in "ruff check ." "ruff format --check ." "mypy" "mypy scripts/dev_server.py scripts/init.py" "hadolint Dockerfile Dockerfile.dev"; do \
+	for check in "ruff check ." "ruff format --check ." "mypy" "mypy scripts/dev_server.py scripts/init.py scripts/check_settings.py scripts/new_resource.py" \
+	  "hadolint Dockerfile Dockerfile.dev" "python -m scripts.check_settings" "lint-imports --no-cache"; do \
 	  echo "--- $$check"; $$check || { status=1; failed="$$failed\n  $$check"; }; \
 	done; \
 	if [ $$status -ne 0 ]; then printf "\nFailed:$$failed\n"; else echo "--- all checks passed"; fi; exit $$status
@@ -51,7 +53,7 @@ up: ## Start Postgres, Redis, migrations and the API with auto-reload
 .PHONY: debug
 debug: ## `make up`, with debugpy listening on localhost:DEBUGPY_PORT (5678) for your editor
 	@$(MAKE) --no-print-directory up DEBUGPY=1
-	@echo "  Debugger: attach to localhost:$(or $(call dotenv,DEBUGPY_PORT),5678) (.vscode/launch.json)"
+	@echo "  Debugger: attach to localhost:$(DEBUGPY_PORT) (.vscode/launch.json)"
 
 .PHONY: restart
 restart: ## Recreate the API after a .env change (code changes reload by themselves)

@@ -24,6 +24,7 @@ import json
 import os
 import platform
 import re
+import signal
 import statistics
 import subprocess
 import sys
@@ -139,8 +140,15 @@ def metrics_enabled() -> bool:
     return (BENCH / "metrics.env").is_file()
 
 
-def servers() -> list[str]:
-    return ["bare", "gunicorn", "uvicorn", *(["metrics"] if metrics_enabled() else [])]
+def selected_rows() -> list[Row]:
+    """BENCH_ROWS=bare,health,uvicorn measures only those rows (quicker, for one question)."""
+    wanted = [key for key in os.environ.get("BENCH_ROWS", "").split(",") if key]
+    rows = [row for row in ROWS if row.server != "metrics" or metrics_enabled()]
+    return [row for row in rows if row.key in wanted] if wanted else rows
+
+
+def servers(rows: list[Row]) -> list[str]:
+    return list(dict.fromkeys(row.server for row in rows))
 
 
 def start_stack(services: list[str]) -> None:
@@ -154,6 +162,21 @@ def start_stack(services: list[str]) -> None:
     log(f"starting {', '.join(services)}")
     profiles = ["--profile", "metrics"] if "metrics" in services else []
     compose(*profiles, "up", "-d", "--wait", *services, "wrk")
+
+
+def save_logs(path: Path) -> None:
+    """The stack's state and logs, kept when a run fails (the stack is removed after it)."""
+    RESULTS.mkdir(exist_ok=True)
+    with path.open("w") as out:
+        for args in (["ps", "-a"], ["logs", "--no-color", "--tail", "200"]):
+            subprocess.run(  # noqa: S603  # a fixed docker command, no shell
+                [*COMPOSE, "--profile", "metrics", *args],
+                cwd=ROOT,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                check=False,
+            )
+    log(f"the stack's state and logs: {path.relative_to(ROOT)}")
 
 
 def stop_stack() -> None:
@@ -204,8 +227,25 @@ def parse_wrk(output: str) -> Measurement:
     )
 
 
+_addresses: dict[str, str] = {}
+
+
+def address(server: str) -> str:
+    """The server's IP on the bench network. wrk is given addresses, not names: Docker's
+    DNS, slow on a busy machine, would otherwise fail a run now and then."""
+    if server not in _addresses:
+        container = compose("ps", "-q", server).strip()
+        template = "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}"
+        _addresses[server] = run("docker", "inspect", "-f", template, container).strip()
+    return _addresses[server]
+
+
+def url_for(row: Row, item_id: str) -> str:
+    return f"http://{address(row.server)}:8000{row.path.replace('{id}', item_id)}"
+
+
 def wrk(row: Row, item_id: str, seconds: int) -> Measurement:
-    url = f"http://{row.server}:8000{row.path.replace('{id}', item_id)}"
+    url = url_for(row, item_id)
     args = ["wrk", f"-t{THREADS}", f"-c{CONNECTIONS}", f"-d{seconds}s", "--latency"]
     if row.script:
         args += ["-s", f"/bench/{row.script}", url, "--", uuid.uuid4().hex[:8]]
@@ -219,6 +259,7 @@ def wrk(row: Row, item_id: str, seconds: int) -> Measurement:
 PROCESSES = r"""
 import json, os
 rows = []
+tick = os.sysconf("SC_CLK_TCK")
 for pid in filter(str.isdigit, os.listdir("/proc")):
     if int(pid) == os.getpid():
         continue
@@ -226,25 +267,45 @@ for pid in filter(str.isdigit, os.listdir("/proc")):
         cmd = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode()
         status = dict(l.split(":", 1) for l in open(f"/proc/{pid}/status") if ":" in l)
         pss = [l for l in open(f"/proc/{pid}/smaps_rollup") if l.startswith("Pss:")]
+        stat = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
     except OSError:
         continue
     rows.append({"pid": int(pid), "cmd": cmd.strip(),
                  "rss_kb": int(status["VmRSS"].split()[0]),
-                 "pss_kb": int(pss[0].split()[1]) if pss else 0})
+                 "pss_kb": int(pss[0].split()[1]) if pss else 0,
+                 "cpu_s": (int(stat[11]) + int(stat[12])) / tick})
 print(json.dumps(rows))
 """
 
 
-def memory(server: str) -> dict[str, Any]:
-    """RSS and PSS (shared pages split between the processes sharing them) per worker."""
+def workers(server: str) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+    """The server's master (pid 1) and its workers, with RSS, PSS and CPU time used."""
     processes = json.loads(compose("exec", "-T", server, "python", "-c", PROCESSES))
-    workers = [p for p in processes if p["pid"] != 1 and "resource_tracker" not in p["cmd"]]
     master = next((p for p in processes if p["pid"] == 1), None)
+    # Not a worker: multiprocessing's resource tracker, if uvicorn's supervisor starts one.
+    return master, [p for p in processes if p["pid"] != 1 and "resource_tracker" not in p["cmd"]]
+
+
+def memory(server: str) -> dict[str, Any]:
+    """RSS and PSS (shared pages split between the processes sharing them) per worker,
+    and how many times a worker was replaced so far (Gunicorn's max_requests)."""
+    master, processes = workers(server)
+    logs = compose("logs", "--no-log-prefix", server)
     return {
+        "worker_restarts": max(0, logs.count("Booting worker") - len(processes)),
+        # A cached read whose Redis call times out goes to Postgres: say when it happened.
+        "redis_skipped": logs.count("redis unavailable"),
         "master_rss_mb": round(master["rss_kb"] / 1024, 1) if master else None,
-        "worker_rss_mb": [round(p["rss_kb"] / 1024, 1) for p in workers],
-        "worker_pss_mb": [round(p["pss_kb"] / 1024, 1) for p in workers],
+        "worker_rss_mb": [round(p["rss_kb"] / 1024, 1) for p in processes],
+        "worker_pss_mb": [round(p["pss_kb"] / 1024, 1) for p in processes],
     }
+
+
+def boot_cpu_seconds(server: str) -> float:
+    """CPU a worker spends starting (imports, app, lifespan), read before any load:
+    what each recycle costs, whatever else the machine is doing."""
+    _, processes = workers(server)
+    return round(statistics.fmean(p["cpu_s"] for p in processes), 2)
 
 
 def image_size() -> dict[str, Any]:
@@ -292,9 +353,10 @@ def print_table(result: dict[str, Any]) -> None:
     for row in result["rows"]:
         best = rows[row["key"]]
         x_bare = ratio(rows, row["key"], "bare")
+        shown = "-" if x_bare is None else f"{x_bare:.2f}"
         print(
             f"{row['label']:36} {best.rps:10,.0f} {best.p50_ms:8.2f} {best.p99_ms:8.2f} "
-            f"{x_bare:7.2f} {best.errors:6}"
+            f"{shown:>7} {best.errors:6}"
         )
     print()
     for bar in result["bars"]:
@@ -308,9 +370,13 @@ def print_table(result: dict[str, Any]) -> None:
         print()
         for server, figures in memory_rows.items():
             print(
-                f"  memory {server:9} worker RSS {figures['worker_rss_mb']} MB, "
-                f"PSS {figures['worker_pss_mb']} MB, master RSS {figures['master_rss_mb']} MB"
+                f"  {server:9} worker RSS {figures['worker_rss_mb']} MB, "
+                f"PSS {figures['worker_pss_mb']} MB, master RSS {figures['master_rss_mb']} MB, "
+                f"{figures.get('worker_restarts', '?')} worker restarts, "
+                f"Redis breaker opened {figures.get('redis_skipped', '?')} times"
             )
+    if "worker_boot_cpu_s" in result:
+        print(f"  worker start (imports, app, lifespan): {result['worker_boot_cpu_s']} CPU s")
     image = result.get("image")
     if image:
         print(
@@ -372,9 +438,10 @@ def cpu_model() -> str:
 
 
 def measure() -> dict[str, Any]:
-    rows = [row for row in ROWS if row.server != "metrics" or metrics_enabled()]
+    rows = selected_rows()
     results = {row.key: RowResult(row.key, row.label) for row in rows}
-    start_stack(servers())
+    start_stack(list(dict.fromkeys([*servers(rows), "gunicorn"])))  # gunicorn takes the seed
+    boot_cpu = boot_cpu_seconds("gunicorn")
     item_id = seed_items()
     reads, writes = [r for r in rows if not r.script], [r for r in rows if r.script]
     for group in (reads, writes):
@@ -387,7 +454,7 @@ def measure() -> dict[str, Any]:
                 results[row.key].rounds.append(measurement)
                 log(f"round {number} {row.key:8} {measurement.rps:9,.0f} requests/s")
         if group is reads:
-            memory_rows = {server: memory(server) for server in servers()}
+            memory_rows = {server: memory(server) for server in servers(rows)}
     best = {key: r.best for key, r in results.items()}
     return {
         "meta": {
@@ -414,6 +481,7 @@ def measure() -> dict[str, Any]:
         ],
         "bars": check_bars(best),
         "memory": memory_rows,
+        "worker_boot_cpu_s": boot_cpu,
         "image": image_size(),
     }
 
@@ -422,6 +490,9 @@ def bench() -> int:
     started = time.monotonic()
     try:
         result = measure()
+    except BaseException:
+        save_logs(RESULTS / "failed-run.log")
+        raise
     finally:
         stop_stack()
     RESULTS.mkdir(exist_ok=True)
@@ -480,29 +551,31 @@ def profile(target: str) -> int:
         item_id = seed_items()
         wrk(row, item_id, WARMUP_SECONDS)
         container = compose("ps", "-q", "gunicorn").strip()
-        url = f"http://{row.server}:8000{row.path.replace('{id}', item_id)}"
+        url = url_for(row, item_id)
         script = ["-s", f"/bench/{row.script}", url, "--", "profile"] if row.script else [url]
-        wrk_args = [f"-t{THREADS}", f"-c{CONNECTIONS}", f"-d{2 * seconds + 10}s", *script]
-        # The load runs in the background while both recordings are taken.
+        # Longer than the recording and its sidecar's start; stopped with the stack.
+        wrk_args = [f"-t{THREADS}", f"-c{CONNECTIONS}", f"-d{seconds + 120}s", *script]
         load = subprocess.Popen(  # noqa: S603  # a fixed docker command, no shell
             [*COMPOSE, "exec", "-T", "wrk", "wrk", *wrk_args], cwd=ROOT, stdout=subprocess.DEVNULL
         )
         time.sleep(2)
-        for fmt, suffix in (("flamegraph", "svg"), ("raw", "txt")):
-            log(f"py-spy: {seconds} s of {row.path} as {fmt}")
-            out = f"/out/profile-{target}.{suffix}"
-            record = (
-                f"py-spy record --pid 1 --subprocesses --nonblocking --rate 250 "
-                f"--duration {seconds} --format {fmt} -o {out} >/dev/null"
-            )
-            # py-spy runs as root to use SYS_PTRACE; the file is handed back to you.
-            sidecar = ["--pid", f"container:{container}", "--cap-add", "SYS_PTRACE"]
-            run(
-                *("docker", "run", "--rm", *sidecar, "-v", f"{RESULTS}:/out"),
-                *("--entrypoint", "sh", PY_SPY_IMAGE, "-c"),
-                f"{record} && chown {os.getuid()}:{os.getgid()} {out}",
-            )
-        load.wait()
+        log(f"py-spy: {seconds} s of {row.path}")
+        # Two samplers at once (--nonblocking: neither pauses the workers): a flame graph
+        # to look at, and collapsed stacks to count self time from.
+        record = (
+            f"py-spy record --pid 1 --subprocesses --nonblocking --rate 200 --duration {seconds}"
+        )
+        out = f"/out/profile-{target}"
+        # py-spy runs as root to use SYS_PTRACE; the files are handed back to you.
+        sidecar = ["--pid", f"container:{container}", "--cap-add", "SYS_PTRACE"]
+        run(
+            *("docker", "run", "--rm", *sidecar, "-v", f"{RESULTS}:/out"),
+            *("--entrypoint", "sh", PY_SPY_IMAGE, "-c"),
+            f"{record} -f flamegraph -o {out}.svg >/dev/null & "
+            f"{record} -f raw -o {out}.txt >/dev/null; wait; "
+            f"chown {os.getuid()}:{os.getgid()} {out}.svg {out}.txt",
+        )
+        load.terminate()
     finally:
         stop_stack()
     print_top_frames(RESULTS / f"profile-{target}.txt")
@@ -519,17 +592,21 @@ def print_top_frames(collapsed: Path, count: int = 10) -> None:
         stack, _, samples = line.rpartition(" ")
         if not stack:
             continue
-        leaf = stack.rsplit(";", 1)[-1]
+        # By function, not by line; a process name as the leaf: no Python frame at all.
+        leaf = re.sub(r":\d+\)$", ")", stack.rsplit(";", 1)[-1])
+        if leaf.startswith("process "):
+            leaf = "(native code, no Python frame)"
         self_samples[leaf] = self_samples.get(leaf, 0) + int(samples)
         total += int(samples)
     print(f"\n  top {count} frames by self time ({total} samples)")
     top = sorted(self_samples.items(), key=lambda kv: kv[1], reverse=True)[:count]
     for leaf, samples in top:
         print(f"  {samples / total * 100:5.1f}%  {leaf}")
-    print(f"  ({statistics.fmean(self_samples.values()):.1f} samples a frame on average)")
 
 
 def main() -> int:
+    # Stopped from outside (CI's timeout, kill): still remove the stack on the way out.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     mode = sys.argv[1] if len(sys.argv) > 1 else "run"
     if mode == "run":
         return bench()

@@ -7,6 +7,7 @@ config instead, so every line of `make logs` has the same shape.
 
 With DEBUGPY=1 (`make debug`), each server process the reloader starts listens
 for a debugger on port 5678; a reload ends the session, so attach again after one.
+The debug adapter runs inside that process, so it frees the port when it exits.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ def serve_app() -> FastAPI:
 
         # All interfaces inside the container; the compose file publishes the port on
         # the host's localhost only (docker-compose.debug.yml).
-        debugpy.listen(("0.0.0.0", DEBUGPY_PORT))  # noqa: S104
+        debugpy.listen(("0.0.0.0", DEBUGPY_PORT), in_process_debug_adapter=True)  # noqa: S104
     from app.main import app  # noqa: PLC0415  # imported here, in the reloaded process
 
     return app

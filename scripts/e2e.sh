@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # End-to-end checks of the production stack (`make e2e`): build the image, start
 # docker-compose.prod.yml with throw-away secrets as a project of its own, and
-# check it from the outside, through the proxy. Removes everything it made,
-# volumes included. On failure it prints the failing service's logs.
+# check it from the outside, through the proxy: the items API, the proxy's headers
+# and body limit, the Postgres roles (the api's cannot CREATE TABLE), the hardening,
+# Redis down, one api down, a graceful SIGTERM. Removes everything it made, volumes
+# included. On failure it prints the failing service's logs. Zero-downtime deploys:
+# scripts/deploy-check.sh.
 #
 # Needs Docker with Compose v2, curl, and free ports E2E_HTTP_PORT/E2E_HTTPS_PORT.
 set -euo pipefail
@@ -11,18 +14,22 @@ cd "$(dirname "$0")/.."
 export COMPOSE_PROJECT_NAME=${E2E_PROJECT:-fastapi-service-e2e}
 HTTP_PORT=${E2E_HTTP_PORT:-18080}
 BASE="http://localhost:${HTTP_PORT}"
+# One file for Compose's variables and the app's settings (the api's env_file).
+export ENV_FILE
 ENV_FILE=$(mktemp)
 COMPOSE=(docker compose -f docker-compose.prod.yml --env-file "$ENV_FILE")
 started=$SECONDS
 
 log() { printf 'e2e [%3ds] %s\n' $((SECONDS - started)) "$*"; }
-fail() {
-  local service=${2:-}
+fail() { # fail MESSAGE [SERVICE]: "api" means both api services
+  local service=${2:-} services
+  [ "$service" != api ] || service="api-a api-b"
+  read -ra services <<<"$service"
   printf '\ne2e FAILED: %s\n' "$1" >&2
   "${COMPOSE[@]}" ps -a >&2 || true
   if [ -n "$service" ]; then
     printf '\n--- logs of %s ---\n' "$service" >&2
-    "${COMPOSE[@]}" logs --no-color --tail=200 "$service" >&2 || true
+    "${COMPOSE[@]}" logs --no-color --tail=200 "${services[@]}" >&2 || true
   else
     "${COMPOSE[@]}" logs --no-color --tail=60 >&2 || true
   fi
@@ -39,6 +46,7 @@ random() { head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n'; }
 cat >"$ENV_FILE" <<ENV
 DOMAIN=http://localhost
 POSTGRES_PASSWORD=$(random)
+APP_DB_PASSWORD=$(random)
 SECRET_KEY=$(random)
 HTTP_PORT=${HTTP_PORT}
 HTTPS_PORT=${E2E_HTTPS_PORT:-18443}
@@ -79,7 +87,7 @@ wait_healthy() { # wait_healthy SERVICE SECONDS
 }
 
 log "building the image"
-"${COMPOSE[@]}" build --build-arg REVISION="$(git rev-parse HEAD 2>/dev/null || echo unknown)" api \
+"${COMPOSE[@]}" build --build-arg REVISION="$(git rev-parse HEAD 2>/dev/null || echo unknown)" migrate \
   >/dev/null || fail "image build failed"
 
 image=fastapi-service:e2e
@@ -131,7 +139,45 @@ request GET "/api/v1/items/$item_id"
 expect 404 "deleted item"
 log "items API works through the proxy"
 
-api=$("${COMPOSE[@]}" ps -q api)
+# Proxy: security headers, no HSTS over plain HTTP, bodies above MAX_BODY_SIZE refused.
+request GET /health
+[[ "$HEADERS" == *"x-content-type-options: nosniff"* ]] || fail "no X-Content-Type-Options" proxy
+[[ "$HEADERS" != *"strict-transport-security"* ]] || fail "HSTS sent over plain HTTP" proxy
+big=$(mktemp)
+printf '{"name":"big","description":"%s"}' "$(head -c 1100000 /dev/zero | tr '\0' x)" >"$big"
+for encoding in content-length chunked; do
+  extra=()
+  [ "$encoding" = content-length ] || extra=(-H 'Transfer-Encoding: chunked')
+  status=$(curl -sS -o /dev/null -w '%{http_code}' --max-time 20 "${extra[@]}" \
+    -H 'content-type: application/json' --data-binary "@$big" "$BASE/api/v1/items")
+  [ "$status" = 413 ] || { rm -f "$big"; fail "1.1 MB body ($encoding): expected 413, got $status" proxy; }
+done
+rm -f "$big"
+request GET "/api/v1/items?limit=1"
+expect 200 "a request after the refused bodies"
+log "proxy: nosniff, no HSTS over HTTP, 1.1 MB bodies refused with 413 (sized and chunked)"
+
+# Postgres: the api's role reads and writes the tables and nothing else; the owner
+# role ran the migrations; the api holds neither role's password but its own URL.
+psql_as() { "${COMPOSE[@]}" exec -T db psql -X -q -t -A -v ON_ERROR_STOP=1 -U "$1" -d app -c "$2" 2>&1; }
+[ "$(psql_as app 'SELECT count(*) >= 0 FROM items')" = t ] || fail "app role cannot read items" db
+for statement in "CREATE TABLE e2e_probe (id int)" "CREATE TEMP TABLE e2e_probe (id int)" \
+  "CREATE ROLE e2e_probe" "ALTER TABLE items ADD COLUMN e2e_probe int" "DROP TABLE items"; do
+  if out=$(psql_as app "$statement"); then fail "app role could run: $statement" db; fi
+  [[ "$out" == *"permission denied"* || "$out" == *"must be owner"* ]] ||
+    fail "app role: '$statement' failed for another reason: $out" db
+done
+[ "$(psql_as postgres "SELECT rolsuper FROM pg_roles WHERE rolname = 'app'")" = f ] ||
+  fail "app role is a superuser" db
+[ "$(psql_as postgres "SELECT tableowner FROM pg_tables WHERE tablename = 'items'")" = app_owner ] ||
+  fail "items is not owned by app_owner" db
+db_password=$(sed -nE 's/^POSTGRES_PASSWORD=(.*)$/\1/p' "$ENV_FILE")
+if docker exec "$("${COMPOSE[@]}" ps -q api-a)" env | grep -qF "$db_password"; then
+  fail "the api's environment holds the owner's password" api
+fi
+log "postgres: app role cannot CREATE TABLE (nor TEMP, ROLE, ALTER, DROP); tables owned by app_owner"
+
+api=$("${COMPOSE[@]}" ps -q api-a)
 [ "$(docker exec "$api" id -u)" = 10001 ] || fail "api runs as uid $(docker exec "$api" id -u)" api
 [ "$(docker inspect -f '{{.HostConfig.ReadonlyRootfs}}' "$api")" = true ] || fail "api root filesystem is writable" api
 if docker exec "$api" sh -c 'touch /app/written 2>/dev/null || touch /written 2>/dev/null'; then
@@ -141,8 +187,8 @@ log "api runs as uid 10001 on a read-only root filesystem"
 
 # Only the proxy is trusted for X-Forwarded-*: the api logs the real client, not the proxy.
 proxy_ip=$(sed -nE 's/^PROXY_IP=(.*)$/\1/p' "$ENV_FILE")
-clients=$("${COMPOSE[@]}" logs --no-color api | grep '"path": "/api/v1/items"' |
-  sed -nE 's/.*"client": "([^"]*)".*/\1/p' | sort -u)
+clients=$("${COMPOSE[@]}" logs --no-color api-a api-b | grep -E '"path": ?"/api/v1/items"' |
+  sed -nE 's/.*"client": ?"([^"]*)".*/\1/p' | sort -u)
 [ -n "$clients" ] || fail "no access log line with a client address" api
 [[ "$clients" != *"$proxy_ip"* ]] || fail "api logged the proxy ($proxy_ip) as the client" api
 log "forwarded client address applied (client: $(head -1 <<<"$clients"), proxy: $proxy_ip)"
@@ -161,7 +207,17 @@ request GET /health/ready
 contains '"status":"pass"' "readiness after redis is back"
 log "redis down: readiness warns, items still work; back: pass"
 
-# Graceful shutdown: a slow upload is in flight when the api gets SIGTERM.
+# One api down, the other serves: the proxy's health checks and retries route around it.
+"${COMPOSE[@]}" stop api-a >/dev/null 2>&1
+for _ in 1 2 3 4 5; do
+  request GET "/api/v1/items?limit=1"
+  expect 200 "items with api-a stopped"
+done
+"${COMPOSE[@]}" start api-a >/dev/null 2>&1
+wait_healthy api-a 30
+log "api-a stopped: api-b served every request"
+
+# Graceful shutdown: a slow upload is in flight when both apis get SIGTERM.
 payload=$(printf '{"name":"in-flight","description":"%s"}' "$(head -c 6000 /dev/zero | tr '\0' x)")
 curl -sS -o /dev/null -w '%{http_code}' --max-time 60 --limit-rate 1500 \
   -H 'content-type: application/json' --data "$payload" "$BASE/api/v1/items" >"$ENV_FILE.inflight" &
@@ -169,19 +225,22 @@ upload=$!
 sleep 1.5
 kill -0 "$upload" 2>/dev/null || fail "the slow upload finished before the shutdown began" api
 stop_started=$SECONDS
-"${COMPOSE[@]}" stop api >/dev/null 2>&1
+"${COMPOSE[@]}" stop api-a api-b >/dev/null 2>&1
 wait "$upload" || true
 inflight=$(cat "$ENV_FILE.inflight")
 rm -f "$ENV_FILE.inflight"
 [ "$inflight" = 201 ] || fail "in-flight request got '$inflight' during shutdown" api
-api_exit=$(docker inspect -f '{{.State.ExitCode}}' "$api")
-[ "$api_exit" = 0 ] || fail "api exited with $api_exit after SIGTERM" api
-log "SIGTERM: in-flight request completed (201), api exited 0 in $((SECONDS - stop_started)) s"
+for service in api-a api-b; do
+  api_exit=$(docker inspect -f '{{.State.ExitCode}}' "$("${COMPOSE[@]}" ps -aq "$service")")
+  [ "$api_exit" = 0 ] || fail "$service exited with $api_exit after SIGTERM" "$service"
+done
+log "SIGTERM: in-flight request completed (201), api-a and api-b exited 0 in $((SECONDS - stop_started)) s"
 
 start_ns=$(date +%s%N)
-"${COMPOSE[@]}" start api >/dev/null 2>&1
-wait_healthy api 30
-log "api start to healthy: $(( ($(date +%s%N) - start_ns) / 1000000 )) ms"
+"${COMPOSE[@]}" start api-a api-b >/dev/null 2>&1
+wait_healthy api-a 30
+wait_healthy api-b 30
+log "api-a and api-b start to healthy: $(( ($(date +%s%N) - start_ns) / 1000000 )) ms"
 request GET "/api/v1/items?limit=1"
 expect 200 "items after restart"
 

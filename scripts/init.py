@@ -6,7 +6,8 @@
    again with the same name changes nothing, with another name it refuses.
 2. Write .env, if there is none, from .env.example: fresh secrets (SECRET_KEY, the
    dev database's password), this checkout's Compose project name, and host ports
-   that are free right now (so a second clone on this machine does not clash).
+   that are free right now (so a second clone on this machine does not clash); the
+   other settings commented out, at their defaults.
 
 Standard library only, Python 3.11 or newer: it runs on the host, before any image.
 """
@@ -64,7 +65,7 @@ def rename(name: str) -> list[str]:
         "README.md": [(r"^# FastAPI service$", f"# {title}")],
         "pyproject.toml": [(r'^description = ".*"$', f'description = "{title}."')],
         "Dockerfile": [(r'image\.description="[^"]*"', f'image.description="{title}"')],
-        ".py": [(r'title="FastAPI service"', f'title="{title}"')],
+        ".py": [(r'"FastAPI service"', f'"{title}"')],  # the app's title (app/main.py)
     }
     everywhere = [(TEMPLATE, name), (TEMPLATE.replace("-", "_"), name.replace("-", "_"))]
     changed = []
@@ -77,7 +78,7 @@ def rename(name: str) -> list[str]:
             continue  # not text
         new = text
         for pattern, replacement in own_words.get(path.name, own_words.get(path.suffix, [])):
-            new = re.sub(pattern, replacement, new, count=1, flags=re.MULTILINE)
+            new = re.sub(pattern, replacement, new, flags=re.MULTILINE)
         for old, replacement in everywhere:
             new = new.replace(old, replacement)
         if new != text:
@@ -145,11 +146,15 @@ def write_env(env_file: Path) -> None:
         "DATABASE_URL": f"postgresql://app:{password}@localhost:{ports['POSTGRES_PORT']}/app",
         "REDIS_URL": f"redis://localhost:{ports['REDIS_PORT']}/0",
     }
+    # The example's other settings stay commented out: their defaults live in the code,
+    # so a later change of a default reaches this checkout too.
     lines = []
     for example in (ROOT / ".env.example").read_text(encoding="utf-8").splitlines():
         key = example.split("=", 1)[0]
-        keep = example.startswith("#") or key not in values
-        lines.append(example if keep else f"{key}={values.pop(key)}")
+        if example.startswith("#") or "=" not in example:
+            lines.append(example)
+        else:
+            lines.append(f"{key}={values.pop(key)}" if key in values else f"# {example}")
     lines += [f"{key}={value}" for key, value in values.items()]
     env_file.write_text("\n".join(lines) + "\n", encoding="utf-8")
     env_file.chmod(0o600)

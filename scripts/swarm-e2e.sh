@@ -28,6 +28,7 @@ OWNER_LABEL=fsswarm.e2e # marks a swarm this script created
 WORK=$(mktemp -d)
 started=$SECONDS
 created_swarm=0
+node2_started=0
 load_pid=
 
 # deploy.sh's settings: images are local (no registry), the proxy on test ports.
@@ -37,7 +38,7 @@ log() { printf 'swarm-e2e [%3ds] %s\n' $((SECONDS - started)) "$*"; }
 fail() {
   printf '\nswarm-e2e FAILED: %s\n' "$1" >&2
   docker stack ps "$STACK" --no-trunc --format '{{.Name}} {{.Image}} {{.Node}} {{.CurrentState}} {{.Error}}' >&2 || true
-  docker service logs --tail 30 "${STACK}_api" >&2 2>&1 || true
+  docker service logs --tail 8 "${STACK}_api" >&2 2>&1 || true
   exit 1
 }
 
@@ -50,7 +51,7 @@ remove_swarm() {
     sleep 1
   done
   docker secret ls -q --filter "name=${STACK}_" | xargs -r docker secret rm >/dev/null
-  scripts/swarm/node2.sh down
+  scripts/swarm/node2.sh down # idempotent: nothing to do after a one-node run
   docker swarm leave --force >/dev/null
   docker volume rm "${STACK}_pgdata" "${STACK}_caddy_data" "${STACK}_caddy_config" >/dev/null 2>&1
 }
@@ -64,6 +65,8 @@ cleanup() {
     remove_swarm
     # Made by `swarm init`; kept if anything else uses it.
     [ "$gwbridge_existed" = 0 ] && docker network rm docker_gwbridge >/dev/null 2>&1
+  elif [ "$node2_started" = 1 ]; then
+    scripts/swarm/node2.sh down
   fi
   docker image rm "$IMAGE_A" "$IMAGE_B" >/dev/null 2>&1
   rm -rf "$WORK"
@@ -92,6 +95,9 @@ docker build -q -t "$IMAGE_A" --build-arg REVISION=swarm-a . >/dev/null
 docker build -q -t "$IMAGE_B" --build-arg REVISION=swarm-b . >/dev/null
 
 if [ "$NODES" = 2 ]; then
+  log "starting node 2: a dockerd in its own network namespace, images copied in"
+  node2_started=1
+  scripts/swarm/node2.sh up "$IMAGE_A" "$IMAGE_B" redis:8
   advertise=$(scripts/swarm/node2.sh host-address)
 else
   # The address of the interface holding the default route (swarm asks when there are several).
@@ -108,8 +114,8 @@ docker node update --label-add "$OWNER_LABEL=1" --label-add fsswarm.proxy=true \
   --label-add fsswarm.db=true "$manager" >/dev/null
 
 if [ "$NODES" = 2 ]; then
-  log "starting node 2 (a dockerd in its own network namespace) and joining it"
-  scripts/swarm/node2.sh up "$(docker swarm join-token -q worker)" "$advertise" "$IMAGE_A" "$IMAGE_B" redis:8
+  scripts/swarm/node2.sh join "$(docker swarm join-token -q worker)" "$advertise"
+  docker node ls
 fi
 
 log "secrets: throw-away values, never in an environment variable"
@@ -193,6 +199,13 @@ api_tasks
 
 if [ "$NODES" = 2 ]; then
   worker=$(docker node ls --filter role=worker -q | head -1)
+  if [ "$(api_tasks | awk '{print $3}' | sort -u | wc -l)" != 2 ]; then
+    # Start-first placement can leave both replicas on one node (the old task still
+    # counts when the new one is placed), and Swarm never rebalances by itself.
+    log "both replicas on one node: spreading them (a stop-first forced update)"
+    docker service update --quiet --force --update-order stop-first "${STACK}_api" >/dev/null
+    docker service update --quiet --update-order start-first "${STACK}_api" >/dev/null
+  fi
   log "replicas per node:"
   api_tasks
   [ "$(api_tasks | awk '{print $3}' | sort -u | wc -l)" = 2 ] || fail "the api's replicas are not on both nodes"

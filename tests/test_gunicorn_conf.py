@@ -46,13 +46,27 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     assert config["worker_class"] == "uvicorn_worker.UvicornWorker"
     assert config["workers"] == default_workers(available_cpus())
     assert (config["timeout"], config["graceful_timeout"], config["keepalive"]) == (30, 20, 65)
-    assert (config["max_requests"], config["max_requests_jitter"]) == (10_000, 1_000)
+    assert (config["max_requests"], config["max_requests_jitter"]) == (5_000_000, 500_000)
     assert config["worker_tmp_dir"] == "/dev/shm"
     assert config["forwarded_allow_ips"] == "127.0.0.1"
     assert config["control_socket_disable"] is True
     # Each worker imports the app itself, after the fork: no pool or client made
     # in the master can be inherited.
     assert config.get("preload_app", False) is False
+
+
+# What one worker served of GET /health at full load in `make bench` once the app's
+# per-request cost is near the server's own (docs/benchmarks.md), in requests/s.
+PEAK_REQUESTS_PER_WORKER = 8_000
+
+
+def test_recycling_is_rare_even_at_full_load(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A recycle costs a worker start and resets its connections: at most one every
+    # ~10 minutes per worker at full load, and far fewer at ordinary loads.
+    config = load_config(monkeypatch)
+    assert config["max_requests"] / PEAK_REQUESTS_PER_WORKER >= 600
+    # Jitter spreads two workers' restarts apart, but never makes a recycle frequent.
+    assert 0 < config["max_requests_jitter"] <= config["max_requests"] // 2
 
 
 def test_environment_maps_to_settings(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -2,20 +2,34 @@
 
 from __future__ import annotations
 
-import time
+from time import perf_counter
 
 import structlog
-from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.core.logging import mark_logged
 from app.core.request_id import REQUEST_ID_HEADER, accept_or_generate, set_request_id
 
 access_logger = structlog.get_logger("app.access")
 
+# ASGI servers give header names in lower case.
+_REQUEST_ID = REQUEST_ID_HEADER.lower().encode("latin-1")
+
+# Container and load-balancer probes hit these every few seconds: at INFO they would
+# drown everything else, so a passing probe is logged at DEBUG only. A failing one (5xx)
+# is logged like any other failure: a probe that starts failing is news.
+PROBE_PATHS = frozenset({"/health", "/health/ready"})
+
 
 class RequestContextMiddleware:
     """Gives each request an id, returns it as X-Request-ID, binds it to every log line
-    of the request, and writes one access line when the request ends."""
+    of the request, and writes one access line when the request ends.
+
+    Levels of the access line: ERROR with the traceback when the app raised (the one
+    place an unhandled exception is logged), WARNING for another 5xx (its cause was
+    logged where it was handled), DEBUG for a passing health probe, INFO otherwise."""
+
+    __slots__ = ("app",)
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -25,29 +39,54 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send)
             return
 
-        request_id = accept_or_generate(Headers(scope=scope).get(REQUEST_ID_HEADER))
-        set_request_id(request_id)
-        structlog.contextvars.clear_contextvars()
-        structlog.contextvars.bind_contextvars(request_id=request_id)
-
-        status_code = 500  # what the client gets if the app raises before responding
-        started = time.perf_counter()
+        started = perf_counter()
+        incoming = None
+        for name, value in scope["headers"]:  # a scan is cheaper than building Headers
+            if name == _REQUEST_ID:
+                incoming = value.decode("latin-1")
+                break
+        request_id = accept_or_generate(incoming)
+        set_request_id(request_id)  # read by the logging processors and error responses
+        request_id_header = (_REQUEST_ID, request_id.encode("latin-1"))
+        status = 500  # what the client gets if the app raises before responding
 
         async def send_with_request_id(message: Message) -> None:
-            nonlocal status_code
+            nonlocal status
             if message["type"] == "http.response.start":
-                status_code = message["status"]
-                MutableHeaders(scope=message)[REQUEST_ID_HEADER] = request_id
+                status = message["status"]
+                # Replace, not add: error responses set the header themselves.
+                headers = [h for h in message.get("headers", ()) if h[0].lower() != _REQUEST_ID]
+                headers.append(request_id_header)
+                message["headers"] = headers
             await send(message)
 
+        error: Exception | None = None
         try:
             await self.app(scope, receive, send_with_request_id)
+        except Exception as exc:
+            error = exc
+            raise
         finally:
-            access_logger.info(
-                "request",
-                method=scope["method"],
-                path=scope["path"],
-                status=status_code,
-                duration_ms=round((time.perf_counter() - started) * 1000, 2),
-                client=scope["client"][0] if scope.get("client") else None,
-            )
+            _log_access(scope, status, started, error)
+
+
+def _log_access(scope: Scope, status: int, started: float, error: Exception | None) -> None:
+    if error is not None:
+        log = access_logger.error
+        mark_logged(error)  # the server's own report of it is dropped (SkipAlreadyLogged)
+    elif status >= 500:
+        log = access_logger.warning
+    elif scope["path"] in PROBE_PATHS:
+        log = access_logger.debug
+    else:
+        log = access_logger.info
+    client = scope.get("client")
+    log(
+        "request",
+        method=scope["method"],
+        path=scope["path"],
+        status=status,
+        duration_ms=round((perf_counter() - started) * 1000, 2),
+        client=client[0] if client else None,
+        exc_info=error,
+    )

@@ -59,6 +59,8 @@ wait_for_rollout() {
   while :; do
     state=$(docker service inspect -f '{{if .UpdateStatus}}{{.UpdateStatus.State}}{{end}}' "$service")
     case $state in
+      rollback_started) # its message names the cause; the later ones do not
+        [ -n "${cause:-}" ] || { cause=$(docker service inspect -f '{{.UpdateStatus.Message}}' "$service"); log "$cause"; } ;;
       rollback_completed | rollback_paused | paused)
         log "the api update ended as $state: $(docker service inspect -f '{{.UpdateStatus.Message}}' "$service")"
         return 1 ;;

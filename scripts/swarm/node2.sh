@@ -2,9 +2,10 @@
 # A second Docker node on this machine, for `make swarm-e2e NODES=2`: a dockerd in a
 # network namespace (and hostname) of its own, reached from the host through a veth
 # pair, as a second VM would be through its network. Needs root.
-#   node2.sh host-address                    the host's end of the link: advertise it
-#   node2.sh up TOKEN MANAGER_ADDR IMAGE...  start it, copy IMAGEs in, join as worker
-#   node2.sh down                            leave, stop, and remove all of it (idempotent)
+#   node2.sh up IMAGE...          start it, linked to the host, and copy IMAGEs into it
+#   node2.sh host-address         the host's end of the link: the manager advertises it
+#   node2.sh join TOKEN MANAGER   join the swarm as a worker
+#   node2.sh down                 leave, stop, and remove all of it (idempotent)
 # Its engine answers on unix://$RUN/docker.sock: docker -H unix:///run/fsswarm-node2/docker.sock ...
 #
 # `nsenter --net`, not `ip netns exec` (which remounts /sys, hiding the host's
@@ -27,8 +28,6 @@ NODE=(docker -H "unix://$RUN/docker.sock")
 log() { echo "node2: $*" >&2; }
 
 up() {
-  local token=$1 manager=$2
-  shift 2
   local dockerd
   # The same dockerd as this engine's: on PATH, else the running one's binary.
   dockerd=$(command -v dockerd || readlink -f "/proc/$(pgrep -o -x dockerd)/exe")
@@ -57,7 +56,10 @@ JSON
 
   log "copying $* (no registry)"
   docker save "$@" | "${NODE[@]}" load -q >/dev/null
-  "${NODE[@]}" swarm join --token "$token" --advertise-addr "$NODE_ADDR" "$manager:2377" >/dev/null
+}
+
+join() {
+  "${NODE[@]}" swarm join --token "$1" --advertise-addr "$NODE_ADDR" "$2:2377" >/dev/null
   log "joined the swarm as $NAME ($NODE_ADDR)"
 }
 
@@ -87,6 +89,7 @@ down() {
 case ${1:-} in
   host-address) echo "$HOST_ADDR" ;;
   up) shift && up "$@" ;;
+  join) join "$2" "$3" ;;
   down) down ;;
-  *) echo "usage: node2.sh host-address | up TOKEN MANAGER_ADDR IMAGE... | down" >&2 && exit 2 ;;
+  *) echo "usage: node2.sh up IMAGE... | host-address | join TOKEN MANAGER | down" >&2 && exit 2 ;;
 esac

@@ -1,0 +1,206 @@
+#!/usr/bin/env python3
+"""Steady load through the proxy while a deploy runs (scripts/deploy-check.sh).
+
+Each client thread holds one keep-alive HTTP/1.1 connection and sends, at a fixed
+pace, a mix of writes (create an item; --writes of them) and reads (an item, or
+a page of items). Any
+answer but the expected status, any connection error and any timeout is a failed
+request. It runs until SIGTERM or SIGINT (or --seconds), then prints one JSON
+summary on stdout: requests, failures by kind, worst and 99th-percentile latency.
+
+    python3 scripts/deploy_load.py http://localhost:18090 --clients 8 --rate 80
+
+Standard library only, so it runs on any host with Python 3.11+.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import random
+import signal
+import sys
+import threading
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from types import FrameType
+from urllib.parse import urlsplit
+
+TIMEOUT_SECONDS = 10.0
+SEED_ITEMS = 20
+
+
+@dataclass
+class Tally:
+    """What every client saw; one lock, since clients finish requests concurrently."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    requests: int = 0
+    failures: Counter[str] = field(default_factory=Counter)
+    statuses: Counter[str] = field(default_factory=Counter)
+    latencies: list[float] = field(default_factory=list)
+
+    def record(self, what: str, status: int | str, expected: int, seconds: float) -> None:
+        with self.lock:
+            self.requests += 1
+            self.statuses[f"{what} {status}"] += 1
+            self.latencies.append(seconds)
+            if status != expected:
+                self.failures[f"{what} {status}"] += 1
+
+
+class Client:
+    """One keep-alive connection, reopened after an error, like a browser or an SDK."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.connection: http.client.HTTPConnection | None = None
+
+    def send(self, method: str, path: str, body: dict[str, str] | None) -> int | str:
+        """The response's status, or the kind of error that stopped the request."""
+        if self.connection is None:
+            self.connection = http.client.HTTPConnection(
+                self.host, self.port, timeout=TIMEOUT_SECONDS
+            )
+        headers = {"Content-Type": "application/json"} if body is not None else {}
+        try:
+            self.connection.request(
+                method, path, json.dumps(body) if body is not None else None, headers
+            )
+            response = self.connection.getresponse()
+            response.read()
+        except TimeoutError:
+            self.close()
+            return "timeout"
+        except (OSError, http.client.HTTPException) as exc:
+            self.close()
+            return type(exc).__name__
+        if response.will_close:
+            self.close()
+        return response.status
+
+    def close(self) -> None:
+        if self.connection is not None:
+            self.connection.close()
+            self.connection = None
+
+
+def create_seed_items(base: tuple[str, int]) -> list[str]:
+    """Create SEED_ITEMS items and return their ids (read from each 201's body)."""
+    connection = http.client.HTTPConnection(*base, timeout=TIMEOUT_SECONDS)
+    ids = []
+    try:
+        for _ in range(SEED_ITEMS):
+            body = json.dumps({"name": f"load-{uuid.uuid4().hex[:12]}"})
+            connection.request("POST", "/api/v1/items", body, {"Content-Type": "application/json"})
+            response = connection.getresponse()
+            payload = response.read()
+            if response.status != 201:
+                sys.exit(f"seeding failed: POST /api/v1/items answered {response.status}")
+            ids.append(str(json.loads(payload)["id"]))
+    finally:
+        connection.close()
+    return ids
+
+
+Request = tuple[str, str, str, dict[str, str] | None, int]
+
+
+def pick_request(rng: random.Random, ids: list[str], writes: float) -> Request:
+    """(label, method, path, JSON body, expected status): a write, an item or a page."""
+    roll = rng.random()
+    if roll < writes:
+        return ("create", "POST", "/api/v1/items", {"name": f"load-{uuid.uuid4().hex[:12]}"}, 201)
+    if roll < writes + (1 - writes) * 0.75:
+        return ("get", "GET", f"/api/v1/items/{rng.choice(ids)}", None, 200)
+    return ("list", "GET", "/api/v1/items?limit=10", None, 200)
+
+
+def run_client(
+    base: tuple[str, int],
+    ids: list[str],
+    interval: float,
+    writes: float,
+    stop: threading.Event,
+    tally: Tally,
+) -> None:
+    client = Client(*base)
+    rng = random.Random()  # noqa: S311  # picks a request mix, not a secret
+    next_at = time.monotonic() + rng.uniform(0, interval)
+    while not stop.is_set():
+        delay = next_at - time.monotonic()
+        if delay > 0 and stop.wait(delay):
+            break
+        next_at = max(next_at + interval, time.monotonic() - interval)
+        what, method, path, body, expected = pick_request(rng, ids, writes)
+        started = time.perf_counter()
+        status = client.send(method, path, body)
+        tally.record(what, status, expected, time.perf_counter() - started)
+    client.close()
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] if ordered else 0.0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("base_url", help="e.g. http://localhost:18090")
+    parser.add_argument("--clients", type=int, default=8, help="concurrent connections")
+    parser.add_argument("--writes", type=float, default=0.1, help="share of requests that POST")
+    parser.add_argument("--rate", type=float, default=80.0, help="requests per second, in all")
+    parser.add_argument(
+        "--seconds", type=float, default=0.0, help="stop after this long (0: on a signal)"
+    )
+    args = parser.parse_args()
+
+    url = urlsplit(args.base_url)
+    base = (url.hostname or "localhost", url.port or 80)
+    ids = create_seed_items(base)
+
+    stop = threading.Event()
+
+    def on_signal(_signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    tally = Tally()
+    interval = args.clients / args.rate
+    threads = [
+        threading.Thread(
+            target=run_client, args=(base, ids, interval, args.writes, stop, tally), daemon=True
+        )
+        for _ in range(args.clients)
+    ]
+    started = time.monotonic()
+    for thread in threads:
+        thread.start()
+    print(f"load: {args.clients} clients, {args.rate:g} requests/s", file=sys.stderr, flush=True)
+    stop.wait(args.seconds or None)
+    stop.set()
+    for thread in threads:
+        thread.join(TIMEOUT_SECONDS + 1)
+
+    summary = {
+        "seconds": round(time.monotonic() - started, 1),
+        "requests": tally.requests,
+        "failed": sum(tally.failures.values()),
+        "failures": dict(tally.failures),
+        "statuses": dict(sorted(tally.statuses.items())),
+        "latency_ms": {
+            "p50": round(percentile(tally.latencies, 0.5) * 1000, 1),
+            "p99": round(percentile(tally.latencies, 0.99) * 1000, 1),
+            "max": round(max(tally.latencies, default=0.0) * 1000, 1),
+        },
+    }
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,137 @@
+#!/usr/bin/env bash
+# Fuzz the API against its own OpenAPI document (`make fuzz`): build the image,
+# start docker-compose.prod.yml with throw-away secrets as a project of its own,
+# and run Schemathesis (every check, stateful phase on) through the proxy, as an
+# outside client would. Fails on any finding, and when an api container stopped,
+# restarted or was OOM-killed during the run. Removes everything it made, volumes included.
+#
+# Needs Docker with Compose v2, curl, and free ports FUZZ_HTTP_PORT/FUZZ_HTTPS_PORT.
+# Knobs: FUZZ_MAX_EXAMPLES (cases per operation and phase), FUZZ_SEED (same seed,
+# same cases), FUZZ_REPORT_DIR (the JUnit report, the cassette of every request and
+# the crash files `st replay` reads; emptied at the start, kept after), FUZZ_KEEP=1 (leave the stack up, to
+# reproduce a finding by hand), FUZZ_TIMEOUT (seconds for the Schemathesis run, 600).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export COMPOSE_PROJECT_NAME=${FUZZ_PROJECT:-fsfuzz}
+HTTP_PORT=${FUZZ_HTTP_PORT:-18280}
+BASE="http://localhost:${HTTP_PORT}"
+MAX_EXAMPLES=${FUZZ_MAX_EXAMPLES:-200}
+SEED=${FUZZ_SEED:-20261124}
+REPORT_DIR=${FUZZ_REPORT_DIR:-fuzz/report}
+TIMEOUT=${FUZZ_TIMEOUT:-600}
+API_IMAGE=fastapi-service:fuzz
+FUZZER_IMAGE=fastapi-service-fuzzer:local
+FUZZER_CONTAINER="$COMPOSE_PROJECT_NAME-schemathesis"
+# The compose file reads the app's settings from $ENV_FILE (its `env_file:`).
+export ENV_FILE
+ENV_FILE=$(mktemp)
+COMPOSE=(docker compose -f docker-compose.prod.yml --env-file "$ENV_FILE")
+started=$SECONDS
+
+log() { printf 'fuzz [%3ds] %s\n' $((SECONDS - started)) "$*"; }
+fail() { # fail "why" [--logs]: with --logs, the stack's state and recent logs too
+  printf '\nfuzz FAILED: %s\n' "$1" >&2
+  if [ "${2:-}" = --logs ]; then
+    "${COMPOSE[@]}" ps -a >&2 || true
+    "${COMPOSE[@]}" logs --no-color --tail=60 >&2 || true
+  fi
+  exit 1
+}
+cleanup() {
+  docker rm --force "$FUZZER_CONTAINER" >/dev/null 2>&1 || true
+  if [ "${FUZZ_KEEP:-0}" = 1 ]; then
+    log "FUZZ_KEEP=1: the stack is still up at $BASE (project $COMPOSE_PROJECT_NAME)."
+    log "remove it with: docker compose -p $COMPOSE_PROJECT_NAME down --volumes"
+    rm -f "$ENV_FILE"
+    return
+  fi
+  "${COMPOSE[@]}" down --volumes --remove-orphans --timeout 5 >/dev/null 2>&1 || true
+  rm -f "$ENV_FILE"
+}
+trap cleanup EXIT
+
+# Throw-away secrets; a subnet apart from a real deployment's and from make e2e's.
+# The write rate limit is off: the fuzzer sends thousands of writes from one address.
+random() { head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n'; }
+cat >"$ENV_FILE" <<ENV
+DOMAIN=http://localhost
+POSTGRES_PASSWORD=$(random)
+APP_DB_PASSWORD=$(random)
+SECRET_KEY=$(random)
+HTTP_PORT=${HTTP_PORT}
+HTTPS_PORT=${FUZZ_HTTPS_PORT:-18643}
+EDGE_SUBNET=${FUZZ_SUBNET:-172.30.253.0/24}
+PROXY_IP=${FUZZ_PROXY_IP:-172.30.253.10}
+API_IMAGE=${API_IMAGE}
+RATE_LIMIT_WRITES=0
+ENV
+
+log "building the api image and the fuzzer"
+docker build --quiet --tag "$API_IMAGE" . >/dev/null || fail "api image build failed"
+docker build --quiet --tag "$FUZZER_IMAGE" fuzz >/dev/null || fail "fuzzer image build failed"
+
+log "starting the stack"
+"${COMPOSE[@]}" up --detach --wait --wait-timeout 120 >/dev/null 2>&1 ||
+  fail "stack did not become healthy" --logs
+
+# The api's containers, however many services the compose file runs it as.
+api_containers() {
+  local id
+  for id in $("${COMPOSE[@]}" ps --quiet); do
+    [ "$(docker inspect -f '{{.Config.Image}}' "$id")" != "$API_IMAGE" ] || echo "$id"
+  done
+}
+mapfile -t apis < <(api_containers)
+[ "${#apis[@]}" -gt 0 ] || fail "no running api container" --logs
+
+# The run is only meaningful with the limit off: otherwise writes turn into 429s.
+for api in "${apis[@]}"; do
+  docker inspect -f '{{range .Config.Env}}{{println .}}{{end}}' "$api" | grep -qx 'RATE_LIMIT_WRITES=0' ||
+    fail "the api did not get RATE_LIMIT_WRITES=0 from the env file"
+done
+
+# Production serves no /docs, but it does serve the schema the fuzzer reads. The
+# proxy answers 503 until its own health checks have seen an api ready: wait for that.
+deadline=$((SECONDS + 60))
+until status=$(curl -sS -o /dev/null -w '%{http_code}' --max-time 10 "$BASE/openapi.json") &&
+  [ "$status" = 200 ]; do
+  [ $SECONDS -lt $deadline ] || fail "GET /openapi.json through the proxy: ${status:-no answer}, not 200" --logs
+  sleep 0.5
+done
+
+mkdir -p "$REPORT_DIR"
+(cd "$REPORT_DIR" && rm -rf junit-*.xml vcr-*.yaml .schemathesis .hypothesis)
+log "schemathesis: all checks, phases examples,coverage,fuzzing,stateful," \
+  "$MAX_EXAMPLES examples per operation, seed $SEED"
+# On the host's network, so it reaches the proxy's published port as any client would.
+# Bounded: a stack that answers slowly (every request a 503 after the proxy's retry
+# window) would otherwise stretch the run to many minutes.
+fuzz_status=0
+timeout "$TIMEOUT" docker run --rm --name "$FUZZER_CONTAINER" --network host --user "$(id -u):$(id -g)" \
+  --volume "$PWD/$REPORT_DIR:/report" --workdir /report \
+  "$FUZZER_IMAGE" run "$BASE/openapi.json" \
+  --checks all \
+  --phases examples,coverage,fuzzing,stateful \
+  --max-examples "$MAX_EXAMPLES" \
+  --continue-on-failure \
+  --seed "$SEED" \
+  --generation-database none \
+  --workers 1 \
+  --request-timeout 10 \
+  --no-color \
+  --report junit,vcr --report-dir . ||
+  fuzz_status=$?
+
+# What clients got, from the proxy's access log: the api's answers and the proxy's
+# own (502/503 when no api could take the request).
+codes=$("${COMPOSE[@]}" logs --no-color proxy | grep '"logger":"http.log.access' |
+  sed -nE 's/.*"status":([0-9]+).*/\1/p' | sort | uniq -c | awk '{printf " %s×%s", $2, $1}')
+log "status codes through the proxy:${codes:- none}"
+for api in "${apis[@]}"; do
+  state=$(docker inspect -f '{{.State.Status}} restarts={{.RestartCount}} oom={{.State.OOMKilled}}' "$api")
+  [ "$state" = "running restarts=0 oom=false" ] || fail "an api container is '$state' after the run" --logs
+done
+[ "$fuzz_status" != 124 ] || fail "schemathesis did not finish within $TIMEOUT s (FUZZ_TIMEOUT)"
+[ "$fuzz_status" = 0 ] || fail "schemathesis reported findings (exit $fuzz_status); report in $REPORT_DIR"
+log "passed in $((SECONDS - started)) s: no findings, api never restarted"

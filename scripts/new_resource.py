@@ -1,0 +1,246 @@
+"""`make resource name=widgets [singular=widget]`: scaffold a new resource.
+
+Writes, from the templates in scripts/resource_template/ (the shape of app/items):
+- app/<name>/: models, schemas, service, router, exceptions (create, list, get,
+  patch and delete of rows with a unique `name`);
+- tests/<name>/test_router.py: every operation and its errors;
+- alembic/versions/<date>-<rev>_create_<name>.py, on top of the current head;
+and wires it in: the router into app/main.py, the packages into the import-linter
+contract in pyproject.toml. The result passes `make lint` and `make test` as is;
+then give the resource its own fields (docs/adding-a-resource.md).
+
+The name is a plural, lowercase identifier; the singular is the name without its
+final "s" unless given (`--singular category` for `categories`).
+
+Standard library only, Python 3.11 or newer: it runs on the host, before any image.
+"""
+
+from __future__ import annotations
+
+import argparse
+import keyword
+import re
+import secrets
+import sys
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from string import Template
+
+ROOT = Path(__file__).resolve().parent.parent
+TEMPLATES = Path(__file__).resolve().parent / "resource_template"
+NAME_PATTERN = re.compile(r"^[a-z][a-z0-9]*(_[a-z0-9]+)*$")
+# Keeps every generated line within the 100 columns ruff allows.
+NAME_MAX_LENGTH = 16
+# Names the template itself uses for something else.
+RESERVED = {"app", "core", "main", "tests", "alembic", "scripts", "migrations"}
+
+# Template -> where it goes; "{name}" is the resource's plural.
+FILES = {
+    "models.py.tmpl": "app/{name}/models.py",
+    "schemas.py.tmpl": "app/{name}/schemas.py",
+    "exceptions.py.tmpl": "app/{name}/exceptions.py",
+    "service.py.tmpl": "app/{name}/service.py",
+    "router.py.tmpl": "app/{name}/router.py",
+    "test_router.py.tmpl": "tests/{name}/test_router.py",
+}
+PACKAGES = ("app/{name}/__init__.py", "tests/{name}/__init__.py")
+
+
+class ScaffoldError(Exception):
+    """Refused: nothing has been written."""
+
+
+@dataclass(frozen=True)
+class Names:
+    plural: str  # order_lines: package, table, test folder
+    singular: str  # order_line: variables, functions, path parameters
+
+    @property
+    def cls(self) -> str:  # OrderLine
+        return "".join(part.capitalize() for part in self.singular.split("_"))
+
+    @property
+    def words(self) -> str:  # order line
+        return self.singular.replace("_", " ")
+
+    @property
+    def article(self) -> str:  # an order line, a widget
+        return "an" if self.words[0] in "aeiou" else "a"
+
+    def substitutions(self) -> dict[str, str]:
+        return {
+            "plural": self.plural,
+            "singular": self.singular,
+            "Singular": self.cls,
+            "words": self.words,
+            "a_words": f"{self.article} {self.words}",
+            "A_words": f"{self.article.capitalize()} {self.words}",
+            "plural_words": self.plural.replace("_", " "),
+            "Title": self.words.capitalize(),
+            # URLs use hyphens: /api/v1/order-lines.
+            "path": self.plural.replace("_", "-"),
+        }
+
+
+def check_names(root: Path, plural: str, singular: str | None) -> Names:
+    """The resource's names, or ScaffoldError saying what is wrong with them."""
+    if not NAME_PATTERN.match(plural) or len(plural) > NAME_MAX_LENGTH:
+        raise ScaffoldError(
+            f"{plural!r}: use a lowercase identifier of at most {NAME_MAX_LENGTH} characters"
+            " (letters, digits, single underscores), e.g. widgets or order_lines"
+        )
+    if singular is None:
+        if not plural.endswith("s") or len(plural) < 2:  # "s" alone
+            raise ScaffoldError(
+                f"{plural!r}: the name is a plural ending in s; otherwise give the singular"
+                " (singular=… with make, --singular with the script)"
+            )
+        singular = plural.removesuffix("s")
+    if not NAME_PATTERN.match(singular) or singular == plural:
+        raise ScaffoldError(f"singular {singular!r}: a lowercase identifier other than {plural!r}")
+    for name in (plural, singular):
+        if keyword.iskeyword(name) or name in RESERVED:
+            raise ScaffoldError(f"{name!r} is reserved; choose another name")
+    taken = [
+        path.relative_to(root).as_posix()
+        for path in (root / "app" / plural, root / "app" / f"{plural}.py", root / "tests" / plural)
+        if path.exists()
+    ]
+    if taken:
+        raise ScaffoldError(f"{plural!r} exists already: {', '.join(taken)}")
+    return Names(plural, singular)
+
+
+def render(template: str, names: Names, **extra: str) -> str:
+    text = Template((TEMPLATES / template).read_text(encoding="utf-8"))
+    return sort_app_imports(text.substitute(names.substitutions(), **extra))
+
+
+def sort_app_imports(source: str) -> str:
+    """Sort each run of consecutive `from app.… import …` statements by module, as
+    ruff's isort does: where the new package goes among app.core's depends on its name."""
+    lines = source.splitlines(keepends=True)
+    out: list[str] = []
+    run: list[list[str]] = []
+    index = 0
+    while index <= len(lines):
+        line = lines[index] if index < len(lines) else ""
+        if line.startswith("from app."):
+            statement = [line]
+            if line.rstrip().endswith("("):  # a parenthesised import, up to its ")"
+                while not lines[index].startswith(")"):
+                    index += 1
+                    statement.append(lines[index])
+            run.append(statement)
+        else:
+            out += [part for statement in sorted(run, key=_module) for part in statement]
+            run = []
+            out.append(line)
+        index += 1
+    return "".join(out)
+
+
+def _module(statement: list[str]) -> str:
+    return statement[0].split()[1]
+
+
+def current_head(versions: Path) -> str | None:
+    """The revision no other revision builds on; None if there are none yet."""
+    assigned = re.compile(r"^(down_)?revision\b[^=]*=\s*(.+)$", re.MULTILINE)
+    revisions: set[str] = set()
+    parents: set[str] = set()
+    for path in versions.glob("*.py"):
+        for down, value in assigned.findall(path.read_text(encoding="utf-8")):
+            found = set(re.findall(r"[\"']([0-9A-Za-z_]+)[\"']", value))
+            (parents if down else revisions).update(found)
+    heads = sorted(revisions - parents)
+    if len(heads) > 1:
+        raise ScaffoldError(f"the migrations have several heads ({', '.join(heads)}); merge them")
+    return heads[0] if heads else None
+
+
+def migration(root: Path, names: Names, now: datetime) -> tuple[Path, str]:
+    """The new migration's path and text, named like alembic.ini's file_template."""
+    versions = root / "alembic" / "versions"
+    head = current_head(versions)
+    revision = secrets.token_hex(6)
+    path = versions / f"{now:%Y_%m_%d_%H%M}-{revision}_create_{names.plural}.py"
+    text = render(
+        "migration.py.tmpl",
+        names,
+        revision=revision,
+        down_revision=head or "",
+        down_revision_repr=repr(head).replace("'", '"'),
+        create_date=f"{now:%Y-%m-%d %H:%M:%S.%f%z}".replace("+0000", "+00:00"),
+    )
+    return path, text
+
+
+def wire_router(main: str, names: Names) -> str:
+    """app/main.py with the router imported (in sorted place) and included last."""
+    alias = f"{names.plural}_router"
+    if f"from app.{names.plural}.router import" in main:
+        raise ScaffoldError(f"app/main.py imports app.{names.plural} already")
+    include = f"    api_v1.include_router({alias})\n"
+    includes = [n for n, line in enumerate(main.splitlines()) if "api_v1.include_router(" in line]
+    if not includes:
+        raise ScaffoldError("app/main.py: no api_v1.include_router(...) line to add to")
+    lines = main.splitlines(keepends=True)
+    lines.insert(includes[-1] + 1, include)
+    first_app_import = next(n for n, line in enumerate(lines) if line.startswith("from app."))
+    lines.insert(first_app_import, f"from app.{names.plural}.router import router as {alias}\n")
+    return sort_app_imports("".join(lines))
+
+
+def add_to_contract(pyproject: str, names: Names) -> str:
+    """pyproject.toml with the new packages in the import-linter contract that keeps
+    core's tests free of domains (the list after the "make resource adds" comment)."""
+    match = re.search(r"# `make resource` adds.*\nforbidden_modules = \[\n(.*?)\]", pyproject, re.S)
+    if match is None:
+        raise ScaffoldError("pyproject.toml: the import-linter domain list is missing")
+    entries = set(re.findall(r'"([^"]+)"', match.group(1)))
+    entries |= {f"app.{names.plural}", f"tests.{names.plural}"}
+    body = "".join(f'    "{entry}",\n' for entry in sorted(entries))
+    return pyproject[: match.start(1)] + body + pyproject[match.end(1) :]
+
+
+def scaffold(root: Path, plural: str, singular: str | None, now: datetime) -> list[Path]:
+    """Write the resource into the checkout at `root`; return the files written or changed.
+    Everything is checked and rendered first, so a refusal writes nothing."""
+    names = check_names(root, plural, singular)
+    main, pyproject = root / "app" / "main.py", root / "pyproject.toml"
+    writes = {
+        root / target.format(name=names.plural): render(template, names)
+        for template, target in FILES.items()
+    }
+    writes |= {root / package.format(name=names.plural): "" for package in PACKAGES}
+    writes[main] = wire_router(main.read_text(encoding="utf-8"), names)
+    writes[pyproject] = add_to_contract(pyproject.read_text(encoding="utf-8"), names)
+    path, text = migration(root, names, now)
+    writes[path] = text
+    for target, content in writes.items():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(content, encoding="utf-8")
+    return sorted(writes)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("name", help="the resource's plural: widgets, order_lines")
+    parser.add_argument("--singular", help="default: the name without its final s")
+    parser.add_argument("--root", type=Path, default=ROOT, help="the checkout (default: this)")
+    args = parser.parse_args(argv)
+    try:
+        written = scaffold(args.root.resolve(), args.name, args.singular, datetime.now(UTC))
+    except ScaffoldError as exc:
+        print(f"make resource: {exc}", file=sys.stderr)
+        return 2
+    for path in written:
+        print(f"  wrote {path.relative_to(args.root.resolve()).as_posix()}")
+    print(f"\nNext: give {args.name} its fields (docs/adding-a-resource.md), then make lint test.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
