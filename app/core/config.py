@@ -76,11 +76,11 @@ class Settings(LoggingSettings):
     db_max_overflow: int = Field(default=10, ge=0)
     # Waiting for a pooled connection, connecting, and each statement are all bounded:
     # a slow or silent database costs a request a 503 after these, never a hang.
-    db_pool_timeout: float = Field(default=2.0, gt=0)
+    db_pool_timeout: float = Field(default=1.0, gt=0)
     db_pool_recycle: int = Field(default=1800, ge=-1)
     db_pool_pre_ping: bool = True
-    db_connect_timeout: float = Field(default=2.0, gt=0)
-    db_statement_timeout: float = Field(default=5.0, gt=0)
+    db_connect_timeout: float = Field(default=1.0, gt=0)
+    db_statement_timeout: float = Field(default=3.0, gt=0)
     db_lock_timeout: float = Field(default=2.0, gt=0)
     db_idle_in_transaction_timeout: float = Field(default=10.0, gt=0)
 

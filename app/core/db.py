@@ -72,9 +72,10 @@ def create_engine(settings: Settings) -> AsyncEngine:
         connect_args={
             # asyncpg's own defaults wait 60 s for a silent server.
             "timeout": settings.db_connect_timeout,
-            # Client side, for a server that stops answering altogether; a little longer
-            # than the server's own statement_timeout, which fires first when it can.
-            "command_timeout": settings.db_statement_timeout + 1,
+            # Client side, for a server that stops answering altogether (it cannot
+            # enforce its own statement_timeout then); a little longer, so that the
+            # server's, which fires first when it can, gives the clearer error.
+            "command_timeout": settings.db_statement_timeout + 0.5,
             "server_settings": {
                 "statement_timeout": _milliseconds(settings.db_statement_timeout),
                 "lock_timeout": _milliseconds(settings.db_lock_timeout),

@@ -158,8 +158,9 @@ async def _dependency_unavailable(request: Request, exc: Exception) -> JSONRespo
 
 
 async def _unhandled_error(request: Request, exc: Exception) -> JSONResponse:
-    # Starlette re-raises the exception after this response, and the server logs its
-    # traceback (with the request id); the client never sees exception text.
+    # The access middleware has logged the exception once, with its traceback and the
+    # request id; Starlette re-raises it and logging drops the server's repeat
+    # (SkipAlreadyLogged). The client never sees exception text.
     return problem_response(
         request, HTTPStatus.INTERNAL_SERVER_ERROR, "An internal error occurred."
     )

@@ -42,6 +42,7 @@ _RETRY_AFTER = {
     }
 }
 _DESCRIPTIONS: dict[int, str] = {
+    400: "The body could not be read at all (for example, it is not UTF-8).",
     404: "No such resource.",
     409: "The request conflicts with the current state (e.g. a unique name is taken).",
     413: "The body is larger than MAX_BODY_SIZE.",
@@ -68,8 +69,9 @@ def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 
 def _with_problem_schema(document: dict[str, Any]) -> dict[str, Any]:
-    """Add the Problem schema, and replace FastAPI's automatic 422 (documented as
-    application/json with its own schema) by ours."""
+    """Add the Problem schema, replace FastAPI's automatic 422 (documented as
+    application/json with its own schema) by ours, and document on every operation
+    that takes a body the errors any body can get: unreadable (400), too large (413)."""
     schemas = document.setdefault("components", {}).setdefault("schemas", {})
     problem = Problem.model_json_schema(ref_template="#/components/schemas/{model}")
     schemas.update(problem.pop("$defs", {}))
@@ -78,8 +80,12 @@ def _with_problem_schema(document: dict[str, Any]) -> dict[str, Any]:
         schemas.pop(schema, None)
     for path in document.get("paths", {}).values():
         for operation in path.values():
-            if "422" in operation.get("responses", {}):
-                operation["responses"]["422"] = problem_responses(422)[422]
+            responses = operation.get("responses", {})
+            if "422" in responses:
+                responses["422"] = problem_responses(422)[422]
+            if "requestBody" in operation:
+                for code, response in problem_responses(400, 413).items():
+                    responses.setdefault(str(code), response)
     return document
 
 

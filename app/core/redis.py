@@ -32,7 +32,8 @@ def create_redis_client(settings: Settings) -> Redis:
         socket_connect_timeout=settings.redis_connect_timeout,
         retry=Retry(NoBackoff(), retries=0),
     )
-    return Redis(connection_pool=pool)
+    # from_pool: the client owns the pool, so closing the client closes its connections.
+    return Redis.from_pool(pool)
 
 
 class OptionalRedis:

@@ -25,7 +25,7 @@ LOCATION = {"Location": {"description": "The new item's URL.", "schema": {"type"
     "",
     status_code=status.HTTP_201_CREATED,
     dependencies=[writes],
-    responses={201: {"headers": LOCATION}, **problem_responses(409, 413, 429)},
+    responses={201: {"headers": LOCATION}, **problem_responses(409, 429)},
 )
 async def create_item(
     data: ItemCreate, session: SessionDep, request: Request, response: Response
@@ -51,7 +51,7 @@ async def get_item(item_id: uuid.UUID, session: SessionDep, cache: ItemCacheDep)
     return Response(body, media_type="application/json")
 
 
-@router.patch("/{item_id}", dependencies=[writes], responses=problem_responses(404, 409, 413, 429))
+@router.patch("/{item_id}", dependencies=[writes], responses=problem_responses(404, 409, 429))
 async def update_item(
     item_id: uuid.UUID, changes: ItemUpdate, session: SessionDep, cache: ItemCacheDep
 ) -> ItemRead:

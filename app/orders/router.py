@@ -23,7 +23,7 @@ LOCATION = {"Location": {"description": "The new order's URL.", "schema": {"type
     "",
     status_code=status.HTTP_201_CREATED,
     dependencies=[rate_limit("writes")],
-    responses={201: {"headers": LOCATION}, **problem_responses(413, 429)},
+    responses={201: {"headers": LOCATION}, **problem_responses(429)},
 )
 async def create_order(
     data: OrderCreate, session: SessionDep, request: Request, response: Response

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 from pydantic import BaseModel
@@ -27,15 +28,27 @@ class ThingV2(BaseModel):
     colour: str
 
 
-def thing_cache(settings: Settings, model: type[BaseModel] = Thing) -> ModelCache[BaseModel]:
-    redis = OptionalRedis.from_settings(settings)
-    return ModelCache(redis, resource="things", model=model, ttl_seconds=60)
+CacheMaker = Callable[..., ModelCache[BaseModel]]
+
+
+@pytest.fixture
+async def make_cache() -> AsyncIterator[CacheMaker]:
+    """make_cache(settings, model=Thing): a cache on its own client, closed afterwards."""
+    clients: list[OptionalRedis] = []
+
+    def make(settings: Settings, model: type[BaseModel] = Thing) -> ModelCache[BaseModel]:
+        clients.append(OptionalRedis.from_settings(settings))
+        return ModelCache(clients[-1], resource="things", model=model, ttl_seconds=60)
+
+    yield make
+    for client in clients:
+        await client.aclose()
 
 
 async def test_a_miss_loads_and_fills_then_hits_return_the_stored_bytes(
-    settings: Settings, redis: Redis
+    make_cache: CacheMaker, settings: Settings, redis: Redis
 ) -> None:
-    cache = thing_cache(settings)
+    cache = make_cache(settings)
     thing = Thing(id=uuid.uuid4(), name="first")
     loads = 0
 
@@ -52,11 +65,11 @@ async def test_a_miss_loads_and_fills_then_hits_return_the_stored_bytes(
 
 
 async def test_a_read_racing_an_invalidation_does_not_fill_stale_data(
-    settings: Settings, redis: Redis
+    make_cache: CacheMaker, settings: Settings, redis: Redis
 ) -> None:
     """Reader: miss, lease, read the old row (slowly). Writer meanwhile: commit and
     invalidate. The reader's fill must not land; the next read loads afresh."""
-    cache = thing_cache(settings)
+    cache = make_cache(settings)
     thing_id = uuid.uuid4()
     loaded = asyncio.Event()
     release = asyncio.Event()
@@ -79,8 +92,10 @@ async def test_a_read_racing_an_invalidation_does_not_fill_stale_data(
     assert Thing.model_validate_json(await cache.get_or_load(thing_id, new_row)).name == "new"
 
 
-async def test_errors_while_loading_are_not_cached(settings: Settings, redis: Redis) -> None:
-    cache = thing_cache(settings)
+async def test_errors_while_loading_are_not_cached(
+    make_cache: CacheMaker, settings: Settings, redis: Redis
+) -> None:
+    cache = make_cache(settings)
     thing_id = uuid.uuid4()
 
     async def missing() -> Thing:
@@ -95,14 +110,16 @@ async def test_errors_while_loading_are_not_cached(settings: Settings, redis: Re
     )  # at most a lease, expiring
 
 
-async def test_a_schema_change_uses_new_keys(settings: Settings) -> None:
+async def test_a_schema_change_uses_new_keys(make_cache: CacheMaker, settings: Settings) -> None:
     assert schema_fingerprint(Thing) != schema_fingerprint(ThingV2)
     thing_id = uuid.uuid4()
-    assert thing_cache(settings).key(thing_id) != thing_cache(settings, ThingV2).key(thing_id)
+    assert make_cache(settings).key(thing_id) != make_cache(settings, ThingV2).key(thing_id)
 
 
-async def test_redis_down_means_every_read_loads(settings: Settings) -> None:
-    cache = thing_cache(with_overrides(settings, redis_url=UNREACHABLE_REDIS))
+async def test_redis_down_means_every_read_loads(
+    make_cache: CacheMaker, settings: Settings
+) -> None:
+    cache = make_cache(with_overrides(settings, redis_url=UNREACHABLE_REDIS))
     thing = Thing(id=uuid.uuid4(), name="uncached")
     loads = 0
 

@@ -13,15 +13,18 @@ from app.items.cache import ItemCache, get_item_cache
 from tests.items.helpers import ITEMS, create
 
 
-async def item_cache(settings: Settings) -> ItemCache:
-    return await get_item_cache(OptionalRedis.from_settings(settings), settings)
+async def cache_key(settings: Settings, item_id: str) -> str:
+    redis = OptionalRedis.from_settings(settings)
+    cache: ItemCache = await get_item_cache(redis, settings)
+    await redis.aclose()
+    return cache.key(uuid.UUID(item_id))
 
 
 async def test_get_fills_the_cache_with_a_ttl(
     client: AsyncClient, redis: Redis, settings: Settings
 ) -> None:
     item = await create(client, "cached")
-    key = (await item_cache(settings)).key(uuid.UUID(item["id"]))
+    key = await cache_key(settings, item["id"])
     assert await redis.get(key) is None  # creating does not fill it
     response = await client.get(f"{ITEMS}/{item['id']}")
     assert await redis.get(key) == response.content
@@ -33,7 +36,7 @@ async def test_get_is_served_from_the_cache_as_stored(
 ) -> None:
     item = await create(client, "original")
     await client.get(f"{ITEMS}/{item['id']}")
-    key = (await item_cache(settings)).key(uuid.UUID(item["id"]))
+    key = await cache_key(settings, item["id"])
     # Change the cached copy behind the API's back: a read that returns it came from Redis.
     cached = await redis.get(key)
     assert isinstance(cached, bytes)
@@ -48,7 +51,7 @@ async def test_update_and_delete_invalidate_after_commit(
     client: AsyncClient, redis: Redis, settings: Settings
 ) -> None:
     item = await create(client, "v1")
-    key = (await item_cache(settings)).key(uuid.UUID(item["id"]))
+    key = await cache_key(settings, item["id"])
     await client.get(f"{ITEMS}/{item['id']}")
     await client.patch(f"{ITEMS}/{item['id']}", json={"name": "v2"})
     assert await redis.get(key) is None
@@ -64,7 +67,7 @@ async def test_a_refused_update_keeps_the_cache(
     """Nothing was committed, so nothing is invalidated."""
     await create(client, "taken")
     item = await create(client, "mine")
-    key = (await item_cache(settings)).key(uuid.UUID(item["id"]))
+    key = await cache_key(settings, item["id"])
     await client.get(f"{ITEMS}/{item['id']}")
     assert (await client.patch(f"{ITEMS}/{item['id']}", json={"name": "taken"})).status_code == 409
     assert await redis.get(key) is not None
