@@ -87,7 +87,7 @@ class Settings(LoggingSettings):
     # Redis is a cache and a limiter: tens of milliseconds on a LAN, then it is skipped.
     redis_socket_timeout: float = Field(default=0.1, gt=0)
     redis_connect_timeout: float = Field(default=0.1, gt=0)
-    redis_max_connections: int = Field(default=32, ge=1)
+    redis_max_connections: int = Field(default=64, ge=1)
     redis_breaker_failures: int = Field(default=3, ge=1)
     redis_breaker_cooldown: float = Field(default=2.0, gt=0)
 
