@@ -55,9 +55,9 @@ grep -q '"Acme orders"' app/main.py || fail "app/main.py: the app's title"
 grep -q "image.title=\"$name\"" Dockerfile || fail "Dockerfile: OCI title"
 grep -q "^name = \"$name\"" uv.lock || fail "uv.lock: the project's own entry"
 [ "$(stat -c %a .env)" = 600 ] || fail ".env is readable by others"
-secret=$(setting SECRET_KEY)
-[ "${#secret}" -ge 32 ] || fail ".env: SECRET_KEY too short"
-grep -q "^SECRET_KEY=$secret$" .env.example && fail ".env: SECRET_KEY is the example's"
+secret=$(setting POSTGRES_PASSWORD)
+[ "${#secret}" -ge 24 ] || fail ".env: POSTGRES_PASSWORD too short"
+grep -q "^POSTGRES_PASSWORD=$secret$" .env.example && fail ".env: POSTGRES_PASSWORD is the example's"
 [ -n "$(setting PROJECT)" ] || fail ".env: no PROJECT"
 git diff --stat | tail -n 1
 

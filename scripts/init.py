@@ -4,8 +4,8 @@
    (Compose and image names, package metadata, OCI labels), the app's title and the
    README's. Only a checkout still named after the template is renamed; running it
    again with the same name changes nothing, with another name it refuses.
-2. Write .env, if there is none, from .env.example: fresh secrets (SECRET_KEY, the
-   dev database's password), this checkout's Compose project name, and host ports
+2. Write .env, if there is none, from .env.example: a fresh password for the dev
+   database (Python's `secrets`), this checkout's Compose project name, and host ports
    that are free right now (so a second clone on this machine does not clash); the
    other settings commented out, at their defaults.
 
@@ -140,7 +140,6 @@ def write_env(env_file: Path) -> None:
         "PROJECT": compose_project(),
         **{key: str(port) for key, port in ports.items()},
         "POSTGRES_PASSWORD": password,
-        "SECRET_KEY": secrets.token_urlsafe(48),
         # For running the app on the host (`uv run ...`) against the dev stack's servers;
         # in the containers, docker-compose.yml sets these to the services' addresses.
         "DATABASE_URL": f"postgresql://app:{password}@localhost:{ports['POSTGRES_PORT']}/app",
@@ -160,7 +159,7 @@ def write_env(env_file: Path) -> None:
     env_file.chmod(0o600)
     written = dict(line.split("=", 1) for line in lines if "=" in line and not line.startswith("#"))
     shown = ", ".join(f"{key}={written[key]}" for key in ["PROJECT", *PORTS])
-    print(f"init: wrote .env (mode 600) with fresh secrets; {shown}")
+    print(f"init: wrote .env (mode 600) with a fresh database password; {shown}")
 
 
 def main() -> None:
