@@ -87,6 +87,9 @@ fi
 
 for service in "${APIS[@]}"; do
   log "$service: stopping it (Gunicorn drains it: in-flight requests finish)"
+  # Out of rotation before SIGTERM, where the app supports it: /health/ready answers
+  # 503 while /tmp/draining exists, and the proxy's next check stops sending to it.
+  docker exec "$(running "$service")" touch /tmp/draining 2>/dev/null && sleep "$PROXY_SETTLE"
   "${COMPOSE[@]}" stop "$service" >/dev/null 2>&1
   # Let the proxy's health check mark it down, so that the new container gets no
   # request before it passes a check of its own.
