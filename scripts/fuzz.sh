@@ -110,7 +110,8 @@ log "schemathesis: all checks, phases examples,coverage,fuzzing,stateful," \
 fuzz_status=0
 timeout "$TIMEOUT" docker run --rm --name "$FUZZER_CONTAINER" --network host --user "$(id -u):$(id -g)" \
   --volume "$PWD/$REPORT_DIR:/report" --workdir /report \
-  "$FUZZER_IMAGE" run "$BASE/openapi.json" \
+  --volume "$PWD/fuzz/schemathesis.toml:/config/schemathesis.toml:ro" \
+  "$FUZZER_IMAGE" --config-file /config/schemathesis.toml run "$BASE/openapi.json" \
   --checks all \
   --phases examples,coverage,fuzzing,stateful \
   --max-examples "$MAX_EXAMPLES" \

@@ -18,14 +18,22 @@ router = APIRouter(prefix="/items", tags=["items"], responses=problem_responses(
 
 writes = rate_limit("writes")
 
-LOCATION = {"Location": {"description": "The new item's URL.", "schema": {"type": "string"}}}
+ITEM_ID = {"item_id": "$response.body#/id"}
+CREATED = {
+    "headers": {"Location": {"description": "The new item's URL.", "schema": {"type": "string"}}},
+    # Tells clients (and generated SDKs, and fuzzers) where the new id leads.
+    "links": {
+        name: {"operationId": name, "parameters": ITEM_ID}
+        for name in ("get_item", "update_item", "delete_item")
+    },
+}
 
 
 @router.post(
     "",
     status_code=status.HTTP_201_CREATED,
     dependencies=[writes],
-    responses={201: {"headers": LOCATION}, **problem_responses(409, 429)},
+    responses={201: CREATED, **problem_responses(409, 429)},
 )
 async def create_item(
     data: ItemCreate, session: SessionDep, request: Request, response: Response

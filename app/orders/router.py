@@ -16,14 +16,20 @@ from app.orders.schemas import OrderCreate, OrderRead
 
 router = APIRouter(prefix="/orders", tags=["orders"], responses=problem_responses(503))
 
-LOCATION = {"Location": {"description": "The new order's URL.", "schema": {"type": "string"}}}
+CREATED = {
+    "headers": {"Location": {"description": "The new order's URL.", "schema": {"type": "string"}}},
+    # Tells clients (and generated SDKs, and fuzzers) where the new id leads.
+    "links": {
+        "get_order": {"operationId": "get_order", "parameters": {"order_id": "$response.body#/id"}}
+    },
+}
 
 
 @router.post(
     "",
     status_code=status.HTTP_201_CREATED,
     dependencies=[rate_limit("writes")],
-    responses={201: {"headers": LOCATION}, **problem_responses(429)},
+    responses={201: CREATED, **problem_responses(429)},
 )
 async def create_order(
     data: OrderCreate, session: SessionDep, request: Request, response: Response
