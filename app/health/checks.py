@@ -6,6 +6,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 from redis.asyncio import Redis
@@ -13,6 +14,15 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 Status = Literal["pass", "warn", "fail"]
+
+# Present while this instance drains before a deploy stops it (scripts/deploy.sh
+# creates it in the container's /tmp): readiness fails, the proxy stops sending new
+# requests, and the ones in flight finish before Gunicorn is told to stop.
+DRAIN_FLAG = Path("/tmp/draining")  # noqa: S108  # a flag in the container's own tmpfs
+
+
+def draining() -> bool:
+    return DRAIN_FLAG.exists()
 
 
 @dataclass(frozen=True)

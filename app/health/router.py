@@ -11,7 +11,14 @@ from fastapi import APIRouter, status
 from fastapi.responses import JSONResponse
 
 from app.core.state import EngineDep, RedisDep, SettingsDep
-from app.health.checks import CheckResult, overall_status, ping_postgres, ping_redis, run_check
+from app.health.checks import (
+    CheckResult,
+    draining,
+    overall_status,
+    ping_postgres,
+    ping_redis,
+    run_check,
+)
 
 NO_STORE = {"Cache-Control": "no-store"}
 
@@ -56,7 +63,12 @@ async def liveness() -> HealthResponse:
 async def readiness(settings: SettingsDep, engine: EngineDep, redis: RedisDep) -> HealthResponse:
     """Readiness: Postgres and Redis probed concurrently, each under a timeout. Redis
     down (or its breaker open) is `warn` with 200, since the app degrades without it;
-    Postgres down is `fail` with 503."""
+    Postgres down, or this instance draining for a deploy, is `fail` with 503."""
+    if draining():
+        body = {"status": "fail", "output": "draining: this instance is about to stop"}
+        return HealthResponse(
+            body, status_code=status.HTTP_503_SERVICE_UNAVAILABLE, headers=NO_STORE
+        )
     timeout = settings.health_check_timeout
     postgres, redis_check = await asyncio.gather(
         run_check("postgres", partial(ping_postgres, engine), timeout),

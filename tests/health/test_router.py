@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from httpx import AsyncClient
 
 from app.core.config import Settings
+from app.health import checks as health_checks
 from tests.conftest import UNREACHABLE_POSTGRES, UNREACHABLE_REDIS, AppClientMaker, with_overrides
 
 
@@ -110,3 +112,17 @@ async def test_ready_times_out_a_hung_dependency_and_checks_concurrently(
     assert found["redis"]["output"] == f"timed out after {timeout} s"
     # Both hung for the full timeout, yet the probe took one timeout, not two.
     assert elapsed < 2 * timeout
+
+
+async def test_ready_fails_while_draining(
+    client: AsyncClient, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A deploy marks the instance as draining first, so the proxy stops routing to it."""
+    flag = tmp_path / "draining"
+    monkeypatch.setattr(health_checks, "DRAIN_FLAG", flag)
+    assert (await client.get("/health/ready")).status_code == 200
+    flag.touch()
+    response = await client.get("/health/ready")
+    assert response.status_code == 503
+    assert response.json()["status"] == "fail"
+    assert (await client.get("/health")).status_code == 200  # alive, only not ready
