@@ -6,24 +6,40 @@
 The README's "Gunicorn" table lists each variable. Workers are Uvicorn workers from
 the maintained `uvicorn-worker` package; each builds its own database pool and Redis
 client in the app's lifespan, after the fork, so no connection is ever shared.
+
+Metrics (docs/metrics.md): with METRICS_ENABLED, the master points the workers at an
+emptied PROMETHEUS_MULTIPROC_DIR and serves the sum of their metrics on METRICS_PORT.
+prometheus_client picks its multiprocess mode when it is first imported, so this file
+imports it only in the hooks, after on_starting has set that directory.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from app.core.config import LoggingSettings, SettingsError, describe_validation_error, load_settings
+from app.core.config import (
+    LoggingSettings,
+    Settings,
+    SettingsError,
+    describe_validation_error,
+    load_settings,
+)
 from app.core.logging import build_logging_config
 
+if TYPE_CHECKING:
+    from prometheus_client import Counter
+
 CGROUP_ROOT = Path("/sys/fs/cgroup")
+METRICS_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 
 
 class ServerSettings(BaseSettings):
@@ -50,6 +66,10 @@ class ServerSettings(BaseSettings):
     gunicorn_max_requests_jitter: int = Field(default=500_000, ge=0)
     # Who may set X-Forwarded-For/-Proto: the reverse proxy's address only.
     forwarded_allow_ips: str = "127.0.0.1"
+    # Where the master serves the workers' metrics (on HOST): not routed by the proxy.
+    metrics_port: int = Field(default=9000, ge=1, le=65535)
+    # The workers' metric files: memory-backed (a tmpfs), emptied at every start.
+    prometheus_multiproc_dir: Path = Path("/dev/shm/prometheus")  # noqa: S108
 
 
 def cgroup_cpu_limit(root: Path = CGROUP_ROOT) -> float | None:
@@ -79,13 +99,85 @@ def default_workers(cpus: float) -> int:
     return max(2, math.ceil(cpus))
 
 
+def db_connections_max(settings: Settings, worker_count: int) -> int:
+    """The most connections this instance can open to Postgres: one pool per worker."""
+    return worker_count * (settings.db_pool_size + settings.db_max_overflow)
+
+
+def check_connection_budget(settings: Settings, worker_count: int) -> str | None:
+    """A warning when the workers' pools together may exceed DB_CONNECTION_BUDGET."""
+    most = db_connections_max(settings, worker_count)
+    if settings.db_connection_budget == 0 or most <= settings.db_connection_budget:
+        return None
+    return (
+        f"{worker_count} workers x (DB_POOL_SIZE {settings.db_pool_size} + DB_MAX_OVERFLOW "
+        f"{settings.db_max_overflow}) = {most} database connections at peak, over "
+        f"DB_CONNECTION_BUDGET ({settings.db_connection_budget}): under load Postgres may refuse "
+        "connections. Lower WEB_CONCURRENCY, DB_POOL_SIZE or DB_MAX_OVERFLOW, or raise the budget."
+    )
+
+
+def prepare_metrics_dir(directory: Path) -> None:
+    """Create the metrics directory and empty it: files left by a previous run would be
+    summed with this one's. Only prometheus_client's own files (*.db) are removed."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for stale in directory.glob("*.db"):
+        stale.unlink()
+
+
 def on_starting(server: Any) -> None:
-    """Validate the app's settings in the master, before any worker starts: a bad
-    setting stops Gunicorn with a message, instead of workers failing in a loop."""
+    """In the master, before any worker starts: validate the app's settings (a bad
+    setting stops Gunicorn with a message, instead of workers failing in a loop), check
+    the database connection budget, and set up the metrics directory the workers inherit."""
     try:
-        load_settings()
+        settings = load_settings()
     except SettingsError as exc:
         sys.exit(str(exc))
+    # A warning, not a refusal: the budget is reached only when every worker's pool is
+    # full at once, and refusing to start would turn that risk into an outage.
+    warning = check_connection_budget(settings, workers)
+    if warning is not None:
+        server.log.warning("DATABASE CONNECTION BUDGET EXCEEDED: %s", warning)
+    if settings.metrics_enabled:
+        prepare_metrics_dir(_server.prometheus_multiproc_dir)
+        os.environ[METRICS_DIR_VARIABLE] = str(_server.prometheus_multiproc_dir)
+        _worker_restarts()  # exported from the start, at 0
+    else:
+        os.environ.pop(METRICS_DIR_VARIABLE, None)  # workers keep metrics in memory only
+
+
+def when_ready(server: Any) -> None:
+    """Serve the sum of every worker's metrics from the master, on its own port."""
+    if METRICS_DIR_VARIABLE not in os.environ:
+        return
+    from prometheus_client import CollectorRegistry, start_http_server  # noqa: PLC0415
+    from prometheus_client.multiprocess import MultiProcessCollector  # noqa: PLC0415
+
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry)  # type: ignore[no-untyped-call]  # untyped upstream
+    start_http_server(_server.metrics_port, addr=_server.host, registry=registry)
+    server.log.info("metrics on %s:%s", _server.host, _server.metrics_port)
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    """A worker exited (crash, timeout, recycle): drop its live gauges (its counters stay
+    in the sum) and count the restart; the master starts a replacement."""
+    if METRICS_DIR_VARIABLE not in os.environ:
+        return
+    from prometheus_client.multiprocess import mark_process_dead  # noqa: PLC0415
+
+    mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]  # untyped upstream
+    _worker_restarts().inc()
+
+
+@functools.cache
+def _worker_restarts() -> Counter:
+    from prometheus_client import Counter  # noqa: PLC0415
+
+    # registry=None: the master's scrape reads the files (MultiProcessCollector), not a registry.
+    return Counter(
+        "gunicorn_worker_restarts", "Workers that exited and were replaced.", registry=None
+    )
 
 
 try:
@@ -129,7 +221,25 @@ EFFECTIVE = {
     "log_level": _logging.log_level,
     "log_format": _logging.effective_log_format,
     "available_cpus": available_cpus(),
+    "metrics_port": _server.metrics_port,
+    "prometheus_multiproc_dir": str(_server.prometheus_multiproc_dir),
 }
 
+
+def effective_with_app_settings() -> dict[str, object]:
+    """EFFECTIVE plus what depends on the app's settings (which this validates)."""
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        sys.exit(str(exc))
+    return EFFECTIVE | {
+        "metrics_enabled": settings.metrics_enabled,
+        "db_connections_max": db_connections_max(settings, workers),
+        "db_connection_budget": settings.db_connection_budget,
+    }
+
+
 if __name__ == "__main__":
-    print(json.dumps(EFFECTIVE, indent=2))
+    print(json.dumps(effective_with_app_settings(), indent=2))
+    if (warning := check_connection_budget(load_settings(), workers)) is not None:
+        print(f"warning: {warning}", file=sys.stderr)

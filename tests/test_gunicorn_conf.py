@@ -12,7 +12,14 @@ from typing import Any
 
 import pytest
 
-from gunicorn_conf import available_cpus, cgroup_cpu_limit, default_workers
+from app.core.config import Settings
+from gunicorn_conf import (
+    available_cpus,
+    cgroup_cpu_limit,
+    check_connection_budget,
+    db_connections_max,
+    default_workers,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVER_VARIABLES = (
@@ -25,6 +32,8 @@ SERVER_VARIABLES = (
     "GUNICORN_MAX_REQUESTS",
     "GUNICORN_MAX_REQUESTS_JITTER",
     "FORWARDED_ALLOW_IPS",
+    "METRICS_PORT",
+    "PROMETHEUS_MULTIPROC_DIR",
     "LOG_FORMAT",
     "LOG_LEVEL",
     "ENVIRONMENT",
@@ -50,6 +59,8 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     assert config["worker_tmp_dir"] == "/dev/shm"
     assert config["forwarded_allow_ips"] == "127.0.0.1"
     assert config["control_socket_disable"] is True
+    assert config["EFFECTIVE"]["metrics_port"] == 9000
+    assert config["EFFECTIVE"]["prometheus_multiproc_dir"] == "/dev/shm/prometheus"
     # Each worker imports the app itself, after the fork: no pool or client made
     # in the master can be inherited.
     assert config.get("preload_app", False) is False
@@ -157,6 +168,69 @@ def test_prints_the_effective_configuration() -> None:
     printed = json.loads(result.stdout)
     assert printed["workers"] == 3
     assert printed["bind"] == "0.0.0.0:8123"
+    assert printed["db_connections_max"] == 3 * (5 + 10)
+    assert printed["db_connection_budget"] == 90
+    assert "warning" not in result.stderr
+
+
+def test_prints_a_warning_over_the_connection_budget() -> None:
+    result = run_conf(WEB_CONCURRENCY="8", DB_POOL_SIZE="10", DB_MAX_OVERFLOW="5")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["db_connections_max"] == 120
+    assert "120 database connections at peak, over DB_CONNECTION_BUDGET (90)" in result.stderr
+
+
+def pool_settings(**values: int) -> Settings:
+    return Settings(_env_file=None, database_url="postgresql://app:app@db/app", **values)  # type: ignore[arg-type]
+
+
+def test_connection_budget() -> None:
+    settings = pool_settings(db_pool_size=10, db_max_overflow=20, db_connection_budget=90)
+    assert db_connections_max(settings, 3) == 90
+    assert check_connection_budget(settings, 3) is None  # exactly the budget is fine
+    warning = check_connection_budget(settings, 4)
+    assert warning is not None
+    assert "4 workers x (DB_POOL_SIZE 10 + DB_MAX_OVERFLOW 20) = 120" in warning
+    unchecked = pool_settings(db_pool_size=10, db_max_overflow=20, db_connection_budget=0)
+    assert check_connection_budget(unchecked, 100) is None
+
+
+class FakeArbiter:
+    def __init__(self) -> None:
+        self.warnings: list[str] = []
+        self.log = self
+
+    def warning(self, message: str, *args: object) -> None:
+        self.warnings.append(message % args)
+
+
+def test_master_warns_loudly_over_the_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    config = load_config(monkeypatch, WEB_CONCURRENCY="10")
+    monkeypatch.setenv("METRICS_ENABLED", "false")
+    arbiter = FakeArbiter()
+    config["on_starting"](arbiter)
+    assert arbiter.warnings == [
+        "DATABASE CONNECTION BUDGET EXCEEDED: " + check_connection_budget(pool_settings(), 10)  # type: ignore[operator]
+    ]
+
+
+def test_master_empties_the_metrics_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    directory = tmp_path / "metrics"
+    write(directory / "counter_123.db", "stale")
+    write(directory / "notes.txt", "not prometheus_client's: kept")
+    config = load_config(monkeypatch, PROMETHEUS_MULTIPROC_DIR=str(directory))
+    monkeypatch.setenv("METRICS_ENABLED", "true")
+    config["on_starting"](FakeArbiter())
+    assert sorted(path.name for path in directory.iterdir()) == ["notes.txt"]
+    # The workers, forked after this, inherit it: prometheus_client's multiprocess switch.
+    assert os.environ["PROMETHEUS_MULTIPROC_DIR"] == str(directory)
+
+
+def test_metrics_off_means_no_multiprocess_dir(monkeypatch: pytest.MonkeyPatch) -> None:
+    config = load_config(monkeypatch, PROMETHEUS_MULTIPROC_DIR="/somewhere")
+    monkeypatch.setenv("METRICS_ENABLED", "false")
+    config["on_starting"](FakeArbiter())
+    assert "PROMETHEUS_MULTIPROC_DIR" not in os.environ
 
 
 def test_master_refuses_to_start_on_bad_app_settings(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -19,6 +19,7 @@ from app.core.db import create_engine, create_session_factory
 from app.core.docs import add_local_docs, fastapi_docs_url
 from app.core.errors import register_exception_handlers
 from app.core.logging import configure_logging
+from app.core.metrics import install_metrics, observe_pool
 from app.core.middleware import RequestContextMiddleware
 from app.core.problems import install_problem_schema, problem_responses
 from app.core.redis import OptionalRedis
@@ -49,6 +50,8 @@ def build_app(
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[AppState]:
         engine = create_engine(settings)
+        if settings.metrics_enabled:
+            observe_pool(engine, pool_size=settings.db_pool_size)
         redis = OptionalRedis.from_settings(settings)
         logger.info("started", environment=settings.environment)
         try:
@@ -92,4 +95,6 @@ def build_app(
             expose_headers=[REQUEST_ID_HEADER, "Location", "Retry-After"],
         )
     app.add_middleware(RequestContextMiddleware)
+    if settings.metrics_enabled:
+        install_metrics(app, settings)  # outermost: it times everything below it
     return app

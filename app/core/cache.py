@@ -27,6 +27,7 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.db import after_commit
+from app.core.metrics import cache_counters
 from app.core.redis import OptionalRedis
 
 _LEASE_PREFIX = b"lease:"
@@ -63,6 +64,7 @@ class ModelCache[Model: BaseModel]:
         self._ttl = ttl_seconds
         self._lease_seconds = lease_seconds
         self._prefix = f"cache:{resource}:{schema_fingerprint(model)}:"
+        self._hits, self._misses = cache_counters(resource)
 
     def key(self, entity_id: object) -> str:
         return f"{self._prefix}{entity_id}"
@@ -73,7 +75,9 @@ class ModelCache[Model: BaseModel]:
         key = self.key(entity_id)
         cached = await self._redis.run(lambda redis: redis.get(key))
         if isinstance(cached, bytes) and not cached.startswith(_LEASE_PREFIX):
+            self._hits.inc()
             return cached
+        self._misses.inc()  # Redis skipped (down, breaker open) counts as a miss too
         lease = _LEASE_PREFIX + secrets.token_hex(8).encode()
         leased = await self._redis.run(
             lambda redis: redis.set(key, lease, nx=True, ex=self._lease_seconds)

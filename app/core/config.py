@@ -97,6 +97,12 @@ class Settings(LoggingSettings):
     rate_limit_writes: int = Field(default=60, ge=0)
     max_body_size: int = Field(default=1024 * 1024, ge=1)
 
+    # Prometheus metrics (docs/metrics.md): the Gunicorn master serves them on METRICS_PORT.
+    metrics_enabled: bool = True
+    # Connections this instance may open to Postgres (its share of max_connections): Gunicorn
+    # warns at start when workers x (DB_POOL_SIZE + DB_MAX_OVERFLOW) exceeds it; 0 disables.
+    db_connection_budget: int = Field(default=90, ge=0)
+
     @field_validator("database_url", mode="before")
     @classmethod
     def _use_asyncpg(cls, value: object) -> object:

@@ -17,6 +17,7 @@ from redis.exceptions import RedisError
 
 from app.core.breaker import BreakerState, CircuitBreaker
 from app.core.config import Settings
+from app.core.metrics import breaker_closed, breaker_opened
 
 logger = structlog.get_logger(__name__)
 
@@ -63,10 +64,12 @@ class OptionalRedis:
         except (RedisError, OSError) as exc:
             # Log transitions, not every skipped call: an outage must not flood the log.
             if self.breaker.record_failure():
+                breaker_opened()
                 logger.warning("redis unavailable; skipping it", error=type(exc).__name__)
             return None
         if self.breaker.state is not BreakerState.CLOSED:
             logger.info("redis available again")
+            breaker_closed()
         self.breaker.record_success()
         return result
 

@@ -1,0 +1,171 @@
+"""Prometheus metrics, correct across Gunicorn workers and cheap per request.
+
+Under Gunicorn, prometheus_client runs in multiprocess mode: gunicorn_conf.py points
+PROMETHEUS_MULTIPROC_DIR at a tmpfs before any worker starts, each worker writes its
+values to memory-mapped files there, and the master serves the sum of all of them on
+METRICS_PORT (never through the proxy). Under a plain `uvicorn` in development the app
+serves GET /metrics itself. docs/metrics.md lists every metric.
+
+Per request the middleware costs a dictionary lookup and five writes to memory-mapped
+floats: no label strings are built after a route's first request.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from time import perf_counter
+
+from fastapi import FastAPI, Response
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.multiprocess import MultiProcessCollector
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.core.config import Settings
+
+# The label of a request no route matched (a 404 or a scan): one series, not one per path.
+UNMATCHED = "<unmatched>"
+# Any other method (clients may send anything) is counted as "OTHER": bounded labels.
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+_LABELS = ("route", "method", "status")
+# An API's latencies: 5 ms to 5 s. Fewer buckets, fewer series to scrape.
+_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+REQUESTS = Counter(
+    "http_requests", "Requests answered, by route template, method and status class.", _LABELS
+)
+DURATION = Histogram(
+    "http_request_duration_seconds",
+    "Time from the request's arrival to the end of its response.",
+    _LABELS,
+    buckets=_BUCKETS,
+)
+# live*: a worker's value disappears with the worker (gunicorn_conf.py's child_exit).
+IN_FLIGHT = Gauge("http_requests_in_flight", "Requests being served.", multiprocess_mode="livesum")
+DB_CHECKED_OUT = Gauge(
+    "db_pool_checked_out_connections",
+    "Database connections in use, all workers.",
+    multiprocess_mode="livesum",
+)
+DB_OVERFLOW = Gauge(
+    "db_pool_overflow_connections",
+    "Connections in use beyond each worker's DB_POOL_SIZE (at most DB_MAX_OVERFLOW each).",
+    multiprocess_mode="livesum",
+)
+CACHE_HITS = Counter("cache_hits", "ModelCache reads served from Redis.", ("resource",))
+CACHE_MISSES = Counter("cache_misses", "ModelCache reads that went to the database.", ("resource",))
+REDIS_BREAKER_OPEN = Gauge(
+    "redis_breaker_open",
+    "1 while this worker skips Redis (breaker open or probing), else 0; one series a worker.",
+    multiprocess_mode="liveall",
+)
+REDIS_BREAKER_OPENINGS = Counter("redis_breaker_openings", "Times a Redis breaker opened.")
+
+
+class MetricsMiddleware:
+    """Counts and times each HTTP request by the matched route's template
+    (`/api/v1/items/{item_id}`, never the raw path), method and status class."""
+
+    __slots__ = ("_children", "app")
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        # (template, method, status) -> the label children: built once, then looked up.
+        self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        status = 500  # what the client gets if the app raises before responding
+
+        async def send_and_note_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        IN_FLIGHT.inc()
+        started = perf_counter()
+        try:
+            await self.app(scope, receive, send_and_note_status)
+        finally:
+            elapsed = perf_counter() - started
+            IN_FLIGHT.dec()
+            # The router writes the matched route into the scope, which this middleware shares.
+            route = scope.get("route")
+            template = getattr(route, "path_format", None) or UNMATCHED
+            key = (template, scope["method"], status)
+            children = self._children.get(key)
+            if children is None:
+                children = self._children[key] = _children_for(*key)
+            children[0].inc()
+            children[1].observe(elapsed)
+
+
+def _children_for(template: str, method: str, status: int) -> tuple[Counter, Histogram]:
+    labels = (template, method if method in _METHODS else "OTHER", f"{status // 100}xx")
+    return REQUESTS.labels(*labels), DURATION.labels(*labels)
+
+
+@functools.cache
+def cache_counters(resource: str) -> tuple[Counter, Counter]:
+    """The hit and miss counters of one cached resource."""
+    return CACHE_HITS.labels(resource), CACHE_MISSES.labels(resource)
+
+
+def observe_pool(engine: AsyncEngine, *, pool_size: int) -> None:
+    """Keep the pool gauges current from the pool's own checkout and checkin events: a
+    request that uses no connection (a health probe, a cache hit) pays nothing."""
+    checked_out = 0
+
+    def publish(change: int) -> None:
+        nonlocal checked_out
+        checked_out += change
+        DB_CHECKED_OUT.set(checked_out)
+        # The pool closes an overflow connection at checkin: in use beyond it = open beyond it.
+        DB_OVERFLOW.set(max(0, checked_out - pool_size))
+
+    event.listen(engine.sync_engine, "checkout", lambda *_: publish(1))
+    event.listen(engine.sync_engine, "checkin", lambda *_: publish(-1))
+
+
+def breaker_opened() -> None:
+    REDIS_BREAKER_OPEN.set(1)
+    REDIS_BREAKER_OPENINGS.inc()
+
+
+def breaker_closed() -> None:
+    REDIS_BREAKER_OPEN.set(0)
+
+
+def multiprocess_registry() -> CollectorRegistry:
+    """A registry that sums every process's files in PROMETHEUS_MULTIPROC_DIR."""
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry)  # type: ignore[no-untyped-call]  # untyped upstream
+    return registry
+
+
+def install_metrics(app: FastAPI, settings: Settings) -> None:
+    """Count every request; in development also serve GET /metrics on the app's port
+    (in production the Gunicorn master serves them on METRICS_PORT, see gunicorn_conf.py)."""
+    app.add_middleware(MetricsMiddleware)
+    if settings.environment != "development":
+        return
+    # prometheus_client's own switch, read by the library at import: multiprocess mode.
+    registry = multiprocess_registry() if "PROMETHEUS_MULTIPROC_DIR" in os.environ else REGISTRY
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

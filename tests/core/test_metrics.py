@@ -1,0 +1,185 @@
+"""Metrics in one process: labels by route template (never the raw path), bounded
+label values, the in-flight gauge, the pool, cache and breaker instruments, and the
+development /metrics route. The values sum across workers under Gunicorn:
+tests/test_metrics_gunicorn.py."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from fastapi import APIRouter, FastAPI
+from httpx import AsyncClient
+from prometheus_client import REGISTRY
+from pydantic import BaseModel
+
+from app.core.application import build_app
+from app.core.breaker import CircuitBreaker
+from app.core.cache import ModelCache
+from app.core.config import Settings
+from app.core.db import create_engine
+from app.core.metrics import UNMATCHED, observe_pool
+from app.core.redis import OptionalRedis, create_redis_client
+from tests.conftest import UNREACHABLE_REDIS, AppClientMaker, with_overrides
+
+router = APIRouter(prefix="/metrics-probe")
+
+
+@router.get("/things/{thing_id}")
+async def read_thing(thing_id: str) -> dict[str, str]:
+    return {"id": thing_id}
+
+
+@router.get("/in-flight")
+async def in_flight() -> float:
+    return sample("http_requests_in_flight")  # the gauge as this request sees it
+
+
+@router.get("/fails")
+async def fails() -> None:
+    raise RuntimeError("unhandled")
+
+
+def build_probe_app(settings: Settings) -> FastAPI:
+    return build_app(settings, routers=[router], title="metrics tests", version="0")
+
+
+def sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def requests(route: str, method: str = "GET", status: str = "2xx") -> float:
+    return sample("http_requests_total", route=route, method=method, status=status)
+
+
+@pytest.fixture
+async def probe_client(make_client: AppClientMaker, settings: Settings) -> AsyncClient:
+    return await make_client(settings, build_probe_app(settings))
+
+
+async def test_requests_are_labelled_by_route_template(probe_client: AsyncClient) -> None:
+    template = "/metrics-probe/things/{thing_id}"
+    before = requests(template)
+    count_before = sample(
+        "http_request_duration_seconds_count", route=template, method="GET", status="2xx"
+    )
+    for thing in ("a", "b", "c"):
+        assert (await probe_client.get(f"/metrics-probe/things/{thing}")).status_code == 200
+    assert requests(template) == before + 3
+    assert (
+        sample("http_request_duration_seconds_count", route=template, method="GET", status="2xx")
+        == count_before + 3
+    )
+    assert requests("/metrics-probe/things/a") == 0  # never the raw path
+
+
+async def test_unmatched_paths_share_one_label(probe_client: AsyncClient) -> None:
+    before = requests(UNMATCHED, status="4xx")
+    for path in ("/nowhere", f"/scan/{uuid.uuid4()}", "/metrics-probe/things"):
+        assert (await probe_client.get(path)).status_code == 404
+    assert requests(UNMATCHED, status="4xx") == before + 3
+
+
+async def test_unknown_methods_share_one_label(probe_client: AsyncClient) -> None:
+    before = requests(UNMATCHED, method="OTHER", status="4xx")
+    await probe_client.request("BREW", "/coffee")
+    assert requests(UNMATCHED, method="OTHER", status="4xx") == before + 1
+
+
+async def test_an_unhandled_error_counts_as_5xx(probe_client: AsyncClient) -> None:
+    before = requests("/metrics-probe/fails", status="5xx")
+    assert (await probe_client.get("/metrics-probe/fails")).status_code == 500
+    assert requests("/metrics-probe/fails", status="5xx") == before + 1
+
+
+async def test_in_flight_counts_the_request_being_served(probe_client: AsyncClient) -> None:
+    idle = sample("http_requests_in_flight")
+    assert (await probe_client.get("/metrics-probe/in-flight")).json() == idle + 1
+    assert sample("http_requests_in_flight") == idle
+
+
+async def test_metrics_off_counts_nothing(make_client: AppClientMaker, settings: Settings) -> None:
+    off = with_overrides(settings, metrics_enabled=False)
+    client = await make_client(off, build_probe_app(off))
+    before = requests("/metrics-probe/things/{thing_id}")
+    await client.get("/metrics-probe/things/a")
+    assert requests("/metrics-probe/things/{thing_id}") == before
+
+
+async def test_metrics_route_only_in_development(
+    make_client: AppClientMaker, settings: Settings
+) -> None:
+    test_client = await make_client(settings, build_probe_app(settings))
+    assert (await test_client.get("/metrics")).status_code == 404
+    development = with_overrides(settings, environment="development")
+    client = await make_client(development, build_probe_app(development))
+    await client.get("/metrics-probe/things/a")
+    response = await client.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    assert 'http_requests_total{method="GET",route="/metrics-probe/things/{thing_id}"' in (
+        response.text
+    )
+    assert "/metrics" not in (await client.get("/openapi.json")).json()["paths"]
+
+
+async def test_pool_gauges_follow_checkouts(settings: Settings) -> None:
+    engine = create_engine(with_overrides(settings, db_pool_size=1, db_max_overflow=1))
+    observe_pool(engine, pool_size=1)
+    try:
+        async with engine.connect():
+            assert sample("db_pool_checked_out_connections") == 1
+            assert sample("db_pool_overflow_connections") == 0
+            async with engine.connect():
+                assert sample("db_pool_checked_out_connections") == 2
+                assert sample("db_pool_overflow_connections") == 1
+            assert sample("db_pool_overflow_connections") == 0
+        assert sample("db_pool_checked_out_connections") == 0
+    finally:
+        await engine.dispose()
+
+
+class Thing(BaseModel):
+    id: uuid.UUID
+
+
+async def test_cache_counts_hits_and_misses(settings: Settings) -> None:
+    redis = OptionalRedis.from_settings(settings)
+    resource = f"things-{uuid.uuid4().hex[:6]}"
+    cache = ModelCache(redis, resource=resource, model=Thing, ttl_seconds=60)
+    thing = Thing(id=uuid.uuid4())
+
+    async def load() -> Thing:
+        return thing
+
+    try:
+        for _ in range(3):
+            await cache.get_or_load(thing.id, load)
+    finally:
+        await cache.invalidate(thing.id)
+        await redis.aclose()
+    assert sample("cache_misses_total", resource=resource) == 1
+    assert sample("cache_hits_total", resource=resource) == 2
+
+
+async def test_breaker_state_and_openings(settings: Settings) -> None:
+    down = OptionalRedis.from_settings(
+        with_overrides(settings, redis_url=UNREACHABLE_REDIS, redis_breaker_failures=1)
+    )
+    openings = sample("redis_breaker_openings_total")
+    try:
+        assert await down.run(lambda redis: redis.ping()) is None
+        assert sample("redis_breaker_open") == 1
+        assert sample("redis_breaker_openings_total") == openings + 1
+        assert await down.run(lambda redis: redis.ping()) is None  # skipped: no new opening
+        assert sample("redis_breaker_openings_total") == openings + 1
+    finally:
+        await down.aclose()
+    # Opened, and cooled down at once: the next call is the probe that closes it.
+    up = OptionalRedis(create_redis_client(settings), CircuitBreaker(failures=1, cooldown=0))
+    up.breaker.record_failure()
+    try:
+        assert await up.run(lambda redis: redis.ping()) is True
+        assert sample("redis_breaker_open") == 0
+    finally:
+        await up.aclose()
