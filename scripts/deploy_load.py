@@ -122,6 +122,7 @@ def pick_request(rng: random.Random, ids: list[str], writes: float) -> Request:
 def run_client(
     base: tuple[str, int],
     ids: list[str],
+    *,
     interval: float,
     writes: float,
     stop: threading.Event,
@@ -174,7 +175,10 @@ def main() -> None:
     interval = args.clients / args.rate
     threads = [
         threading.Thread(
-            target=run_client, args=(base, ids, interval, args.writes, stop, tally), daemon=True
+            target=run_client,
+            args=(base, ids),
+            kwargs={"interval": interval, "writes": args.writes, "stop": stop, "tally": tally},
+            daemon=True,
         )
         for _ in range(args.clients)
     ]

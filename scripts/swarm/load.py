@@ -58,7 +58,7 @@ def send(
 
 
 def worker(
-    base: str, rate: float, writes: bool, item_id: str, tally: Tally, stop: threading.Event
+    base: str, *, rate: float, writes: bool, item_id: str, tally: Tally, stop: threading.Event
 ) -> None:
     url = urlsplit(base)
     connection = http.client.HTTPConnection(url.hostname or "127.0.0.1", url.port or 80, timeout=10)
@@ -119,7 +119,17 @@ def main() -> None:
     item_id = create_item(args.base)
     started = time.monotonic()
     threads = [
-        threading.Thread(target=worker, args=(args.base, args.rate, i == 0, item_id, tally, stop))
+        threading.Thread(
+            target=worker,
+            args=(args.base,),
+            kwargs={
+                "rate": args.rate,
+                "writes": i == 0,
+                "item_id": item_id,
+                "tally": tally,
+                "stop": stop,
+            },
+        )
         for i in range(args.workers)
     ]
     for thread in threads:
