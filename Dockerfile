@@ -24,7 +24,7 @@ ENV UV_COMPILE_BYTECODE=1 \
 RUN --mount=type=cache,target=/root/.cache/uv \
     --mount=type=bind,source=pyproject.toml,target=pyproject.toml \
     --mount=type=bind,source=uv.lock,target=uv.lock \
-    uv sync --frozen --no-dev --no-install-project \
+    uv sync --locked --no-dev --no-install-project \
  && find /opt/venv -name '*.so' -exec strip --strip-debug {} +
 
 

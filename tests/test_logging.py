@@ -28,6 +28,7 @@ from fastapi import FastAPI, Request
 
 from app.core.logging import REDACTED, build_logging_config
 from app.core.request_id import set_request_id
+from app.core.state import app_state
 from app.main import create_app
 from tests.conftest import UNREACHABLE_REDIS
 
@@ -45,15 +46,15 @@ def app_that_fails() -> FastAPI:
     async def fail_on_the_database(request: Request) -> None:
         try:
             # asyncpg's frames hold the password in their locals while they connect.
-            async with request.state.engine.connect():
+            async with app_state(request)["engine"].connect():
                 pass
         except OSError as exc:
-            url = request.state.settings.sqlalchemy_url
+            url = app_state(request)["settings"].sqlalchemy_url
             raise RuntimeError(f"cannot reach {url}") from exc
 
     @app.get("/log/carelessly")
     async def log_carelessly(request: Request) -> dict[str, str]:
-        settings = request.state.settings
+        settings = app_state(request)["settings"]
         structlog.get_logger("tests.careless").warning(
             "connecting", url=settings.sqlalchemy_url, password=KNOWN_PASSWORD, settings=settings
         )
