@@ -78,7 +78,10 @@ class Settings(LoggingSettings):
     # a slow or silent database costs a request a 503 after these, never a hang.
     db_pool_timeout: float = Field(default=1.0, gt=0)
     db_pool_recycle: int = Field(default=1800, ge=-1)
-    db_pool_pre_ping: bool = True
+    # Off: a ping is a round trip on every checkout. A connection that died (Postgres
+    # restarted) fails its request with a 503 instead, and SQLAlchemy then drops every
+    # pooled connection older than that failure, so the next requests reconnect.
+    db_pool_pre_ping: bool = False
     db_connect_timeout: float = Field(default=1.0, gt=0)
     db_statement_timeout: float = Field(default=3.0, gt=0)
     db_lock_timeout: float = Field(default=2.0, gt=0)

@@ -32,7 +32,7 @@ def test_defaults(env: pytest.MonkeyPatch) -> None:
     assert settings.log_level == "INFO"
     assert settings.effective_log_format == "console"
     assert settings.cors_origins == []
-    assert settings.db_pool_pre_ping is True
+    assert settings.db_pool_pre_ping is False
 
 
 @pytest.mark.parametrize(

@@ -57,9 +57,7 @@ async def test_terminated_backend_is_503_then_recovers(
     make_core_client: CoreClientMaker, settings: Settings, engine: AsyncEngine
 ) -> None:
     """pg_terminate_backend on the app's pooled connections, as a failover or restart does."""
-    client = await make_core_client(
-        with_overrides(settings, db_pool_pre_ping=False), isolated=False
-    )
+    client = await make_core_client(settings, isolated=False)
     assert (await client.get("/probe/db")).status_code == 200  # a pooled connection exists
     async with engine.connect() as admin:
         await admin.execute(
