@@ -83,7 +83,7 @@ class Settings(LoggingSettings):
     # pooled connection older than that failure, so the next requests reconnect.
     db_pool_pre_ping: bool = False
     db_connect_timeout: float = Field(default=1.0, gt=0)
-    db_statement_timeout: float = Field(default=3.0, gt=0)
+    db_statement_timeout: float = Field(default=2.0, gt=0)
     db_lock_timeout: float = Field(default=2.0, gt=0)
     db_idle_in_transaction_timeout: float = Field(default=10.0, gt=0)
 
