@@ -116,9 +116,14 @@ async def get_session(session_factory: SessionFactoryDep) -> AsyncIterator[Async
         try:
             yield session
             await session.commit()
-        except BaseException:
+        except BaseException as exc:
             session.info.pop(_AFTER_COMMIT, None)
-            await session.rollback()
+            if isinstance(exc, TimeoutError):
+                # The server stopped answering mid-statement: a ROLLBACK would wait for
+                # it as long as it stays silent. Drop the connection without a round trip.
+                await session.invalidate()
+            else:
+                await session.rollback()
             raise
         await _run_after_commit(session)
 
