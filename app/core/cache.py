@@ -23,7 +23,6 @@ import secrets
 from collections.abc import Awaitable, Callable
 
 from pydantic import BaseModel
-from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.db import after_commit
@@ -31,6 +30,14 @@ from app.core.metrics import cache_counters
 from app.core.redis import OptionalRedis
 
 _LEASE_PREFIX = b"lease:"
+# One round trip for a read: the entry (or another reader's lease), or, when there is
+# none, our own lease, taken at once and returned to say so.
+_GET_OR_LEASE = """
+local value = redis.call('GET', KEYS[1])
+if value then return value end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return ARGV[1]
+"""
 # Store the body only if our lease is still the key's value (no write or other fill since).
 _FILL_IF_LEASED = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -64,6 +71,9 @@ class ModelCache[Model: BaseModel]:
         self._ttl = ttl_seconds
         self._lease_seconds = lease_seconds
         self._prefix = f"cache:{resource}:{schema_fingerprint(model)}:"
+        # Sent by SHA (EVALSHA); redis-py loads them on first use.
+        self._get_or_lease = redis.client.register_script(_GET_OR_LEASE)
+        self._fill_if_leased = redis.client.register_script(_FILL_IF_LEASED)
         self._hits, self._misses = cache_counters(resource)
 
     def key(self, entity_id: object) -> str:
@@ -73,22 +83,22 @@ class ModelCache[Model: BaseModel]:
         """The body for `entity_id`: from the cache, else from `load()` (whose errors,
         such as not found, propagate and are not cached), filling the cache."""
         key = self.key(entity_id)
-        cached = await self._redis.run(lambda redis: redis.get(key))
-        if isinstance(cached, bytes) and not cached.startswith(_LEASE_PREFIX):
-            self._hits.inc()
-            return cached
-        self._misses.inc()  # Redis skipped (down, breaker open) counts as a miss too
         lease = _LEASE_PREFIX + secrets.token_hex(8).encode()
-        leased = await self._redis.run(
-            lambda redis: redis.set(key, lease, nx=True, ex=self._lease_seconds)
+        found = await self._redis.run(
+            lambda redis: self._get_or_lease(keys=[key], args=[lease, self._lease_seconds])
         )
+        if isinstance(found, bytes) and not found.startswith(_LEASE_PREFIX):
+            self._hits.inc()
+            return found
+        # A miss: our lease (we fill), another reader's (it fills), or Redis skipped
+        # (down, breaker open: None, and nothing more is asked of it).
+        self._misses.inc()
         body = (await load()).model_dump_json().encode()
-        if leased:
-            await self._redis.run(lambda redis: self._fill(redis, key, lease, body))
+        if found == lease:
+            await self._redis.run(
+                lambda redis: self._fill_if_leased(keys=[key], args=[lease, body, self._ttl])
+            )
         return body
-
-    async def _fill(self, redis: Redis, key: str, lease: bytes, body: bytes) -> object:
-        return await redis.eval(_FILL_IF_LEASED, 1, key, lease, body, self._ttl)
 
     async def invalidate(self, entity_id: object) -> None:
         key = self.key(entity_id)
