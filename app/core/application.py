@@ -6,7 +6,7 @@ test-only router, so core stands without any domain."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, nullcontext
 
 import structlog
 from fastapi import APIRouter, FastAPI
@@ -19,7 +19,7 @@ from app.core.db import create_engine, create_session_factory
 from app.core.docs import add_local_docs, fastapi_docs_url
 from app.core.errors import register_exception_handlers
 from app.core.logging import configure_logging
-from app.core.metrics import install_metrics, observe_pool
+from app.core.metrics import install_metrics, worker_gauges
 from app.core.middleware import RequestContextMiddleware
 from app.core.problems import install_problem_schema, problem_responses
 from app.core.redis import OptionalRedis
@@ -50,17 +50,17 @@ def build_app(
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[AppState]:
         engine = create_engine(settings)
-        if settings.metrics_enabled:
-            observe_pool(engine, pool_size=settings.db_pool_size)
         redis = OptionalRedis.from_settings(settings)
+        gauges = worker_gauges(engine, redis) if settings.metrics_enabled else nullcontext()
         logger.info("started", environment=settings.environment)
         try:
-            yield AppState(
-                settings=settings,
-                engine=engine,
-                session_factory=create_session_factory(engine),
-                redis=redis,
-            )
+            async with gauges:
+                yield AppState(
+                    settings=settings,
+                    engine=engine,
+                    session_factory=create_session_factory(engine),
+                    redis=redis,
+                )
         finally:
             await redis.aclose()
             await engine.dispose()

@@ -6,16 +6,22 @@ values to memory-mapped files there, and the master serves the sum of all of the
 METRICS_PORT (never through the proxy). Under a plain `uvicorn` in development the app
 serves GET /metrics itself. docs/metrics.md lists every metric.
 
-Per request the middleware costs a dictionary lookup and four writes to memory-mapped
-floats (in-flight up and down, the histogram's bucket and sum): no label strings are
-built after a route's first request.
+Cheap by design: per request, the middleware writes two memory-mapped floats (the
+histogram's bucket and sum) and builds no label strings after a route's first request.
+The per-worker gauges (in flight, the pool, the Redis breaker) are sampled once a second
+by a task in each worker instead of being written on every change: a scrape sees them at
+most a second old, and a request pays nothing for them.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import os
+from collections.abc import AsyncIterator
 from time import perf_counter
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI, Response
 from prometheus_client import (
@@ -26,13 +32,35 @@ from prometheus_client import (
     Gauge,
     Histogram,
     generate_latest,
+    values,
 )
 from prometheus_client.multiprocess import MultiProcessCollector
-from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.pool import QueuePool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.core.breaker import BreakerState
 from app.core.config import Settings
+
+if TYPE_CHECKING:
+    from app.core.redis import OptionalRedis  # which imports this module
+
+# prometheus_client's multiprocess switch, read by the library itself.
+MULTIPROCESS = "PROMETHEUS_MULTIPROC_DIR" in os.environ
+
+# In multiprocess mode prometheus_client asks the kernel for the pid (getpid, a syscall)
+# on every write, to notice a fork: a quarter of a write's cost. The pid changes only at
+# a fork, so it is remembered and refreshed then; set before any metric below exists.
+_pid = [os.getpid()]
+
+
+def _refresh_pid() -> None:
+    _pid[0] = os.getpid()
+
+
+if MULTIPROCESS:
+    os.register_at_fork(after_in_child=_refresh_pid)
+    values.ValueClass = values.MultiProcessValue(process_identifier=lambda: _pid[0])  # type: ignore[no-untyped-call]
 
 # The label of a request no route matched (a 404 or a scan): one series, not one per path.
 UNMATCHED = "<unmatched>"
@@ -41,6 +69,9 @@ _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"
 _LABELS = ("route", "method", "status")
 # An API's latencies: 5 ms to 5 s. Fewer buckets, fewer series to scrape.
 _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+# How often each worker publishes its gauges: finer than any scrape interval.
+GAUGE_INTERVAL_SECONDS = 1.0
+_BREAKER_VALUES = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
 
 # Also the request counter: its _count series counts requests (a separate counter would
 # cost another write per request for the same numbers).
@@ -59,17 +90,23 @@ DB_CHECKED_OUT = Gauge(
 )
 DB_OVERFLOW = Gauge(
     "db_pool_overflow_connections",
-    "Connections in use beyond each worker's DB_POOL_SIZE (at most DB_MAX_OVERFLOW each).",
+    "Connections open beyond each worker's DB_POOL_SIZE (at most DB_MAX_OVERFLOW each).",
     multiprocess_mode="livesum",
 )
 CACHE_HITS = Counter("cache_hits", "ModelCache reads served from Redis.", ("resource",))
 CACHE_MISSES = Counter("cache_misses", "ModelCache reads that went to the database.", ("resource",))
-REDIS_BREAKER_OPEN = Gauge(
-    "redis_breaker_open",
-    "1 while this worker skips Redis (breaker open or probing), else 0; one series a worker.",
+REDIS_BREAKER_STATE = Gauge(
+    "redis_breaker_state",
+    "This worker's Redis breaker: 0 closed, 1 half-open (probing), 2 open (Redis skipped).",
     multiprocess_mode="liveall",
 )
 REDIS_BREAKER_OPENINGS = Counter("redis_breaker_openings", "Times a Redis breaker opened.")
+
+
+class _InFlight:
+    """This worker's requests being served: counted in memory, published each second."""
+
+    now = 0
 
 
 class MetricsMiddleware:
@@ -96,13 +133,13 @@ class MetricsMiddleware:
                 status = message["status"]
             await send(message)
 
-        IN_FLIGHT.inc()
+        _InFlight.now += 1
         started = perf_counter()
         try:
             await self.app(scope, receive, send_and_note_status)
         finally:
             elapsed = perf_counter() - started
-            IN_FLIGHT.dec()
+            _InFlight.now -= 1
             # The router writes the matched route into the scope, which this middleware shares.
             route = scope.get("route")
             template = getattr(route, "path_format", None) or UNMATCHED
@@ -124,29 +161,38 @@ def cache_counters(resource: str) -> tuple[Counter, Counter]:
     return CACHE_HITS.labels(resource), CACHE_MISSES.labels(resource)
 
 
-def observe_pool(engine: AsyncEngine, *, pool_size: int) -> None:
-    """Keep the pool gauges current from the pool's own checkout and checkin events: a
-    request that uses no connection (a health probe, a cache hit) pays nothing."""
-    checked_out = 0
+def publish_worker_gauges(engine: AsyncEngine, redis: OptionalRedis) -> None:
+    """Write this worker's gauges: requests in flight, its pool, its Redis breaker."""
+    IN_FLIGHT.set(_InFlight.now)
+    pool = engine.sync_engine.pool
+    if isinstance(pool, QueuePool):  # the default pool (NullPool keeps no connections)
+        DB_CHECKED_OUT.set(pool.checkedout())
+        # overflow() starts at -DB_POOL_SIZE and counts every connection the pool opened.
+        DB_OVERFLOW.set(max(0, pool.overflow()))
+    REDIS_BREAKER_STATE.set(_BREAKER_VALUES[redis.state])
 
-    def publish(change: int) -> None:
-        nonlocal checked_out
-        checked_out += change
-        DB_CHECKED_OUT.set(checked_out)
-        # The pool closes an overflow connection at checkin: in use beyond it = open beyond it.
-        DB_OVERFLOW.set(max(0, checked_out - pool_size))
 
-    event.listen(engine.sync_engine, "checkout", lambda *_: publish(1))
-    event.listen(engine.sync_engine, "checkin", lambda *_: publish(-1))
+@contextlib.asynccontextmanager
+async def worker_gauges(engine: AsyncEngine, redis: OptionalRedis) -> AsyncIterator[None]:
+    """Publish this worker's gauges every GAUGE_INTERVAL_SECONDS while the app runs."""
+
+    async def publish_forever() -> None:
+        while True:
+            publish_worker_gauges(engine, redis)
+            await asyncio.sleep(GAUGE_INTERVAL_SECONDS)
+
+    task = asyncio.create_task(publish_forever())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 def breaker_opened() -> None:
-    REDIS_BREAKER_OPEN.set(1)
+    """Count an opening at once: a flapping breaker can open and close within a second."""
     REDIS_BREAKER_OPENINGS.inc()
-
-
-def breaker_closed() -> None:
-    REDIS_BREAKER_OPEN.set(0)
 
 
 def multiprocess_registry() -> CollectorRegistry:
@@ -162,8 +208,7 @@ def install_metrics(app: FastAPI, settings: Settings) -> None:
     app.add_middleware(MetricsMiddleware)
     if settings.environment != "development":
         return
-    # prometheus_client's own switch, read by the library at import: multiprocess mode.
-    registry = multiprocess_registry() if "PROMETHEUS_MULTIPROC_DIR" in os.environ else REGISTRY
+    registry = multiprocess_registry() if MULTIPROCESS else REGISTRY
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:

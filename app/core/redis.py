@@ -17,7 +17,7 @@ from redis.exceptions import RedisError
 
 from app.core.breaker import BreakerState, CircuitBreaker
 from app.core.config import Settings
-from app.core.metrics import breaker_closed, breaker_opened
+from app.core.metrics import breaker_opened
 
 logger = structlog.get_logger(__name__)
 
@@ -69,7 +69,6 @@ class OptionalRedis:
             return None
         if self.breaker.state is not BreakerState.CLOSED:
             logger.info("redis available again")
-            breaker_closed()
         self.breaker.record_success()
         return result
 

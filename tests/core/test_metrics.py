@@ -18,8 +18,9 @@ from app.core.breaker import CircuitBreaker
 from app.core.cache import ModelCache
 from app.core.config import Settings
 from app.core.db import create_engine
-from app.core.metrics import UNMATCHED, observe_pool
+from app.core.metrics import UNMATCHED, publish_worker_gauges
 from app.core.redis import OptionalRedis, create_redis_client
+from app.core.state import EngineDep, RedisDep
 from tests.conftest import UNREACHABLE_REDIS, AppClientMaker, with_overrides
 
 router = APIRouter(prefix="/metrics-probe")
@@ -31,7 +32,8 @@ async def read_thing(thing_id: str) -> dict[str, str]:
 
 
 @router.get("/in-flight")
-async def in_flight() -> float:
+async def in_flight(engine: EngineDep, redis: RedisDep) -> float:
+    publish_worker_gauges(engine, redis)
     return sample("http_requests_in_flight")  # the gauge as this request sees it
 
 
@@ -90,9 +92,7 @@ async def test_an_unhandled_error_counts_as_5xx(probe_client: AsyncClient) -> No
 
 
 async def test_in_flight_counts_the_request_being_served(probe_client: AsyncClient) -> None:
-    idle = sample("http_requests_in_flight")
-    assert (await probe_client.get("/metrics-probe/in-flight")).json() == idle + 1
-    assert sample("http_requests_in_flight") == idle
+    assert (await probe_client.get("/metrics-probe/in-flight")).json() == 1
 
 
 async def test_metrics_off_counts_nothing(make_client: AppClientMaker, settings: Settings) -> None:
@@ -119,20 +119,24 @@ async def test_metrics_route_only_in_development(
     assert "/metrics" not in (await client.get("/openapi.json")).json()["paths"]
 
 
-async def test_pool_gauges_follow_checkouts(settings: Settings) -> None:
+async def test_pool_gauges(settings: Settings) -> None:
     engine = create_engine(with_overrides(settings, db_pool_size=1, db_max_overflow=1))
-    observe_pool(engine, pool_size=1)
+    redis = OptionalRedis.from_settings(settings)
+
+    def gauges() -> tuple[float, float]:
+        publish_worker_gauges(engine, redis)
+        return sample("db_pool_checked_out_connections"), sample("db_pool_overflow_connections")
+
     try:
         async with engine.connect():
-            assert sample("db_pool_checked_out_connections") == 1
-            assert sample("db_pool_overflow_connections") == 0
+            assert gauges() == (1, 0)
             async with engine.connect():
-                assert sample("db_pool_checked_out_connections") == 2
-                assert sample("db_pool_overflow_connections") == 1
-            assert sample("db_pool_overflow_connections") == 0
-        assert sample("db_pool_checked_out_connections") == 0
+                assert gauges() == (2, 1)
+            assert gauges() == (1, 1)  # two open, one in use: the pool holds the other
+        assert gauges() == (0, 0)  # the pool (size 1) is full: the second one is closed
     finally:
         await engine.dispose()
+        await redis.aclose()
 
 
 class Thing(BaseModel):
@@ -159,23 +163,27 @@ async def test_cache_counts_hits_and_misses(settings: Settings) -> None:
 
 
 async def test_breaker_state_and_openings(settings: Settings) -> None:
-    down = OptionalRedis.from_settings(
-        with_overrides(settings, redis_url=UNREACHABLE_REDIS, redis_breaker_failures=1)
-    )
+    engine = create_engine(settings)
+    now = [0.0]
+    breaker = CircuitBreaker(failures=1, cooldown=10, clock=lambda: now[0])
+    unreachable = with_overrides(settings, redis_url=UNREACHABLE_REDIS)
+    down = OptionalRedis(create_redis_client(unreachable), breaker)
+    up = OptionalRedis(create_redis_client(settings), breaker)
+
+    def state() -> float:
+        publish_worker_gauges(engine, up)
+        return sample("redis_breaker_state")
+
     openings = sample("redis_breaker_openings_total")
     try:
+        assert state() == 0
         assert await down.run(lambda redis: redis.ping()) is None
-        assert sample("redis_breaker_open") == 1
-        assert sample("redis_breaker_openings_total") == openings + 1
-        assert await down.run(lambda redis: redis.ping()) is None  # skipped: no new opening
-        assert sample("redis_breaker_openings_total") == openings + 1
+        assert (state(), sample("redis_breaker_openings_total")) == (2, openings + 1)
+        now[0] = 10  # the cool-down is over: the next call is a probe
+        assert state() == 1
+        assert await up.run(lambda redis: redis.ping()) is True
+        assert state() == 0
     finally:
         await down.aclose()
-    # Opened, and cooled down at once: the next call is the probe that closes it.
-    up = OptionalRedis(create_redis_client(settings), CircuitBreaker(failures=1, cooldown=0))
-    up.breaker.record_failure()
-    try:
-        assert await up.run(lambda redis: redis.ping()) is True
-        assert sample("redis_breaker_open") == 0
-    finally:
         await up.aclose()
+        await engine.dispose()
