@@ -115,7 +115,10 @@ async def get_session(session_factory: SessionFactoryDep) -> AsyncIterator[Async
     async with session_factory() as session:
         try:
             yield session
-            await session.commit()
+            # A request that never touched the database (a cache hit) has nothing to
+            # commit: skip the round trip through SQLAlchemy's greenlet.
+            if session.in_transaction():
+                await session.commit()
         except BaseException as exc:
             session.info.pop(_AFTER_COMMIT, None)
             if isinstance(exc, TimeoutError):
