@@ -12,7 +12,7 @@ them alike, and each row keeps its best round. The bars are ratios between rows,
 hold from one machine to another; absolute figures do not.
 
 Settings (environment): BENCH_SHORT=1 (a few seconds a row, for CI), BENCH_STRICT=0
-(report missed bars without failing), BENCH_ROUNDS, BENCH_SECONDS, BENCH_WARMUP_SECONDS,
+(report missed ratio bars without failing; more than 1 % errors always fails), BENCH_ROUNDS, BENCH_SECONDS, BENCH_WARMUP_SECONDS,
 BENCH_CPUS (each server's CPU limit, default 2), BENCH_IMAGE (measure an image built
 elsewhere; skips the build), BENCH_KEEP=1 (leave the stack running), GUNICORN_MAX_REQUESTS
 and LOG_LEVEL (passed to every server). Standard library only: runs on the host's python3.
@@ -504,11 +504,16 @@ def bench() -> int:
     print_table(result)
     print(f"  results: bench/results/{name}.json and .svg ({time.monotonic() - started:.0f} s)")
     failures = [bar["label"] for bar in result["bars"] if bar["met"] is False]
-    failures += [
+    # More than 1 % errors means a broken server, not a slow one: fail even when
+    # BENCH_STRICT=0 only reports the ratio bars.
+    errors = [
         f"{row['key']}: {row['best']['errors']} errors"
         for row in result["rows"]
         if row["best"]["errors"] > row["best"]["requests"] / 100
     ]
+    if errors:
+        print(f"\nbench: errors: {'; '.join(errors)}")
+        return 1
     if failures and STRICT:
         print(f"\nbench: missed: {'; '.join(failures)} (BENCH_STRICT=0 to report only)")
         return 1
