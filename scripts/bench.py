@@ -12,7 +12,8 @@ them alike, and each row keeps its best round. The bars are ratios between rows,
 hold from one machine to another; absolute figures do not.
 
 Settings (environment): BENCH_SHORT=1 (a few seconds a row, for CI), BENCH_STRICT=0
-(report missed ratio bars without failing; more than 1 % errors always fails), BENCH_ROUNDS, BENCH_SECONDS, BENCH_WARMUP_SECONDS,
+(report missed ratio bars without failing; over 1 % errors always fails), BENCH_ROUNDS,
+BENCH_SECONDS, BENCH_WARMUP_SECONDS,
 BENCH_CPUS (each server's CPU limit, default 2), BENCH_IMAGE (measure an image built
 elsewhere; skips the build), BENCH_KEEP=1 (leave the stack running), GUNICORN_MAX_REQUESTS
 and LOG_LEVEL (passed to every server). Standard library only: runs on the host's python3.
