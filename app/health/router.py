@@ -78,7 +78,7 @@ async def readiness(settings: SettingsDep, engine: EngineDep, redis: RedisDep) -
     overall = overall_status(postgres, redis_check)
     if overall == "pass" and redis.state != "closed":
         overall = "warn"  # Redis answers the probe, but requests are still skipping it
-    body = {
+    body: dict[str, Any] = {
         "status": overall,
         "checks": {
             "postgres:responseTime": _check_entry(postgres, checked_at),
