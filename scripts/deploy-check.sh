@@ -11,6 +11,8 @@
 # Needs Docker with Compose v2, python3 and free ports DEPLOY_HTTP_PORT/DEPLOY_HTTPS_PORT.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib/throwaway-env.sh
+. scripts/lib/throwaway-env.sh
 
 export COMPOSE_PROJECT_NAME=${DEPLOY_PROJECT:-fsdeploy}
 HTTP_PORT=${DEPLOY_HTTP_PORT:-18090}
@@ -40,18 +42,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-random() { head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n'; }
-cat >"$ENV_FILE" <<ENV
-DOMAIN=http://localhost
-POSTGRES_PASSWORD=$(random)
-APP_DB_PASSWORD=$(random)
-HTTP_PORT=${HTTP_PORT}
-HTTPS_PORT=${DEPLOY_HTTPS_PORT:-18453}
-EDGE_SUBNET=${DEPLOY_SUBNET:-172.30.249.0/24}
-PROXY_IP=${DEPLOY_PROXY_IP:-172.30.249.10}
-API_IMAGE=${IMAGE}
-RATE_LIMIT_WRITES=0
-ENV
+write_throwaway_env "$ENV_FILE" "$HTTP_PORT" "${DEPLOY_HTTPS_PORT:-18453}" \
+  "${DEPLOY_SUBNET:-172.30.249.0/24}" "${DEPLOY_PROXY_IP:-172.30.249.10}" "$IMAGE" \
+  RATE_LIMIT_WRITES=0
 
 # start_load NAME [deploy_load.py options]: steady load in the background.
 start_load() {

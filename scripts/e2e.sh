@@ -10,6 +10,8 @@
 # Needs Docker with Compose v2, curl, and free ports E2E_HTTP_PORT/E2E_HTTPS_PORT.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib/throwaway-env.sh
+. scripts/lib/throwaway-env.sh
 
 export COMPOSE_PROJECT_NAME=${E2E_PROJECT:-fastapi-service-e2e}
 HTTP_PORT=${E2E_HTTP_PORT:-18080}
@@ -42,17 +44,8 @@ cleanup() {
 trap cleanup EXIT
 
 # Throw-away secrets, and a subnet apart from a real deployment's default.
-random() { head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n'; }
-cat >"$ENV_FILE" <<ENV
-DOMAIN=http://localhost
-POSTGRES_PASSWORD=$(random)
-APP_DB_PASSWORD=$(random)
-HTTP_PORT=${HTTP_PORT}
-HTTPS_PORT=${E2E_HTTPS_PORT:-18443}
-EDGE_SUBNET=${E2E_SUBNET:-172.30.251.0/24}
-PROXY_IP=${E2E_PROXY_IP:-172.30.251.10}
-API_IMAGE=fastapi-service:e2e
-ENV
+write_throwaway_env "$ENV_FILE" "$HTTP_PORT" "${E2E_HTTPS_PORT:-18443}" \
+  "${E2E_SUBNET:-172.30.251.0/24}" "${E2E_PROXY_IP:-172.30.251.10}" fastapi-service:e2e
 
 # request METHOD PATH [BODY]: sets STATUS, BODY, HEADERS (lower-cased names).
 request() {

@@ -12,6 +12,8 @@
 # reproduce a finding by hand), FUZZ_TIMEOUT (seconds for the Schemathesis run, 600).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib/throwaway-env.sh
+. scripts/lib/throwaway-env.sh
 
 export COMPOSE_PROJECT_NAME=${FUZZ_PROJECT:-fsfuzz}
 HTTP_PORT=${FUZZ_HTTP_PORT:-18280}
@@ -53,19 +55,9 @@ trap cleanup EXIT
 
 # Throw-away secrets; a subnet apart from a real deployment's and from make e2e's.
 # The write rate limit is off: the fuzzer sends thousands of writes from one address.
-random() { head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n'; }
-cat >"$ENV_FILE" <<ENV
-DOMAIN=http://localhost
-POSTGRES_PASSWORD=$(random)
-APP_DB_PASSWORD=$(random)
-SECRET_KEY=$(random)
-HTTP_PORT=${HTTP_PORT}
-HTTPS_PORT=${FUZZ_HTTPS_PORT:-18643}
-EDGE_SUBNET=${FUZZ_SUBNET:-172.30.253.0/24}
-PROXY_IP=${FUZZ_PROXY_IP:-172.30.253.10}
-API_IMAGE=${API_IMAGE}
-RATE_LIMIT_WRITES=0
-ENV
+write_throwaway_env "$ENV_FILE" "$HTTP_PORT" "${FUZZ_HTTPS_PORT:-18643}" \
+  "${FUZZ_SUBNET:-172.30.253.0/24}" "${FUZZ_PROXY_IP:-172.30.253.10}" "$API_IMAGE" \
+  RATE_LIMIT_WRITES=0
 
 log "building the api image and the fuzzer"
 docker build --quiet --tag "$API_IMAGE" . >/dev/null || fail "api image build failed"

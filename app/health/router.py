@@ -65,9 +65,10 @@ async def readiness(settings: SettingsDep, engine: EngineDep, redis: RedisDep) -
     down (or its breaker open) is `warn` with 200, since the app degrades without it;
     Postgres down, or this instance draining for a deploy, is `fail` with 503."""
     if draining():
-        body = {"status": "fail", "output": "draining: this instance is about to stop"}
         return HealthResponse(
-            body, status_code=status.HTTP_503_SERVICE_UNAVAILABLE, headers=NO_STORE
+            {"status": "fail", "output": "draining: this instance is about to stop"},
+            status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+            headers=NO_STORE,
         )
     timeout = settings.health_check_timeout
     postgres, redis_check = await asyncio.gather(

@@ -1,0 +1,26 @@
+# Sourced by the scripts that start docker-compose.prod.yml as a throw-away project
+# (e2e.sh, fuzz.sh, deploy-check.sh): one place that writes its settings file.
+#
+#   write_throwaway_env FILE HTTP_PORT HTTPS_PORT SUBNET PROXY_IP IMAGE [SETTING=value ...]
+#
+# Fresh random database passwords, plain HTTP on localhost, the proxy on a subnet of
+# its own (apart from a real deployment's and from the other scripts'), and any
+# extra app settings given.
+
+random_secret() { head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n'; }
+
+write_throwaway_env() {
+  local file=$1 http_port=$2 https_port=$3 subnet=$4 proxy_ip=$5 image=$6
+  shift 6
+  {
+    echo "DOMAIN=http://localhost"
+    echo "POSTGRES_PASSWORD=$(random_secret)"
+    echo "APP_DB_PASSWORD=$(random_secret)"
+    echo "HTTP_PORT=$http_port"
+    echo "HTTPS_PORT=$https_port"
+    echo "EDGE_SUBNET=$subnet"
+    echo "PROXY_IP=$proxy_ip"
+    echo "API_IMAGE=$image"
+    printf '%s\n' "$@"
+  } >"$file"
+}
