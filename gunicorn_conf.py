@@ -125,14 +125,19 @@ def prepare_metrics_dir(directory: Path) -> None:
         stale.unlink()
 
 
+def app_settings_or_exit() -> Settings:
+    """The app's settings, or exit with a message naming each bad one."""
+    try:
+        return load_settings()
+    except SettingsError as exc:
+        sys.exit(str(exc))
+
+
 def on_starting(server: Any) -> None:
     """In the master, before any worker starts: validate the app's settings (a bad
     setting stops Gunicorn with a message, instead of workers failing in a loop), check
     the database connection budget, and set up the metrics directory the workers inherit."""
-    try:
-        settings = load_settings()
-    except SettingsError as exc:
-        sys.exit(str(exc))
+    settings = app_settings_or_exit()
     # A warning, not a refusal: the budget is reached only when every worker's pool is
     # full at once, and refusing to start would turn that risk into an outage.
     warning = check_connection_budget(settings, workers)
@@ -226,20 +231,13 @@ EFFECTIVE = {
 }
 
 
-def effective_with_app_settings() -> dict[str, object]:
-    """EFFECTIVE plus what depends on the app's settings (which this validates)."""
-    try:
-        settings = load_settings()
-    except SettingsError as exc:
-        sys.exit(str(exc))
-    return EFFECTIVE | {
-        "metrics_enabled": settings.metrics_enabled,
-        "db_connections_max": db_connections_max(settings, workers),
-        "db_connection_budget": settings.db_connection_budget,
-    }
-
-
 if __name__ == "__main__":
-    print(json.dumps(effective_with_app_settings(), indent=2))
-    if (warning := check_connection_budget(load_settings(), workers)) is not None:
+    app_settings = app_settings_or_exit()  # validated here too, as the master would
+    effective = EFFECTIVE | {
+        "metrics_enabled": app_settings.metrics_enabled,
+        "db_connections_max": db_connections_max(app_settings, workers),
+        "db_connection_budget": app_settings.db_connection_budget,
+    }
+    print(json.dumps(effective, indent=2))
+    if (warning := check_connection_budget(app_settings, workers)) is not None:
         print(f"warning: {warning}", file=sys.stderr)
