@@ -97,7 +97,7 @@ def run_server(directory: Path, log_level: str, requests: list[tuple[str, str, s
     output: list[str] = []
     with subprocess.Popen(  # noqa: S603  # our own interpreter and arguments
         [*command, "--uds", str(sock)],
-        cwd=Path(__file__).resolve().parents[2],
+        cwd=Path(__file__).resolve().parents[1],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -67,6 +67,8 @@ async def test_terminated_backend_is_503_then_recovers(
                 " AND state = 'idle'"
             )
         )
+    # The tests' own pooled connections were idle too: start them afresh.
+    await engine.dispose()
     statuses = [(await client.get("/probe/db")).status_code for _ in range(3)]
     assert 500 not in statuses
     assert statuses[0] == 503
