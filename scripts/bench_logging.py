@@ -34,7 +34,6 @@ BENCH_ENVIRONMENT = {
     "LOG_LEVEL": "INFO",
     "LOG_FORMAT": "json",
     "DATABASE_URL": "postgresql://bench:bench@127.0.0.1:1/bench",
-    "SECRET_KEY": "bench-only-secret-key-long-enough-to-pass",
 }
 os.environ.update(BENCH_ENVIRONMENT)
 

@@ -63,7 +63,6 @@ def stack_settings() -> dict[str, str]:
         "DOMAIN": "http://localhost",
         "POSTGRES_PASSWORD": secrets.token_hex(16),
         "APP_DB_PASSWORD": secrets.token_hex(16),
-        "SECRET_KEY": secrets.token_hex(32),
         "HTTP_PORT": str(HTTP_PORT),
         "HTTPS_PORT": str(HTTPS_PORT),
         "EDGE_SUBNET": SUBNET,

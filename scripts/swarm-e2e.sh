@@ -123,7 +123,6 @@ random() { head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n'; }
 password=$(random)
 printf %s "$password" | docker secret create "${STACK}_postgres_password" - >/dev/null
 printf %s "postgresql://app:${password}@db:5432/app" | docker secret create "${STACK}_database_url" - >/dev/null
-printf %s "$(random)$(random)" | docker secret create "${STACK}_secret_key" - >/dev/null
 # For the bad update: what a mistyped rotation would look like.
 printf %s "postgresql://app:wrong-${password}@db:5432/app" |
   docker secret create "${STACK}_database_url_bad" - >/dev/null

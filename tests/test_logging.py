@@ -91,7 +91,6 @@ def run_server(directory: Path, log_level: str, requests: list[tuple[str, str, s
         "LOG_FORMAT": "json",
         "DATABASE_URL": DATABASE_URL,
         "REDIS_URL": UNREACHABLE_REDIS,
-        "SECRET_KEY": "a-test-secret-key-that-is-long-enough-for-production",
     }
     command = [sys.executable, "-m", "uvicorn", "--factory", f"{__name__}:app_that_fails"]
     output: list[str] = []

@@ -9,8 +9,8 @@
 # Migrations must therefore suit the old code too (expand, then contract later).
 # Exits non-zero if the job fails or the update is rolled back.
 #
-# The secrets must exist first (docs/swarm.md): ${STACK}_database_url,
-# ${STACK}_secret_key and ${STACK}_postgres_password. Settings: STACK (fsswarm),
+# The secrets must exist first (docs/swarm.md): ${STACK}_database_url and
+# ${STACK}_postgres_password. Settings: STACK (fsswarm),
 # DOMAIN (:80, plain HTTP), HTTP_PORT (80), HTTPS_PORT (443), API_REPLICAS (2),
 # RESOLVE_IMAGE (always; `never` when every node already holds IMAGE, no registry).
 set -euo pipefail
@@ -30,7 +30,7 @@ stack_deploy() { # stack_deploy API_IMAGE MIGRATE_IMAGE API_REPLICAS
     --prune -c stack.yml "$STACK" >/dev/null
 }
 
-for secret in database_url secret_key postgres_password; do
+for secret in database_url postgres_password; do
   docker secret inspect "${STACK}_${secret}" >/dev/null 2>&1 ||
     { echo "deploy: no secret ${STACK}_${secret}: see docs/swarm.md" >&2; exit 1; }
 done
