@@ -51,7 +51,7 @@ COPY app ./app
 RUN python -m compileall -q app alembic gunicorn_conf.py
 
 USER 10001:10001
-EXPOSE 8000
+EXPOSE 8000 9000
 
 # The slim image has no curl; the standard library is enough.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --start-interval=1s --retries=3 \
