@@ -1,5 +1,5 @@
 """The app factory every service built on this core shares: lifespan (engine,
-session factory and Redis per process), middleware, error handling and OpenAPI.
+session factory, Redis and the near cache per process), middleware, error handling and OpenAPI.
 app/main.py calls it with the domain routers; core's tests call it with a
 test-only router, so core stands without any domain."""
 
@@ -21,6 +21,7 @@ from app.core.errors import register_exception_handlers
 from app.core.logging import configure_logging
 from app.core.metrics import install_metrics, worker_gauges
 from app.core.middleware import RequestContextMiddleware
+from app.core.near_cache import NearCache
 from app.core.problems import install_problem_schema, problem_responses
 from app.core.redis import OptionalRedis
 from app.core.request_id import REQUEST_ID_HEADER
@@ -51,15 +52,21 @@ def build_app(
     async def lifespan(_: FastAPI) -> AsyncIterator[AppState]:
         engine = create_engine(settings)
         redis = OptionalRedis.from_settings(settings)
+        near_cache = NearCache(
+            redis,
+            ttl_seconds=settings.cache_local_ttl_seconds,
+            max_entries=settings.cache_local_max_entries,
+        )
         gauges = worker_gauges(engine, redis) if settings.metrics_enabled else nullcontext()
         logger.info("started", environment=settings.environment)
         try:
-            async with gauges:
+            async with gauges, near_cache.listening():
                 yield AppState(
                     settings=settings,
                     engine=engine,
                     session_factory=create_session_factory(engine),
                     redis=redis,
+                    near_cache=near_cache,
                 )
         finally:
             await redis.aclose()

@@ -12,6 +12,10 @@ the response schema: a hit is returned as stored (no parse, no re-validation),
 and a deploy that changes the schema starts from empty keys instead of serving
 bodies of the old shape. Redis being down makes every read a miss (see
 OptionalRedis), never an error.
+
+With a `NearCache`, each worker also keeps the bodies it read last, and an
+invalidation reaches every worker by pub/sub (app/core/near_cache.py): a hot entry
+costs no round trip at all.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.db import after_commit
 from app.core.metrics import cache_counters
+from app.core.near_cache import NearCache, invalidation_channel
 from app.core.redis import OptionalRedis
 
 _LEASE_PREFIX = b"lease:"
@@ -44,6 +49,11 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
 end
 return nil
+"""
+# Drop the entry (and any lease) and tell every worker's near cache, in one step.
+_DELETE_AND_PUBLISH = """
+redis.call('DEL', KEYS[1])
+redis.call('PUBLISH', ARGV[1], KEYS[1])
 """
 
 
@@ -65,15 +75,19 @@ class ModelCache[Model: BaseModel]:
         model: type[Model],
         ttl_seconds: int,
         lease_seconds: int = 5,
+        near: NearCache | None = None,
     ) -> None:
         self._redis = redis
+        self._near = near
+        self._channel = invalidation_channel(redis)
         self._model = model
         self._ttl = ttl_seconds
         self._lease_seconds = lease_seconds
         self._prefix = f"cache:{resource}:{schema_fingerprint(model)}:"
         # Sent by SHA (EVALSHA); redis-py loads them on first use.
-        self._get_or_lease = redis.client.register_script(_GET_OR_LEASE)
-        self._fill_if_leased = redis.client.register_script(_FILL_IF_LEASED)
+        self._get_or_lease = redis.script(_GET_OR_LEASE)
+        self._fill_if_leased = redis.script(_FILL_IF_LEASED)
+        self._delete_and_publish = redis.script(_DELETE_AND_PUBLISH)
         self._hits, self._misses = cache_counters(resource)
 
     def key(self, entity_id: object) -> str:
@@ -83,26 +97,38 @@ class ModelCache[Model: BaseModel]:
         """The body for `entity_id`: from the cache, else from `load()` (whose errors,
         such as not found, propagate and are not cached), filling the cache."""
         key = self.key(entity_id)
+        near = self._near
+        if near is not None and (body := near.get(key)) is not None:
+            self._hits.inc()
+            return body
+        # Noted before Redis is asked: an invalidation meanwhile voids what it returns.
+        generation = near.generation if near is not None else 0
         lease = _LEASE_PREFIX + secrets.token_hex(8).encode()
         found = await self._redis.run(
-            lambda redis: self._get_or_lease(keys=[key], args=[lease, self._lease_seconds])
+            lambda _: self._get_or_lease(keys=[key], args=[lease, self._lease_seconds])
         )
         if isinstance(found, bytes) and not found.startswith(_LEASE_PREFIX):
             self._hits.inc()
+            if near is not None:
+                near.put(key, found, generation)
             return found
         # A miss: our lease (we fill), another reader's (it fills), or Redis skipped
         # (down, breaker open: None, and nothing more is asked of it).
         self._misses.inc()
         body = (await load()).model_dump_json().encode()
         if found == lease:
-            await self._redis.run(
-                lambda redis: self._fill_if_leased(keys=[key], args=[lease, body, self._ttl])
+            filled = await self._redis.run(
+                lambda _: self._fill_if_leased(keys=[key], args=[lease, body, self._ttl])
             )
+            if filled is not None and near is not None:
+                near.put(key, body, generation)
         return body
 
     async def invalidate(self, entity_id: object) -> None:
         key = self.key(entity_id)
-        await self._redis.run(lambda redis: redis.delete(key))
+        if self._near is not None:
+            self._near.evict(key)  # this worker at once; the others by the message
+        await self._redis.run(lambda _: self._delete_and_publish(keys=[key], args=[self._channel]))
 
     def invalidate_after_commit(self, session: AsyncSession, entity_id: object) -> None:
         """Drop the entry once `session` commits. Before the commit would be too early:

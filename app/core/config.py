@@ -96,6 +96,11 @@ class Settings(LoggingSettings):
 
     health_check_timeout: float = Field(default=1.0, gt=0)
     cache_ttl_seconds: int = Field(default=300, ge=1)
+    # Each worker's own copy of the entries it read last (app/core/near_cache.py):
+    # dropped at once by any worker's invalidation, and after this long in any case.
+    # 0 turns the local copies off (every cached read asks Redis).
+    cache_local_ttl_seconds: float = Field(default=5.0, ge=0)
+    cache_local_max_entries: int = Field(default=10_000, ge=0)
     # Requests per minute per client on routes limited with rate_limit("writes"); 0 disables.
     rate_limit_writes: int = Field(default=60, ge=0)
     max_body_size: int = Field(default=1024 * 1024, ge=1)

@@ -13,6 +13,7 @@ import structlog
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
 from app.core.breaker import BreakerState, CircuitBreaker
@@ -43,6 +44,7 @@ class OptionalRedis:
     def __init__(self, client: Redis, breaker: CircuitBreaker) -> None:
         self.client = client
         self.breaker = breaker
+        self._scripts: dict[str, AsyncScript] = {}
 
     @classmethod
     def from_settings(cls, settings: Settings) -> OptionalRedis:
@@ -54,6 +56,12 @@ class OptionalRedis:
     @property
     def state(self) -> BreakerState:
         return self.breaker.state
+
+    def script(self, source: str) -> AsyncScript:
+        """`source` as a Lua script sent by SHA (EVALSHA), made once per client."""
+        if source not in self._scripts:
+            self._scripts[source] = self.client.register_script(source)
+        return self._scripts[source]
 
     async def run[T](self, operation: Callable[[Redis], Awaitable[T]]) -> T | None:
         """Run `operation` on the client, or skip it (None) while the breaker is open."""

@@ -15,6 +15,7 @@ from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.core.config import Settings
+from app.core.near_cache import NearCache
 from app.core.redis import OptionalRedis
 
 
@@ -23,6 +24,7 @@ class AppState(TypedDict):
     engine: AsyncEngine
     session_factory: async_sessionmaker[AsyncSession]
     redis: OptionalRedis
+    near_cache: NearCache
 
 
 def app_state(request: Request) -> AppState:
@@ -46,7 +48,12 @@ async def get_redis(request: Request) -> OptionalRedis:
     return app_state(request)["redis"]
 
 
+async def get_near_cache(request: Request) -> NearCache:
+    return app_state(request)["near_cache"]
+
+
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 EngineDep = Annotated[AsyncEngine, Depends(get_engine)]
 SessionFactoryDep = Annotated[async_sessionmaker[AsyncSession], Depends(get_session_factory)]
 RedisDep = Annotated[OptionalRedis, Depends(get_redis)]
+NearCacheDep = Annotated[NearCache, Depends(get_near_cache)]

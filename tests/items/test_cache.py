@@ -8,6 +8,7 @@ from httpx import AsyncClient
 from redis.asyncio import Redis
 
 from app.core.config import Settings
+from app.core.near_cache import NearCache
 from app.core.redis import OptionalRedis
 from app.items.cache import ItemCache, get_item_cache
 from tests.items.helpers import ITEMS, create
@@ -15,7 +16,8 @@ from tests.items.helpers import ITEMS, create
 
 async def cache_key(settings: Settings, item_id: str) -> str:
     redis = OptionalRedis.from_settings(settings)
-    cache: ItemCache = await get_item_cache(redis, settings)
+    near = NearCache(redis, ttl_seconds=0, max_entries=0)
+    cache: ItemCache = await get_item_cache(redis, near, settings)
     await redis.aclose()
     return cache.key(uuid.UUID(item_id))
 
@@ -35,15 +37,18 @@ async def test_get_is_served_from_the_cache_as_stored(
     client: AsyncClient, redis: Redis, settings: Settings
 ) -> None:
     item = await create(client, "original")
-    await client.get(f"{ITEMS}/{item['id']}")
     key = await cache_key(settings, item["id"])
-    # Change the cached copy behind the API's back: a read that returns it came from Redis.
-    cached = await redis.get(key)
-    assert isinstance(cached, bytes)
-    planted = cached.replace(b"original", b"from-cache")
+    # Plant an entry behind the API's back: a read that returns it came from Redis,
+    # byte for byte, and was neither parsed nor validated again.
+    planted = (await client.get(f"{ITEMS}/{item['id']}")).content
+    await client.patch(f"{ITEMS}/{item['id']}", json={"name": "changed"})  # drops every copy
+    planted = planted.replace(b"original", b"from-cache")
     await redis.set(key, planted)
     response = await client.get(f"{ITEMS}/{item['id']}")
     assert response.content == planted
+    # Then kept in the worker: Redis emptied, the same bytes still come back.
+    await redis.delete(key)
+    assert (await client.get(f"{ITEMS}/{item['id']}")).content == planted
     assert response.headers["content-type"] == "application/json"
 
 

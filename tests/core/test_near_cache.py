@@ -1,0 +1,211 @@
+"""The near cache on a real Redis: each "worker" here is its own client, near cache
+and listener, as in two Gunicorn workers. Local copies serve hot reads; an
+invalidation by any worker reaches the others; a silent channel turns them off."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack
+
+import pytest
+from pydantic import BaseModel
+from redis.asyncio import Redis
+
+from app.core.cache import ModelCache
+from app.core.config import Settings
+from app.core.near_cache import TRUST_SECONDS, NearCache
+from app.core.redis import OptionalRedis
+from tests.conftest import UNREACHABLE_REDIS, with_overrides
+
+
+class Thing(BaseModel):
+    id: uuid.UUID
+    name: str
+
+
+class Worker:
+    """One process's view: its own Redis client, near cache and cache of things."""
+
+    def __init__(self, settings: Settings, *, ttl_seconds: float = 60, max_entries: int = 100):
+        self.redis = OptionalRedis.from_settings(settings)
+        self.near = NearCache(self.redis, ttl_seconds=ttl_seconds, max_entries=max_entries)
+        self.cache = ModelCache(
+            self.redis, resource="things", model=Thing, ttl_seconds=60, near=self.near
+        )
+        self.loads = 0
+
+    def loader(self, thing: Thing) -> Callable[[], Awaitable[Thing]]:
+        async def load() -> Thing:
+            self.loads += 1
+            return thing
+
+        return load
+
+    async def read(self, thing: Thing) -> Thing:
+        return Thing.model_validate_json(await self.cache.get_or_load(thing.id, self.loader(thing)))
+
+
+WorkerMaker = Callable[..., Awaitable[Worker]]
+
+
+async def until(condition: Callable[[], bool], seconds: float = 2 * TRUST_SECONDS) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
+@pytest.fixture
+async def start_worker() -> AsyncIterator[WorkerMaker]:
+    """start_worker(settings, ...): a worker whose listener runs until the test ends."""
+    async with AsyncExitStack() as stack:
+
+        async def start(
+            settings: Settings,
+            *,
+            listen: bool = True,
+            ttl_seconds: float = 60,
+            max_entries: int = 100,
+        ) -> Worker:
+            worker = Worker(settings, ttl_seconds=ttl_seconds, max_entries=max_entries)
+            stack.push_async_callback(worker.redis.aclose)
+            if listen:
+                await stack.enter_async_context(worker.near.listening())
+                await until(lambda: worker.near.live)
+            return worker
+
+        yield start
+
+
+async def test_a_hot_read_is_served_locally_without_redis(
+    start_worker: WorkerMaker, settings: Settings, redis: Redis
+) -> None:
+    worker = await start_worker(settings)
+    thing = Thing(id=uuid.uuid4(), name="hot")
+    await worker.read(thing)  # miss: loaded, stored in Redis and locally
+    # Behind the cache's back, so no invalidation is published: only the copy is left.
+    await redis.delete(worker.cache.key(thing.id))
+    assert await worker.read(thing) == thing
+    assert worker.loads == 1
+
+
+async def test_a_redis_hit_is_kept_locally(
+    start_worker: WorkerMaker, settings: Settings, redis: Redis
+) -> None:
+    one, two = await start_worker(settings), await start_worker(settings)
+    thing = Thing(id=uuid.uuid4(), name="shared")
+    await one.read(thing)  # fills Redis
+    await two.read(thing)  # a Redis hit for two
+    await redis.delete(two.cache.key(thing.id))
+    assert await two.read(thing) == thing
+    assert (one.loads, two.loads) == (1, 0)
+
+
+async def test_an_invalidation_by_one_worker_reaches_the_others(
+    start_worker: WorkerMaker, settings: Settings
+) -> None:
+    one, two = await start_worker(settings), await start_worker(settings)
+    thing = Thing(id=uuid.uuid4(), name="old")
+    await one.read(thing)
+    await two.read(thing)
+    key = one.cache.key(thing.id)
+
+    await one.cache.invalidate(thing.id)  # what a writer in worker one does after commit
+    assert one.near.get(key) is None  # its own copy at once
+    await until(lambda: two.near.get(key) is None)  # the other's by the message
+
+    renamed = Thing(id=thing.id, name="new")
+    assert await two.read(renamed) == renamed
+
+
+async def test_a_read_racing_an_invalidation_keeps_no_local_copy(
+    start_worker: WorkerMaker, settings: Settings
+) -> None:
+    """The read began before the invalidation: what it got may be the old body, so it
+    may answer with it, but must not keep it."""
+    worker = await start_worker(settings)
+    thing_id = uuid.uuid4()
+    loaded, release = asyncio.Event(), asyncio.Event()
+
+    async def slow_old_row() -> Thing:
+        loaded.set()
+        await release.wait()
+        return Thing(id=thing_id, name="old")
+
+    reader = asyncio.create_task(worker.cache.get_or_load(thing_id, slow_old_row))
+    await loaded.wait()
+    await worker.cache.invalidate(thing_id)
+    release.set()
+    await reader
+    assert worker.near.get(worker.cache.key(thing_id)) is None
+
+
+async def test_a_silent_channel_stops_local_copies_within_the_trust_window(
+    settings: Settings,
+) -> None:
+    worker = Worker(settings)
+    thing = Thing(id=uuid.uuid4(), name="cached")
+    try:
+        async with worker.near.listening():
+            await until(lambda: worker.near.live)
+            await worker.read(thing)
+            assert worker.near.get(worker.cache.key(thing.id)) is not None
+        # The listener is gone: nothing confirms the channel any more, as when Redis
+        # is paused. Within the trust window the copy stops being served.
+        await until(lambda: worker.near.get(worker.cache.key(thing.id)) is None)
+    finally:
+        await worker.redis.aclose()
+
+
+async def test_a_lost_subscription_drops_local_copies_and_comes_back(
+    start_worker: WorkerMaker, settings: Settings, redis: Redis
+) -> None:
+    worker = await start_worker(settings)
+    thing = Thing(id=uuid.uuid4(), name="cached")
+    await worker.read(thing)
+    key = worker.cache.key(thing.id)
+
+    await redis.client_kill_filter(_type="pubsub")  # what a Redis restart does to it
+    await until(lambda: worker.near.get(key) is None)
+    await until(lambda: worker.near.live)  # the listener subscribed again
+    await worker.read(thing)
+    assert worker.near.get(key) is not None
+
+
+async def test_redis_down_means_no_local_copies_and_every_read_loads(
+    start_worker: WorkerMaker, settings: Settings
+) -> None:
+    worker = await start_worker(with_overrides(settings, redis_url=UNREACHABLE_REDIS), listen=False)
+    async with worker.near.listening():
+        thing = Thing(id=uuid.uuid4(), name="uncached")
+        for _ in range(3):
+            assert await worker.read(thing) == thing
+        assert not worker.near.live
+    assert worker.loads == 3
+
+
+async def test_copies_expire_and_the_oldest_goes_first_when_full(
+    start_worker: WorkerMaker, settings: Settings
+) -> None:
+    worker = await start_worker(settings, ttl_seconds=0.2, max_entries=2)
+    things = [Thing(id=uuid.uuid4(), name=f"thing {n}") for n in range(3)]
+    for thing in things:
+        await worker.read(thing)
+    keys = [worker.cache.key(thing.id) for thing in things]
+    assert [worker.near.get(key) is not None for key in keys] == [False, True, True]
+    await asyncio.sleep(0.25)
+    assert worker.near.get(keys[2]) is None
+
+
+async def test_a_ttl_of_zero_turns_local_copies_off(
+    start_worker: WorkerMaker, settings: Settings
+) -> None:
+    worker = await start_worker(settings, ttl_seconds=0, listen=False)
+    async with worker.near.listening():  # does nothing: there is nothing to keep fresh
+        thing = Thing(id=uuid.uuid4(), name="remote only")
+        await worker.read(thing)
+        assert worker.near.get(worker.cache.key(thing.id)) is None
+        assert not worker.near.enabled
