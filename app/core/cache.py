@@ -24,8 +24,10 @@ import functools
 import hashlib
 import json
 import secrets
+import weakref
 from collections.abc import Awaitable, Callable
 
+from fastapi import Request
 from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -33,6 +35,7 @@ from app.core.db import after_commit
 from app.core.metrics import cache_counters
 from app.core.near_cache import NearCache, invalidation_channel
 from app.core.redis import OptionalRedis
+from app.core.state import app_state
 
 _LEASE_PREFIX = b"lease:"
 # One round trip for a read: the entry (or another reader's lease), or, when there is
@@ -134,3 +137,34 @@ class ModelCache[Model: BaseModel]:
         """Drop the entry once `session` commits. Before the commit would be too early:
         a concurrent reader could still load and cache the old row."""
         after_commit(session, lambda: self.invalidate(entity_id))
+
+
+def model_cache_provider[Model: BaseModel](
+    resource: str, model: type[Model], *, ttl_seconds: int | None = None
+) -> Callable[[Request], Awaitable[ModelCache[Model]]]:
+    """A dependency giving `resource`'s cache, made once per worker from the app's
+    Redis client, near cache and settings (CACHE_TTL_SECONDS unless `ttl_seconds`).
+    One dependency with no sub-dependencies: a cached read resolves as little as it can.
+
+        get_widget_cache = model_cache_provider("widgets", WidgetRead)
+        WidgetCacheDep = Annotated[ModelCache[WidgetRead], Depends(get_widget_cache)]
+    """
+    # Keyed by the worker's Redis client: one cache per app, even with several apps
+    # in one process (the tests).
+    made: weakref.WeakKeyDictionary[OptionalRedis, ModelCache[Model]] = (
+        weakref.WeakKeyDictionary()
+    )
+
+    async def provide(request: Request) -> ModelCache[Model]:
+        state = app_state(request)
+        redis = state["redis"]
+        cache = made.get(redis)
+        if cache is None:
+            ttl = ttl_seconds or state["settings"].cache_ttl_seconds
+            cache = ModelCache(
+                redis, resource=resource, model=model, ttl_seconds=ttl, near=state["near_cache"]
+            )
+            made[redis] = cache
+        return cache
+
+    return provide

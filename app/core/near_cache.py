@@ -140,6 +140,12 @@ class NearCache:
                 if self._listening:
                     logger.warning("cache invalidations lost; local copies off", error=repr(exc))
                 self._listening = False
+            except Exception:
+                # A bug, not an outage: say so once and stop; with no listener nothing is
+                # trusted, so reads simply go to Redis.
+                self._distrust()
+                logger.exception("cache invalidation listener failed; local copies off")
+                return
             self._distrust()
             await asyncio.sleep(HEARTBEAT_SECONDS)
 

@@ -48,12 +48,7 @@ async def get_redis(request: Request) -> OptionalRedis:
     return app_state(request)["redis"]
 
 
-async def get_near_cache(request: Request) -> NearCache:
-    return app_state(request)["near_cache"]
-
-
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 EngineDep = Annotated[AsyncEngine, Depends(get_engine)]
 SessionFactoryDep = Annotated[async_sessionmaker[AsyncSession], Depends(get_session_factory)]
 RedisDep = Annotated[OptionalRedis, Depends(get_redis)]
-NearCacheDep = Annotated[NearCache, Depends(get_near_cache)]

@@ -6,21 +6,11 @@ from typing import Annotated
 
 from fastapi import Depends
 
-from app.core.cache import ModelCache
-from app.core.state import NearCacheDep, RedisDep, SettingsDep
+from app.core.cache import ModelCache, model_cache_provider
 from app.items.schemas import ItemRead
 
 ItemCache = ModelCache[ItemRead]
 
-
-async def get_item_cache(redis: RedisDep, near: NearCacheDep, settings: SettingsDep) -> ItemCache:
-    return ModelCache(
-        redis,
-        resource="items",
-        model=ItemRead,
-        ttl_seconds=settings.cache_ttl_seconds,
-        near=near,
-    )
-
+get_item_cache = model_cache_provider("items", ItemRead)
 
 ItemCacheDep = Annotated[ItemCache, Depends(get_item_cache)]

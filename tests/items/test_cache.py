@@ -7,17 +7,16 @@ import uuid
 from httpx import AsyncClient
 from redis.asyncio import Redis
 
+from app.core.cache import ModelCache
 from app.core.config import Settings
-from app.core.near_cache import NearCache
 from app.core.redis import OptionalRedis
-from app.items.cache import ItemCache, get_item_cache
+from app.items.schemas import ItemRead
 from tests.items.helpers import ITEMS, create
 
 
 async def cache_key(settings: Settings, item_id: str) -> str:
     redis = OptionalRedis.from_settings(settings)
-    near = NearCache(redis, ttl_seconds=0, max_entries=0)
-    cache: ItemCache = await get_item_cache(redis, near, settings)
+    cache = ModelCache(redis, resource="items", model=ItemRead, ttl_seconds=60)
     await redis.aclose()
     return cache.key(uuid.UUID(item_id))
 
