@@ -6,16 +6,17 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncGenerator
+from contextlib import AsyncExitStack
 from typing import cast
 
 import pytest
 from httpx import AsyncClient
-from sqlalchemy import text
+from sqlalchemy import event, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.core.config import Settings
-from app.core.db import after_commit
+from app.core.db import after_commit, create_engine
 from app.core.db_errors import UNIQUE_VIOLATION, constraint_name, flush_or_raise, sqlstate
 from app.core.errors import AppError
 from tests.conftest import with_overrides
@@ -141,3 +142,29 @@ async def test_pool_wait_is_bounded(make_core_client: CoreClientMaker, settings:
     response = await client.get("/probe/db")
     assert_problem(response, 503)
     await slow
+
+
+async def hold_at_once(engine: AsyncEngine, count: int) -> None:
+    """A burst: `count` connections checked out together, then all returned."""
+    async with AsyncExitStack() as stack:
+        for _ in range(count):
+            await stack.enter_async_context(engine.connect())
+
+
+@pytest.mark.parametrize(("size", "overflow", "reopened"), [(10, 0, 0), (5, 5, 5)])
+async def test_overflow_connections_are_reopened_by_every_burst(
+    settings: Settings, size: int, overflow: int, reopened: int
+) -> None:
+    """Why the default pool has no overflow: an overflow connection is closed when it is
+    returned to a full pool, so each burst opens it again (a backend fork and auth)."""
+    engine = create_engine(with_overrides(settings, db_pool_size=size, db_max_overflow=overflow))
+    opened: list[object] = []
+    event.listen(engine.sync_engine, "connect", lambda connection, _: opened.append(connection))
+    try:
+        await hold_at_once(engine, size + overflow)
+        assert len(opened) == size + overflow
+        opened.clear()
+        await hold_at_once(engine, size + overflow)
+        assert len(opened) == reopened
+    finally:
+        await engine.dispose()
