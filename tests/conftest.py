@@ -33,7 +33,7 @@ from sqlalchemy.ext.asyncio import (
 
 from alembic import command
 from app.core.config import Settings, load_settings
-from app.core.db import create_engine
+from app.core.db import ReadOnlySession, create_engine, get_read_session_factory
 from app.core.state import get_session_factory
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -147,6 +147,19 @@ def session_factory(connection: AsyncConnection) -> async_sessionmaker[AsyncSess
 
 
 @pytest.fixture
+def read_session_factory(connection: AsyncConnection) -> async_sessionmaker[AsyncSession]:
+    """ReadSessionDep's sessions, read-only as in the app, but inside the test's
+    transaction (to see what the test wrote), so not in AUTOCOMMIT: tests/core/test_db.py
+    checks that on connections of its own."""
+    return async_sessionmaker(
+        connection,
+        expire_on_commit=False,
+        join_transaction_mode="create_savepoint",
+        sync_session_class=ReadOnlySession,
+    )
+
+
+@pytest.fixture
 async def redis(settings: Settings) -> AsyncIterator[Redis]:
     """The tests' Redis database, emptied after each test. A plain client: the app's
     timeouts are tuned for a LAN, not for a loaded test machine."""
@@ -166,18 +179,25 @@ async def start_app(app: FastAPI) -> tuple[LifespanManager, AsyncClient]:
 
 @pytest.fixture
 async def make_client(
-    session_factory: async_sessionmaker[AsyncSession], redis: Redis
+    session_factory: async_sessionmaker[AsyncSession],
+    read_session_factory: async_sessionmaker[AsyncSession],
+    redis: Redis,
 ) -> AsyncIterator[AppClientMaker]:
     """Builds apps on given settings; each runs its real lifespan and shares the
     test's transaction, so what one test writes is gone for the next."""
-    maker = AppClientMaker(session_factory)
+    maker = AppClientMaker(session_factory, read_session_factory)
     yield maker
     await maker.close_all()
 
 
 class AppClientMaker:
-    def __init__(self, session_factory: async_sessionmaker[AsyncSession]) -> None:
+    def __init__(
+        self,
+        session_factory: async_sessionmaker[AsyncSession],
+        read_session_factory: async_sessionmaker[AsyncSession],
+    ) -> None:
         self._session_factory = session_factory
+        self._read_session_factory = read_session_factory
         self._open: list[tuple[LifespanManager, AsyncClient]] = []
 
     async def __call__(
@@ -194,6 +214,7 @@ class AppClientMaker:
             app = create_app(settings)
         if isolated:
             app.dependency_overrides[get_session_factory] = lambda: self._session_factory
+            app.dependency_overrides[get_read_session_factory] = lambda: self._read_session_factory
         manager, client = await start_app(app)
         self._open.append((manager, client))
         return client

@@ -168,7 +168,7 @@ def test_prints_the_effective_configuration() -> None:
     printed = json.loads(result.stdout)
     assert printed["workers"] == 3
     assert printed["bind"] == "0.0.0.0:8123"
-    assert printed["db_connections_max"] == 3 * (5 + 10)
+    assert printed["db_connections_max"] == 3 * (10 + 0)
     assert printed["db_connection_budget"] == 90
     assert "warning" not in result.stderr
 

@@ -1,5 +1,12 @@
-"""The database: declarative base, engine, the session dependency (the one owner
-of the commit) and the hooks that run after it."""
+"""The database: declarative base, engine, the session dependencies and the hooks
+that run after a commit.
+
+Two ways for a handler to reach Postgres, on the same pool:
+- `SessionDep`: a transaction per request, committed by `get_session` (the one owner of
+  the commit). Anything that writes, or needs several statements to see one snapshot.
+- `ReadSessionDep`: AUTOCOMMIT, so no BEGIN and COMMIT round trips; each statement is its
+  own snapshot, and writes are refused. Reads that are one statement: a page, a row by id.
+"""
 
 from __future__ import annotations
 
@@ -7,22 +14,23 @@ import importlib
 import importlib.util
 import pkgutil
 from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import lru_cache
 from typing import Annotated
 
 import structlog
 from fastapi import Depends
-from sqlalchemy import MetaData
+from sqlalchemy import MetaData, event
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
     create_async_engine,
 )
-from sqlalchemy.orm import DeclarativeBase
+from sqlalchemy.orm import DeclarativeBase, ORMExecuteState, Session
 
 import app
 from app.core.config import Settings
-from app.core.state import SessionFactoryDep
+from app.core.state import EngineDep, SessionFactoryDep
 
 logger = structlog.get_logger(__name__)
 
@@ -134,3 +142,66 @@ async def get_session(session_factory: SessionFactoryDep) -> AsyncIterator[Async
 # scope="function": the commit happens before the response is sent, so a failed
 # commit becomes an error response instead of a success the client already saw.
 SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
+
+
+class ReadOnlySessionError(RuntimeError):
+    """A write through a read-only session: a bug in the caller (500), never a client's."""
+
+    def __init__(self) -> None:
+        super().__init__("this session is read-only (ReadSessionDep): write through SessionDep")
+
+
+class ReadOnlySession(Session):
+    """The session behind ReadSessionDep: it refuses to flush changes and to run ORM
+    INSERT, UPDATE or DELETE statements (raw SQL text is not inspected). Without a
+    transaction around it, a write would be committed at once, half a request's work."""
+
+
+@event.listens_for(ReadOnlySession, "before_flush")
+def _refuse_flush(*_: object) -> None:
+    raise ReadOnlySessionError
+
+
+@event.listens_for(ReadOnlySession, "do_orm_execute")
+def _refuse_writing_statements(state: ORMExecuteState) -> None:
+    if state.is_insert or state.is_update or state.is_delete:
+        raise ReadOnlySessionError
+
+
+# Once per engine, that is once per worker: deriving an engine costs about 15 µs, too
+# much per request. Bounded, so the many short-lived engines of the tests are let go.
+@lru_cache(maxsize=4)
+def create_read_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    """Read-only sessions on `engine`'s own pool, their connections in AUTOCOMMIT: no
+    BEGIN or COMMIT is sent (the pool restores the isolation level on return)."""
+    return async_sessionmaker(
+        engine.execution_options(isolation_level="AUTOCOMMIT"),
+        expire_on_commit=False,
+        sync_session_class=ReadOnlySession,
+    )
+
+
+async def get_read_session_factory(engine: EngineDep) -> async_sessionmaker[AsyncSession]:
+    return create_read_session_factory(engine)
+
+
+async def get_read_session(
+    session_factory: Annotated[async_sessionmaker[AsyncSession], Depends(get_read_session_factory)],
+) -> AsyncIterator[AsyncSession]:
+    """A read-only session per request, for handlers that read with one statement (a
+    page, a row and what it joins): no transaction, so each statement sees the data
+    committed when it starts, and two statements may see different data. Anything that
+    writes, or needs its reads to agree with each other, takes SessionDep. Never commits;
+    a write raises ReadOnlySessionError. Failures are classified as for SessionDep."""
+    async with session_factory() as session:
+        try:
+            yield session
+        except TimeoutError:
+            # As in get_session: the server stopped answering mid-statement, and the
+            # connection may still be waiting on it. Drop it rather than pool it again.
+            await session.invalidate()
+            raise
+
+
+# scope="function": the connection goes back to the pool before the response is sent.
+ReadSessionDep = Annotated[AsyncSession, Depends(get_read_session, scope="function")]

@@ -6,7 +6,7 @@ import uuid
 
 from fastapi import APIRouter, Request, Response, status
 
-from app.core.db import SessionDep
+from app.core.db import ReadSessionDep, SessionDep
 from app.core.pagination import Page, PageParamsDep
 from app.core.problems import problem_responses
 from app.core.rate_limit import rate_limit
@@ -45,7 +45,7 @@ async def create_item(
 
 
 @router.get("")
-async def list_items(session: SessionDep, page: PageParamsDep) -> Page[ItemRead]:
+async def list_items(session: ReadSessionDep, page: PageParamsDep) -> Page[ItemRead]:
     """List items, oldest first, a page at a time: follow `next_cursor`."""
     items, next_cursor = await service.list_items(session, page)
     return Page(items=[ItemRead.model_validate(item) for item in items], next_cursor=next_cursor)

@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response, status
 
-from app.core.db import SessionDep
+from app.core.db import ReadSessionDep, SessionDep
 from app.core.pagination import Page, PageParamsDep
 from app.core.problems import problem_responses
 from app.core.rate_limit import rate_limit
@@ -42,7 +42,7 @@ async def create_order(
 
 @router.get("")
 async def list_orders(
-    session: SessionDep,
+    session: ReadSessionDep,
     page: PageParamsDep,
     item_id: Annotated[uuid.UUID | None, Query(description="Only this item's orders.")] = None,
 ) -> Page[OrderRead]:
@@ -52,6 +52,6 @@ async def list_orders(
 
 
 @router.get("/{order_id}", responses=problem_responses(404))
-async def get_order(order_id: uuid.UUID, session: SessionDep) -> OrderRead:
+async def get_order(order_id: uuid.UUID, session: ReadSessionDep) -> OrderRead:
     """Get one order with its item."""
     return OrderRead.model_validate(await service.get_order(session, order_id))

@@ -17,7 +17,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from app.core.application import build_app
 from app.core.config import Settings
-from app.core.db import NAMING_CONVENTION, SessionDep
+from app.core.db import NAMING_CONVENTION, ReadSessionDep, SessionDep
 from app.core.errors import AppError
 from app.core.pagination import Page, PageParamsDep, paginate
 from app.core.problems import problem_responses
@@ -72,6 +72,13 @@ async def echo(body: WidgetRead) -> WidgetRead:
 @router.get("/db")
 async def query_database(session: SessionDep, sql: str = "SELECT 1") -> int | None:
     """Runs the given statement: only ever reachable from these tests."""
+    value = await session.scalar(text(sql))
+    return value if isinstance(value, int) else None
+
+
+@router.get("/read")
+async def read_database(session: ReadSessionDep, sql: str = "SELECT 1") -> int | None:
+    """/db through the read-only session."""
     value = await session.scalar(text(sql))
     return value if isinstance(value, int) else None
 

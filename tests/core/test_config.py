@@ -33,6 +33,8 @@ def test_defaults(env: pytest.MonkeyPatch) -> None:
     assert settings.effective_log_format == "console"
     assert settings.cors_origins == []
     assert settings.db_pool_pre_ping is False
+    # A fixed-size pool: overflow connections would be opened and closed under bursts.
+    assert (settings.db_pool_size, settings.db_max_overflow) == (10, 0)
 
 
 @pytest.mark.parametrize(

@@ -1,42 +1,49 @@
 """Database failure semantics against a real Postgres: transient failures are 503
-with Retry-After, bugs stay 500, and nothing waits without a bound."""
+with Retry-After, bugs stay 500, and nothing waits without a bound, through either
+session dependency."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 from collections.abc import AsyncGenerator
+from contextlib import AsyncExitStack
 from typing import cast
 
 import pytest
 from httpx import AsyncClient
-from sqlalchemy import text
+from sqlalchemy import event, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.core.config import Settings
-from app.core.db import after_commit
+from app.core.db import after_commit, create_engine
 from app.core.db_errors import UNIQUE_VIOLATION, constraint_name, flush_or_raise, sqlstate
 from app.core.errors import AppError
 from tests.conftest import with_overrides
 from tests.core.conftest import CoreClientMaker, Widget
 from tests.core.problems import assert_problem
 
+# The same probe through SessionDep and through ReadSessionDep: the same failure semantics.
+THROUGH_EITHER_SESSION = pytest.mark.parametrize("route", ["/probe/db", "/probe/read"])
 
+
+@THROUGH_EITHER_SESSION
 async def test_statement_timeout_is_503(
-    make_core_client: CoreClientMaker, settings: Settings
+    make_core_client: CoreClientMaker, settings: Settings, route: str
 ) -> None:
     client = await make_core_client(
         with_overrides(settings, db_statement_timeout=0.2), isolated=False
     )
     started = time.perf_counter()
-    response = await client.get("/probe/db", params={"sql": "SELECT 1 FROM pg_sleep(5)"})
+    response = await client.get(route, params={"sql": "SELECT 1 FROM pg_sleep(5)"})
     assert_problem(response, 503)
     assert time.perf_counter() - started < 2
 
 
+@THROUGH_EITHER_SESSION
 async def test_lock_timeout_is_503_not_a_hang(
-    make_core_client: CoreClientMaker, settings: Settings, engine: AsyncEngine
+    make_core_client: CoreClientMaker, settings: Settings, engine: AsyncEngine, route: str
 ) -> None:
     """A row held by another transaction: the request gives up after DB_LOCK_TIMEOUT."""
     client = await make_core_client(with_overrides(settings, db_lock_timeout=0.2), isolated=False)
@@ -44,21 +51,20 @@ async def test_lock_timeout_is_503_not_a_hang(
         await holder.execute(text("CREATE TABLE IF NOT EXISTS core_test_locks (id int)"))
         await holder.commit()
         await holder.execute(text("LOCK TABLE core_test_locks IN ACCESS EXCLUSIVE MODE"))
-        response = await client.get(
-            "/probe/db", params={"sql": "SELECT count(*) FROM core_test_locks"}
-        )
+        response = await client.get(route, params={"sql": "SELECT count(*) FROM core_test_locks"})
         await holder.rollback()
         await holder.execute(text("DROP TABLE core_test_locks"))
         await holder.commit()
     assert_problem(response, 503)
 
 
+@THROUGH_EITHER_SESSION
 async def test_terminated_backend_is_503_then_recovers(
-    make_core_client: CoreClientMaker, settings: Settings, engine: AsyncEngine
+    make_core_client: CoreClientMaker, settings: Settings, engine: AsyncEngine, route: str
 ) -> None:
     """pg_terminate_backend on the app's pooled connections, as a failover or restart does."""
     client = await make_core_client(settings, isolated=False)
-    assert (await client.get("/probe/db")).status_code == 200  # a pooled connection exists
+    assert (await client.get(route)).status_code == 200  # a pooled connection exists
     async with engine.connect() as admin:
         await admin.execute(
             text(
@@ -69,14 +75,15 @@ async def test_terminated_backend_is_503_then_recovers(
         )
     # The tests' own pooled connections were idle too: start them afresh.
     await engine.dispose()
-    statuses = [(await client.get("/probe/db")).status_code for _ in range(3)]
+    statuses = [(await client.get(route)).status_code for _ in range(3)]
     assert 500 not in statuses
     assert statuses[0] == 503
     assert statuses[-1] == 200  # the dead connection was dropped from the pool
 
 
-async def test_a_bug_in_sql_stays_500(core_client: AsyncClient) -> None:
-    response = await core_client.get("/probe/db", params={"sql": "SELECT * FROM nowhere"})
+@THROUGH_EITHER_SESSION
+async def test_a_bug_in_sql_stays_500(core_client: AsyncClient, route: str) -> None:
+    response = await core_client.get(route, params={"sql": "SELECT * FROM nowhere"})
     assert_problem(response, 500)
 
 
@@ -130,14 +137,43 @@ async def test_after_commit_hooks_run_only_after_a_commit(
     assert ran == ["hook"]
 
 
-async def test_pool_wait_is_bounded(make_core_client: CoreClientMaker, settings: Settings) -> None:
+@THROUGH_EITHER_SESSION
+async def test_pool_wait_is_bounded(
+    make_core_client: CoreClientMaker, settings: Settings, route: str
+) -> None:
     """Every pooled connection busy: the next request is 503 after DB_POOL_TIMEOUT."""
     client = await make_core_client(
         with_overrides(settings, db_pool_size=1, db_max_overflow=0, db_pool_timeout=0.3),
         isolated=False,
     )
-    slow = asyncio.create_task(client.get("/probe/db", params={"sql": "SELECT 1 FROM pg_sleep(1)"}))
+    slow = asyncio.create_task(client.get(route, params={"sql": "SELECT 1 FROM pg_sleep(1)"}))
     await asyncio.sleep(0.2)
-    response = await client.get("/probe/db")
+    response = await client.get(route)
     assert_problem(response, 503)
     await slow
+
+
+async def hold_at_once(engine: AsyncEngine, count: int) -> None:
+    """A burst: `count` connections checked out together, then all returned."""
+    async with AsyncExitStack() as stack:
+        for _ in range(count):
+            await stack.enter_async_context(engine.connect())
+
+
+@pytest.mark.parametrize(("size", "overflow", "reopened"), [(10, 0, 0), (5, 5, 5)])
+async def test_overflow_connections_are_reopened_by_every_burst(
+    settings: Settings, size: int, overflow: int, reopened: int
+) -> None:
+    """Why the default pool has no overflow: an overflow connection is closed when it is
+    returned to a full pool, so each burst opens it again (a backend fork and auth)."""
+    engine = create_engine(with_overrides(settings, db_pool_size=size, db_max_overflow=overflow))
+    opened: list[object] = []
+    event.listen(engine.sync_engine, "connect", lambda connection, _: opened.append(connection))
+    try:
+        await hold_at_once(engine, size + overflow)
+        assert len(opened) == size + overflow
+        opened.clear()
+        await hold_at_once(engine, size + overflow)
+        assert len(opened) == reopened
+    finally:
+        await engine.dispose()
