@@ -14,6 +14,7 @@ import importlib
 import importlib.util
 import pkgutil
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from functools import lru_cache
 from typing import Annotated
 
@@ -185,14 +186,20 @@ async def get_read_session_factory(engine: EngineDep) -> async_sessionmaker[Asyn
     return create_read_session_factory(engine)
 
 
-async def get_read_session(
-    session_factory: Annotated[async_sessionmaker[AsyncSession], Depends(get_read_session_factory)],
+ReadSessionFactoryDep = Annotated[
+    async_sessionmaker[AsyncSession], Depends(get_read_session_factory)
+]
+
+
+@asynccontextmanager
+async def read_session(
+    session_factory: async_sessionmaker[AsyncSession],
 ) -> AsyncIterator[AsyncSession]:
-    """A read-only session per request, for handlers that read with one statement (a
-    page, a row and what it joins): no transaction, so each statement sees the data
-    committed when it starts, and two statements may see different data. Anything that
-    writes, or needs its reads to agree with each other, takes SessionDep. Never commits;
-    a write raises ReadOnlySessionError. Failures are classified as for SessionDep."""
+    """A read-only session, for reads that are one statement (a page, a row and what it
+    joins): no transaction, so each statement sees the data committed when it starts,
+    and two statements may see different data. Anything that writes, or needs its reads
+    to agree with each other, takes SessionDep. Never commits; a write raises
+    ReadOnlySessionError. Failures are classified as for SessionDep."""
     async with session_factory() as session:
         try:
             yield session
@@ -203,5 +210,13 @@ async def get_read_session(
             raise
 
 
+async def get_read_session(session_factory: ReadSessionFactoryDep) -> AsyncIterator[AsyncSession]:
+    """A read-only session per request (see read_session)."""
+    async with read_session(session_factory) as session:
+        yield session
+
+
 # scope="function": the connection goes back to the pool before the response is sent.
+# A handler that may not need the database at all (a cache hit) takes
+# ReadSessionFactoryDep instead and opens `read_session(factory)` only when it must.
 ReadSessionDep = Annotated[AsyncSession, Depends(get_read_session, scope="function")]

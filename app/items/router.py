@@ -6,7 +6,7 @@ import uuid
 
 from fastapi import APIRouter, Request, Response, status
 
-from app.core.db import ReadSessionDep, SessionDep
+from app.core.db import ReadSessionDep, ReadSessionFactoryDep, SessionDep
 from app.core.pagination import Page, PageParamsDep
 from app.core.problems import problem_responses
 from app.core.rate_limit import rate_limit
@@ -52,10 +52,12 @@ async def list_items(session: ReadSessionDep, page: PageParamsDep) -> Page[ItemR
 
 
 @router.get("/{item_id}", response_model=ItemRead, responses=problem_responses(404))
-async def get_item(item_id: uuid.UUID, session: SessionDep, cache: ItemCacheDep) -> Response:
+async def get_item(
+    item_id: uuid.UUID, cache: ItemCacheDep, sessions: ReadSessionFactoryDep
+) -> Response:
     """Get one item. Served from the cache when it can be: the cached body is sent
     as stored, without parsing it again."""
-    body = await service.get_item_body(session, cache, item_id)
+    body = await service.get_item_body(sessions, cache, item_id)
     return Response(body, media_type="application/json")
 
 

@@ -6,11 +6,15 @@ import uuid
 
 from httpx import AsyncClient
 from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.core.cache import ModelCache
 from app.core.config import Settings
+from app.core.db import get_read_session_factory
 from app.core.redis import OptionalRedis
 from app.items.schemas import ItemRead
+from app.main import create_app
+from tests.conftest import AppClientMaker
 from tests.items.helpers import ITEMS, create
 
 
@@ -75,3 +79,24 @@ async def test_a_refused_update_keeps_the_cache(
     await client.get(f"{ITEMS}/{item['id']}")
     assert (await client.patch(f"{ITEMS}/{item['id']}", json={"name": "taken"})).status_code == 409
     assert await redis.get(key) is not None
+
+
+async def test_a_hit_opens_no_database_session(
+    make_client: AppClientMaker,
+    settings: Settings,
+    read_session_factory: async_sessionmaker[AsyncSession],
+) -> None:
+    opened = 0
+
+    def counting_factory() -> AsyncSession:
+        nonlocal opened
+        opened += 1
+        return read_session_factory()
+
+    app = create_app(settings)
+    client = await make_client(settings, app)
+    app.dependency_overrides[get_read_session_factory] = lambda: counting_factory
+    item = await create(client, "hot")
+    for _ in range(3):
+        assert (await client.get(f"{ITEMS}/{item['id']}")).status_code == 200
+    assert opened == 1  # the first read's miss; the hits never made a session
