@@ -33,8 +33,8 @@ from sqlalchemy.ext.asyncio import (
 
 from alembic import command
 from app.core.config import Settings, load_settings
-from app.core.db import ReadOnlySession, create_engine, get_read_session_factory
-from app.core.state import get_session_factory
+from app.core.db import ReadOnlySession, create_engine
+from app.core.state import get_read_session_factory, get_session_factory
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -15,7 +15,7 @@ from fastapi.routing import APIRoute
 
 from app.core.body_limit import BodyLimitMiddleware
 from app.core.config import Settings
-from app.core.db import create_engine, create_session_factory
+from app.core.db import create_engine, create_read_session_factory, create_session_factory
 from app.core.docs import add_local_docs, fastapi_docs_url
 from app.core.errors import register_exception_handlers
 from app.core.logging import configure_logging
@@ -65,6 +65,7 @@ def build_app(
                     settings=settings,
                     engine=engine,
                     session_factory=create_session_factory(engine),
+                    read_session_factory=create_read_session_factory(engine),
                     redis=redis,
                     near_cache=near_cache,
                 )

@@ -151,9 +151,7 @@ def model_cache_provider[Model: BaseModel](
     """
     # Keyed by the worker's Redis client: one cache per app, even with several apps
     # in one process (the tests).
-    made: weakref.WeakKeyDictionary[OptionalRedis, ModelCache[Model]] = (
-        weakref.WeakKeyDictionary()
-    )
+    made: weakref.WeakKeyDictionary[OptionalRedis, ModelCache[Model]] = weakref.WeakKeyDictionary()
 
     async def provide(request: Request) -> ModelCache[Model]:
         state = app_state(request)

@@ -15,7 +15,6 @@ import importlib.util
 import pkgutil
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from functools import lru_cache
 from typing import Annotated
 
 import structlog
@@ -31,7 +30,7 @@ from sqlalchemy.orm import DeclarativeBase, ORMExecuteState, Session
 
 import app
 from app.core.config import Settings
-from app.core.state import EngineDep, SessionFactoryDep
+from app.core.state import ReadSessionFactoryDep, SessionFactoryDep
 
 logger = structlog.get_logger(__name__)
 
@@ -169,9 +168,6 @@ def _refuse_writing_statements(state: ORMExecuteState) -> None:
         raise ReadOnlySessionError
 
 
-# Once per engine, that is once per worker: deriving an engine costs about 15 µs, too
-# much per request. Bounded, so the many short-lived engines of the tests are let go.
-@lru_cache(maxsize=4)
 def create_read_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     """Read-only sessions on `engine`'s own pool, their connections in AUTOCOMMIT: no
     BEGIN or COMMIT is sent (the pool restores the isolation level on return)."""
@@ -180,15 +176,6 @@ def create_read_session_factory(engine: AsyncEngine) -> async_sessionmaker[Async
         expire_on_commit=False,
         sync_session_class=ReadOnlySession,
     )
-
-
-async def get_read_session_factory(engine: EngineDep) -> async_sessionmaker[AsyncSession]:
-    return create_read_session_factory(engine)
-
-
-ReadSessionFactoryDep = Annotated[
-    async_sessionmaker[AsyncSession], Depends(get_read_session_factory)
-]
 
 
 @asynccontextmanager

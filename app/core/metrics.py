@@ -93,7 +93,11 @@ DB_OVERFLOW = Gauge(
     "Connections open beyond each worker's DB_POOL_SIZE (at most DB_MAX_OVERFLOW each).",
     multiprocess_mode="livesum",
 )
-CACHE_HITS = Counter("cache_hits", "ModelCache reads served from the cache (a worker's copy or Redis).", ("resource",))
+CACHE_HITS = Counter(
+    "cache_hits",
+    "ModelCache reads served from the cache (a worker's copy or Redis).",
+    ("resource",),
+)
 CACHE_MISSES = Counter("cache_misses", "ModelCache reads that went to the database.", ("resource",))
 REDIS_BREAKER_STATE = Gauge(
     "redis_breaker_state",

@@ -23,6 +23,8 @@ class AppState(TypedDict):
     settings: Settings
     engine: AsyncEngine
     session_factory: async_sessionmaker[AsyncSession]
+    # Read-only sessions in AUTOCOMMIT on the same pool (app/core/db.py, ReadSessionDep).
+    read_session_factory: async_sessionmaker[AsyncSession]
     redis: OptionalRedis
     near_cache: NearCache
 
@@ -44,6 +46,10 @@ async def get_session_factory(request: Request) -> async_sessionmaker[AsyncSessi
     return app_state(request)["session_factory"]
 
 
+async def get_read_session_factory(request: Request) -> async_sessionmaker[AsyncSession]:
+    return app_state(request)["read_session_factory"]
+
+
 async def get_redis(request: Request) -> OptionalRedis:
     return app_state(request)["redis"]
 
@@ -51,4 +57,7 @@ async def get_redis(request: Request) -> OptionalRedis:
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 EngineDep = Annotated[AsyncEngine, Depends(get_engine)]
 SessionFactoryDep = Annotated[async_sessionmaker[AsyncSession], Depends(get_session_factory)]
+ReadSessionFactoryDep = Annotated[
+    async_sessionmaker[AsyncSession], Depends(get_read_session_factory)
+]
 RedisDep = Annotated[OptionalRedis, Depends(get_redis)]

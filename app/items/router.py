@@ -6,10 +6,11 @@ import uuid
 
 from fastapi import APIRouter, Request, Response, status
 
-from app.core.db import ReadSessionDep, ReadSessionFactoryDep, SessionDep
+from app.core.db import ReadSessionDep, SessionDep
 from app.core.pagination import Page, PageParamsDep
 from app.core.problems import problem_responses
 from app.core.rate_limit import rate_limit
+from app.core.state import ReadSessionFactoryDep
 from app.items import service
 from app.items.cache import ItemCacheDep
 from app.items.schemas import ItemCreate, ItemRead, ItemUpdate

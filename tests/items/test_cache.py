@@ -10,8 +10,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.core.cache import ModelCache
 from app.core.config import Settings
-from app.core.db import get_read_session_factory
 from app.core.redis import OptionalRedis
+from app.core.state import get_read_session_factory
 from app.items.schemas import ItemRead
 from app.main import create_app
 from tests.conftest import AppClientMaker
