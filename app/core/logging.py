@@ -3,8 +3,9 @@
 Two paths lead to the same line on stdout:
 - The app's own lines (`structlog.get_logger(__name__)`, the access line included) take
   structlog's fast path: a bound logger whose calls below the level are empty methods,
-  built once and cached, rendered by orjson and written to stdout as bytes. No
-  `logging` machinery in between: this is several times cheaper per line.
+  built once and cached, rendered by orjson and written to stdout as bytes, the lines
+  of one event-loop turn in one write (app/core/log_output.py). No `logging`
+  machinery in between: this is several times cheaper per line.
 - Records of libraries (uvicorn, gunicorn, SQLAlchemy, asyncio) go through the standard
   library's root handler, where structlog's `ProcessorFormatter` runs the same
   processors and renderer.
@@ -32,6 +33,7 @@ from structlog.tracebacks import ExceptionDictTransformer
 from structlog.typing import EventDict, Processor, WrappedLogger
 
 from app.core.config import LogFormat, LogLevel
+from app.core.log_output import CoalescedHandler, CoalescedLoggerFactory
 from app.core.request_id import current_request_id
 
 # Loggers of libraries whose records should flow to the root handler, not their own.
@@ -234,10 +236,9 @@ def build_logging_config(level: LogLevel, fmt: LogFormat) -> dict[str, Any]:
         },
         "handlers": {
             "stdout": {
-                "class": "logging.StreamHandler",
+                "()": CoalescedHandler,
                 "formatter": "structured",
                 "filters": ["skip_already_logged"],
-                "stream": "ext://sys.stdout",
             }
         },
         "root": {"handlers": ["stdout"], "level": level},
@@ -262,6 +263,6 @@ def configure_logging(level: LogLevel, fmt: LogFormat) -> None:
     structlog.configure(
         processors=app_processors(fmt),
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.BytesLoggerFactory(),
+        logger_factory=CoalescedLoggerFactory(),
         cache_logger_on_first_use=True,
     )

@@ -1,0 +1,102 @@
+"""Where the app's log lines go: stdout, one write per event-loop turn.
+
+Under load, an access line per request written on its own costs more than the
+request: each write is a system call, and on a container host each one wakes the
+runtime's log pipeline (containerd's shim, then dockerd's log driver), which takes
+CPU from the same cores. Measured with `make bench`, the access lines cut cached
+reads almost in half. So lines logged while the event loop runs are gathered and
+written together at the end of the loop's current turn (`call_soon`): a busy worker
+writes dozens of lines at once, an idle one writes each line a few microseconds later.
+
+Nothing waits on a timer, so nothing is held back: a line is out before the loop
+sleeps again. A worker killed with SIGKILL loses only the lines of the turn it was
+in. Outside the loop (start-up, scripts, other threads) a line is written at once.
+The app's lines (structlog) and the libraries' records (logging) share one output,
+so they stay in the order they were logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import logging
+import sys
+import threading
+from typing import Any, BinaryIO
+
+
+class CoalescedOutput:
+    """Complete lines, written in batches; each batch is one write() of whole lines."""
+
+    def __init__(self, stream: BinaryIO | None = None) -> None:
+        self._stream = stream  # None: whatever sys.stdout is when a batch is written
+        self._pending: list[bytes] = []
+        self._flush_scheduled = False
+        self._lock = threading.Lock()
+
+    def write_line(self, line: bytes) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        with self._lock:
+            self._pending.append(line)
+            if loop is not None and self._flush_scheduled:
+                return
+            self._flush_scheduled = loop is not None
+        if loop is None:
+            self.flush()
+        else:
+            loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        with self._lock:
+            lines, self._pending = self._pending, []
+            self._flush_scheduled = False
+        if lines:
+            stream = self._stream or sys.stdout.buffer
+            stream.write(b"".join(lines))
+            stream.flush()
+
+
+STDOUT = CoalescedOutput()
+atexit.register(STDOUT.flush)  # what the last turn of the loop had not written yet
+
+
+class CoalescedLogger:
+    """A structlog logger (what `BytesLogger` is) that hands its lines to a CoalescedOutput."""
+
+    def __init__(self, output: CoalescedOutput, name: str | None = None) -> None:
+        self._output = output
+        self.name = name  # what get_logger(name) was given: add_logger_name reads it
+
+    def msg(self, message: bytes) -> None:
+        self._output.write_line(message + b"\n")
+
+    log = debug = info = warn = warning = msg
+    fatal = failure = err = error = critical = exception = msg
+
+
+class CoalescedLoggerFactory:
+    """structlog's `logger_factory`: every logger shares one output, stdout by default."""
+
+    def __init__(self, output: CoalescedOutput = STDOUT) -> None:
+        self.output = output
+
+    def __call__(self, *args: Any) -> CoalescedLogger:
+        return CoalescedLogger(self.output, name=args[0] if args else None)
+
+
+class CoalescedHandler(logging.Handler):
+    """The standard library's handler for library records (uvicorn, gunicorn, SQLAlchemy):
+    the same output as the app's own lines, so both kinds stay in the order logged."""
+
+    def __init__(self, output: CoalescedOutput = STDOUT) -> None:
+        super().__init__()
+        self.output = output
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.output.write_line(self.format(record).encode() + b"\n")
+        except Exception:  # logging's contract: report, never raise
+            self.handleError(record)
