@@ -100,8 +100,13 @@ def default_workers(cpus: float) -> int:
 
 
 def db_connections_max(settings: Settings, worker_count: int) -> int:
-    """The most connections this instance can open to Postgres: one pool per worker."""
-    return worker_count * (settings.db_pool_size + settings.db_max_overflow)
+    """The most connections this instance can open to Postgres: per worker, its pool and,
+    with local cache copies on, the near cache's listener (app/core/near_cache.py)."""
+    return worker_count * (settings.db_pool_size + settings.db_max_overflow + _listener(settings))
+
+
+def _listener(settings: Settings) -> int:
+    return int(settings.cache_local_ttl_seconds > 0 and settings.cache_local_max_entries > 0)
 
 
 def check_connection_budget(settings: Settings, worker_count: int) -> str | None:
@@ -111,7 +116,8 @@ def check_connection_budget(settings: Settings, worker_count: int) -> str | None
         return None
     return (
         f"{worker_count} workers x (DB_POOL_SIZE {settings.db_pool_size} + DB_MAX_OVERFLOW "
-        f"{settings.db_max_overflow}) = {most} database connections at peak, over "
+        f"{settings.db_max_overflow} + cache listener {_listener(settings)}) = {most} database "
+        "connections at peak, over "
         f"DB_CONNECTION_BUDGET ({settings.db_connection_budget}): under load Postgres may refuse "
         "connections. Lower WEB_CONCURRENCY, DB_POOL_SIZE or DB_MAX_OVERFLOW, or raise the budget."
     )

@@ -53,9 +53,10 @@ def build_app(
         engine = create_engine(settings)
         redis = OptionalRedis.from_settings(settings)
         near_cache = NearCache(
-            redis,
+            settings.postgres_dsn,
             ttl_seconds=settings.cache_local_ttl_seconds,
             max_entries=settings.cache_local_max_entries,
+            connect_timeout=settings.db_connect_timeout,
         )
         gauges = worker_gauges(engine, redis) if settings.metrics_enabled else nullcontext()
         logger.info("started", environment=settings.environment)

@@ -13,9 +13,9 @@ and a deploy that changes the schema starts from empty keys instead of serving
 bodies of the old shape. Redis being down makes every read a miss (see
 OptionalRedis), never an error.
 
-With a `NearCache`, each worker also keeps the bodies it read last, and an
-invalidation reaches every worker by pub/sub (app/core/near_cache.py): a hot entry
-costs no round trip at all.
+With a `NearCache`, each worker also keeps the bodies it read last, and a writer's
+invalidation reaches every worker by Postgres NOTIFY, sent in the writer's own
+transaction (app/core/near_cache.py): a hot entry costs no round trip at all.
 """
 
 from __future__ import annotations
@@ -29,11 +29,12 @@ from collections.abc import Awaitable, Callable
 
 from fastapi import Request
 from pydantic import BaseModel
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.db import after_commit
 from app.core.metrics import cache_counters
-from app.core.near_cache import NearCache, invalidation_channel
+from app.core.near_cache import CHANNEL, NearCache
 from app.core.redis import OptionalRedis
 from app.core.state import app_state
 
@@ -52,11 +53,6 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
 end
 return nil
-"""
-# Drop the entry (and any lease) and tell every worker's near cache, in one step.
-_DELETE_AND_PUBLISH = """
-redis.call('DEL', KEYS[1])
-redis.call('PUBLISH', ARGV[1], KEYS[1])
 """
 
 
@@ -82,7 +78,6 @@ class ModelCache[Model: BaseModel]:
     ) -> None:
         self._redis = redis
         self._near = near
-        self._channel = invalidation_channel(redis)
         self._model = model
         self._ttl = ttl_seconds
         self._lease_seconds = lease_seconds
@@ -90,7 +85,6 @@ class ModelCache[Model: BaseModel]:
         # Sent by SHA (EVALSHA); redis-py loads them on first use.
         self._get_or_lease = redis.script(_GET_OR_LEASE)
         self._fill_if_leased = redis.script(_FILL_IF_LEASED)
-        self._delete_and_publish = redis.script(_DELETE_AND_PUBLISH)
         self._hits, self._misses = cache_counters(resource)
 
     def key(self, entity_id: object) -> str:
@@ -120,22 +114,28 @@ class ModelCache[Model: BaseModel]:
         self._misses.inc()
         body = (await load()).model_dump_json().encode()
         if found == lease:
-            filled = await self._redis.run(
+            await self._redis.run(
                 lambda _: self._fill_if_leased(keys=[key], args=[lease, body, self._ttl])
             )
-            if filled is not None and near is not None:
-                near.put(key, body, generation)
+        if near is not None:
+            # Also while Redis is down: the copy is dropped by NOTIFY like any other.
+            near.put(key, body, generation)
         return body
 
     async def invalidate(self, entity_id: object) -> None:
+        """Drop this worker's copy and the Redis entry (other workers hear of it by
+        NOTIFY: see invalidate_on_commit)."""
         key = self.key(entity_id)
         if self._near is not None:
-            self._near.evict(key)  # this worker at once; the others by the message
-        await self._redis.run(lambda _: self._delete_and_publish(keys=[key], args=[self._channel]))
+            self._near.evict(key)
+        await self._redis.run(lambda redis: redis.delete(key))
 
-    def invalidate_after_commit(self, session: AsyncSession, entity_id: object) -> None:
-        """Drop the entry once `session` commits. Before the commit would be too early:
-        a concurrent reader could still load and cache the old row."""
+    async def invalidate_on_commit(self, session: AsyncSession, entity_id: object) -> None:
+        """Call in the transaction that changes the entity. Every worker's near cache
+        is told when it commits (NOTIFY is transactional: nothing if it rolls back),
+        and the Redis entry is deleted after the commit. Before the commit would be
+        too early: a concurrent reader could still load and cache the old row."""
+        await session.execute(select(func.pg_notify(CHANNEL, self.key(entity_id))))
         after_commit(session, lambda: self.invalidate(entity_id))
 
 

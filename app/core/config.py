@@ -136,6 +136,11 @@ class Settings(LoggingSettings):
     def sqlalchemy_url(self) -> str:
         return str(self.database_url)
 
+    @property
+    def postgres_dsn(self) -> str:
+        """The same database as a plain postgresql:// URL, for asyncpg used directly."""
+        return self.sqlalchemy_url.replace("postgresql+asyncpg://", "postgresql://", 1)
+
 
 def describe_validation_error(exc: ValidationError) -> str:
     """One line per bad setting, named as its environment variable, without its value."""

@@ -1,26 +1,29 @@
-"""A worker's own copy of hot cache entries, kept honest by Redis pub/sub.
+"""A worker's own copy of hot cache entries, kept honest by Postgres LISTEN/NOTIFY.
 
 A Redis hit still costs a round trip: more than the rest of a cached read put
-together. So each worker keeps the bodies it read last in a dict, and drops one
-as soon as any worker invalidates it: `ModelCache` deletes the Redis key and
-publishes it on `invalidation_channel()` in one step, and every worker listens on that channel.
+together. So each worker keeps the bodies it read last in a dict, and drops one as
+soon as any worker changes the row behind it: `ModelCache.invalidate_on_commit`
+sends `NOTIFY` inside the writer's transaction, so Postgres delivers it to every
+listening worker exactly when the change commits, and never when it rolls back.
 
-A local copy is served only while the subscription is known to be live: the
-listener pings through it every HEARTBEAT_SECONDS, and a copy is trusted until
-TRUST_SECONDS after the last ping Redis answered (Redis delivers a channel's
-messages in order, so a pong proves nothing published before its ping was
-missed). Redis down, paused, or the connection lost: the copies are dropped and
-reads go back to Redis (then to the database) until the listener is back, so a
-worker that misses an invalidation serves a stale body for about a second at
-most. A copy also expires after `ttl` whatever happens.
+The invalidations travel with the data, not through Redis: a Redis outage leaves
+the copies correct (and serving, which is what keeps throughput up while Redis is
+down). A copy is served only while the listener is known to be live: it runs a
+`SELECT 1` on its connection every HEARTBEAT_SECONDS, and copies are trusted until
+TRUST_SECONDS after the last one that was answered (Postgres sends a listener the
+notifications of transactions committed before its query arrived ahead of the
+answer). Postgres down or the connection lost: the copies are dropped and reads
+go to Redis, then to Postgres, until the listener is back. A copy also expires
+after `ttl` whatever happens.
 
 The same guard as Redis's own client-side caching protects a fill racing an
 invalidation: a body is stored only if no invalidation arrived since its read
 began (`generation`).
 
-Written here rather than with Redis's client tracking (RESP3 push messages):
-redis-py's asyncio client does not support client-side caching, and plain
-pub/sub works with any Redis (and with RESP2).
+Costs one Postgres connection per worker (the listener's), counted in the
+connection budget. NOTIFY takes a lock at commit, so the transactions that
+invalidate commit one at a time: fine for a cache of resources written far less
+often than read, not for a firehose of writes.
 """
 
 from __future__ import annotations
@@ -31,40 +34,34 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import asyncpg
 import structlog
-from redis.exceptions import RedisError
-
-from app.core.redis import OptionalRedis
+from asyncpg.pool import PoolConnectionProxy
 
 logger = structlog.get_logger(__name__)
 
-
-def invalidation_channel(redis: OptionalRedis) -> str:
-    """The channel invalidations travel on. Channels are server-wide, so it names the
-    database number: two apps on one server with different databases stay apart."""
-    database = redis.client.connection_pool.connection_kwargs.get("db", 0)
-    return f"cache:invalidate:{database}"
-
-
+# Postgres channels are per database: two apps on one server never hear each other.
+CHANNEL = "cache_invalidate"
 HEARTBEAT_SECONDS = 0.25
 TRUST_SECONDS = 1.0
 
 
 class NearCache:
-    """Bodies by cache key, trusted only while the invalidation channel is live."""
+    """Bodies by cache key, trusted only while the invalidation listener is live."""
 
     def __init__(
         self,
-        redis: OptionalRedis,
+        dsn: str,
         *,
         ttl_seconds: float,
         max_entries: int,
+        connect_timeout: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._redis = redis
-        self._channel = invalidation_channel(redis)
+        self._dsn = dsn
         self._ttl = ttl_seconds
         self._max_entries = max_entries
+        self._connect_timeout = connect_timeout
         self._clock = clock
         self._entries: dict[str, tuple[float, bytes]] = {}
         self._trusted_until = 0.0
@@ -97,7 +94,7 @@ class NearCache:
 
     def put(self, key: str, body: bytes, generation: int) -> None:
         """Keep `body`, read when `generation` was current, unless something was
-        invalidated since or the channel is not live."""
+        invalidated since or the listener is not live."""
         if not self.enabled or generation != self.generation or not self.live:
             return
         if len(self._entries) >= self._max_entries and key not in self._entries:
@@ -116,6 +113,15 @@ class NearCache:
     def _distrust(self) -> None:
         self._trusted_until = 0.0
         self._forget_all()
+
+    def _on_notification(
+        self,
+        _: asyncpg.Connection[Any] | PoolConnectionProxy[Any],
+        __: int,
+        ___: str,
+        key: object,
+    ) -> None:
+        self.evict(str(key))
 
     @contextlib.asynccontextmanager
     async def listening(self) -> AsyncIterator[None]:
@@ -136,7 +142,7 @@ class NearCache:
         while True:
             try:
                 await self._listen()
-            except (RedisError, OSError, TimeoutError) as exc:
+            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 if self._listening:
                     logger.warning("cache invalidations lost; local copies off", error=repr(exc))
                 self._listening = False
@@ -150,27 +156,23 @@ class NearCache:
             await asyncio.sleep(HEARTBEAT_SECONDS)
 
     async def _listen(self) -> None:
-        async with self._redis.client.pubsub() as pubsub:
-            # The question in flight (the subscription, then each ping) and when it left.
-            asked_at: float | None = self._clock()
-            answered_at = 0.0
-            await pubsub.subscribe(self._channel)
-            self._forget_all()  # whatever was published before this subscription
+        connection: asyncpg.Connection[Any] = await asyncpg.connect(
+            self._dsn,
+            timeout=self._connect_timeout,
+            server_settings={"application_name": "near-cache-listener"},
+        )
+        try:
+            await connection.add_listener(CHANNEL, self._on_notification)
+            self._forget_all()  # whatever changed before we listened
             while True:
-                message: dict[str, Any] | None = await pubsub.get_message(timeout=HEARTBEAT_SECONDS)
-                if message is not None and message["type"] == "message":
-                    self.evict(message["data"].decode())
-                    continue
-                now = self._clock()
-                if message is not None and asked_at is not None:  # "subscribe" or "pong"
-                    # Everything published before the question left has reached us.
-                    answered_at, asked_at = asked_at, None
-                    self._trusted_until = answered_at + TRUST_SECONDS
-                    if not self._listening:
-                        logger.info("cache invalidations live; local copies on")
-                        self._listening = True
-                if asked_at is None and now - answered_at >= HEARTBEAT_SECONDS:
-                    asked_at = now
-                    await pubsub.ping()
-                elif asked_at is not None and now - asked_at >= TRUST_SECONDS:
-                    raise TimeoutError("Redis did not answer on the invalidation channel")
+                asked_at = self._clock()
+                await connection.fetchval("SELECT 1", timeout=TRUST_SECONDS)
+                # Every change committed before the question has reached us.
+                self._trusted_until = asked_at + TRUST_SECONDS
+                if not self._listening:
+                    logger.info("cache invalidations live; local copies on")
+                    self._listening = True
+                await asyncio.sleep(HEARTBEAT_SECONDS)
+        finally:
+            # A silent server must not hold the listener: close without waiting for it.
+            connection.terminate()

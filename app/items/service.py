@@ -71,7 +71,7 @@ async def update_item(
     for field, value in changes.model_dump(exclude_unset=True).items():
         setattr(item, field, value)
     await flush_or_raise(session, NAME_TAKEN)
-    cache.invalidate_after_commit(session, item_id)
+    await cache.invalidate_on_commit(session, item_id)
     return item
 
 
@@ -79,4 +79,4 @@ async def delete_item(session: AsyncSession, cache: ItemCache, item_id: uuid.UUI
     item = await get_item(session, item_id, for_update=True)
     await session.delete(item)
     await flush_or_raise(session, {FOREIGN_KEY_VIOLATION: ItemInUse})
-    cache.invalidate_after_commit(session, item_id)
+    await cache.invalidate_on_commit(session, item_id)

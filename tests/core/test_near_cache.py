@@ -1,6 +1,7 @@
-"""The near cache on a real Redis: each "worker" here is its own client, near cache
-and listener, as in two Gunicorn workers. Local copies serve hot reads; an
-invalidation by any worker reaches the others; a silent channel turns them off."""
+"""The near cache on a real Postgres and Redis: each "worker" here has its own Redis
+client, near cache and listener, as two Gunicorn workers do. Local copies serve hot
+reads; a committed change reaches every worker by NOTIFY (a rolled-back one never
+does); a silent or lost listener turns the copies off; Redis being down does not."""
 
 from __future__ import annotations
 
@@ -13,12 +14,14 @@ from contextlib import AsyncExitStack
 import pytest
 from pydantic import BaseModel
 from redis.asyncio import Redis
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from app.core.cache import ModelCache
 from app.core.config import Settings
-from app.core.near_cache import TRUST_SECONDS, NearCache
+from app.core.near_cache import HEARTBEAT_SECONDS, TRUST_SECONDS, NearCache
 from app.core.redis import OptionalRedis
-from tests.conftest import UNREACHABLE_REDIS, with_overrides
+from tests.conftest import UNREACHABLE_POSTGRES, UNREACHABLE_REDIS, with_overrides
 
 
 class Thing(BaseModel):
@@ -31,7 +34,9 @@ class Worker:
 
     def __init__(self, settings: Settings, *, ttl_seconds: float = 60, max_entries: int = 100):
         self.redis = OptionalRedis.from_settings(settings)
-        self.near = NearCache(self.redis, ttl_seconds=ttl_seconds, max_entries=max_entries)
+        self.near = NearCache(
+            settings.postgres_dsn, ttl_seconds=ttl_seconds, max_entries=max_entries
+        )
         self.cache = ModelCache(
             self.redis, resource="things", model=Thing, ttl_seconds=60, near=self.near
         )
@@ -49,6 +54,14 @@ class Worker:
 
 
 WorkerMaker = Callable[..., Awaitable[Worker]]
+
+
+async def change(engine: AsyncEngine, worker: Worker, thing_id: uuid.UUID) -> None:
+    """What a writer does: invalidate in its transaction, commit, then run the
+    after-commit hook (SessionDep runs it in the app)."""
+    async with AsyncSession(engine) as session, session.begin():
+        await worker.cache.invalidate_on_commit(session, thing_id)
+    await worker.cache.invalidate(thing_id)
 
 
 async def until(condition: Callable[[], bool], seconds: float = 2 * TRUST_SECONDS) -> None:
@@ -104,8 +117,8 @@ async def test_a_redis_hit_is_kept_locally(
     assert (one.loads, two.loads) == (1, 0)
 
 
-async def test_an_invalidation_by_one_worker_reaches_the_others(
-    start_worker: WorkerMaker, settings: Settings
+async def test_a_change_committed_by_one_worker_reaches_the_others(
+    start_worker: WorkerMaker, settings: Settings, engine: AsyncEngine
 ) -> None:
     one, two = await start_worker(settings), await start_worker(settings)
     thing = Thing(id=uuid.uuid4(), name="old")
@@ -113,16 +126,30 @@ async def test_an_invalidation_by_one_worker_reaches_the_others(
     await two.read(thing)
     key = one.cache.key(thing.id)
 
-    await one.cache.invalidate(thing.id)  # what a writer in worker one does after commit
+    await change(engine, one, thing.id)
     assert one.near.get(key) is None  # its own copy at once
-    await until(lambda: two.near.get(key) is None)  # the other's by the message
+    await until(lambda: two.near.get(key) is None)  # the other's by NOTIFY
 
     renamed = Thing(id=thing.id, name="new")
     assert await two.read(renamed) == renamed
 
 
+async def test_a_change_rolled_back_tells_nobody(
+    start_worker: WorkerMaker, settings: Settings, engine: AsyncEngine
+) -> None:
+    one, two = await start_worker(settings), await start_worker(settings)
+    thing = Thing(id=uuid.uuid4(), name="kept")
+    await two.read(thing)
+    async with AsyncSession(engine) as session:
+        await session.begin()
+        await one.cache.invalidate_on_commit(session, thing.id)
+        await session.rollback()
+    await asyncio.sleep(2 * HEARTBEAT_SECONDS)  # a NOTIFY would have arrived by now
+    assert two.near.get(two.cache.key(thing.id)) is not None
+
+
 async def test_a_read_racing_an_invalidation_keeps_no_local_copy(
-    start_worker: WorkerMaker, settings: Settings
+    start_worker: WorkerMaker, settings: Settings, engine: AsyncEngine
 ) -> None:
     """The read began before the invalidation: what it got may be the old body, so it
     may answer with it, but must not keep it."""
@@ -137,7 +164,7 @@ async def test_a_read_racing_an_invalidation_keeps_no_local_copy(
 
     reader = asyncio.create_task(worker.cache.get_or_load(thing_id, slow_old_row))
     await loaded.wait()
-    await worker.cache.invalidate(thing_id)
+    await change(engine, worker, thing_id)
     release.set()
     await reader
     assert worker.near.get(worker.cache.key(thing_id)) is None
@@ -160,31 +187,50 @@ async def test_a_silent_channel_stops_local_copies_within_the_trust_window(
         await worker.redis.aclose()
 
 
-async def test_a_lost_subscription_drops_local_copies_and_comes_back(
-    start_worker: WorkerMaker, settings: Settings, redis: Redis
+async def test_a_lost_listener_drops_local_copies_and_comes_back(
+    start_worker: WorkerMaker, settings: Settings, engine: AsyncEngine
 ) -> None:
     worker = await start_worker(settings)
     thing = Thing(id=uuid.uuid4(), name="cached")
     await worker.read(thing)
     key = worker.cache.key(thing.id)
 
-    await redis.client_kill_filter(_type="pubsub")  # what a Redis restart does to it
+    async with engine.connect() as connection:  # what a Postgres restart does to it
+        await connection.execute(
+            text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE application_name = 'near-cache-listener'"
+            )
+        )
     await until(lambda: worker.near.get(key) is None)
-    await until(lambda: worker.near.live)  # the listener subscribed again
+    await until(lambda: worker.near.live)  # the listener is back
     await worker.read(thing)
     assert worker.near.get(key) is not None
 
 
-async def test_redis_down_means_no_local_copies_and_every_read_loads(
+async def test_with_redis_down_copies_are_still_kept_and_served(
     start_worker: WorkerMaker, settings: Settings
 ) -> None:
-    worker = await start_worker(with_overrides(settings, redis_url=UNREACHABLE_REDIS), listen=False)
+    """Invalidations travel through Postgres, so a Redis outage costs the copies nothing:
+    a read loads from the database once, then the copy serves."""
+    worker = await start_worker(with_overrides(settings, redis_url=UNREACHABLE_REDIS))
+    thing = Thing(id=uuid.uuid4(), name="kept locally")
+    for _ in range(3):
+        assert await worker.read(thing) == thing
+    assert worker.loads == 1
+
+
+async def test_postgres_unreachable_means_no_local_copies(
+    start_worker: WorkerMaker, settings: Settings
+) -> None:
+    unreachable = with_overrides(settings, database_url=UNREACHABLE_POSTGRES)
+    worker = await start_worker(unreachable, listen=False)
     async with worker.near.listening():
-        thing = Thing(id=uuid.uuid4(), name="uncached")
-        for _ in range(3):
-            assert await worker.read(thing) == thing
+        thing = Thing(id=uuid.uuid4(), name="from Redis only")
+        await worker.read(thing)
+        await asyncio.sleep(HEARTBEAT_SECONDS)
         assert not worker.near.live
-    assert worker.loads == 3
+        assert worker.near.get(worker.cache.key(thing.id)) is None
 
 
 async def test_copies_expire_and_the_oldest_goes_first_when_full(
