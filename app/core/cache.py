@@ -128,7 +128,7 @@ class ModelCache[Model: BaseModel]:
         key = self.key(entity_id)
         if self._near is not None:
             self._near.evict(key)
-        await self._redis.run(lambda redis: redis.delete(key))
+        await self._redis.delete(key)
 
     async def invalidate_on_commit(self, session: AsyncSession, entity_id: object) -> None:
         """Call in the transaction that changes the entity. Every worker's near cache

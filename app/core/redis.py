@@ -7,7 +7,8 @@ once (a cache miss, an unlimited request) instead of each waiting for a timeout.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import asyncio
+from collections.abc import Awaitable, Callable, Iterable
 
 import structlog
 from redis.asyncio import BlockingConnectionPool, Redis
@@ -21,6 +22,10 @@ from app.core.config import Settings
 from app.core.metrics import breaker_opened
 
 logger = structlog.get_logger(__name__)
+
+# Keys whose delete could not reach Redis, kept to delete once it answers again. Bounded:
+# past it, the oldest are forgotten and those entries simply expire with their TTL.
+MAX_PENDING_DELETES = 10_000
 
 
 def create_redis_client(settings: Settings) -> Redis:
@@ -45,6 +50,8 @@ class OptionalRedis:
         self.client = client
         self.breaker = breaker
         self._scripts: dict[str, AsyncScript] = {}
+        self._pending_deletes: dict[str, None] = {}  # an ordered set
+        self._retrying: asyncio.Task[None] | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> OptionalRedis:
@@ -78,7 +85,40 @@ class OptionalRedis:
         if self.breaker.state is not BreakerState.CLOSED:
             logger.info("redis available again")
         self.breaker.record_success()
+        if self._pending_deletes and self._retrying is None:
+            self._retrying = asyncio.create_task(self._delete_pending())
         return result
 
+    @property
+    def pending_deletes(self) -> int:
+        """Deletes waiting for Redis to answer again."""
+        return len(self._pending_deletes)
+
+    async def delete(self, *keys: str) -> None:
+        """Delete `keys` now or, if Redis is unavailable, as soon as it answers again: a
+        cached copy of data that changed during an outage (a paused Redis keeps its data)
+        must not be served for the rest of its TTL afterwards."""
+        if await self.run(lambda redis: redis.delete(*keys)) is None:
+            self._defer(keys)
+
+    def _defer(self, keys: Iterable[str]) -> None:
+        for key in keys:
+            self._pending_deletes[key] = None
+        while len(self._pending_deletes) > MAX_PENDING_DELETES:
+            del self._pending_deletes[next(iter(self._pending_deletes))]
+
+    async def _delete_pending(self) -> None:
+        keys = list(self._pending_deletes)
+        self._pending_deletes.clear()
+        try:
+            if await self.run(lambda redis: redis.delete(*keys)) is None:
+                self._defer(keys)
+            else:
+                logger.info("deleted entries changed while redis was unavailable", count=len(keys))
+        finally:
+            self._retrying = None
+
     async def aclose(self) -> None:
+        if self._retrying is not None:
+            self._retrying.cancel()
         await self.client.aclose()

@@ -12,7 +12,7 @@ from redis.asyncio import Redis
 
 from app.core.breaker import BreakerState
 from app.core.config import Settings
-from app.core.redis import OptionalRedis
+from app.core.redis import MAX_PENDING_DELETES, OptionalRedis
 from tests.conftest import UNREACHABLE_REDIS, with_overrides
 
 
@@ -71,3 +71,38 @@ async def test_redis_down_is_skipped_and_comes_back(settings: Settings) -> None:
     assert await live.run(ping) is True
     assert live.state is BreakerState.CLOSED
     await live.aclose()
+
+
+async def test_a_delete_redis_missed_happens_once_it_answers_again(
+    settings: Settings, redis: Redis
+) -> None:
+    """A paused Redis keeps its data: an entry whose delete was skipped during the outage
+    would be served, stale, for the rest of its TTL. It is deleted when Redis is back."""
+    client = OptionalRedis.from_settings(settings)
+    await redis.set("cache:changed", b"old")
+    for _ in range(settings.redis_breaker_failures):  # what an outage leaves behind
+        client.breaker.record_failure()
+    assert client.state is BreakerState.OPEN
+    await client.delete("cache:changed")
+    assert await redis.get("cache:changed") == b"old"  # skipped, remembered
+    assert client.pending_deletes == 1
+
+    client.breaker.record_success()  # the cool-down is over and a probe got through
+    assert await client.run(ping) is True  # any call that succeeds sends the deletes
+    for _ in range(100):
+        if await redis.get("cache:changed") is None:
+            break
+        await asyncio.sleep(0.01)
+    assert await redis.get("cache:changed") is None
+    assert client.pending_deletes == 0
+    await client.aclose()
+
+
+async def test_deletes_kept_for_later_are_bounded(settings: Settings) -> None:
+    client = OptionalRedis.from_settings(with_overrides(settings, redis_url=UNREACHABLE_REDIS))
+    keys = [f"cache:{n}" for n in range(MAX_PENDING_DELETES + 5)]
+    for key in keys:
+        client.breaker.record_failure()
+        await client.delete(key)
+    assert client.pending_deletes == MAX_PENDING_DELETES  # the oldest forgotten first
+    await client.aclose()
