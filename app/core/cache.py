@@ -3,7 +3,7 @@
 Correct under concurrent writes: a reader that misses takes a lease (a unique
 token, SET NX) *before* it reads the database, and stores the row only if its
 lease is still there. Writers delete the key after their commit
-(`invalidate_after_commit`), which also deletes any lease, so a reader holding a
+(`invalidate_on_commit`), which also deletes any lease, so a reader holding a
 row read before the write cannot put it back: a deleted item is never served
 from the cache, an updated one never reverts.
 
