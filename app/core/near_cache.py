@@ -8,13 +8,16 @@ listening worker exactly when the change commits, and never when it rolls back.
 
 The invalidations travel with the data, not through Redis: a Redis outage leaves
 the copies correct (and serving, which is what keeps throughput up while Redis is
-down). A copy is served only while the listener is known to be live: it runs a
-`SELECT 1` on its connection every HEARTBEAT_SECONDS, and copies are trusted until
-TRUST_SECONDS after the last one that was answered (Postgres sends a listener the
-notifications of transactions committed before its query arrived ahead of the
-answer). Postgres down or the connection lost: the copies are dropped and reads
-go to Redis, then to Postgres, until the listener is back. A copy also expires
-after `ttl` whatever happens.
+down). A copy is served only while the listener is known to be live: every
+HEARTBEAT_SECONDS it notifies itself on a channel of its own, and copies are
+trusted until TRUST_SECONDS after it sent the last heartbeat that came back.
+Postgres delivers a listener's notifications in commit order, so a heartbeat back
+means every invalidation committed before it has arrived; and it proves the LISTEN
+is live end to end (behind a transaction-mode pooler such as PgBouncer it is not,
+the heartbeat never comes back, and the copies stay off rather than going stale).
+Postgres down or the connection lost: the copies are dropped and reads go to
+Redis, then to Postgres, until the listener is back. A copy also expires after
+`ttl` whatever happens.
 
 The same guard as Redis's own client-side caching protects a fill racing an
 invalidation: a body is stored only if no invalidation arrived since its read
@@ -30,7 +33,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -161,14 +166,27 @@ class NearCache:
             timeout=self._connect_timeout,
             server_settings={"application_name": "near-cache-listener"},
         )
+        # This listener's own channel: only its heartbeats travel on it.
+        heartbeats = f"cache_heartbeat_{uuid.uuid4().hex}"
+        arrived: asyncio.Queue[str] = asyncio.Queue()
+
+        def on_heartbeat(_: object, __: int, ___: str, payload: object) -> None:
+            arrived.put_nowait(str(payload))
+
         try:
             await connection.add_listener(CHANNEL, self._on_notification)
+            await connection.add_listener(heartbeats, on_heartbeat)
             self._forget_all()  # whatever changed before we listened
-            while True:
-                asked_at = self._clock()
-                await connection.fetchval("SELECT 1", timeout=TRUST_SECONDS)
-                # Every change committed before the question has reached us.
-                self._trusted_until = asked_at + TRUST_SECONDS
+            for beat in itertools.count():
+                sent_at = self._clock()
+                await connection.execute(
+                    "SELECT pg_notify($1, $2)", heartbeats, str(beat), timeout=TRUST_SECONDS
+                )
+                async with asyncio.timeout(TRUST_SECONDS):
+                    while await arrived.get() != str(beat):
+                        pass
+                # Every change committed before this heartbeat has reached us.
+                self._trusted_until = sent_at + TRUST_SECONDS
                 if not self._listening:
                     logger.info("cache invalidations live; local copies on")
                     self._listening = True
