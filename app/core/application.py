@@ -12,6 +12,7 @@ import structlog
 from fastapi import APIRouter, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.routing import APIRoute
+from fastapi.telemetry import TelemetryConfig
 
 from app.core.body_limit import BodyLimitMiddleware
 from app.core.config import Settings
@@ -28,6 +29,9 @@ from app.core.request_id import REQUEST_ID_HEADER
 from app.core.state import AppState
 
 logger = structlog.get_logger(__name__)
+
+# FastAPI's own OpenTelemetry, all of it: see OPENTELEMETRY_ENABLED in app/core/config.py.
+_TELEMETRY_OFF: TelemetryConfig = {"tracing": False, "metrics": False, "logs": False}
 
 
 def operation_id(route: APIRoute) -> str:
@@ -85,6 +89,7 @@ def build_app(
         swagger_ui_oauth2_redirect_url=None,
         generate_unique_id_function=operation_id,
         responses=problem_responses(500),
+        telemetry=None if settings.opentelemetry_enabled else _TELEMETRY_OFF,
     )
     for router in routers:
         app.include_router(router)
