@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 
-from fastapi import APIRouter, FastAPI
+from fastapi import FastAPI
 
 from app.core.application import build_app
 from app.core.config import Settings, SettingsError, get_settings
@@ -18,12 +18,14 @@ VERSION = "0.1.0"
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    api_v1 = APIRouter(prefix="/api/v1")
-    api_v1.include_router(items_router)
-    api_v1.include_router(orders_router)
     return build_app(
         settings or get_settings(),
-        routers=[health_router, api_v1],
+        routers=[health_router],
+        # Served under /api/v1, in this order; `make resource` adds new ones at the end.
+        api_routers=[
+            items_router,
+            orders_router,
+        ],
         title=TITLE,
         version=VERSION,
     )

