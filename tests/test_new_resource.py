@@ -82,7 +82,9 @@ def test_main_and_the_contract_are_wired_once(checkout: Path) -> None:
     main = (checkout / "app/main.py").read_text()
     assert main.count("from app.probes.router import router as probes_router\n") == 1
     # Last in the list of routers served under /api/v1, after the existing ones.
-    assert "            orders_router,\n            probes_router,\n        ],\n" in main
+    assert main.count("            probes_router,\n") == 1
+    assert "            items_router,\n" in main.split("probes_router,")[0]
+    assert "            probes_router,\n        ],\n" in main
     pyproject = (checkout / "pyproject.toml").read_text()
     assert '    "app.probes",\n' in pyproject
     assert '    "tests.probes",\n' in pyproject
