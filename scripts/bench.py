@@ -7,9 +7,10 @@
 
 Every server runs the production image with the same environment, 2 workers and the
 same CPU limit (bench/compose.yml); wrk loads one at a time from a container on the
-same network. Rows are interleaved round by round, so a noisy neighbour slows all of
-them alike, and each row keeps its best round. The bars are ratios between rows, which
-hold from one machine to another; absolute figures do not.
+same network. Rows are interleaved round by round (in reverse order every other round),
+so a noisy neighbour slows all of them alike, and each row keeps its best round. The
+bars are ratios between rows, which hold from one machine to another; absolute figures
+do not.
 
 Settings (environment): BENCH_SHORT=1 (a few seconds a row, for CI), BENCH_STRICT=0
 (report missed ratio bars without failing; over 1 % errors always fails), BENCH_ROUNDS,
@@ -450,7 +451,10 @@ def measure() -> dict[str, Any]:
         for row in group:
             wrk(row, item_id, WARMUP_SECONDS)
         for number in range(1, ROUNDS + 1):
-            for row in group:
+            # Odd rounds in order, even rounds in reverse: no row always runs right after
+            # the same one (the bare app's row, the busiest, would otherwise always
+            # precede /health's and tilt the Gunicorn vs uvicorn ratio).
+            for row in group if number % 2 else reversed(group):
                 measurement = wrk(row, item_id, SECONDS)
                 results[row.key].rounds.append(measurement)
                 log(f"round {number} {row.key:8} {measurement.rps:9,.0f} requests/s")
