@@ -30,8 +30,8 @@ log() { printf 'deploy-check [%3ds] %s\n' $((SECONDS - started)) "$*"; }
 fail() {
   printf '\ndeploy-check FAILED: %s\n' "$*" >&2
   "${COMPOSE[@]}" ps -a >&2 || true
-  printf '\n--- errors the proxy logged ---\n' >&2
-  "${COMPOSE[@]}" logs --no-color proxy | grep -E '"status":5|"level":"(error|warn)"' | tail -20 >&2 || true
+  printf '\n--- errors the proxy logged, and its health checks ---\n' >&2
+  "${COMPOSE[@]}" logs --no-color proxy | grep -E '"status":5|"level":"(error|warn)"|health_checker' | tail -30 >&2 || true
   exit 1
 }
 cleanup() {
