@@ -80,11 +80,11 @@ ROWS = (
     Row("bare", "bare ASGI app, Gunicorn", "bare", "/health"),
     Row("health", "GET /health, Gunicorn", "gunicorn", "/health"),
     Row("uvicorn", "GET /health, uvicorn --workers 2", "uvicorn", "/health"),
-    Row("item", "GET /api/v1/items/{id}, cached", "gunicorn", "/api/v1/items/{id}"),
-    Row("page", "GET /api/v1/items?limit=20", "gunicorn", "/api/v1/items?limit=20"),
+    Row("item", "GET /api/v1/items/{id}, cached", "app", "/api/v1/items/{id}"),
+    Row("page", "GET /api/v1/items?limit=20", "app", "/api/v1/items?limit=20"),
     # Runs only when bench/metrics.env exists (the settings that turn metrics on).
     Row("metrics", "GET /health, metrics on", "metrics", "/health"),
-    Row("create", "POST /api/v1/items", "gunicorn", "/api/v1/items", script="create.lua"),
+    Row("create", "POST /api/v1/items", "app", "/api/v1/items", script="create.lua"),
 )
 BARS = (
     Bar("/health >= 0.40 x bare", "health", "bare", 0.40),
@@ -197,7 +197,7 @@ def seed_items() -> str:
     """Create items through the API and return one id for the cached-read row."""
     log(f"seeding {SEED_ITEMS} items")
     script = (BENCH / "seed.py").read_text()
-    return compose("exec", "-T", "gunicorn", "python", "-", str(SEED_ITEMS), stdin=script).strip()
+    return compose("exec", "-T", "app", "python", "-", str(SEED_ITEMS), stdin=script).strip()
 
 
 # -------------------------------------------------------------------------------- wrk
@@ -442,8 +442,8 @@ def cpu_model() -> str:
 def measure() -> dict[str, Any]:
     rows = selected_rows()
     results = {row.key: RowResult(row.key, row.label) for row in rows}
-    start_stack(list(dict.fromkeys([*servers(rows), "gunicorn"])))  # gunicorn takes the seed
-    boot_cpu = boot_cpu_seconds("gunicorn")
+    start_stack(list(dict.fromkeys([*servers(rows), "app"])))  # app takes the seed
+    boot_cpu = boot_cpu_seconds("app")
     item_id = seed_items()
     reads, writes = [r for r in rows if not r.script], [r for r in rows if r.script]
     for group in (reads, writes):
@@ -557,10 +557,10 @@ def profile(target: str) -> int:
     RESULTS.mkdir(exist_ok=True)
     run("docker", "build", "-q", "-t", PY_SPY_IMAGE, "-f", "bench/py-spy.Dockerfile", "bench")
     try:
-        start_stack(["gunicorn"])
+        start_stack(list(dict.fromkeys([row.server, "app"])))  # app takes the seed
         item_id = seed_items()
         wrk(row, item_id, WARMUP_SECONDS)
-        container = compose("ps", "-q", "gunicorn").strip()
+        container = compose("ps", "-q", row.server).strip()
         url = url_for(row, item_id)
         script = ["-s", f"/bench/{row.script}", url, "--", "profile"] if row.script else [url]
         # Longer than the recording and its sidecar's start; stopped with the stack.
