@@ -144,10 +144,33 @@ for encoding in content-length chunked; do
     -H 'content-type: application/json' --data-binary "@$big" "$BASE/api/v1/items")
   [ "$status" = 413 ] || { rm -f "$big"; fail "1.1 MB body ($encoding): expected 413, got $status" proxy; }
 done
+# The proxy's own 413 carries a request id, in its header and in its body, like the api's errors.
+refused=$(curl -sS -D - --max-time 20 -H 'content-type: application/json' --data-binary "@$big" \
+  "$BASE/api/v1/items" | tr -d '\r')
 rm -f "$big"
+rid=$(sed -nE 's/^[Xx]-[Rr]equest-[Ii][Dd]: (.+)$/\1/p' <<<"$refused")
+[ -n "$rid" ] && [[ "$refused" == *"\"request_id\":\"$rid\""* ]] ||
+  fail "the proxy's 413 lacks a request id in its header and body: $refused" proxy
 request GET "/api/v1/items?limit=1"
 expect 200 "a request after the refused bodies"
-log "proxy: nosniff, no HSTS over HTTP, 1.1 MB bodies refused with 413 (sized and chunked)"
+log "proxy: nosniff, no HSTS over HTTP, 1.1 MB bodies refused with 413 (sized and chunked), with a request id"
+
+# Request ids from the edge: the proxy gives a request without one its UUID, which the
+# api keeps and logs; a well-formed id the client sends is kept as it is.
+rid=$(sed -nE 's/^x-request-id: (.+)$/\1/p' <<<"$HEADERS")
+[[ "$rid" =~ ^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$ ]] ||
+  fail "expected the proxy's UUID as the request id, got '$rid'" proxy
+logged_by_api() { # not `logs | grep -q`: grep's early exit would fail the pipeline (pipefail)
+  [[ "$("${COMPOSE[@]}" logs --no-color api-a api-b)" == *"\"request_id\":\"$1\""* ]]
+}
+for _ in $(seq 20); do # the log lines reach `docker compose logs` within moments
+  if logged_by_api "$rid"; then break; fi
+  sleep 0.25
+done
+logged_by_api "$rid" || fail "the api logged no line with the proxy's request id $rid" api
+sent=$(curl -sS -o /dev/null -D - --max-time 20 -H 'X-Request-ID: e2e-trace-1' "$BASE/health" | tr -d '\r')
+grep -qix 'x-request-id: e2e-trace-1' <<<"$sent" || fail "the client's request id was not kept: $sent" proxy
+log "request ids: the proxy's UUID reaches the api's log lines; a client's own id is kept"
 
 # Postgres: the api's role reads and writes the tables and nothing else; the owner
 # role ran the migrations; the api holds neither role's password but its own URL.
