@@ -36,7 +36,7 @@ fail() {
 }
 cleanup() {
   [ -z "$load_pid" ] || kill "$load_pid" 2>/dev/null || true
-  "${COMPOSE[@]}" down --volumes --remove-orphans --timeout 5 >/dev/null 2>&1 || true
+  remove_stack "${COMPOSE[@]}"
   for image in "${images[@]}"; do docker image rm --force "$image" >/dev/null 2>&1 || true; done
   rm -rf "$WORK"
 }
@@ -45,6 +45,7 @@ trap cleanup EXIT
 write_throwaway_env "$ENV_FILE" "$HTTP_PORT" "${DEPLOY_HTTPS_PORT:-18453}" \
   "${DEPLOY_SUBNET:-172.30.249.0/24}" "${DEPLOY_PROXY_IP:-172.30.249.10}" "$IMAGE" \
   RATE_LIMIT_WRITES=0
+remove_stack "${COMPOSE[@]}" # what a killed earlier run left
 
 # start_load NAME [deploy_load.py options]: steady load in the background.
 start_load() {

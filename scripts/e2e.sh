@@ -38,7 +38,7 @@ fail() { # fail MESSAGE [SERVICE]: "api" means both api services
   exit 1
 }
 cleanup() {
-  "${COMPOSE[@]}" down --volumes --remove-orphans --timeout 5 >/dev/null 2>&1 || true
+  remove_stack "${COMPOSE[@]}"
   rm -f "$ENV_FILE"
 }
 trap cleanup EXIT
@@ -46,6 +46,7 @@ trap cleanup EXIT
 # Throw-away secrets, and a subnet apart from a real deployment's default.
 write_throwaway_env "$ENV_FILE" "$HTTP_PORT" "${E2E_HTTPS_PORT:-18443}" \
   "${E2E_SUBNET:-172.30.251.0/24}" "${E2E_PROXY_IP:-172.30.251.10}" fastapi-service:e2e
+remove_stack "${COMPOSE[@]}" # what a killed earlier run left
 
 # request METHOD PATH [BODY]: sets STATUS, BODY, HEADERS (lower-cased names).
 request() {

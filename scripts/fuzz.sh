@@ -48,7 +48,7 @@ cleanup() {
     rm -f "$ENV_FILE"
     return
   fi
-  "${COMPOSE[@]}" down --volumes --remove-orphans --timeout 5 >/dev/null 2>&1 || true
+  remove_stack "${COMPOSE[@]}"
   rm -f "$ENV_FILE"
 }
 trap cleanup EXIT
@@ -58,6 +58,7 @@ trap cleanup EXIT
 write_throwaway_env "$ENV_FILE" "$HTTP_PORT" "${FUZZ_HTTPS_PORT:-18643}" \
   "${FUZZ_SUBNET:-172.30.253.0/24}" "${FUZZ_PROXY_IP:-172.30.253.10}" "$API_IMAGE" \
   RATE_LIMIT_WRITES=0
+remove_stack "${COMPOSE[@]}" # what a killed earlier run left
 
 log "building the api image and the fuzzer"
 docker build --quiet --tag "$API_IMAGE" . >/dev/null || fail "api image build failed"

@@ -24,3 +24,11 @@ write_throwaway_env() {
     printf '%s\n' "$@"
   } >"$file"
 }
+
+# remove_stack COMPOSE_COMMAND...: the throw-away project's containers, networks and
+# volumes. Each script runs it when it ends, and once before it starts: a run killed
+# before its own cleanup (SIGKILL, a closed session) leaves its database volume behind,
+# initialised with that run's passwords, and the next run's migrate could not log in.
+remove_stack() {
+  "$@" down --volumes --remove-orphans --timeout 5 >/dev/null 2>&1 || true
+}
