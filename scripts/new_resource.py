@@ -73,6 +73,7 @@ class Names:
             "plural": self.plural,
             "singular": self.singular,
             "Singular": self.cls,
+            "SINGULAR": self.singular.upper(),  # module constants: ORDER_LINE_PAGES
             "words": self.words,
             "a_words": f"{self.article} {self.words}",
             "A_words": f"{self.article.capitalize()} {self.words}",

@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.core.db import read_session
 from app.core.db_errors import FOREIGN_KEY_VIOLATION, flush_or_raise
-from app.core.pagination import PageParams, paginate
+from app.core.pagination import PageParams, Paginator
 from app.items.cache import ItemCache
 from app.items.exceptions import ItemInUse, ItemNameTaken, ItemNotFound
 from app.items.models import Item
@@ -20,6 +20,8 @@ from app.items.schemas import ItemCreate, ItemRead, ItemUpdate
 NAME_TAKEN = {"uq_items_name": ItemNameTaken}
 # Built once, with a bound parameter: SQLAlchemy computes its cache key once, not per read.
 _ITEM_BY_ID = select(*Item.__table__.c).where(Item.id == bindparam("item_id"))
+# Oldest first; the id breaks ties between equal timestamps.
+ITEM_PAGES = Paginator(select(Item), (Item.created_at, Item.id))
 
 
 async def create_item(session: AsyncSession, data: ItemCreate) -> Item:
@@ -30,8 +32,8 @@ async def create_item(session: AsyncSession, data: ItemCreate) -> Item:
 
 
 async def list_items(session: AsyncSession, page: PageParams) -> tuple[list[Item], str | None]:
-    """A page of items, oldest first; the id breaks ties between equal timestamps."""
-    return await paginate(session, select(Item), (Item.created_at, Item.id), page)
+    """A page of items, oldest first."""
+    return await ITEM_PAGES.page(session, page)
 
 
 async def get_item(session: AsyncSession, item_id: uuid.UUID, *, for_update: bool = False) -> Item:

@@ -5,17 +5,23 @@ from __future__ import annotations
 
 import uuid
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import joinedload
 
 from app.core.db_errors import flush_or_raise
-from app.core.pagination import PageParams, paginate
+from app.core.pagination import PageParams, Paginator
 from app.orders.exceptions import OrderNotFound, UnknownItem
 from app.orders.models import ITEM_FOREIGN_KEY, Order
 from app.orders.schemas import OrderCreate
 
 WITH_ITEM = joinedload(Order.item)
+# Oldest first, the id breaking ties: all orders, or one item's (the value of "item_id").
+_OLDEST_FIRST = (Order.created_at, Order.id)
+ORDER_PAGES = Paginator(select(Order).options(WITH_ITEM), _OLDEST_FIRST)
+ITEM_ORDER_PAGES = Paginator(
+    select(Order).options(WITH_ITEM).where(Order.item_id == bindparam("item_id")), _OLDEST_FIRST
+)
 
 
 async def create_order(session: AsyncSession, data: OrderCreate) -> Order:
@@ -31,10 +37,9 @@ async def list_orders(
     session: AsyncSession, page: PageParams, *, item_id: uuid.UUID | None = None
 ) -> tuple[list[Order], str | None]:
     """A page of orders, oldest first, optionally only those of one item."""
-    statement = select(Order).options(WITH_ITEM)
-    if item_id is not None:
-        statement = statement.where(Order.item_id == item_id)
-    return await paginate(session, statement, (Order.created_at, Order.id), page)
+    if item_id is None:
+        return await ORDER_PAGES.page(session, page)
+    return await ITEM_ORDER_PAGES.page(session, page, item_id=item_id)
 
 
 async def get_order(session: AsyncSession, order_id: uuid.UUID) -> Order:

@@ -19,7 +19,7 @@ from app.core.application import build_app
 from app.core.config import Settings
 from app.core.db import NAMING_CONVENTION, ReadSessionDep, SessionDep
 from app.core.errors import AppError
-from app.core.pagination import Page, PageParamsDep, paginate
+from app.core.pagination import Page, PageParamsDep, Paginator
 from app.core.problems import problem_responses
 from app.core.rate_limit import rate_limit
 from tests.conftest import AppClientMaker
@@ -93,9 +93,12 @@ async def limited_by_scope() -> None:
     return None
 
 
+WIDGET_PAGES = Paginator(select(Widget), (Widget.created_at, Widget.id))
+
+
 @router.get("/widgets")
 async def list_widgets(session: SessionDep, page: PageParamsDep) -> Page[WidgetRead]:
-    rows, cursor = await paginate(session, select(Widget), (Widget.created_at, Widget.id), page)
+    rows, cursor = await WIDGET_PAGES.page(session, page)
     return Page(items=[WidgetRead.model_validate(row) for row in rows], next_cursor=cursor)
 
 

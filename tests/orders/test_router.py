@@ -90,6 +90,22 @@ async def test_list_filters_by_item(client: AsyncClient) -> None:
     assert [o["item"]["id"] for o in page["items"]] == [first["id"]]
 
 
+async def test_the_item_filter_holds_on_every_page(client: AsyncClient) -> None:
+    first, second = await create(client, "first"), await create(client, "second")
+    for _ in range(3):
+        await order(client, first["id"])
+        await order(client, second["id"])
+    seen: list[object] = []
+    params = {"item_id": first["id"], "limit": 1}
+    while True:
+        page = (await client.get(ORDERS, params=params)).json()
+        seen += [o["item"]["id"] for o in page["items"]]
+        if page["next_cursor"] is None:
+            break
+        params["cursor"] = page["next_cursor"]
+    assert seen == [first["id"]] * 3
+
+
 async def test_an_item_with_orders_cannot_be_deleted(client: AsyncClient) -> None:
     item = await create(client, "ordered")
     await order(client, item["id"])
