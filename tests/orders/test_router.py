@@ -96,7 +96,7 @@ async def test_the_item_filter_holds_on_every_page(client: AsyncClient) -> None:
         await order(client, first["id"])
         await order(client, second["id"])
     seen: list[object] = []
-    params = {"item_id": first["id"], "limit": 1}
+    params: dict[str, str | int] = {"item_id": str(first["id"]), "limit": 1}
     while True:
         page = (await client.get(ORDERS, params=params)).json()
         seen += [o["item"]["id"] for o in page["items"]]
