@@ -22,16 +22,19 @@ and LOG_LEVEL (passed to every server). Standard library only: runs on the host'
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import platform
 import re
 import signal
+import socket
 import statistics
 import subprocess
 import sys
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -102,6 +105,8 @@ class Measurement:
     p99_ms: float
     requests: int
     errors: int  # socket errors and non-2xx/3xx responses
+    # CPU µs per request in each container of the row: "server", "db", "redis", "wrk".
+    cpu_us: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -253,7 +258,84 @@ def wrk(row: Row, item_id: str, seconds: int) -> Measurement:
         args += ["-s", f"/bench/{row.script}", url, "--", uuid.uuid4().hex[:8]]
     else:
         args.append(url)
-    return parse_wrk(compose("exec", "-T", "wrk", *args))
+    containers = {"server": row.server, "db": "db", "redis": "redis", "wrk": "wrk"}
+    before, started = cpu_seconds(containers), time.monotonic()
+    measurement = parse_wrk(compose("exec", "-T", "wrk", *args))
+    after, elapsed = cpu_seconds(containers), time.monotonic() - started
+    if before and after and measurement.requests:
+        measurement.cpu_us = {
+            role: round(
+                max(0.0, after[role] - before[role] - IDLE_CORES.get(service, 0.0) * elapsed)
+                / measurement.requests
+                * 1e6,
+                1,
+            )
+            for role, service in containers.items()
+        }
+    return measurement
+
+
+# Where a request's CPU goes (the server, Postgres, Redis, or wrk itself): each container's
+# CPU counter, as the Docker Engine API reports it, read before and after a run. The API,
+# not `docker exec cat` of the cgroup file: an exec runs a process in the container, and
+# its own CPU would be counted as the requests'.
+class UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path: str) -> None:
+        super().__init__("localhost", timeout=10)
+        self.socket_path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self.socket_path)
+
+
+def docker_socket() -> str | None:
+    """The Engine's Unix socket (DOCKER_HOST, else the current context's); None for
+    another kind of endpoint (tcp, ssh), and then no CPU figures are shown."""
+    host = (
+        os.environ.get("DOCKER_HOST")
+        or json.loads(run("docker", "context", "inspect"))[0]["Endpoints"]["docker"]["Host"]
+    )
+    return host.removeprefix("unix://") if host.startswith("unix://") else None
+
+
+def container_id(service: str) -> str:
+    return compose("ps", "-q", service).strip()
+
+
+def cpu_seconds(containers: dict[str, str]) -> dict[str, float] | None:
+    """CPU seconds each service's container has used so far, or None if unknown."""
+    path = docker_socket()
+    if path is None:
+        return None
+
+    def read(service: str) -> float:
+        connection = UnixHTTPConnection(path)
+        try:
+            url = f"/containers/{container_id(service)}/stats?stream=false&one-shot=true"
+            connection.request("GET", url)
+            stats = json.loads(connection.getresponse().read())
+        finally:
+            connection.close()
+        return int(stats["cpu_stats"]["cpu_usage"]["total_usage"]) / 1e9
+
+    with ThreadPoolExecutor(len(containers)) as pool:
+        return dict(zip(containers, pool.map(read, containers.values()), strict=True))
+
+
+# What each service uses with no load, in cores (Redis's timers, the app's listener
+# heartbeats), taken off every run's figures: the columns show what requests cost.
+IDLE_CORES: dict[str, float] = {}
+
+
+def measure_idle(services: list[str], seconds: float = 3.0) -> None:
+    containers = {service: service for service in services}
+    before, started = cpu_seconds(containers), time.monotonic()
+    time.sleep(seconds)
+    after, elapsed = cpu_seconds(containers), time.monotonic() - started
+    if before and after:
+        IDLE_CORES.update({s: (after[s] - before[s]) / elapsed for s in services})
 
 
 # ------------------------------------------------------------------ memory and image
@@ -367,6 +449,7 @@ def print_table(result: dict[str, Any]) -> None:
         else:
             mark = "ok  " if bar["met"] else "MISS"
             print(f"  {mark}  {bar['label']:32} {bar['ratio']:.2f} (bar {bar['at_least']:.2f})")
+    print_cpu(result)
     memory_rows = result.get("memory", {})
     if memory_rows:
         print()
@@ -389,6 +472,23 @@ def print_table(result: dict[str, Any]) -> None:
         f"\n  {meta['date']}  rev {meta['revision']}  {meta['cpu']} x{meta['cpus']}  "
         f"{meta['rounds']} rounds x {meta['seconds']} s, best kept"
     )
+
+
+def print_cpu(result: dict[str, Any]) -> None:
+    """Each row's CPU per request by container (best round): what a bar leaves the app."""
+    rows = [(row["label"], row["best"].get("cpu_us")) for row in result["rows"]]
+    if not any(cpu for _, cpu in rows):
+        return
+    roles = ("server", "db", "redis", "wrk")
+    idle = result["meta"].get("idle_cores", {})
+    taken_off = ", ".join(f"{service} {cores * 100:.1f} %" for service, cores in idle.items())
+    print(f"\n  {'CPU per request, us':34} {''.join(f'{r:>8}' for r in roles)}    total")
+    for label, cpu in rows:
+        if cpu:
+            figures = "".join(f"{cpu[role]:8.0f}" for role in roles)
+            print(f"  {label:34} {figures} {sum(cpu.values()):8.0f}")
+    if taken_off:
+        print(f"  (use at rest taken off, in % of a core: {taken_off})")
 
 
 def write_svg(result: dict[str, Any], path: Path) -> None:
@@ -445,6 +545,7 @@ def measure() -> dict[str, Any]:
     start_stack(list(dict.fromkeys([*servers(rows), "app"])))  # app takes the seed
     boot_cpu = boot_cpu_seconds("app")
     item_id = seed_items()
+    measure_idle([*servers(rows), "app", "db", "redis", "wrk"])
     reads, writes = [r for r in rows if not r.script], [r for r in rows if r.script]
     for group in (reads, writes):
         log(f"warm-up, {WARMUP_SECONDS} s a row: {', '.join(r.key for r in group)}")
@@ -474,6 +575,7 @@ def measure() -> dict[str, Any]:
             "gunicorn_max_requests": os.environ.get("GUNICORN_MAX_REQUESTS") or "default",
             "log_level": os.environ.get("LOG_LEVEL") or "INFO",
             "image": os.environ.get("BENCH_IMAGE", IMAGE),
+            "idle_cores": {service: round(cores, 4) for service, cores in IDLE_CORES.items()},
         },
         "rows": [
             {
@@ -610,8 +712,8 @@ def print_top_frames(collapsed: Path, count: int = 10) -> None:
         total += int(samples)
     print(f"\n  top {count} frames by self time ({total} samples)")
     top = sorted(self_samples.items(), key=lambda kv: kv[1], reverse=True)[:count]
-    for leaf, samples in top:
-        print(f"  {samples / total * 100:5.1f}%  {leaf}")
+    for leaf, hits in top:
+        print(f"  {hits / total * 100:5.1f}%  {leaf}")
 
 
 def main() -> int:
