@@ -422,9 +422,23 @@ def check_bars(rows: dict[str, Measurement]) -> list[dict[str, Any]]:
                 "ratio": value,
                 "at_least": bar.at_least,
                 "met": None if value is None else value >= bar.at_least,
+                **cpu_budget(rows, bar),
             }
         )
     return checked
+
+
+def cpu_budget(rows: dict[str, Measurement], bar: Bar) -> dict[str, float]:
+    """A bar as CPU: both rows keep the cores busy, so their throughputs are in the
+    inverse ratio of their CPU per request (all containers). The row meets the bar when
+    it costs at most the reference's CPU divided by the bar."""
+    row, reference = rows.get(bar.row), rows.get(bar.reference)
+    if not (row and reference and row.cpu_us and reference.cpu_us):
+        return {}
+    return {
+        "cpu_us": round(sum(row.cpu_us.values())),
+        "cpu_budget_us": round(sum(reference.cpu_us.values()) / bar.at_least),
+    }
 
 
 def best_rows(result: dict[str, Any]) -> dict[str, Measurement]:
@@ -449,6 +463,11 @@ def print_table(result: dict[str, Any]) -> None:
         else:
             mark = "ok  " if bar["met"] else "MISS"
             print(f"  {mark}  {bar['label']:32} {bar['ratio']:.2f} (bar {bar['at_least']:.2f})")
+            if not bar["met"] and "cpu_budget_us" in bar:
+                print(
+                    f"        as CPU: {bar['cpu_us']:,} us a request, all containers;"
+                    f" the bar allows {bar['cpu_budget_us']:,}"
+                )
     print_cpu(result)
     memory_rows = result.get("memory", {})
     if memory_rows:
