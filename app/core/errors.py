@@ -8,6 +8,7 @@ OpenAPI schema.
 
 from __future__ import annotations
 
+import errno
 import re
 import socket
 from collections.abc import Mapping
@@ -27,16 +28,39 @@ from app.core.request_id import REQUEST_ID_HEADER, current_request_id
 PROBLEM_JSON = "application/problem+json"
 RETRY_UNAVAILABLE_AFTER_SECONDS = 5
 
-# Failures of a dependency reached without SQLAlchemy's wrapping (or before it):
-# refused or reset connections, DNS failures, timeouts, an exhausted pool.
-# SQLAlchemy's DBAPIError is classified by its SQLSTATE instead (app/core/db_errors.py).
+# Failures of a dependency reached without SQLAlchemy's wrapping (or before it: asyncpg
+# connecting): refused or reset connections, DNS failures, timeouts, an unreachable host
+# or network. SQLAlchemy's DBAPIError is classified by its SQLSTATE instead
+# (app/core/db_errors.py), and its pool's TimeoutError means the pool is exhausted.
 # Redis errors never get here: Redis is optional and OptionalRedis absorbs them.
-DEPENDENCY_UNAVAILABLE: tuple[type[Exception], ...] = (
-    ConnectionError,
-    socket.gaierror,
-    TimeoutError,
-    sa_exc.TimeoutError,
+_NETWORK_ERRNOS = frozenset(
+    {
+        errno.ECONNREFUSED,
+        errno.ECONNRESET,
+        errno.ECONNABORTED,
+        errno.EPIPE,
+        errno.ETIMEDOUT,
+        errno.EHOSTUNREACH,
+        errno.EHOSTDOWN,
+        errno.ENETUNREACH,
+        errno.ENETDOWN,
+        errno.EADDRNOTAVAIL,
+    }
 )
+# What asyncio raises when every address of a host failed, each differently (localhost:
+# ::1 and 127.0.0.1 both refused): a plain OSError without an errno.
+_EVERY_ADDRESS_FAILED = "Multiple exceptions: "
+
+
+def is_unreachable(exc: OSError) -> bool:
+    """A network failure reaching a dependency, not another OSError (a file, a
+    permission): that one is a bug, and stays a 500 with its traceback logged."""
+    if isinstance(exc, ConnectionError | TimeoutError | socket.gaierror):
+        return True
+    if exc.errno is None:
+        return str(exc).startswith(_EVERY_ADDRESS_FAILED)
+    return exc.errno in _NETWORK_ERRNOS
+
 
 logger = structlog.get_logger(__name__)
 
@@ -157,6 +181,13 @@ async def _dependency_unavailable(request: Request, exc: Exception) -> JSONRespo
     return unavailable_response(request)
 
 
+async def _os_error(request: Request, exc: Exception) -> JSONResponse:
+    if isinstance(exc, OSError) and is_unreachable(exc):
+        return await _dependency_unavailable(request, exc)
+    # Not a network failure: on to the 500 handler, and the access line's traceback.
+    raise exc
+
+
 async def _unhandled_error(request: Request, exc: Exception) -> JSONResponse:
     # The access middleware has logged the exception once, with its traceback and the
     # request id; Starlette re-raises it and logging drops the server's repeat
@@ -171,6 +202,6 @@ def register_exception_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(sa_exc.DBAPIError, _database_error)
-    for exc_class in DEPENDENCY_UNAVAILABLE:
-        app.add_exception_handler(exc_class, _dependency_unavailable)
+    app.add_exception_handler(OSError, _os_error)
+    app.add_exception_handler(sa_exc.TimeoutError, _dependency_unavailable)
     app.add_exception_handler(Exception, _unhandled_error)

@@ -3,6 +3,7 @@ table below: they must pass with every domain package deleted."""
 
 from __future__ import annotations
 
+import errno
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import datetime
@@ -62,6 +63,12 @@ async def teapot() -> None:
 @router.get("/boom")
 async def boom() -> None:
     raise RuntimeError("database password is swordfish")
+
+
+@router.get("/missing-file")
+async def missing_file() -> None:
+    """An OSError that is a bug, not an unreachable dependency (as open() raises it)."""
+    raise FileNotFoundError(errno.ENOENT, "No such file or directory", "/no/such/secret-file")
 
 
 @router.post("/echo")

@@ -68,11 +68,25 @@ async def test_unhandled_error_is_500_without_exception_text(core_client: AsyncC
     assert "RuntimeError" not in response.text
 
 
+async def test_an_oserror_that_is_not_the_network_is_500(core_client: AsyncClient) -> None:
+    response = await core_client.get("/probe/missing-file")
+    assert_problem(response, 500)
+    assert "secret-file" not in response.text
+
+
+@pytest.mark.parametrize(
+    "database_url",
+    [
+        UNREACHABLE_POSTGRES,
+        # Two addresses (::1, 127.0.0.1), each refused: asyncio raises one plain OSError.
+        UNREACHABLE_POSTGRES.replace("127.0.0.1", "localhost"),
+    ],
+)
 async def test_postgres_down_is_503_problem_with_retry_after(
-    make_core_client: CoreClientMaker, settings: Settings
+    make_core_client: CoreClientMaker, settings: Settings, database_url: str
 ) -> None:
     client = await make_core_client(
-        with_overrides(settings, database_url=UNREACHABLE_POSTGRES), isolated=False
+        with_overrides(settings, database_url=database_url), isolated=False
     )
     response = await client.get("/probe/db")
     assert_problem(response, 503)
