@@ -1,9 +1,12 @@
-"""Keyset pagination with an opaque cursor, for any model and any sort key.
+"""Keyset pagination with an opaque cursor, for any model and a sort key of datetimes,
+UUIDs, integers or strings.
 
 A page is the next `limit` rows after the cursor in a fixed order (for example
 created_at, then id to break ties). Unlike LIMIT/OFFSET, a page costs the same
-however deep it is, rows inserted meanwhile neither repeat nor vanish, and there
-is no count(*) over the whole table per request.
+however deep it is, rows inserted meanwhile never make another repeat or be skipped,
+and there is no count(*) over the whole table per request. What a reader can miss is
+a row whose sort key falls behind its cursor: created_at is its transaction's start,
+so a transaction that commits after the reader passed that moment is not seen by it.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import binascii
 import json
 import uuid
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import Depends, Query
@@ -21,17 +24,35 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field
 from sqlalchemy import Integer, Select, bindparam, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import InstrumentedAttribute
+from sqlalchemy.orm import DeclarativeBase, InstrumentedAttribute
 
 MAX_PAGE_SIZE = 100
 DEFAULT_PAGE_SIZE = 20
 _MAX_CURSOR_LENGTH = 512
 
-# How a cursor's JSON values are turned back into the sort columns' Python types.
-_DECODERS: dict[type, Callable[[Any], Any]] = {
-    datetime: datetime.fromisoformat,
+_BIGINT = range(-(2**63), 2**63)
+
+
+def _decode_datetime(text: str) -> datetime:
+    moment = datetime.fromisoformat(text)
+    # In UTC, so that a moment out of range (year 1 at +01:00) fails here, as a bad
+    # cursor, and not in the driver, as a 500.
+    return moment.astimezone(UTC) if moment.tzinfo else moment
+
+
+def _decode_int(text: str) -> int:
+    number = int(text)
+    if number not in _BIGINT:
+        raise ValueError("out of range")
+    return number
+
+
+# How a cursor's values (strings) are turned back into the sort columns' Python types;
+# a Paginator refuses, at import, a sort column of another type.
+_DECODERS: dict[type, Callable[[str], Any]] = {
+    datetime: _decode_datetime,
     uuid.UUID: uuid.UUID,
-    int: int,
+    int: _decode_int,
     str: str,
 }
 
@@ -79,17 +100,19 @@ def decode_cursor(cursor: str, columns: Sequence[InstrumentedAttribute[Any]]) ->
         raw = json.loads(base64.urlsafe_b64decode(padded))
         if not isinstance(raw, list) or len(raw) != len(columns):
             raise ValueError("wrong shape")  # one path for every bad cursor
+        if not all(isinstance(value, str) for value in raw):
+            raise ValueError("not ours: encode_cursor writes strings")
         return [
             _DECODERS[column.type.python_type](value)
             for column, value in zip(columns, raw, strict=True)
         ]
-    except (ValueError, TypeError, KeyError, binascii.Error, UnicodeDecodeError):
+    except (ValueError, OverflowError, binascii.Error, UnicodeDecodeError):
         raise RequestValidationError(
             [{"type": "value_error", "loc": ("query", "cursor"), "msg": "Invalid cursor."}]
         ) from None
 
 
-class Paginator[Row]:
+class Paginator[Model: DeclarativeBase]:
     """Keyset pages of one query in one order: the order's columns ascending, the last
     one unique (e.g. created_at, then the primary key to break ties).
 
@@ -101,8 +124,12 @@ class Paginator[Row]:
     Filters take a `bindparam` too, whose value `page()` is given by name."""
 
     def __init__(
-        self, statement: Select[Row], order_by: Sequence[InstrumentedAttribute[Any]]
+        self, statement: Select[Model], order_by: Sequence[InstrumentedAttribute[Any]]
     ) -> None:
+        for column in order_by:
+            if column.type.python_type not in _DECODERS:
+                # Here, at import, not as "Invalid cursor." on every next page.
+                raise TypeError(f"a cursor cannot carry {column}: not one of {list(_DECODERS)}")
         self.order_by = tuple(order_by)
         self._after_names = [f"_after_{n}" for n in range(len(self.order_by))]
         limit = bindparam("_limit", type_=Integer)
@@ -118,7 +145,7 @@ class Paginator[Row]:
 
     async def page(
         self, session: AsyncSession, params: PageParams, **values: Any
-    ) -> tuple[list[Row], str | None]:
+    ) -> tuple[list[Model], str | None]:
         """One page of rows, and the cursor of the next page (None on the last one).
         `values` are the statement's own bound parameters, if it has any."""
         statement = self._first

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import base64
+import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from httpx import AsyncClient
+from sqlalchemy import Numeric, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import Mapped, mapped_column
 
-from app.core.pagination import encode_cursor
-from tests.core.conftest import Widget
+from app.core.pagination import Paginator, encode_cursor
+from tests.core.conftest import ProbeBase, Widget
 from tests.core.problems import assert_problem
 
 
@@ -46,9 +50,27 @@ async def test_pages_cover_every_row_once_in_order(
     assert seen == widgets
 
 
+SOME_ID = "0b0e5a55-0000-4000-8000-000000000000"
+
+
+def forged(values: list[object]) -> str:
+    """A cursor this server never made: JSON of any values, encoded as ours are."""
+    plain = json.dumps(values).encode()
+    return base64.urlsafe_b64encode(plain).decode().rstrip("=")
+
+
 @pytest.mark.parametrize(
     "cursor",
-    ["bm90IGpzb24", encode_cursor(["x"]), encode_cursor(["2026-01-01", "nope"])],
+    [
+        "bm90IGpzb24",
+        encode_cursor(["x"]),
+        encode_cursor(["2026-01-01", "nope"]),
+        forged(["2026-01-01T00:00:00+00:00", 5]),  # not a string: uuid.UUID(5) would raise
+        forged([None, None]),
+        # Valid ISO text, but before year 1 once in UTC: the driver could not send it.
+        forged(["0001-01-01T00:00:00+01:00", SOME_ID]),
+        forged(["9999-12-31T23:59:59-01:00", SOME_ID]),
+    ],
 )
 async def test_a_bad_cursor_is_422(
     core_client: AsyncClient, widgets: list[str], cursor: str
@@ -66,3 +88,15 @@ async def test_a_cursor_of_the_wrong_form_is_422(core_client: AsyncClient, curso
 @pytest.mark.parametrize("limit", [0, 101, "many", 10**20])
 async def test_limit_is_bounded(core_client: AsyncClient, limit: str | int) -> None:
     assert_problem(await core_client.get("/probe/widgets", params={"limit": limit}), 422)
+
+
+class Priced(ProbeBase):
+    __tablename__ = "core_test_priced"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    price: Mapped[float] = mapped_column(Numeric(10, 2))
+
+
+def test_a_sort_column_a_cursor_cannot_carry_is_refused_at_import() -> None:
+    with pytest.raises(TypeError, match="cannot carry"):
+        Paginator(select(Priced), (Priced.price, Priced.id))
