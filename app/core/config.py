@@ -123,11 +123,14 @@ class Settings(LoggingSettings):
     @field_validator("database_url", mode="before")
     @classmethod
     def _use_asyncpg(cls, value: object) -> object:
-        """Accept the usual postgres:// and postgresql:// forms; the app always talks asyncpg."""
+        """Any Postgres URL (postgres://, postgresql://, with a driver such as +psycopg2
+        or not, any case) is used with asyncpg: the only driver the image has. Without
+        this, a URL naming another driver would pass validation, then fail in every
+        worker when the engine is made."""
         if isinstance(value, str):
-            for prefix in ("postgres://", "postgresql://", "postgresql+psycopg://"):
-                if value.startswith(prefix):
-                    return "postgresql+asyncpg://" + value.removeprefix(prefix)
+            scheme, separator, rest = value.partition("://")
+            if separator and scheme.lower().partition("+")[0] in {"postgres", "postgresql"}:
+                return "postgresql+asyncpg://" + rest
         return value
 
     @field_validator("cors_origins", mode="before")

@@ -43,6 +43,9 @@ def test_defaults(env: pytest.MonkeyPatch) -> None:
         "postgres://app:pw@db:5432/app",
         "postgresql://app:pw@db:5432/app",
         "postgresql+asyncpg://app:pw@db:5432/app",
+        "postgresql+psycopg://app:pw@db:5432/app",
+        "postgresql+psycopg2://app:pw@db:5432/app",
+        "POSTGRESQL://app:pw@db:5432/app",
     ],
 )
 def test_database_url_always_uses_asyncpg(env: pytest.MonkeyPatch, given: str) -> None:
