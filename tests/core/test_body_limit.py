@@ -36,6 +36,8 @@ async def test_streamed_body_over_the_limit_is_413(
         "/probe/echo", content=chunks(), headers={"content-type": "application/json"}
     )
     assert_problem(response, 413)
+    # Refused once past the limit, not after the whole 500 KiB stream was read.
+    assert sent <= LIMIT + 2 * 512
 
 
 async def test_bodies_within_the_limit_pass(

@@ -12,7 +12,7 @@ from typing import cast
 
 import pytest
 from httpx import AsyncClient
-from sqlalchemy import event, text
+from sqlalchemy import event, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -135,6 +135,32 @@ async def test_after_commit_hooks_run_only_after_a_commit(
     with pytest.raises(RuntimeError):
         await rolled_back.athrow(RuntimeError("the handler failed"))
     assert ran == ["hook"]
+
+
+async def test_a_failing_after_commit_hook_leaves_the_commit_standing(
+    session_factory: async_sessionmaker[AsyncSession], widgets_table: None
+) -> None:
+    from app.core.db import get_session  # noqa: PLC0415
+
+    ran: list[str] = []
+
+    async def broken() -> None:
+        raise ConnectionError("the cache is gone")
+
+    async def next_one() -> None:
+        ran.append("next")
+
+    request = cast("AsyncGenerator[AsyncSession]", get_session(session_factory))
+    session = await anext(request)
+    session.add(Widget(name="kept"))
+    after_commit(session, broken)
+    after_commit(session, next_one)
+    with pytest.raises(StopAsyncIteration):  # the request ends normally
+        await anext(request)
+    assert ran == ["next"]  # the hooks after the failed one still run
+    async with session_factory() as reader:
+        names = await reader.scalars(select(Widget.name))
+        assert list(names) == ["kept"]
 
 
 @THROUGH_EITHER_SESSION

@@ -72,8 +72,9 @@ async def until(condition: Callable[[], bool], seconds: float = 2 * TRUST_SECOND
 
 
 @pytest.fixture
-async def start_worker() -> AsyncIterator[WorkerMaker]:
-    """start_worker(settings, ...): a worker whose listener runs until the test ends."""
+async def start_worker(redis: Redis) -> AsyncIterator[WorkerMaker]:
+    """start_worker(settings, ...): a worker whose listener runs until the test ends.
+    (`redis`: the tests' Redis database, emptied of the workers' entries afterwards.)"""
     async with AsyncExitStack() as stack:
 
         async def start(
@@ -200,6 +201,8 @@ async def test_a_lost_listener_drops_local_copies_and_comes_back(
             text(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
                 " WHERE application_name = 'near-cache-listener'"
+                # Only this database's: `make pytest` may share a server with a dev stack.
+                " AND datname = current_database()"
             )
         )
     await until(lambda: worker.near.get(key) is None)

@@ -1,10 +1,10 @@
 """ReadSessionDep (app/core/db.py): no transaction around its statements, the pool's
-connections left as they were found, writes refused, a timed-out connection dropped.
-Its 503s are checked with SessionDep's in test_db.py."""
+connections left as they were found, writes refused, a timed-out connection dropped
+(SessionDep's too). Its 503s are checked with SessionDep's in test_db.py."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import cast
 
 import pytest
@@ -18,6 +18,7 @@ from app.core.db import (
     create_read_session_factory,
     create_session_factory,
     get_read_session,
+    get_session,
 )
 from tests.conftest import with_overrides
 from tests.core.conftest import Widget
@@ -98,12 +99,17 @@ async def test_the_tests_read_sessions_refuse_writes_too(
             await session.flush()
 
 
+SessionDependency = Callable[[async_sessionmaker[AsyncSession]], AsyncIterator[AsyncSession]]
+
+
 async def backend_of_a_request(
-    factory: async_sessionmaker[AsyncSession], failure: BaseException | None = None
+    dependency: SessionDependency,
+    factory: async_sessionmaker[AsyncSession],
+    failure: BaseException | None = None,
 ) -> int:
-    """Run get_read_session as a request would, ending in `failure` if given, and
+    """Run a session dependency as a request would, ending in `failure` if given, and
     return the backend (the pooled connection) it used."""
-    request = cast("AsyncGenerator[AsyncSession]", get_read_session(factory))
+    request = cast("AsyncGenerator[AsyncSession]", dependency(factory))
     session = await anext(request)
     backend = await session.scalar(text("SELECT pg_backend_pid()"))
     assert isinstance(backend, int)
@@ -116,11 +122,22 @@ async def backend_of_a_request(
     return backend
 
 
+@pytest.mark.parametrize(
+    ("dependency", "make_factory"),
+    [
+        (get_read_session, create_read_session_factory),
+        (get_session, create_session_factory),  # a transaction open: no ROLLBACK either
+    ],
+    ids=["ReadSessionDep", "SessionDep"],
+)
 async def test_a_timeout_drops_the_connection_instead_of_pooling_it(
     one_connection_engine: AsyncEngine,
+    dependency: SessionDependency,
+    make_factory: Callable[[AsyncEngine], async_sessionmaker[AsyncSession]],
 ) -> None:
-    factory = create_read_session_factory(one_connection_engine)
-    first = await backend_of_a_request(factory)
-    assert await backend_of_a_request(factory, RuntimeError("a bug")) == first  # pooled again
-    assert await backend_of_a_request(factory, TimeoutError()) == first
-    assert await backend_of_a_request(factory) != first  # a new connection
+    factory = make_factory(one_connection_engine)
+    first = await backend_of_a_request(dependency, factory)
+    again = await backend_of_a_request(dependency, factory, RuntimeError("a bug"))
+    assert again == first  # rolled back if need be, and pooled again
+    assert await backend_of_a_request(dependency, factory, TimeoutError()) == first
+    assert await backend_of_a_request(dependency, factory) != first  # a new connection

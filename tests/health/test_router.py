@@ -54,8 +54,8 @@ async def test_ready_passes_with_both_dependencies_up(client: AsyncClient) -> No
     assert response.status_code == 200
     body = response.json()
     assert body["status"] == "pass"
-    for name, check in checks(body).items():
-        assert name in {"postgres", "redis"}
+    assert set(checks(body)) == {"postgres", "redis"}
+    for check in checks(body).values():
         assert check["status"] == "pass"
         assert check["observedUnit"] == "ms"
         assert isinstance(check["observedValue"], float)

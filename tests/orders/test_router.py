@@ -10,6 +10,8 @@ from httpx import AsyncClient
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.core.config import Settings
+from tests.conftest import AppClientMaker, with_overrides
 from tests.core.problems import assert_problem
 from tests.items.helpers import ITEMS, create
 
@@ -112,3 +114,14 @@ async def test_an_item_with_orders_cannot_be_deleted(client: AsyncClient) -> Non
     response = await client.delete(f"{ITEMS}/{item['id']}")
     assert_problem(response, 409)
     assert (await client.get(f"{ITEMS}/{item['id']}")).status_code == 200
+
+
+async def test_creating_an_order_is_rate_limited(
+    make_client: AppClientMaker, settings: Settings
+) -> None:
+    client = await make_client(with_overrides(settings, rate_limit_writes=1))
+    order = {"item_id": str(uuid.uuid4()), "quantity": 1}
+    assert (await client.post(ORDERS, json=order)).status_code == 422  # no such item
+    limited = await client.post(ORDERS, json=order)
+    assert limited.status_code == 429
+    assert "retry-after" in limited.headers
