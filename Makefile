@@ -86,9 +86,12 @@ migrate: ## Apply migrations to the development database, then print its revisio
 	  'alembic upgrade head && echo "database at: $$(alembic current 2>/dev/null)" && echo "latest:      $$(alembic heads 2>/dev/null)"'
 
 .PHONY: revision
+# The message reaches alembic through the environment, never through a shell's quoting:
+# "don't" and "$HOME" stay as typed.
+revision: export MESSAGE = $(value m)
 revision: ## Autogenerate a migration from the models: make revision m="add orders"
-	@test -n "$(m)" || { echo 'usage: make revision m="what it does"'; exit 2; }
-	$(DEV) run --rm migrate sh -c 'alembic upgrade head && alembic revision --autogenerate -m "$(m)"'
+	@test -n "$$MESSAGE" || { echo 'usage: make revision m="what it does"'; exit 2; }
+	$(DEV) run --rm -e MESSAGE migrate sh -c 'alembic upgrade head && alembic revision --autogenerate -m "$$MESSAGE"'
 
 .PHONY: client
 client: ## Generate a typed Python client from the OpenAPI schema into clients/python

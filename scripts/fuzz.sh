@@ -94,6 +94,7 @@ until status=$(curl -sS -o /dev/null -w '%{http_code}' --max-time 10 "$BASE/open
 done
 
 mkdir -p "$REPORT_DIR"
+report_path=$(cd "$REPORT_DIR" && pwd)  # absolute, whether FUZZ_REPORT_DIR was or not
 (cd "$REPORT_DIR" && rm -rf junit-*.xml vcr-*.yaml .schemathesis .hypothesis)
 log "schemathesis: all checks, phases examples,coverage,fuzzing,stateful," \
   "$MAX_EXAMPLES examples per operation, seed $SEED"
@@ -102,7 +103,7 @@ log "schemathesis: all checks, phases examples,coverage,fuzzing,stateful," \
 # window) would otherwise stretch the run to many minutes.
 fuzz_status=0
 timeout "$TIMEOUT" docker run --rm --name "$FUZZER_CONTAINER" --network host --user "$(id -u):$(id -g)" \
-  --volume "$PWD/$REPORT_DIR:/report" --workdir /report \
+  --volume "$report_path:/report" --workdir /report \
   --volume "$PWD/fuzz/schemathesis.toml:/config/schemathesis.toml:ro" \
   "$FUZZER_IMAGE" --config-file /config/schemathesis.toml run "$BASE/openapi.json" \
   --checks all \
