@@ -167,6 +167,19 @@ wait_ready 120
 log "ready through the proxy, $((SECONDS - t)) s after the first deploy started"
 api_tasks
 
+# The edge as on the VM (deploy/Caddyfile): a body over the limit is the proxy's 413,
+# as problem+json with the request id in header and body; no HSTS over plain HTTP.
+refused=$(head -c 1100000 /dev/zero | curl -sS -D - --max-time 20 -H 'Expect:' -H 'content-type: application/json' \
+  --data-binary @- "$BASE/api/v1/items" | tr -d '\r')
+rid=$(sed -nE 's/^[Xx]-[Rr]equest-[Ii][Dd]: (.+)$/\1/p' <<<"$refused")
+[[ "$refused" == "HTTP/1.1 413"* ]] || fail "1.1 MB body: expected the proxy's 413, got: ${refused:0:300}"
+[ -n "$rid" ] && [[ "$refused" == *"\"request_id\":\"$rid\""* ]] ||
+  fail "the proxy's 413 lacks a request id in its header and body: ${refused:0:300}"
+# The api's own 413 would pass the checks above; only its problem bodies name an instance.
+[[ "$refused" != *'"instance"'* ]] || fail "the 413 came from the api, not the proxy"
+[[ "$refused" != *"Strict-Transport-Security"* ]] || fail "HSTS sent over plain HTTP"
+log "proxy: 1.1 MB body refused with a problem+json 413 carrying the request id; no HSTS over HTTP"
+
 log "rolling update to $IMAGE_B (start-first) under load"
 start_load
 t=$SECONDS

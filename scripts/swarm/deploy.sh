@@ -12,6 +12,7 @@
 # The secrets must exist first (docs/swarm.md): ${STACK}_database_url and
 # ${STACK}_postgres_password. Settings: STACK (fsswarm),
 # DOMAIN (:80, plain HTTP), HTTP_PORT (80), HTTPS_PORT (443), API_REPLICAS (2),
+# LOG_LEVEL (INFO), MAX_BODY_SIZE (1048576: the proxy's 413 above it),
 # RESOLVE_IMAGE (always; `never` when every node already holds IMAGE, no registry).
 set -euo pipefail
 cd "$(dirname "$0")/../../deploy/swarm"
