@@ -120,9 +120,13 @@ fi
 
 log "secrets: throw-away values, never in an environment variable"
 random() { head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n'; }
+owner_password=$(random)
 password=$(random)
-printf %s "$password" | docker secret create "${STACK}_postgres_password" - >/dev/null
+printf %s "$owner_password" | docker secret create "${STACK}_postgres_password" - >/dev/null
+printf %s "$password" | docker secret create "${STACK}_app_db_password" - >/dev/null
 printf %s "postgresql://app:${password}@db:5432/app" | docker secret create "${STACK}_database_url" - >/dev/null
+printf %s "postgresql://app_owner:${owner_password}@db:5432/app" |
+  docker secret create "${STACK}_migrate_database_url" - >/dev/null
 # For the bad update: what a mistyped rotation would look like.
 printf %s "postgresql://app:wrong-${password}@db:5432/app" |
   docker secret create "${STACK}_database_url_bad" - >/dev/null
@@ -166,6 +170,19 @@ scripts/swarm/deploy.sh "$IMAGE_A" || fail "first deploy"
 wait_ready 120
 log "ready through the proxy, $((SECONDS - t)) s after the first deploy started"
 api_tasks
+
+# Least privilege as on the VM: the api's role reads and writes, and may not change the
+# schema; the tables belong to app_owner, which ran the migrations.
+db_container=$(docker ps -q --filter "label=com.docker.swarm.service.name=${STACK}_db" | head -1)
+psql_as() { docker exec "$db_container" psql -X -q -t -A -v ON_ERROR_STOP=1 -U "$1" -d app -c "$2" 2>&1; }
+[ "$(psql_as app 'SELECT count(*) >= 0 FROM items')" = t ] || fail "the api's role cannot read items"
+if out=$(psql_as app "CREATE TABLE swarm_probe (id int)"); then fail "the api's role could create a table"; fi
+[[ "$out" == *"permission denied"* ]] || fail "CREATE TABLE as app failed for another reason: $out"
+[ "$(psql_as postgres "SELECT rolsuper FROM pg_roles WHERE rolname = 'app'")" = f ] ||
+  fail "the api's role is a superuser"
+[ "$(psql_as postgres "SELECT tableowner FROM pg_tables WHERE tablename = 'items'")" = app_owner ] ||
+  fail "items is not owned by app_owner"
+log "postgres: the api's role cannot CREATE TABLE; the tables belong to app_owner"
 
 # The edge as on the VM (deploy/Caddyfile): a body over the limit is the proxy's 413,
 # as problem+json with the request id in header and body; no HSTS over plain HTTP.

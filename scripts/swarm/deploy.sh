@@ -9,8 +9,9 @@
 # Migrations must therefore suit the old code too (expand, then contract later).
 # Exits non-zero if the job fails or the update is rolled back.
 #
-# The secrets must exist first (docs/swarm.md): ${STACK}_database_url and
-# ${STACK}_postgres_password. Settings: STACK (fsswarm),
+# The secrets must exist first (docs/swarm.md): ${STACK}_postgres_password (app_owner's),
+# ${STACK}_app_db_password (the api role's), ${STACK}_database_url (the api's, as app) and
+# ${STACK}_migrate_database_url (the migrations', as app_owner). Settings: STACK (fsswarm),
 # DOMAIN (:80, plain HTTP), HTTP_PORT (80), HTTPS_PORT (443), API_REPLICAS (2),
 # LOG_LEVEL (INFO), MAX_BODY_SIZE (1048576: the proxy's 413 above it),
 # RESOLVE_IMAGE (always; `never` when every node already holds IMAGE, no registry).
@@ -20,8 +21,9 @@ cd "$(dirname "$0")/../../deploy/swarm"
 IMAGE=${1:?usage: deploy.sh IMAGE}
 export STACK=${STACK:-fsswarm}
 export API_REPLICAS=${API_REPLICAS:-2}
-export CADDYFILE_DIGEST
+export CADDYFILE_DIGEST POSTGRES_INIT_DIGEST
 CADDYFILE_DIGEST=$(sha256sum Caddyfile | cut -c1-12)
+POSTGRES_INIT_DIGEST=$(cat 05-app-password.sh ../postgres/10-roles.sql | sha256sum | cut -c1-12)
 TIMEOUT=${DEPLOY_TIMEOUT:-300}
 
 log() { printf 'deploy [%s] %s\n' "$(date +%T)" "$*"; }
@@ -31,7 +33,7 @@ stack_deploy() { # stack_deploy API_IMAGE MIGRATE_IMAGE API_REPLICAS
     --prune -c stack.yml "$STACK" >/dev/null
 }
 
-for secret in database_url postgres_password; do
+for secret in database_url migrate_database_url postgres_password app_db_password; do
   docker secret inspect "${STACK}_${secret}" >/dev/null 2>&1 ||
     { echo "deploy: no secret ${STACK}_${secret}: see docs/swarm.md" >&2; exit 1; }
 done
