@@ -48,13 +48,17 @@ async def test_lock_timeout_is_503_not_a_hang(
     """A row held by another transaction: the request gives up after DB_LOCK_TIMEOUT."""
     client = await make_core_client(with_overrides(settings, db_lock_timeout=0.2), isolated=False)
     async with engine.connect() as holder:
+        # Committed, so that the app's own connection sees it: dropped whatever happens.
         await holder.execute(text("CREATE TABLE IF NOT EXISTS core_test_locks (id int)"))
         await holder.commit()
-        await holder.execute(text("LOCK TABLE core_test_locks IN ACCESS EXCLUSIVE MODE"))
-        response = await client.get(route, params={"sql": "SELECT count(*) FROM core_test_locks"})
-        await holder.rollback()
-        await holder.execute(text("DROP TABLE core_test_locks"))
-        await holder.commit()
+        try:
+            await holder.execute(text("LOCK TABLE core_test_locks IN ACCESS EXCLUSIVE MODE"))
+            sql = "SELECT count(*) FROM core_test_locks"
+            response = await client.get(route, params={"sql": sql})
+        finally:
+            await holder.rollback()
+            await holder.execute(text("DROP TABLE core_test_locks"))
+            await holder.commit()
     assert_problem(response, 503)
 
 

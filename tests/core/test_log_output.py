@@ -83,6 +83,7 @@ async def test_library_records_share_the_output_and_keep_the_order_logged() -> N
         app_logger.info(b"app third")
     finally:
         library.removeHandler(handler)
+        library.propagate = True
     await asyncio.sleep(0)
     assert stream.getvalue() == b"app first\nlibrary second\napp third\n"
     assert stream.writes == 1
