@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncGenerator
+from typing import cast
 
+import pytest
 from httpx import AsyncClient
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.core.cache import ModelCache
 from app.core.config import Settings
+from app.core.db import get_session
 from app.core.redis import OptionalRedis
 from app.core.state import get_read_session_factory
-from app.items.schemas import ItemRead
+from app.items import service
+from app.items.schemas import ItemRead, ItemUpdate
 from app.main import create_app
 from tests.conftest import AppClientMaker
 from tests.items.helpers import ITEMS, create
@@ -67,6 +72,29 @@ async def test_update_and_delete_invalidate_after_commit(
     await client.delete(f"{ITEMS}/{item['id']}")
     assert await redis.get(key) is None
     assert (await client.get(f"{ITEMS}/{item['id']}")).status_code == 404
+
+
+async def test_the_redis_entry_outlives_the_transaction_that_changes_it(
+    client: AsyncClient,
+    redis: Redis,
+    settings: Settings,
+    session_factory: async_sessionmaker[AsyncSession],
+) -> None:
+    """Deleted after the commit, never before: a reader in between would load the old
+    row and cache it again, for a whole TTL."""
+    item = await create(client, "v1")
+    key = await cache_key(settings, item["id"])
+    await client.get(f"{ITEMS}/{item['id']}")
+    optional_redis = OptionalRedis.from_settings(settings)
+    cache = ModelCache(optional_redis, resource="items", model=ItemRead, ttl_seconds=60)
+    request = cast("AsyncGenerator[AsyncSession]", get_session(session_factory))
+    session = await anext(request)
+    await service.update_item(session, cache, uuid.UUID(item["id"]), ItemUpdate(name="v2"))
+    assert await redis.get(key) is not None  # flushed, not yet committed
+    with pytest.raises(StopAsyncIteration):  # the request ends: commit, then the hooks
+        await anext(request)
+    assert await redis.get(key) is None
+    await optional_redis.aclose()
 
 
 async def test_a_refused_update_keeps_the_cache(
