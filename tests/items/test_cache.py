@@ -88,13 +88,16 @@ async def test_the_redis_entry_outlives_the_transaction_that_changes_it(
     optional_redis = OptionalRedis.from_settings(settings)
     cache = ModelCache(optional_redis, resource="items", model=ItemRead, ttl_seconds=60)
     request = cast("AsyncGenerator[AsyncSession]", get_session(session_factory))
-    session = await anext(request)
-    await service.update_item(session, cache, uuid.UUID(item["id"]), ItemUpdate(name="v2"))
-    assert await redis.get(key) is not None  # flushed, not yet committed
-    with pytest.raises(StopAsyncIteration):  # the request ends: commit, then the hooks
-        await anext(request)
-    assert await redis.get(key) is None
-    await optional_redis.aclose()
+    try:
+        session = await anext(request)
+        await service.update_item(session, cache, uuid.UUID(item["id"]), ItemUpdate(name="v2"))
+        assert await redis.get(key) is not None  # flushed, not yet committed
+        with pytest.raises(StopAsyncIteration):  # the request ends: commit, then the hooks
+            await anext(request)
+        assert await redis.get(key) is None
+    finally:
+        await request.aclose()  # if an assert failed mid-request: its session is closed
+        await optional_redis.aclose()
 
 
 async def test_a_refused_update_keeps_the_cache(
