@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from httpx import AsyncClient
+from redis.asyncio import Redis
 
 from app.core.config import Settings
 from app.health import checks as health_checks
@@ -87,6 +88,27 @@ async def test_ready_warns_with_200_when_redis_is_down(
     assert body["status"] == "warn"
     assert checks(body)["redis"]["status"] == "fail"
     assert checks(body)["postgres"]["status"] == "pass"
+
+
+async def test_ready_warns_while_the_breaker_is_open_though_redis_answers(
+    make_client: AppClientMaker, settings: Settings, redis: Redis
+) -> None:
+    """Redis alive but silent long enough to open the breaker (CLIENT PAUSE), then
+    back: the probe passes, yet requests still skip Redis until the cool-down ends."""
+    client = await make_client(
+        with_overrides(settings, redis_breaker_failures=1, redis_breaker_cooldown=30)
+    )
+    item = (await client.post("/api/v1/items", json={"name": "paused"})).json()
+    await redis.client_pause(500, all=True)  # milliseconds
+    # Its cache lookup times out, the breaker opens, Postgres answers.
+    assert (await client.get(f"/api/v1/items/{item['id']}")).status_code == 200
+    await asyncio.sleep(0.6)  # the pause is over
+    response = await client.get("/health/ready")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["status"] == "warn"
+    assert checks(body)["redis"]["status"] == "pass"
+    assert checks(body)["redis"]["breaker"] == "open"
 
 
 async def test_ready_times_out_a_hung_dependency_and_checks_concurrently(
