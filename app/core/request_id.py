@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import os
 import re
-import uuid
 from contextvars import ContextVar
 
 REQUEST_ID_HEADER = "X-Request-ID"
@@ -18,7 +18,9 @@ def accept_or_generate(incoming: str | None) -> str:
     """Keep a well-formed incoming id (so traces join up across services), else make one."""
     if incoming is not None and _WELL_FORMED.fullmatch(incoming):
         return incoming
-    return uuid.uuid4().hex
+    # 128 random bits as 32 hex digits: the form of uuid4().hex, for a fraction of its
+    # cost (no UUID object to build), and this runs on every request.
+    return os.urandom(16).hex()
 
 
 def set_request_id(request_id: str) -> None:
