@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import cast
 from urllib.parse import urlsplit
 
 import pytest
@@ -34,7 +36,7 @@ from sqlalchemy.ext.asyncio import (
 from alembic import command
 from app.core.config import Settings, load_settings
 from app.core.db import ReadOnlySession, create_engine
-from app.core.state import get_read_session_factory, get_session_factory
+from app.core.state import AppState
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -213,11 +215,27 @@ class AppClientMaker:
 
             app = create_app(settings)
         if isolated:
-            app.dependency_overrides[get_session_factory] = lambda: self._session_factory
-            app.dependency_overrides[get_read_session_factory] = lambda: self._read_session_factory
+            self._share_test_transaction(app)
         manager, client = await start_app(app)
         self._open.append((manager, client))
         return client
+
+    def _share_test_transaction(self, app: FastAPI) -> None:
+        """The app's own lifespan, with the test's session factories in its state in
+        place of the engine's: every dependency and provider that reads the state
+        (SessionDep, ReadSessionDep, a ModelCache's misses) joins the test's transaction."""
+        own_lifespan = app.router.lifespan_context
+
+        @asynccontextmanager
+        async def lifespan(app: FastAPI) -> AsyncIterator[AppState]:
+            async with own_lifespan(app) as state:
+                yield {
+                    **cast("AppState", state),
+                    "session_factory": self._session_factory,
+                    "read_session_factory": self._read_session_factory,
+                }
+
+        app.router.lifespan_context = lifespan
 
     async def close_all(self) -> None:
         for manager, client in reversed(self._open):

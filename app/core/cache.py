@@ -30,9 +30,9 @@ from collections.abc import Awaitable, Callable
 from fastapi import Request
 from pydantic import BaseModel
 from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.core.db import after_commit
+from app.core.db import after_commit, read_session
 from app.core.metrics import cache_counters
 from app.core.near_cache import CHANNEL, NearCache
 from app.core.redis import OptionalRedis
@@ -75,9 +75,11 @@ class ModelCache[Model: BaseModel]:
         ttl_seconds: int,
         lease_seconds: int = 5,
         near: NearCache | None = None,
+        sessions: async_sessionmaker[AsyncSession] | None = None,
     ) -> None:
         self._redis = redis
         self._near = near
+        self._sessions = sessions
         self._model = model
         self._ttl = ttl_seconds
         self._lease_seconds = lease_seconds
@@ -122,6 +124,23 @@ class ModelCache[Model: BaseModel]:
             near.put(key, body, generation)
         return body
 
+    async def read_through(
+        self, entity_id: object, load: Callable[[AsyncSession], Awaitable[Model]]
+    ) -> bytes:
+        """`get_or_load`, where `load` gets a read-only session (`read_session`) opened
+        on a miss only: a hit never touches SQLAlchemy. Needs the cache made with
+        `sessions` (`model_cache_provider` gives it the app's read-only sessions), so a
+        handler declares one dependency, the cache, not the cache and the sessions."""
+        sessions = self._sessions
+        if sessions is None:
+            raise RuntimeError("read_through needs a ModelCache made with `sessions`")
+
+        async def load_in_session() -> Model:
+            async with read_session(sessions) as session:
+                return await load(session)
+
+        return await self.get_or_load(entity_id, load_in_session)
+
     async def invalidate(self, entity_id: object) -> None:
         """Drop this worker's copy and the Redis entry (other workers hear of it by
         NOTIFY: see invalidate_on_commit)."""
@@ -143,8 +162,9 @@ def model_cache_provider[Model: BaseModel](
     resource: str, model: type[Model], *, ttl_seconds: int | None = None
 ) -> Callable[[Request], Awaitable[ModelCache[Model]]]:
     """A dependency giving `resource`'s cache, made once per worker from the app's
-    Redis client, near cache and settings (CACHE_TTL_SECONDS unless `ttl_seconds`).
-    One dependency with no sub-dependencies: a cached read resolves as little as it can.
+    Redis client, near cache, read-only sessions and settings (CACHE_TTL_SECONDS unless
+    `ttl_seconds`). One dependency with no sub-dependencies: a cached read resolves as
+    little as it can (FastAPI spends several microseconds on each dependency).
 
         get_widget_cache = model_cache_provider("widgets", WidgetRead)
         WidgetCacheDep = Annotated[ModelCache[WidgetRead], Depends(get_widget_cache)]
@@ -160,7 +180,12 @@ def model_cache_provider[Model: BaseModel](
         if cache is None:
             ttl = ttl_seconds or state["settings"].cache_ttl_seconds
             cache = ModelCache(
-                redis, resource=resource, model=model, ttl_seconds=ttl, near=state["near_cache"]
+                redis,
+                resource=resource,
+                model=model,
+                ttl_seconds=ttl,
+                near=state["near_cache"],
+                sessions=state["read_session_factory"],
             )
             made[redis] = cache
         return cache

@@ -204,6 +204,6 @@ async def get_read_session(session_factory: ReadSessionFactoryDep) -> AsyncItera
 
 
 # scope="function": the connection goes back to the pool before the response is sent.
-# A handler that may not need the database at all (a cache hit) takes
-# ReadSessionFactoryDep instead and opens `read_session(factory)` only when it must.
+# A handler that may not need the database at all (a cache hit) takes its ModelCache
+# instead, whose read_through opens a read-only session only on a miss.
 ReadSessionDep = Annotated[AsyncSession, Depends(get_read_session, scope="function")]

@@ -15,10 +15,8 @@ from app.core.cache import ModelCache
 from app.core.config import Settings
 from app.core.db import get_session
 from app.core.redis import OptionalRedis
-from app.core.state import get_read_session_factory
 from app.items import service
 from app.items.schemas import ItemRead, ItemUpdate
-from app.main import create_app
 from tests.conftest import AppClientMaker
 from tests.items.helpers import ITEMS, create
 
@@ -113,8 +111,8 @@ async def test_a_refused_update_keeps_the_cache(
 
 
 async def test_a_hit_opens_no_database_session(
-    make_client: AppClientMaker,
     settings: Settings,
+    session_factory: async_sessionmaker[AsyncSession],
     read_session_factory: async_sessionmaker[AsyncSession],
 ) -> None:
     opened = 0
@@ -124,10 +122,14 @@ async def test_a_hit_opens_no_database_session(
         opened += 1
         return read_session_factory()
 
-    app = create_app(settings)
-    client = await make_client(settings, app)
-    app.dependency_overrides[get_read_session_factory] = lambda: counting_factory
-    item = await create(client, "hot")
-    for _ in range(3):
-        assert (await client.get(f"{ITEMS}/{item['id']}")).status_code == 200
+    maker = AppClientMaker(
+        session_factory, cast("async_sessionmaker[AsyncSession]", counting_factory)
+    )
+    try:
+        client = await maker(settings)
+        item = await create(client, "hot")
+        for _ in range(3):
+            assert (await client.get(f"{ITEMS}/{item['id']}")).status_code == 200
+    finally:
+        await maker.close_all()
     assert opened == 1  # the first read's miss; the hits never made a session
