@@ -98,7 +98,9 @@ def build_app(
         app.include_router(router)
     # Each under the prefix directly, not through one "api" router that includes them:
     # FastAPI matches included routers level by level, and the level saved is about a
-    # tenth of a cached read's CPU.
+    # tenth of a cached read's CPU. No level at all (each route re-created on the app's
+    # own router) would save a quarter more, at the price of copying every route's
+    # settings by hand: docs/benchmarks.md, "Why two bars are missed", says why not.
     for router in api_routers:
         app.include_router(router, prefix=api_prefix)
 
