@@ -30,6 +30,7 @@ from sqlalchemy.orm import DeclarativeBase, ORMExecuteState, Session
 
 import app
 from app.core.config import Settings
+from app.core.fair_pool import FairAsyncQueuePool
 from app.core.state import ReadSessionFactoryDep, SessionFactoryDep
 
 logger = structlog.get_logger(__name__)
@@ -70,6 +71,9 @@ def create_engine(settings: Settings) -> AsyncEngine:
     before a fork)."""
     return create_async_engine(
         settings.sqlalchemy_url,
+        # First come, first served: the stock pool lets new requests cut in line, and
+        # under load some waited seconds (app/core/fair_pool.py).
+        poolclass=FairAsyncQueuePool,
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
         pool_timeout=settings.db_pool_timeout,
