@@ -31,7 +31,7 @@ MYPY_SCRIPTS := scripts/dev_server.py scripts/init.py scripts/check_settings.py 
   scripts/new_resource.py scripts/bench.py scripts/bench_logging.py scripts/chaos.py \
   scripts/deploy_load.py scripts/metrics_cost.py scripts/seed.py
 LINT := status=0; \
-	for check in "ruff check ." "ruff format --check ." "mypy" "mypy $(MYPY_SCRIPTS)" "mypy bench/bare_app.py" \
+	for check in "ruff check ." "ruff format --check ." "mypy" "mypy $(MYPY_SCRIPTS)" "mypy bench/bare_app.py bench/bare_page.py" \
 	  "hadolint Dockerfile Dockerfile.dev" "python -m scripts.check_settings" "lint-imports --no-cache"; do \
 	  echo "--- $$check"; $$check || { status=1; failed="$$failed\n  $$check"; }; \
 	done; \

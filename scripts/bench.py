@@ -76,6 +76,9 @@ class Bar:
     row: str
     reference: str
     at_least: float  # row's requests/s over the reference's
+    # A row doing the same work with no framework, if there is one: the most any server
+    # of this machine serves of it. The report prints its own ratio to the reference.
+    ceiling: str | None = None
 
 
 # Reads first, the create last: it grows the table the page row counts.
@@ -85,6 +88,8 @@ ROWS = (
     Row("uvicorn", "GET /health, uvicorn --workers 2", "uvicorn", "/health"),
     Row("item", "GET /api/v1/items/{id}, cached", "app", "/api/v1/items/{id}"),
     Row("page", "GET /api/v1/items?limit=20", "app", "/api/v1/items?limit=20"),
+    # The same page with no framework at all (bench/bare_page.py): the page row's ceiling.
+    Row("page-floor", "the same page, no framework", "bare-page", "/api/v1/items?limit=20"),
     # Runs only when bench/metrics.env exists (the settings that turn metrics on).
     Row("metrics", "GET /health, metrics on", "metrics", "/health"),
     Row("create", "POST /api/v1/items", "app", "/api/v1/items", script="create.lua"),
@@ -93,7 +98,7 @@ BARS = (
     Bar("/health >= 0.40 x bare", "health", "bare", 0.40),
     Bar("Gunicorn >= 0.95 x uvicorn", "health", "uvicorn", 0.95),
     Bar("cached read >= 0.6 x /health", "item", "health", 0.60),
-    Bar("page >= 0.3 x /health", "page", "health", 0.30),
+    Bar("page >= 0.3 x /health", "page", "health", 0.30, ceiling="page-floor"),
     Bar("metrics cost < 10 %", "metrics", "health", 0.90),
 )
 
@@ -203,6 +208,27 @@ def seed_items() -> str:
     log(f"seeding {SEED_ITEMS} items")
     script = (BENCH / "seed.py").read_text()
     return compose("exec", "-T", "app", "python", "-", str(SEED_ITEMS), stdin=script).strip()
+
+
+# What a ceiling row answers must be what its app row answers, byte for byte: it is
+# what makes the two rows comparable, and it would silently drift with the app.
+SAME_BODY = {"page-floor": "page"}
+FETCH = """
+import sys, urllib.request
+sys.stdout.buffer.write(urllib.request.urlopen(sys.argv[1], timeout=10).read())
+"""
+
+
+def check_same_bodies(rows: list[Row], item_id: str) -> None:
+    keys = {row.key: row for row in rows}
+    for ceiling, row in SAME_BODY.items():
+        if ceiling in keys and row in keys:
+            bodies = [
+                compose("exec", "-T", "app", "python", "-c", FETCH, url_for(keys[key], item_id))
+                for key in (ceiling, row)
+            ]
+            if bodies[0] != bodies[1]:
+                raise SystemExit(f"bench: {ceiling} and {row} answer different bodies")
 
 
 # -------------------------------------------------------------------------------- wrk
@@ -423,6 +449,7 @@ def check_bars(rows: dict[str, Measurement]) -> list[dict[str, Any]]:
                 "at_least": bar.at_least,
                 "met": None if value is None else value >= bar.at_least,
                 **cpu_budget(rows, bar),
+                **ceiling_ratios(rows, bar),
             }
         )
     return checked
@@ -439,6 +466,17 @@ def cpu_budget(rows: dict[str, Measurement], bar: Bar) -> dict[str, float]:
         "cpu_us": round(sum(row.cpu_us.values())),
         "cpu_budget_us": round(sum(reference.cpu_us.values()) / bar.at_least),
     }
+
+
+def ceiling_ratios(rows: dict[str, Measurement], bar: Bar) -> dict[str, Any]:
+    """The ceiling row against the same reference, and the row's share of the ceiling."""
+    if bar.ceiling is None:
+        return {}
+    ceiling = ratio(rows, bar.ceiling, bar.reference)
+    share = ratio(rows, bar.row, bar.ceiling)
+    if ceiling is None or share is None:
+        return {}
+    return {"ceiling": bar.ceiling, "ceiling_ratio": ceiling, "share_of_ceiling": share}
 
 
 def best_rows(result: dict[str, Any]) -> dict[str, Measurement]:
@@ -467,6 +505,11 @@ def print_table(result: dict[str, Any]) -> None:
                 print(
                     f"        as CPU: {bar['cpu_us']:,} us a request, all containers;"
                     f" the bar allows {bar['cpu_budget_us']:,}"
+                )
+            if "ceiling_ratio" in bar:
+                print(
+                    f"        with no framework ({bar['ceiling']}): {bar['ceiling_ratio']:.2f};"
+                    f" the row serves {bar['share_of_ceiling']:.2f} x that"
                 )
     print_cpu(result)
     memory_rows = result.get("memory", {})
@@ -564,6 +607,7 @@ def measure() -> dict[str, Any]:
     start_stack(list(dict.fromkeys([*servers(rows), "app"])))  # app takes the seed
     boot_cpu = boot_cpu_seconds("app")
     item_id = seed_items()
+    check_same_bodies(rows, item_id)
     measure_idle([*servers(rows), "app", "db", "redis", "wrk"])
     reads, writes = [r for r in rows if not r.script], [r for r in rows if r.script]
     for group in (reads, writes):
@@ -672,7 +716,7 @@ def compare(before_path: str, after_path: str) -> int:
 
 def profile(target: str) -> int:
     """Load one endpoint with wrk and record it with py-spy from a sidecar container."""
-    rows = {"health": ROWS[1], "item": ROWS[3], "page": ROWS[4], "create": ROWS[6]}
+    rows = {row.key: row for row in ROWS if row.key in ("health", "item", "page", "create")}
     row = rows[target]
     seconds = env_int("PROFILE_SECONDS", 20)
     RESULTS.mkdir(exist_ok=True)
