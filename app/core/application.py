@@ -100,7 +100,7 @@ def build_app(
     # FastAPI matches included routers level by level, and the level saved is about a
     # tenth of a cached read's CPU. No level at all (each route re-created on the app's
     # own router) would save a quarter more, at the price of copying every route's
-    # settings by hand: docs/benchmarks.md, "Why two bars are missed", says why not.
+    # settings by hand: docs/benchmarks.md, "Why bars were missed on the AMD VM", says why not.
     for router in api_routers:
         app.include_router(router, prefix=api_prefix)
 
