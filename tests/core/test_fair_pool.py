@@ -80,6 +80,7 @@ async def test_a_waiter_that_times_out_leaves_the_pool_whole(
         holder = await engine.connect()
         with pytest.raises(sa_exc.TimeoutError):
             await engine.connect()
+        assert not engine.pool._pool._waiters  # type: ignore[attr-defined]  # nobody left in line
         await holder.close()
         # The timed-out waiter is gone: the returned connection is idle, not handed to it.
         assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
@@ -102,6 +103,50 @@ async def test_a_connection_handed_to_a_cancelled_waiter_goes_to_the_next() -> N
         await first
     assert await asyncio.wait_for(second, 1) == "connection"
     assert queue.qsize() == 0
+
+
+async def test_waiters_are_served_in_arrival_order() -> None:
+    queue: FairQueue[int] = FairQueue(maxsize=5)
+    served: list[str] = []
+
+    async def wait(name: str) -> None:
+        await greenlet_spawn(queue.get, True, 5.0)
+        served.append(name)
+
+    waiters = []
+    for name in ("first", "second", "third", "fourth"):
+        waiters.append(asyncio.create_task(wait(name)))
+        await asyncio.sleep(0.01)  # each queues before the next arrives
+    for connection in range(4):
+        queue.put_nowait(connection)
+        await asyncio.sleep(0.01)
+    await asyncio.gather(*waiters)
+    assert served == ["first", "second", "third", "fourth"]
+
+
+async def test_a_connection_passed_on_is_kept_even_when_the_queue_is_full() -> None:
+    """The cancelled waiter's connection has nobody to go to and the idle list filled
+    up meanwhile: it is kept (the pool counts it as returned), never lost, and the
+    waiter's request ends cancelled, not with a pool error."""
+    queue: FairQueue[str] = FairQueue(maxsize=1)
+    waiter = asyncio.create_task(greenlet_spawn(queue.get, True, 5.0))
+    await asyncio.sleep(0.01)
+    queue.put_nowait("handed")  # to the waiter, which has not run yet
+    queue.put_nowait("returned")  # nobody waits: idle, and the queue is now full
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert sorted([queue.get_nowait(), queue.get_nowait()]) == ["handed", "returned"]
+
+
+async def test_a_get_outside_a_greenlet_leaves_nobody_in_line() -> None:
+    """A blocking get that cannot wait (called outside SQLAlchemy's greenlet) must not
+    leave a waiter behind that would swallow the next connection returned."""
+    queue: FairQueue[str] = FairQueue(maxsize=1)
+    with pytest.raises(sa_exc.MissingGreenlet):
+        queue.get(True, 1.0)
+    queue.put_nowait("connection")
+    assert queue.get_nowait() == "connection"
 
 
 async def test_lifo_and_sizes_as_the_pool_expects() -> None:
