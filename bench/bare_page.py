@@ -1,4 +1,4 @@
-"""The page's floor: the first page of items from asyncpg straight to orjson, no framework.
+"""The page's ceiling: the first page of items from asyncpg straight to orjson, no framework.
 
 `make bench` serves it with the same image, gunicorn_conf.py, worker count and pool
 size as the real app, on the same seeded table. It answers every request with the
