@@ -107,6 +107,8 @@ class Settings(LoggingSettings):
     cache_local_max_entries: int = Field(default=10_000, ge=0)
     # Requests per minute per client on routes limited with rate_limit("writes"); 0 disables.
     rate_limit_writes: int = Field(default=60, ge=0)
+    # How long an Idempotency-Key's stored response is replayed (app/core/idempotency.py).
+    idempotency_key_ttl_seconds: int = Field(default=24 * 60 * 60, ge=1)
     max_body_size: int = Field(default=1024 * 1024, ge=1)
 
     # Prometheus metrics (docs/metrics.md): the Gunicorn master serves them on METRICS_PORT.

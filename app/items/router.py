@@ -7,6 +7,7 @@ import uuid
 from fastapi import APIRouter, Request, Response, status
 
 from app.core.db import ReadSessionDep, SessionDep
+from app.core.idempotency import IdempotentRoute, idempotent
 from app.core.pagination import Page, PageParamsDep
 from app.core.problems import problem_responses
 from app.core.rate_limit import rate_limit
@@ -14,7 +15,12 @@ from app.items import service
 from app.items.cache import ItemCacheDep
 from app.items.schemas import ItemCreate, ItemRead, ItemUpdate
 
-router = APIRouter(prefix="/items", tags=["items"], responses=problem_responses(503))
+router = APIRouter(
+    prefix="/items",
+    tags=["items"],
+    responses=problem_responses(503),
+    route_class=IdempotentRoute,
+)
 
 writes = rate_limit("writes")
 
@@ -32,8 +38,8 @@ CREATED = {
 @router.post(
     "",
     status_code=status.HTTP_201_CREATED,
-    dependencies=[writes],
-    responses={201: CREATED, **problem_responses(409, 429)},
+    dependencies=[writes, idempotent],
+    responses={201: CREATED, **problem_responses(409, 422, 429)},
 )
 async def create_item(
     data: ItemCreate, session: SessionDep, request: Request, response: Response

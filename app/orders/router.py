@@ -8,13 +8,19 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response, status
 
 from app.core.db import ReadSessionDep, SessionDep
+from app.core.idempotency import IdempotentRoute, idempotent
 from app.core.pagination import Page, PageParamsDep
 from app.core.problems import problem_responses
 from app.core.rate_limit import rate_limit
 from app.orders import service
 from app.orders.schemas import OrderCreate, OrderRead
 
-router = APIRouter(prefix="/orders", tags=["orders"], responses=problem_responses(503))
+router = APIRouter(
+    prefix="/orders",
+    tags=["orders"],
+    responses=problem_responses(503),
+    route_class=IdempotentRoute,
+)
 
 CREATED = {
     "headers": {"Location": {"description": "The new order's URL.", "schema": {"type": "string"}}},
@@ -28,8 +34,8 @@ CREATED = {
 @router.post(
     "",
     status_code=status.HTTP_201_CREATED,
-    dependencies=[rate_limit("writes")],
-    responses={201: CREATED, **problem_responses(429)},
+    dependencies=[rate_limit("writes"), idempotent],
+    responses={201: CREATED, **problem_responses(409, 429)},
 )
 async def create_order(
     data: OrderCreate, session: SessionDep, request: Request, response: Response

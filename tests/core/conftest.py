@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime
 
 import pytest
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, FastAPI, Response
 from httpx import AsyncClient
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy import DateTime, MetaData, String, func, select, text
@@ -19,7 +19,9 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from app.core.application import build_app
 from app.core.config import Settings
 from app.core.db import NAMING_CONVENTION, ReadSessionDep, SessionDep
+from app.core.db_errors import UNIQUE_VIOLATION, flush_or_raise
 from app.core.errors import AppError
+from app.core.idempotency import IdempotentRoute, idempotent
 from app.core.pagination import Page, PageParamsDep, Paginator
 from app.core.problems import problem_responses
 from app.core.rate_limit import rate_limit
@@ -109,8 +111,29 @@ async def list_widgets(session: SessionDep, page: PageParamsDep) -> Page[WidgetR
     return Page(items=[WidgetRead.model_validate(row) for row in rows], next_cursor=cursor)
 
 
+class WidgetNameTaken(AppError):
+    status_code = 409
+
+
+idempotent_router = APIRouter(prefix="/probe", route_class=IdempotentRoute)
+
+
+@idempotent_router.post("/keyed-widgets", status_code=201, dependencies=[idempotent])
+async def create_widget(
+    body: WidgetRead, session: SessionDep, response: Response, fail: bool = False
+) -> WidgetRead:
+    """Writes a widget; `fail` raises after the write, so the transaction rolls back."""
+    widget = Widget(id=body.id, name=body.name)
+    session.add(widget)
+    await flush_or_raise(session, {UNIQUE_VIOLATION: lambda: WidgetNameTaken("taken")})
+    if fail:
+        raise Teapot("failed after the write")
+    response.headers["Location"] = f"/probe/widgets/{widget.id}"
+    return WidgetRead.model_validate(widget)
+
+
 def build_core_app(settings: Settings) -> FastAPI:
-    return build_app(settings, routers=[router], title="core tests", version="0")
+    return build_app(settings, routers=[router, idempotent_router], title="core tests", version="0")
 
 
 CoreClientMaker = Callable[..., Awaitable[AsyncClient]]

@@ -24,6 +24,18 @@ async def test_create_returns_201_with_location_and_server_fields(client: AsyncC
     assert (await client.get(response.headers["location"])).json() == body
 
 
+async def test_a_retried_create_gets_its_own_item_not_a_409(client: AsyncClient) -> None:
+    key = {"Idempotency-Key": "create-apples-1"}
+    first = await client.post(ITEMS, json={"name": "apples"}, headers=key)
+    retried = await client.post(ITEMS, json={"name": "apples"}, headers=key)
+
+    assert first.status_code == retried.status_code == 201
+    assert retried.json() == first.json()
+    assert retried.headers["idempotent-replayed"] == "true"
+    other = await client.post(ITEMS, json={"name": "pears"}, headers=key)
+    assert other.status_code == 422
+
+
 async def test_create_refuses_client_supplied_server_fields(client: AsyncClient) -> None:
     response = await client.post(ITEMS, json={"name": "x", "id": str(uuid.uuid4())})
     assert response.status_code == 422

@@ -40,6 +40,8 @@ async def wait_for_lock_waiters(engine: AsyncEngine, count: int) -> None:
             )
             if waiting == count:
                 return
+            # pg_stat_activity is read once per transaction: end it to see it change.
+            await watcher.rollback()
             await asyncio.sleep(0.01)
     raise AssertionError(f"never saw {count} backend(s) waiting on a lock")
 

@@ -49,6 +49,23 @@ async def test_create_returns_the_order_with_its_item(client: AsyncClient) -> No
     assert (await client.get(response.headers["location"])).json() == body
 
 
+async def test_a_retried_order_is_one_order(client: AsyncClient) -> None:
+    """A client that lost the response retries with the same Idempotency-Key: it gets
+    the first order back, and the item has one order, not two."""
+    item = await create(client, "widget")
+    body = {"item_id": item["id"], "quantity": 2}
+    key = {"Idempotency-Key": str(uuid.uuid4())}
+    first = await client.post(ORDERS, json=body, headers=key)
+    retried = await client.post(ORDERS, json=body, headers=key)
+
+    assert first.status_code == retried.status_code == 201
+    assert retried.json() == first.json()
+    assert retried.headers["location"] == first.headers["location"]
+    assert retried.headers["idempotent-replayed"] == "true"
+    listed = await client.get(ORDERS, params={"item_id": item["id"]})
+    assert [o["id"] for o in listed.json()["items"]] == [first.json()["id"]]
+
+
 async def test_an_unknown_item_is_422_naming_the_field(client: AsyncClient) -> None:
     missing = str(uuid.uuid4())
     response = await client.post(ORDERS, json={"item_id": missing, "quantity": 1})

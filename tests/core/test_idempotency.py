@@ -1,0 +1,212 @@
+"""Idempotency-Key on POSTs (app/core/idempotency.py), on core's test-only route."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+from httpx import AsyncClient
+from sqlalchemy import delete, func, insert, select, text, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
+
+from app.core.config import Settings
+from app.core.idempotency import HEADER, REPLAYED_HEADER, IdempotencyKey, delete_expired_keys
+from tests.conftest import with_overrides
+from tests.core.conftest import CoreClientMaker, ProbeBase, Widget
+
+pytestmark = pytest.mark.usefixtures("widgets_table")
+
+
+def widget(name: str = "anvil") -> dict[str, str]:
+    return {"id": str(uuid.uuid4()), "name": name}
+
+
+async def count_widgets(connection: AsyncConnection) -> int:
+    return int(await connection.scalar(select(func.count()).select_from(Widget)) or 0)
+
+
+async def test_a_retry_gets_the_first_response_and_writes_nothing(
+    core_client: AsyncClient, connection: AsyncConnection
+) -> None:
+    body = widget()
+    first = await core_client.post("/probe/keyed-widgets", json=body, headers={HEADER: "k-1"})
+    again = await core_client.post("/probe/keyed-widgets", json=body, headers={HEADER: "k-1"})
+
+    assert first.status_code == again.status_code == 201
+    assert again.content == first.content
+    assert again.headers["location"] == first.headers["location"]
+    assert again.headers["content-type"] == "application/json"
+    assert again.headers[REPLAYED_HEADER] == "true"
+    assert REPLAYED_HEADER not in first.headers
+    assert await count_widgets(connection) == 1
+
+
+async def test_the_key_may_be_sent_as_a_structured_field_string(
+    core_client: AsyncClient, connection: AsyncConnection
+) -> None:
+    body = widget()
+    await core_client.post("/probe/keyed-widgets", json=body, headers={HEADER: "k-2"})
+    again = await core_client.post("/probe/keyed-widgets", json=body, headers={HEADER: '"k-2"'})
+
+    assert again.headers[REPLAYED_HEADER] == "true"
+    assert await count_widgets(connection) == 1
+
+
+async def test_the_same_key_with_another_body_is_refused(
+    core_client: AsyncClient, connection: AsyncConnection
+) -> None:
+    await core_client.post("/probe/keyed-widgets", json=widget("a"), headers={HEADER: "k-3"})
+    other = await core_client.post(
+        "/probe/keyed-widgets", json=widget("b"), headers={HEADER: "k-3"}
+    )
+
+    assert other.status_code == 422
+    assert other.headers["content-type"] == "application/problem+json"
+    assert HEADER in other.json()["detail"]
+    assert await count_widgets(connection) == 1
+
+
+async def test_without_a_key_nothing_changes(
+    core_client: AsyncClient, connection: AsyncConnection
+) -> None:
+    body = widget()
+    assert (await core_client.post("/probe/keyed-widgets", json=body)).status_code == 201
+    # Without a key a retry is a new request: here it hits the unique name.
+    assert (await core_client.post("/probe/keyed-widgets", json=body)).status_code == 409
+    stored = await connection.scalar(select(func.count()).select_from(IdempotencyKey))
+    assert stored == 0
+
+
+async def test_a_failed_request_stores_nothing_and_its_retry_runs_again(
+    core_client: AsyncClient, connection: AsyncConnection
+) -> None:
+    body = widget()
+    failed = await core_client.post(
+        "/probe/keyed-widgets", params={"fail": "true"}, json=body, headers={HEADER: "k-4"}
+    )
+    assert failed.status_code == 418
+    assert await count_widgets(connection) == 0
+    assert await connection.scalar(select(func.count()).select_from(IdempotencyKey)) == 0
+
+    # The same key on the same request (the query differs, so a new fingerprint
+    # would not matter: the failed claim is gone with its rollback).
+    retried = await core_client.post("/probe/keyed-widgets", json=body, headers={HEADER: "k-4"})
+    assert retried.status_code == 201
+    assert REPLAYED_HEADER not in retried.headers
+    assert await count_widgets(connection) == 1
+
+
+@pytest.mark.parametrize("key", ["", "caf\u00e9", "tab\there", "x" * 256])
+async def test_a_malformed_key_is_refused(core_client: AsyncClient, key: str) -> None:
+    response = await core_client.post(
+        "/probe/keyed-widgets", json=widget(), headers={HEADER.encode(): key.encode()}
+    )
+    assert response.status_code in {400, 422}
+    assert response.headers["content-type"] == "application/problem+json"
+
+
+async def test_an_expired_key_is_claimed_afresh(
+    core_client: AsyncClient, connection: AsyncConnection, settings: Settings
+) -> None:
+    await core_client.post("/probe/keyed-widgets", json=widget("old"), headers={HEADER: "k-5"})
+    await connection.execute(
+        update(IdempotencyKey).values(created_at=func.now() - text("interval '2 days'"))
+    )
+    fresh = await core_client.post(
+        "/probe/keyed-widgets", json=widget("new"), headers={HEADER: "k-5"}
+    )
+
+    assert fresh.status_code == 201
+    assert REPLAYED_HEADER not in fresh.headers
+    assert fresh.json()["name"] == "new"
+    assert await count_widgets(connection) == 2
+    assert settings.idempotency_key_ttl_seconds == 24 * 60 * 60
+
+
+async def test_expired_keys_are_deleted(
+    core_client: AsyncClient,
+    connection: AsyncConnection,
+    session_factory: async_sessionmaker[AsyncSession],
+) -> None:
+    for key in ("old", "new"):
+        await core_client.post("/probe/keyed-widgets", json=widget(key), headers={HEADER: key})
+    await connection.execute(
+        update(IdempotencyKey)
+        .where(IdempotencyKey.key == "old")
+        .values(created_at=func.now() - text("interval '2 days'"))
+    )
+    async with session_factory() as session:
+        assert await delete_expired_keys(session, 24 * 60 * 60) == 1
+        await session.commit()
+    remaining = (await connection.scalars(select(IdempotencyKey.key))).all()
+    assert remaining == ["new"]
+
+
+async def test_the_ttl_setting_is_read(
+    make_core_client: CoreClientMaker, settings: Settings, connection: AsyncConnection
+) -> None:
+    client = await make_core_client(with_overrides(settings, idempotency_key_ttl_seconds=1))
+    await client.post("/probe/keyed-widgets", json=widget("a"), headers={HEADER: "k-6"})
+    await connection.execute(
+        update(IdempotencyKey).values(created_at=func.now() - text("interval '2 seconds'"))
+    )
+    again = await client.post("/probe/keyed-widgets", json=widget("b"), headers={HEADER: "k-6"})
+    assert again.status_code == 201
+    assert REPLAYED_HEADER not in again.headers
+
+
+async def test_the_header_is_documented(core_client: AsyncClient) -> None:
+    operation = (await core_client.get("/openapi.json")).json()["paths"]["/probe/keyed-widgets"][
+        "post"
+    ]
+    assert any(p["name"] == HEADER and p["in"] == "header" for p in operation["parameters"])
+
+
+@pytest.fixture
+async def committed_widgets(engine: AsyncEngine) -> AsyncIterator[None]:
+    """The widgets table committed, for apps on their own engine (real concurrent
+    transactions); dropped afterwards, with the keys the test stored."""
+    async with engine.begin() as connection:
+        await connection.run_sync(ProbeBase.metadata.create_all)
+    yield
+    async with engine.begin() as connection:
+        await connection.run_sync(ProbeBase.metadata.drop_all)
+        await connection.execute(delete(IdempotencyKey))
+
+
+@pytest.mark.usefixtures("committed_widgets")
+async def test_concurrent_duplicates_write_once(
+    make_core_client: CoreClientMaker, settings: Settings, engine: AsyncEngine
+) -> None:
+    client = await make_core_client(settings, isolated=False)
+    body = widget()
+    responses = await asyncio.gather(
+        *(client.post("/probe/keyed-widgets", json=body, headers={HEADER: "k-c"}) for _ in range(5))
+    )
+
+    assert [r.status_code for r in responses] == [201] * 5
+    assert len({r.content for r in responses}) == 1
+    assert sum(REPLAYED_HEADER not in r.headers for r in responses) == 1
+    async with engine.connect() as connection:
+        assert await count_widgets(connection) == 1
+
+
+@pytest.mark.usefixtures("committed_widgets")
+async def test_a_retry_while_the_first_still_runs_gets_409(
+    make_core_client: CoreClientMaker, settings: Settings, engine: AsyncEngine
+) -> None:
+    client = await make_core_client(with_overrides(settings, db_lock_timeout=0.2), isolated=False)
+    async with engine.connect() as first:
+        # The first attempt's claim, its transaction still open.
+        await first.execute(
+            insert(IdempotencyKey).values(principal="anonymous", key="k-busy", fingerprint="0" * 64)
+        )
+        retry = await client.post("/probe/keyed-widgets", json=widget(), headers={HEADER: "k-busy"})
+        await first.rollback()
+
+    assert retry.status_code == 409
+    assert retry.headers["retry-after"] == "1"
+    async with engine.connect() as connection:
+        assert await count_widgets(connection) == 0
