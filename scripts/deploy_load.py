@@ -2,11 +2,14 @@
 """Steady load through the proxy while a deploy runs (scripts/deploy-check.sh).
 
 Each client thread holds one keep-alive HTTP/1.1 connection and sends, at a fixed
-pace, a mix of writes (create an item; --writes of them) and reads (an item, or
-a page of items). Any
-answer but the expected status, any connection error and any timeout is a failed
-request. It runs until SIGTERM or SIGINT (or --seconds), then prints one JSON
-summary on stdout: requests, failures by kind, worst and 99th-percentile latency.
+pace, a mix of writes (create an item or an order; --writes of them) and reads (an
+item, or a page of items). Each write carries an Idempotency-Key and is retried with
+it, as a careful client would, after an answer that leaves its outcome unknown (a
+connection error, a timeout, 502, 503, 504). Any final answer but the expected
+status is a failed request. It runs until SIGTERM or SIGINT (or --seconds), then
+checks that no order was created twice (each order's quantity is unique to this
+run) and prints one JSON summary on stdout: requests, retries, duplicates, failures
+by kind, worst and 99th-percentile latency.
 
     python3 scripts/deploy_load.py http://localhost:18090 --clients 8 --rate 80
 
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import http.client
+import itertools
 import json
 import random
 import signal
@@ -31,6 +35,15 @@ from urllib.parse import urlsplit
 
 TIMEOUT_SECONDS = 10.0
 SEED_ITEMS = 20
+# A write whose answer leaves its outcome unknown is sent again, with the same key.
+RETRY_AFTER: frozenset[int | str] = frozenset(
+    {"timeout", "RemoteDisconnected", "ConnectionResetError", "BrokenPipeError"}
+    | {"ConnectionRefusedError", "IncompleteRead", 502, 503, 504}
+)
+RETRIES = 5
+RETRY_PAUSE_SECONDS = 0.2
+# Order quantities are 1-10,000; each order of a run gets its own, so a duplicate shows.
+MAX_QUANTITY = 10_000
 
 
 @dataclass
@@ -39,6 +52,10 @@ class Tally:
 
     lock: threading.Lock = field(default_factory=threading.Lock)
     requests: int = 0
+    retries: int = 0
+    replayed: int = 0
+    quantities: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+    ordered: dict[int, str] = field(default_factory=dict)  # quantity -> item id
     failures: Counter[str] = field(default_factory=Counter)
     statuses: Counter[str] = field(default_factory=Counter)
     latencies: list[float] = field(default_factory=list)
@@ -59,13 +76,18 @@ class Client:
         self.host, self.port = host, port
         self.connection: http.client.HTTPConnection | None = None
 
-    def send(self, method: str, path: str, body: dict[str, str] | None) -> int | str:
-        """The response's status, or the kind of error that stopped the request."""
+    def send(
+        self, method: str, path: str, body: dict[str, object] | None, key: str | None = None
+    ) -> tuple[int | str, bool]:
+        """The response's status (or the kind of error that stopped the request), and
+        whether it was a replay of an earlier attempt with the same key."""
         if self.connection is None:
             self.connection = http.client.HTTPConnection(
                 self.host, self.port, timeout=TIMEOUT_SECONDS
             )
         headers = {"Content-Type": "application/json"} if body is not None else {}
+        if key is not None:
+            headers["Idempotency-Key"] = key
         try:
             self.connection.request(
                 method, path, json.dumps(body) if body is not None else None, headers
@@ -74,13 +96,13 @@ class Client:
             response.read()
         except TimeoutError:
             self.close()
-            return "timeout"
+            return "timeout", False
         except (OSError, http.client.HTTPException) as exc:
             self.close()
-            return type(exc).__name__
+            return type(exc).__name__, False
         if response.will_close:
             self.close()
-        return response.status
+        return response.status, response.getheader("Idempotent-Replayed") == "true"
 
     def close(self) -> None:
         if self.connection is not None:
@@ -106,14 +128,24 @@ def create_seed_items(base: tuple[str, int]) -> list[str]:
     return ids
 
 
-Request = tuple[str, str, str, dict[str, str] | None, int]
+Request = tuple[str, str, str, dict[str, object] | None, int]
 
 
-def pick_request(rng: random.Random, ids: list[str], writes: float) -> Request:
-    """(label, method, path, JSON body, expected status): a write, an item or a page."""
+def pick_request(rng: random.Random, ids: list[str], writes: float, tally: Tally) -> Request:
+    """(label, method, path, JSON body, expected status): a write (an item or an
+    order), an item or a page."""
     roll = rng.random()
-    if roll < writes:
+    if roll < writes / 2:
         return ("create", "POST", "/api/v1/items", {"name": f"load-{uuid.uuid4().hex[:12]}"}, 201)
+    if roll < writes:
+        item_id = rng.choice(ids)
+        with tally.lock:
+            quantity = next(tally.quantities)
+            tally.ordered[quantity] = item_id
+        if quantity > MAX_QUANTITY:
+            sys.exit(f"more than {MAX_QUANTITY} orders: lower --writes or --seconds")
+        body = {"item_id": item_id, "quantity": quantity}
+        return ("order", "POST", "/api/v1/orders", body, 201)
     if roll < writes + (1 - writes) * 0.75:
         return ("get", "GET", f"/api/v1/items/{rng.choice(ids)}", None, 200)
     return ("list", "GET", "/api/v1/items?limit=10", None, 200)
@@ -136,11 +168,44 @@ def run_client(
         if delay > 0 and stop.wait(delay):
             break
         next_at = max(next_at + interval, time.monotonic() - interval)
-        what, method, path, body, expected = pick_request(rng, ids, writes)
+        what, method, path, body, expected = pick_request(rng, ids, writes, tally)
+        key = str(uuid.uuid4()) if method == "POST" else None
         started = time.perf_counter()
-        status = client.send(method, path, body)
+        status, replayed = client.send(method, path, body, key)
+        for _ in range(RETRIES if key else 0):
+            if status not in RETRY_AFTER or stop.wait(RETRY_PAUSE_SECONDS):
+                break
+            with tally.lock:
+                tally.retries += 1
+            status, replayed = client.send(method, path, body, key)
+        if replayed:
+            with tally.lock:
+                tally.replayed += 1
         tally.record(what, status, expected, time.perf_counter() - started)
     client.close()
+
+
+def count_duplicate_orders(base: tuple[str, int], tally: Tally) -> int:
+    """Orders this run created more than once: each was sent with its own quantity."""
+    seen: Counter[int] = Counter()
+    connection = http.client.HTTPConnection(*base, timeout=TIMEOUT_SECONDS)
+    try:
+        for item_id in sorted(set(tally.ordered.values())):
+            cursor: str | None = ""
+            while cursor is not None:
+                query = f"item_id={item_id}&limit=100" + (f"&cursor={cursor}" if cursor else "")
+                connection.request("GET", f"/api/v1/orders?{query}")
+                response = connection.getresponse()
+                page = json.loads(response.read())
+                if response.status != 200:
+                    sys.exit(
+                        f"counting orders failed: GET /api/v1/orders answered {response.status}"
+                    )
+                seen.update(int(order["quantity"]) for order in page["items"])
+                cursor = page["next_cursor"]
+    finally:
+        connection.close()
+    return sum(n - 1 for quantity, n in seen.items() if quantity in tally.ordered and n > 1)
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -194,6 +259,9 @@ def main() -> None:
     summary = {
         "seconds": round(time.monotonic() - started, 1),
         "requests": tally.requests,
+        "retries": tally.retries,
+        "replayed": tally.replayed,
+        "duplicates": count_duplicate_orders(base, tally),
         "failed": sum(tally.failures.values()),
         "failures": dict(tally.failures),
         "statuses": dict(sorted(tally.statuses.items())),
