@@ -115,14 +115,7 @@ pytest: ## Run the tests with uv on this machine, against DATABASE_URL and REDIS
 fmt: ## Format the code and apply safe lint fixes
 	$(DEV) run --rm --no-deps --build api sh -c 'ruff format . && ruff check --fix .'
 
-##@ Template checks (CI)
-.PHONY: check-clones
-check-clones: ## Two clones side by side: make up and make test in both at once, nothing shared
-	scripts/check-clones.sh
-
-.PHONY: check-init
-check-init: ## make init name=… on a throw-away clone, then make lint and make test there
-	scripts/check-init.sh
-
 # Each area keeps its targets in mk/<area>.mk (production, chaos, bench, fuzz, orchestrators).
 include $(sort $(wildcard mk/*.mk))
+# The template's own proofs (template/): `make init` deletes them, so a fork has none.
+-include template/template.mk

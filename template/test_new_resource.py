@@ -14,7 +14,8 @@ import pytest
 
 from scripts import new_resource
 from scripts.new_resource import ScaffoldError, scaffold
-from tests.conftest import ROOT
+
+ROOT = Path(__file__).resolve().parent.parent
 
 NOW = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
 

@@ -1,0 +1,24 @@
+# The template's own proofs: they check the template, not a fork's service.
+# Included by the Makefile only while template/ exists; `make init` deletes it.
+
+##@ Template checks (removed by make init)
+.PHONY: template-test
+template-test: ## The scaffold's unit tests (template/test_new_resource.py), in the test image
+	$(TEST) build tests
+	$(TEST) run --rm --no-deps tests sh -c 'mypy template/test_new_resource.py && python -m pytest -p no:cacheprovider template/test_new_resource.py'
+
+.PHONY: check-core
+check-core: ## Core's tests on a throw-away clone with every domain package deleted
+	template/check-core.sh
+
+.PHONY: check-resource
+check-resource: ## make resource name=widgets on a throw-away clone, then make lint and make test there
+	template/check-resource.sh
+
+.PHONY: check-init
+check-init: ## make init name=… on a throw-away clone, then make lint and make test there
+	template/check-init.sh
+
+.PHONY: check-clones
+check-clones: ## Two clones side by side: make up and make test in both at once, nothing shared
+	template/check-clones.sh
