@@ -1,5 +1,5 @@
 # Production image: Gunicorn managing Uvicorn workers, as a non-root user.
-#   docker build -t fastapi-service .
+#   docker build --build-arg SERVICE_NAME=my-service -t my-service .
 # The builder stage installs the locked dependencies into /opt/venv; the runtime
 # stage gets that virtualenv and the app's code, and nothing else (no compiler,
 # no uv, no tests). Development uses Dockerfile.dev instead.
@@ -44,7 +44,7 @@ COPY --from=builder /opt/venv /opt/venv
 
 WORKDIR /app
 # Code last, owned by root and read-only to the app: it is what changes most often.
-COPY alembic.ini gunicorn_conf.py ./
+COPY alembic.ini gunicorn_conf.py pyproject.toml ./
 COPY alembic ./alembic
 COPY app ./app
 # Compiled now, because the container's filesystem is read-only at run time.
@@ -63,9 +63,10 @@ CMD ["gunicorn", "-c", "gunicorn_conf.py", "app.main:app"]
 # Build metadata last, so a new revision does not invalidate any layer above.
 ARG VERSION=0.1.0
 ARG REVISION=unknown
-ARG SOURCE=https://github.com/your-org/fastapi-service
-LABEL org.opencontainers.image.title="fastapi-service" \
-      org.opencontainers.image.description="Reference FastAPI service" \
+# SERVICE_NAME: pyproject.toml's name (the Makefile and the Compose files pass it).
+ARG SERVICE_NAME=app
+ARG SOURCE=unknown
+LABEL org.opencontainers.image.title="${SERVICE_NAME}" \
       org.opencontainers.image.source="${SOURCE}" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.revision="${REVISION}"

@@ -9,6 +9,10 @@ SHELL := /bin/bash
 export HOST_UID := $(shell id -u)
 export HOST_GID := $(shell id -g)
 
+# The service's name lives in one place, pyproject.toml's [project] name; image names,
+# the app's title, OCI labels, the Swarm stack and the scripts read it from there.
+export SERVICE_NAME := $(shell sed -n 's/^name = "\(.*\)"$$/\1/p' pyproject.toml | head -n 1)
+
 # A value from .env (written by `make init`), or nothing. Only plain KEY=value lines.
 dotenv = $(shell sed -n 's/^$(1)=//p' .env 2>/dev/null | tail -n 1)
 
@@ -27,9 +31,7 @@ TEST := docker compose -p $(PROJECT)-test -f docker-compose.test.yml
 # Every checker runs, even after one fails; the exit status says whether any did.
 # The Python scripts outside the mypy `files` of pyproject.toml, checked the same way
 # (k8s_*.py run in a venv of their own: make k8s-validate). One module name per run.
-MYPY_SCRIPTS := scripts/dev_server.py scripts/init.py scripts/check_settings.py \
-  scripts/new_resource.py scripts/bench.py scripts/bench_logging.py scripts/chaos.py \
-  scripts/deploy_load.py scripts/metrics_cost.py scripts/seed.py
+MYPY_SCRIPTS := $(filter-out scripts/k8s_%,$(wildcard scripts/*.py))
 LINT := status=0; \
 	for check in "ruff check ." "ruff format --check ." "mypy" "mypy $(MYPY_SCRIPTS)" "mypy bench/bare_app.py bench/bare_page.py" \
 	  "hadolint Dockerfile Dockerfile.dev" "python -m scripts.check_settings" "lint-imports --no-cache"; do \
@@ -43,8 +45,12 @@ help: ## List the targets
 
 ##@ Getting started
 .PHONY: init
-init: ## Write .env (fresh secrets, free ports); `make init name=acme-orders` also renames the template
-	python3 scripts/init.py $(if $(name),--name "$(name)")
+init: ## Write .env (fresh secrets, free ports); `make init name=acme-orders [targets=vm,swarm,k8s] [examples=no]` makes the fork
+	python3 scripts/init.py $(if $(name),--name "$(name)") $(if $(targets),--targets "$(targets)") $(if $(examples),--examples "$(examples)")
+
+.PHONY: update
+update: ## Merge the template's changes since .template.toml's revision: make update [ref=v1.1.0] [from=URL]
+	python3 scripts/update.py $(if $(ref),--ref "$(ref)") $(if $(from),--from "$(from)")
 
 ##@ Development stack
 .PHONY: up

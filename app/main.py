@@ -4,6 +4,8 @@ Entry point: `app.main:app`."""
 from __future__ import annotations
 
 import sys
+import tomllib
+from pathlib import Path
 
 from fastapi import FastAPI
 
@@ -13,8 +15,10 @@ from app.health.router import router as health_router
 from app.items.router import router as items_router
 from app.orders.router import router as orders_router
 
-TITLE = "FastAPI service"
-VERSION = "0.1.0"
+# The service's name and version live in pyproject.toml (the image carries it).
+PROJECT = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text("utf-8"))
+TITLE = str(PROJECT["project"]["name"])
+VERSION = str(PROJECT["project"]["version"])
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

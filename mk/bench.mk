@@ -17,4 +17,4 @@ profile: ## Flame graph of the app under load: make profile [on=health|item|page
 .PHONY: bench-down
 bench-down: ## Remove the bench stack (after BENCH_KEEP=1) and its images
 	docker compose -f bench/compose.yml --profile metrics --profile tools down -v -t 5
-	docker image rm -f fastapi-service:bench fsbench-wrk:local fsbench-py-spy:local
+	docker image rm -f $(SERVICE_NAME):bench fsbench-wrk:local fsbench-py-spy:local

@@ -7,6 +7,6 @@ swarm-e2e: ## Deploy the Swarm stack, roll it out and back under load, then leav
 	NODES=$(NODES) scripts/swarm-e2e.sh
 
 .PHONY: swarm-deploy
-swarm-deploy: ## Deploy or upgrade the Swarm stack: make swarm-deploy IMAGE=registry/fastapi-service:1.4.0
-	@test -n "$(IMAGE)" || { echo 'usage: make swarm-deploy IMAGE=registry/fastapi-service:TAG' >&2; exit 2; }
+swarm-deploy: ## Deploy or upgrade the Swarm stack: make swarm-deploy IMAGE=registry/my-service:1.4.0
+	@test -n "$(IMAGE)" || { echo 'usage: make swarm-deploy IMAGE=registry/$(SERVICE_NAME):TAG' >&2; exit 2; }
 	scripts/swarm/deploy.sh "$(IMAGE)"

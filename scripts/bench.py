@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 RESULTS = BENCH / "results"
 COMPOSE = ["docker", "compose", "-f", str(BENCH / "compose.yml")]
-IMAGE = "fastapi-service:bench"
+IMAGE = f"{os.environ.get('SERVICE_NAME', 'app')}:bench"  # make: pyproject.toml's name
 PY_SPY_IMAGE = "fsbench-py-spy:local"
 THREADS, CONNECTIONS = 2, 64
 

@@ -46,7 +46,7 @@ HTTP_PORT = int(os.environ.get("CHAOS_HTTP_PORT", "18180"))
 HTTPS_PORT = int(os.environ.get("CHAOS_HTTPS_PORT", "18543"))
 SUBNET = os.environ.get("CHAOS_SUBNET", "172.30.252.0/24")
 PROXY_IP = os.environ.get("CHAOS_PROXY_IP", "172.30.252.10")
-API_IMAGE = "fastapi-service:chaos"
+API_IMAGE = f"{os.environ.get('SERVICE_NAME', 'app')}:chaos"  # make: pyproject.toml's name
 
 CLIENTS = 16
 CLIENT_TIMEOUT = 5.0

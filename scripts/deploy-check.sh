@@ -11,13 +11,14 @@
 # Needs Docker with Compose v2, python3 and free ports DEPLOY_HTTP_PORT/DEPLOY_HTTPS_PORT.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+SERVICE_NAME=${SERVICE_NAME:-$(sed -n 's/^name = "\(.*\)"$/\1/p' pyproject.toml | head -n 1)}  # pyproject.toml: the one place
 # shellcheck source=scripts/lib/throwaway-env.sh
 . scripts/lib/throwaway-env.sh
 
 export COMPOSE_PROJECT_NAME=${DEPLOY_PROJECT:-fsdeploy}
 HTTP_PORT=${DEPLOY_HTTP_PORT:-18090}
 BASE="http://localhost:${HTTP_PORT}"
-IMAGE=fastapi-service:deploy-check
+IMAGE=$SERVICE_NAME:deploy-check
 WORK=$(mktemp -d)
 export ENV_FILE="$WORK/env"
 COMPOSE=(docker compose -f docker-compose.prod.yml --env-file "$ENV_FILE")

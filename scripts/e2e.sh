@@ -10,10 +10,11 @@
 # Needs Docker with Compose v2, curl, and free ports E2E_HTTP_PORT/E2E_HTTPS_PORT.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+SERVICE_NAME=${SERVICE_NAME:-$(sed -n 's/^name = "\(.*\)"$/\1/p' pyproject.toml | head -n 1)}  # pyproject.toml: the one place
 # shellcheck source=scripts/lib/throwaway-env.sh
 . scripts/lib/throwaway-env.sh
 
-export COMPOSE_PROJECT_NAME=${E2E_PROJECT:-fastapi-service-e2e}
+export COMPOSE_PROJECT_NAME=${E2E_PROJECT:-$SERVICE_NAME-e2e}
 HTTP_PORT=${E2E_HTTP_PORT:-18080}
 BASE="http://localhost:${HTTP_PORT}"
 # One file for Compose's variables and the app's settings (the api's env_file).
@@ -45,7 +46,7 @@ trap cleanup EXIT
 
 # Throw-away secrets, and a subnet apart from a real deployment's default.
 write_throwaway_env "$ENV_FILE" "$HTTP_PORT" "${E2E_HTTPS_PORT:-18443}" \
-  "${E2E_SUBNET:-172.30.251.0/24}" "${E2E_PROXY_IP:-172.30.251.10}" fastapi-service:e2e
+  "${E2E_SUBNET:-172.30.251.0/24}" "${E2E_PROXY_IP:-172.30.251.10}" "$SERVICE_NAME:e2e"
 remove_stack "${COMPOSE[@]}" # what a killed earlier run left
 
 # request METHOD PATH [BODY]: sets STATUS, BODY, HEADERS (lower-cased names).
@@ -83,7 +84,7 @@ log "building the image"
 "${COMPOSE[@]}" build --build-arg REVISION="$(git rev-parse HEAD 2>/dev/null || echo unknown)" migrate \
   >/dev/null || fail "image build failed"
 
-image=fastapi-service:e2e
+image=$SERVICE_NAME:e2e
 revision=$(docker image inspect -f '{{index .Config.Labels "org.opencontainers.image.revision"}}' "$image")
 [ "$revision" = "$(git rev-parse HEAD 2>/dev/null || echo unknown)" ] || fail "revision label is '$revision'"
 docker run --rm --entrypoint sh "$image" -c '

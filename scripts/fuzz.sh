@@ -12,6 +12,7 @@
 # reproduce a finding by hand), FUZZ_TIMEOUT (seconds for the Schemathesis run, 600).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+SERVICE_NAME=${SERVICE_NAME:-$(sed -n 's/^name = "\(.*\)"$/\1/p' pyproject.toml | head -n 1)}  # pyproject.toml: the one place
 # shellcheck source=scripts/lib/throwaway-env.sh
 . scripts/lib/throwaway-env.sh
 
@@ -22,8 +23,8 @@ MAX_EXAMPLES=${FUZZ_MAX_EXAMPLES:-200}
 SEED=${FUZZ_SEED:-20261124}
 REPORT_DIR=${FUZZ_REPORT_DIR:-fuzz/report}
 TIMEOUT=${FUZZ_TIMEOUT:-600}
-API_IMAGE=fastapi-service:fuzz
-FUZZER_IMAGE=fastapi-service-fuzzer:local
+API_IMAGE=$SERVICE_NAME:fuzz
+FUZZER_IMAGE=$SERVICE_NAME-fuzzer:local
 FUZZER_CONTAINER="$COMPOSE_PROJECT_NAME-schemathesis"
 # The compose file reads the app's settings from $ENV_FILE (its `env_file:`).
 export ENV_FILE

@@ -4,8 +4,9 @@
 # Builds from a copy of the tracked files, so the checkout is never touched.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+SERVICE_NAME=${SERVICE_NAME:-$(sed -n 's/^name = "\(.*\)"$/\1/p' pyproject.toml | head -n 1)}  # pyproject.toml: the one place
 
-tag=fastapi-service:image-report
+tag=$SERVICE_NAME:image-report
 base=$(sed -nE 's/^FROM ([^ ]+) AS runtime$/\1/p' Dockerfile)
 work=$(mktemp -d)
 trap 'rm -rf "$work"; docker image rm -f "$tag" >/dev/null 2>&1 || true' EXIT

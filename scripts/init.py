@@ -1,9 +1,15 @@
-"""`make init [name=acme-orders]`: make this checkout yours.
+"""`make init [name=acme-orders] [targets=vm,swarm,k8s] [examples=no]`: make this checkout yours.
 
-1. With a name, rename the template: every `fastapi-service` in the tracked files
-   (Compose and image names, package metadata, OCI labels), the app's title and the
-   README's. Only a checkout still named after the template is renamed; running it
-   again with the same name changes nothing, with another name it refuses.
+1. With a name, on the template's own checkout (it still has template/), once:
+   - names the service: pyproject.toml's [project] name, the one place the name
+     lives (the Makefile, the Compose files, the image and the app read it from
+     there), uv.lock's entry for it and the README's title;
+   - deletes what proves only the template (template/, .ci/, its workflow, its
+     CHANGELOG), the deploy targets not in `targets` (vm, swarm, k8s: all by default)
+     and, with `examples=no`, the example resources (items, orders);
+   - records the template's revision, and what it deleted, in .template.toml:
+     `make update` merges the template's later changes from there.
+   Running it again with the same name changes nothing; with another name it refuses.
 2. Write .env, if there is none, from .env.example: a fresh password for the dev
    database (Python's `secrets`), this checkout's Compose project name, and host ports
    that are free right now (so a second clone on this machine does not clash); the
@@ -27,12 +33,35 @@ import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-TEMPLATE = "fastapi-service"
-TEMPLATE_TITLE = "FastAPI service"
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
 NAME_MAX_LENGTH = 50
-# This script and its check name the template on purpose.
-KEEP = {"scripts/init.py", "scripts/check-init.sh"}
+# Written by init, read and rewritten by `make update` (scripts/update.py).
+RECORD = ".template.toml"
+
+# What proves only the template: never part of a fork, never merged by `make update`.
+TEMPLATE_ONLY = ["template", ".ci", ".github/workflows/template.yml", "CHANGELOG.md"]
+# Each deploy target: its files, docs and checks, and its job in the nightly workflow.
+TARGETS = {
+    "vm": ["mk/vm.mk", "scripts/deploy.sh", "scripts/deploy-check.sh", "docs/deploy.md"],
+    "swarm": [
+        "mk/swarm.mk",
+        "deploy/swarm",
+        "scripts/swarm",
+        "scripts/swarm-e2e.sh",
+        "docs/swarm.md",
+    ],
+    "k8s": [
+        "mk/k8s.mk",
+        "deploy/k8s",
+        "scripts/k8s_policy.py",
+        "scripts/k8s_validate.py",
+        "docs/kubernetes.md",
+    ],
+}
+NIGHTLY_JOB = {"vm": "vm", "swarm": "swarm", "k8s": "kubernetes"}
+NIGHTLY = ".github/workflows/nightly.yml"
+# The example resources and everything that exists only for them.
+EXAMPLES = ["items", "orders"]
 
 # Host ports of the dev stack: the default, unless it is taken (or set in the environment).
 PORTS = {"API_PORT": 8000, "POSTGRES_PORT": 5432, "REDIS_PORT": 6379, "DEBUGPY_PORT": 5678}
@@ -47,44 +76,98 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def tracked_files() -> list[Path]:
-    listed = run("git", "ls-files", "-z").stdout
-    return [ROOT / name for name in listed.split("\0") if name and name not in KEEP]
-
-
 def project_name() -> str:
     data = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
     return str(data["project"]["name"])
 
 
-def rename(name: str) -> list[str]:
-    """Replace the template's name and title everywhere; return the files changed."""
+def substitute(relative: str, pattern: str, replacement: str, count: int = 0) -> None:
+    path = ROOT / relative
+    if path.is_file():
+        text = path.read_text(encoding="utf-8")
+        path.write_text(re.sub(pattern, replacement, text, count, re.MULTILINE), "utf-8")
+
+
+def rename(current: str, name: str) -> None:
+    """The name's one place, the lock's copy of it, and the README's title."""
     title = name.replace("-", " ").capitalize()
-    # Where the template's title or description sits, by file name (or suffix).
-    own_words = {
-        "README.md": [(r"^# FastAPI service$", f"# {title}")],
-        "pyproject.toml": [(r'^description = ".*"$', f'description = "{title}."')],
-        "Dockerfile": [(r'image\.description="[^"]*"', f'image.description="{title}"')],
-        ".py": [(r'"FastAPI service"', f'"{title}"')],  # the app's title (app/main.py)
-    }
-    everywhere = [(TEMPLATE, name), (TEMPLATE.replace("-", "_"), name.replace("-", "_"))]
-    changed = []
-    for path in tracked_files():
-        if path.is_symlink() or not path.is_file():
+    substitute("pyproject.toml", rf'^name = "{re.escape(current)}"$', f'name = "{name}"', 1)
+    # What `uv lock` would write: the project's own entry is the one line that changes.
+    substitute("uv.lock", rf'^name = "{re.escape(current)}"$', f'name = "{name}"', 1)
+    substitute("README.md", r"^# .*$", f"# {title}", 1)
+    substitute("README.md", re.escape(current), name)
+
+
+def remove(paths: list[str]) -> list[str]:
+    """Delete each path that exists (file or directory); return those deleted."""
+    removed = []
+    for relative in paths:
+        path = ROOT / relative
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+        else:
             continue
-        try:
-            text = path.read_text(encoding="utf-8")
-        except UnicodeDecodeError:
-            continue  # not text
-        new = text
-        for pattern, replacement in own_words.get(path.name, own_words.get(path.suffix, [])):
-            new = re.sub(pattern, replacement, new, flags=re.MULTILINE)
-        for old, replacement in everywhere:
-            new = new.replace(old, replacement)
-        if new != text:
-            path.write_text(new, encoding="utf-8")
-            changed.append(str(path.relative_to(ROOT)))
-    return changed
+        removed.append(relative)
+    return removed
+
+
+def drop_nightly_job(job: str) -> None:
+    """Remove a job (its `  name:` line up to the next job's) from the nightly workflow."""
+    substitute(NIGHTLY, rf"^  {job}:\n(?:(?!  \S).*\n|\n)*", "")
+
+
+def drop_examples() -> list[str]:
+    """Delete the example resources (code, tests, migrations) and their wiring."""
+    paths = [f"{top}/{example}" for example in EXAMPLES for top in ("app", "tests")]
+    paths += [
+        str(path.relative_to(ROOT))
+        for path in sorted((ROOT / "alembic" / "versions").glob("*.py"))
+        if re.search(r"\b(items|orders)\b", path.read_text(encoding="utf-8"))
+    ]
+    paths += ["scripts/seed.py", "mk/seed.mk", "api.http"]
+    removed = remove(paths)
+    (ROOT / "alembic" / "versions" / ".gitkeep").touch()
+    for example in EXAMPLES:
+        substitute("app/main.py", rf"^from app\.{example}\.router import .*\n", "")
+        substitute("app/main.py", rf"^\s*{example}_router,\n", "")
+        substitute("pyproject.toml", rf'^\s*"(app|tests)\.{example}",\n', "")
+    return removed
+
+
+def record(revision: str, url: str, removed: list[str]) -> None:
+    lines = [
+        "# The template this service was made from. `make update` merges the template's",
+        "# changes since `revision` and rewrites it; `removed` lists what `make init`",
+        "# deleted on purpose, which updates leave out.",
+        f"url = {json.dumps(url)}",
+        f"revision = {json.dumps(revision)}",
+        "removed = [",
+        *(f"    {json.dumps(path)}," for path in sorted(removed)),
+        "]",
+    ]
+    (ROOT / RECORD).write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def make_fork(name: str, targets: list[str], examples: bool) -> None:
+    current = project_name()
+    revision = run("git", "rev-parse", "HEAD").stdout.strip() or "unknown"
+    url = run("git", "remote", "get-url", "origin").stdout.strip()
+    rename(current, name)
+    removed = remove(TEMPLATE_ONLY)
+    for target, paths in TARGETS.items():
+        if target not in targets:
+            removed += remove(paths)
+            drop_nightly_job(NIGHTLY_JOB[target])
+    if not examples:
+        removed += drop_examples()
+    record(revision, url, removed)
+    print(f"init: named the service {name} (pyproject.toml, uv.lock, README.md)")
+    print(f"init: deploy targets kept: {', '.join(targets) or 'none'}")
+    print("init: deleted what proves only the template" + ("" if examples else ", and the examples"))
+    print("".join(f"  {path}\n" for path in removed), end="")
+    print(f"init: {RECORD} records template revision {revision[:12]} for `make update`")
 
 
 def compose_project() -> str:
@@ -162,22 +245,33 @@ def write_env(env_file: Path) -> None:
     print(f"init: wrote .env (mode 600) with a fresh database password; {shown}")
 
 
+def parse_targets(value: str | None) -> list[str]:
+    targets = [t.strip() for t in (value or ",".join(TARGETS)).split(",") if t.strip()]
+    unknown = sorted(set(targets) - set(TARGETS))
+    if unknown:
+        sys.exit(f"init: unknown targets {', '.join(unknown)}; choose from {', '.join(TARGETS)}")
+    return targets
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--name", help="your service's name, e.g. acme-orders")
+    parser.add_argument("--targets", help="deploy targets to keep: vm,swarm,k8s (default all)")
+    parser.add_argument("--examples", choices=["yes", "no"], help="keep items and orders")
     args = parser.parse_args()
 
+    is_template = (ROOT / "template").is_dir()
     current = project_name()
+    if (args.targets or args.examples) and not (args.name and is_template):
+        sys.exit("init: targets= and examples= go with name=, on the template's checkout")
     if args.name:
         if not NAME_PATTERN.match(args.name) or len(args.name) > NAME_MAX_LENGTH:
             sys.exit(
                 f"init: {args.name!r} is not a valid name: lower-case letters, digits and "
                 f"single hyphens, starting with a letter, at most {NAME_MAX_LENGTH} characters"
             )
-        if current == TEMPLATE:
-            changed = rename(args.name)
-            print(f"init: renamed {TEMPLATE} to {args.name} in {len(changed)} files:")
-            print("".join(f"  {path}\n" for path in changed), end="")
+        if is_template:
+            make_fork(args.name, parse_targets(args.targets), args.examples != "no")
         elif current == args.name:
             print(f"init: already named {args.name}; nothing to rename")
         else:
@@ -188,8 +282,8 @@ def main() -> None:
         print("init: .env exists; left as it is (delete it to generate a new one)")
     else:
         write_env(env_file)
-    if args.name and current == TEMPLATE:
-        print('next: review `git diff`, then `git commit -am "Rename to ' + args.name + '"`')
+    if args.name and is_template:
+        print(f'next: review `git status`, then `git add -A && git commit -m "{args.name}"`')
 
 
 if __name__ == "__main__":

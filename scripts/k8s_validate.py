@@ -221,7 +221,7 @@ POLICY_CASES: list[tuple[str, Mutation, str]] = [
         lambda d: _pod(d).update(terminationGracePeriodSeconds=30),
         "grace",
     ),
-    ("image :latest", lambda d: _api(d).update(image="fastapi-service:latest"), "image"),
+    ("image :latest", lambda d: _api(d).update(image="api:latest"), "image"),
     (
         "replicas next to an HPA",
         lambda d: _find(d, "Deployment")["spec"].update(replicas=3),

@@ -16,14 +16,15 @@
 # SWARM_ADDR_POOL (10.201.0.0/16), STACK (fsswarm).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+SERVICE_NAME=${SERVICE_NAME:-$(sed -n 's/^name = "\(.*\)"$/\1/p' pyproject.toml | head -n 1)}  # pyproject.toml: the one place
 
 export STACK=${STACK:-fsswarm}
 NODES=${NODES:-1}
 HTTP_PORT=${SWARM_HTTP_PORT:-18480}
 ADDR_POOL=${SWARM_ADDR_POOL:-10.201.0.0/16}
 BASE="http://127.0.0.1:${HTTP_PORT}"
-IMAGE_A=fastapi-service:swarm-a
-IMAGE_B=fastapi-service:swarm-b
+IMAGE_A=$SERVICE_NAME:swarm-a
+IMAGE_B=$SERVICE_NAME:swarm-b
 OWNER_LABEL=fsswarm.e2e # marks a swarm this script created
 WORK=$(mktemp -d)
 started=$SECONDS

@@ -11,7 +11,7 @@
 #
 # The secrets must exist first (docs/swarm.md): ${STACK}_postgres_password (app_owner's),
 # ${STACK}_app_db_password (the api role's), ${STACK}_database_url (the api's, as app) and
-# ${STACK}_migrate_database_url (the migrations', as app_owner). Settings: STACK (fsswarm),
+# ${STACK}_migrate_database_url (the migrations', as app_owner). Settings: STACK (pyproject.toml's name),
 # DOMAIN (:80, plain HTTP), HTTP_PORT (80), HTTPS_PORT (443), API_REPLICAS (2),
 # LOG_LEVEL (INFO), MAX_BODY_SIZE (1048576: the proxy's 413 above it),
 # RESOLVE_IMAGE (always; `never` when every node already holds IMAGE, no registry).
@@ -19,7 +19,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../../deploy/swarm"
 
 IMAGE=${1:?usage: deploy.sh IMAGE}
-export STACK=${STACK:-fsswarm}
+export STACK=${STACK:-${SERVICE_NAME:-$(sed -n 's/^name = "\(.*\)"$/\1/p' ../../pyproject.toml | head -n 1)}}
 export API_REPLICAS=${API_REPLICAS:-2}
 export CADDYFILE_DIGEST POSTGRES_INIT_DIGEST
 CADDYFILE_DIGEST=$(sha256sum Caddyfile | cut -c1-12)

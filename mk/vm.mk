@@ -1,0 +1,29 @@
+# Deploying to one VM: the production stack (docker-compose.prod.yml), with its settings in .env:
+# the same file a plain `docker compose -f docker-compose.prod.yml up -d` reads.
+PROD := docker compose -f docker-compose.prod.yml
+
+##@ Deploy to a VM
+.PHONY: prod-up
+prod-up: .env ## Build and start the production stack (docker-compose.prod.yml, settings in .env)
+	$(PROD) up --build --detach --wait
+
+.PHONY: deploy
+deploy: .env ## Roll the api to a new build with no failed request (`make deploy pull=1`: pull API_IMAGE)
+	scripts/deploy.sh $(if $(pull),--pull)
+
+.PHONY: prod-down
+prod-down: .env ## Stop the production stack (keeps its volumes)
+	$(PROD) down
+
+.PHONY: prod-logs
+prod-logs: .env ## Follow the production stack's logs
+	$(PROD) logs --follow --tail=100
+
+.env:
+	@echo "No .env: cp .env.prod.example .env, then fill in DOMAIN, POSTGRES_PASSWORD and APP_DB_PASSWORD." >&2
+	@exit 1
+
+.PHONY: deploy-check
+deploy-check: ## Deploy a new build under steady load through the proxy; fail on any failed request
+	scripts/deploy-check.sh
+

@@ -1,0 +1,214 @@
+"""`make update [ref=<tag or commit>] [from=<url>]`: merge the template's newer changes.
+
+.template.toml (written by `make init`) records the template's address and the
+revision this service was made from, or last updated to. This fetches the template
+(into refs/template/*, apart from this repository's own branches and tags), then
+merges, file by file, what the template changed between that revision and `ref`
+(default: the template's default branch) into the working tree, with `git merge-file`:
+the revision is the common base, the template at `ref` is theirs, this checkout ours.
+A file the service did not change takes the template's change as it is; where both
+changed the same lines, the file gets conflict markers, as `git merge` leaves them.
+
+Before merging, the template's name (pyproject.toml's [project] name) is replaced by
+this service's in both template versions, and the README's first heading by this
+README's, so the lines `make init` changed never conflict. Paths that prove only the
+template and those `make init` removed on purpose (`removed` in .template.toml) are
+left out. Nothing is committed: review `git diff`, resolve any conflict, then commit.
+
+Why not `git merge`: a fork made from a copy of the template ("Use this template")
+shares no history with it, and a merge would bring back every file init deleted and
+conflict on every line init renamed. Standard library and git only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RECORD = ROOT / ".template.toml"
+# Never part of a fork (scripts/init.py: TEMPLATE_ONLY), whatever the template adds there.
+TEMPLATE_ONLY = ["template", ".ci", ".github/workflows/template.yml", "CHANGELOG.md", RECORD.name]
+
+
+def git(*args: str, check: bool = True, text: bool = True) -> subprocess.CompletedProcess[str]:
+    program = shutil.which("git") or "git"
+    result = subprocess.run(  # noqa: S603  # git, with arguments built here
+        [program, *args], cwd=ROOT, capture_output=True, text=text, check=False
+    )
+    if check and result.returncode != 0:
+        sys.exit(f"update: git {' '.join(args)} failed:\n{result.stderr.strip()}")
+    return result
+
+
+def show(revision: str, path: str) -> bytes | None:
+    """A file's bytes at a revision, or None where it does not exist."""
+    program = shutil.which("git") or "git"
+    result = subprocess.run(  # noqa: S603  # git, with arguments built here
+        [program, "show", f"{revision}:{path}"], cwd=ROOT, capture_output=True, check=False
+    )
+    return result.stdout if result.returncode == 0 else None
+
+
+def mode(revision: str, path: str) -> str:
+    listed = git("ls-tree", revision, "--", path).stdout.split()
+    return listed[0] if listed else "100644"
+
+
+def name_at(revision: str) -> str:
+    pyproject = show(revision, "pyproject.toml") or b""
+    return str(tomllib.loads(pyproject.decode())["project"]["name"])
+
+
+def heading(text: str) -> str | None:
+    match = re.search(r"^# .*$", text, re.MULTILINE)
+    return match.group(0) if match else None
+
+
+class Renamer:
+    """Rewrites a template version of a file as `make init` left this service's."""
+
+    def __init__(self, template_name: str, name: str) -> None:
+        self.pairs = [(template_name, name)]
+        if "-" in template_name:
+            self.pairs.append((template_name.replace("-", "_"), name.replace("-", "_")))
+        readme = ROOT / "README.md"
+        self.title = heading(readme.read_text(encoding="utf-8")) if readme.is_file() else None
+
+    def __call__(self, path: str, data: bytes) -> bytes:
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            return data
+        for old, new in self.pairs:
+            text = text.replace(old, new)
+        if path == "README.md" and self.title:
+            text = re.sub(r"^# .*$", lambda _: str(self.title), text, count=1, flags=re.MULTILINE)
+        return text.encode("utf-8")
+
+
+def excluded(path: str, removed: list[str]) -> bool:
+    return any(path == p or path.startswith(p.rstrip("/") + "/") for p in TEMPLATE_ONLY + removed)
+
+
+def merge(path: str, base: bytes | None, theirs: bytes | None, their_mode: str) -> str:
+    """Merge one file into the working tree; return what happened."""
+    target = ROOT / path
+    ours = target.read_bytes() if target.is_file() else None
+    if ours == theirs:
+        return "same"
+    if theirs is None:  # the template deleted it
+        if ours is None:
+            return "same"
+        if ours == base:
+            target.unlink()
+            return "deleted"
+        return "kept (changed here, deleted in the template)"
+    if ours is None:
+        if base is not None:
+            return "skipped (deleted here, changed in the template)"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(theirs)
+        target.chmod(0o755 if their_mode == "100755" else 0o644)
+        return "added"
+    if ours == base:
+        target.write_bytes(theirs)
+        target.chmod(0o755 if their_mode == "100755" else 0o644)
+        return "updated"
+    with tempfile.TemporaryDirectory() as scratch:
+        base_file, their_file = Path(scratch, "base"), Path(scratch, "theirs")
+        base_file.write_bytes(base or b"")
+        their_file.write_bytes(theirs)
+        labels = ["-L", "yours", "-L", "template (base)", "-L", "template"]
+        result = git("merge-file", *labels, str(target), str(base_file), str(their_file), check=False)
+    if result.returncode == 0:
+        return "merged"
+    if result.returncode > 0:
+        return "CONFLICT"
+    return "CONFLICT (binary: kept yours)"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--ref", help="the template's tag, branch or commit (default: its HEAD)")
+    parser.add_argument("--from", dest="url", help="the template's address (default: recorded)")
+    args = parser.parse_args()
+
+    if not RECORD.is_file():
+        sys.exit(f"update: no {RECORD.name}: this checkout was not made with `make init name=…`")
+    recorded = tomllib.loads(RECORD.read_text(encoding="utf-8"))
+    url = args.url or recorded.get("url") or ""
+    if not url:
+        sys.exit("update: the template's address is unknown: make update from=<url>")
+    if git("status", "--porcelain", "--untracked-files=no").stdout.strip():
+        sys.exit("update: commit or stash your changes first")
+
+    print(f"update: fetching the template from {url}")
+    git("fetch", "--quiet", "--no-tags", "--force", url, "HEAD:refs/template/HEAD",
+        "refs/heads/*:refs/template/heads/*", "refs/tags/*:refs/template/tags/*")  # fmt: skip
+    ref = args.ref or "HEAD"
+    candidates = [f"refs/template/{kind}{ref}" for kind in ("tags/", "heads/", "")] + [ref]
+    for candidate in candidates:
+        found = git("rev-parse", "--verify", "--quiet", f"{candidate}^{{commit}}", check=False)
+        if found.returncode == 0:
+            target = found.stdout.strip()
+            break
+    else:
+        sys.exit(f"update: no tag, branch or commit {ref!r} in the template")
+    base_revision = str(recorded["revision"])
+    if git("cat-file", "-e", f"{base_revision}^{{commit}}", check=False).returncode != 0:
+        sys.exit(f"update: the recorded revision {base_revision[:12]} is not in the template")
+    if base_revision == target:
+        print(f"update: already at {target[:12]}; nothing to do")
+        return
+
+    removed = [str(p) for p in recorded.get("removed", [])]
+    rename = Renamer(name_at(base_revision), name_at("HEAD"))
+    changed = git("diff", "--name-only", "--no-renames", "-z", base_revision, target).stdout
+    outcomes: dict[str, list[str]] = {}
+    left_out = 0
+    for path in filter(None, changed.split("\0")):
+        if excluded(path, removed):
+            left_out += 1
+            continue
+        base, theirs = show(base_revision, path), show(target, path)
+        base = rename(path, base) if base is not None else None
+        theirs = rename(path, theirs) if theirs is not None else None
+        outcome = merge(path, base, theirs, mode(target, path))
+        outcomes.setdefault(outcome, []).append(path)
+
+    text = RECORD.read_text(encoding="utf-8")
+    RECORD.write_text(
+        re.sub(r"^revision = .*$", f"revision = {json.dumps(target)}", text, flags=re.MULTILINE),
+        encoding="utf-8",
+    )
+    print(f"update: merged the template's changes {base_revision[:12]}..{target[:12]}")
+    for outcome, paths in sorted(outcomes.items()):
+        print(f"  {outcome}: {len(paths)}")
+        if outcome != "same":
+            print("".join(f"    {path}\n" for path in paths), end="")
+    print(f"  left out (the template's own, or removed by make init): {left_out}")
+    notes = git("diff", base_revision, target, "--", "CHANGELOG.md").stdout
+    added = [
+        line[1:] for line in notes.splitlines() if line.startswith("+") and line[:3] != "+++"
+    ]
+    if added:
+        print("update: the template's CHANGELOG since then (upgrade notes):")
+        print("".join(f"  {line}\n" for line in added), end="")
+    conflicts = [p for o, paths in outcomes.items() if o.startswith("CONFLICT") for p in paths]
+    print(f"update: {RECORD.name} now records {target[:12]}")
+    if conflicts:
+        print(f"update: {len(conflicts)} conflicts: resolve the <<<<<<< markers, then commit")
+        sys.exit(1)
+    print('next: review `git diff`, then `git add -A && git commit -m "Update from the template"`')
+
+
+if __name__ == "__main__":
+    main()
