@@ -39,7 +39,14 @@ NAME_MAX_LENGTH = 50
 RECORD = ".template.toml"
 
 # What proves only the template: never part of a fork, never merged by `make update`.
-TEMPLATE_ONLY = ["template", ".ci", ".github/workflows/template.yml", "CHANGELOG.md"]
+# (bench/results: the template's own measured runs; a fork's bench writes its own.)
+TEMPLATE_ONLY = [
+    "template",
+    ".ci",
+    ".github/workflows/template.yml",
+    "CHANGELOG.md",
+    "bench/results",
+]
 # Each deploy target: its files, docs and checks, and its job in the nightly workflow.
 TARGETS = {
     "vm": ["mk/vm.mk", "scripts/deploy.sh", "scripts/deploy-check.sh", "docs/deploy.md"],
@@ -85,7 +92,8 @@ def substitute(relative: str, pattern: str, replacement: str, count: int = 0) ->
     path = ROOT / relative
     if path.is_file():
         text = path.read_text(encoding="utf-8")
-        path.write_text(re.sub(pattern, replacement, text, count, re.MULTILINE), "utf-8")
+        new = re.sub(pattern, replacement, text, count=count, flags=re.MULTILINE)
+        path.write_text(new, encoding="utf-8")
 
 
 def rename(current: str, name: str) -> None:
@@ -165,7 +173,7 @@ def make_fork(name: str, targets: list[str], examples: bool) -> None:
     record(revision, url, removed)
     print(f"init: named the service {name} (pyproject.toml, uv.lock, README.md)")
     print(f"init: deploy targets kept: {', '.join(targets) or 'none'}")
-    print("init: deleted what proves only the template" + ("" if examples else ", and the examples"))
+    print("init: deleted the template's own files" + ("" if examples else " and the examples"))
     print("".join(f"  {path}\n" for path in removed), end="")
     print(f"init: {RECORD} records template revision {revision[:12]} for `make update`")
 

@@ -35,7 +35,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 RECORD = ROOT / ".template.toml"
 # Never part of a fork (scripts/init.py: TEMPLATE_ONLY), whatever the template adds there.
-TEMPLATE_ONLY = ["template", ".ci", ".github/workflows/template.yml", "CHANGELOG.md", RECORD.name]
+TEMPLATE_ONLY = [
+    "template",
+    ".ci",
+    ".github/workflows/template.yml",
+    "CHANGELOG.md",
+    "bench/results",
+    RECORD.name,
+]
 
 
 def git(*args: str, check: bool = True, text: bool = True) -> subprocess.CompletedProcess[str]:
@@ -98,41 +105,98 @@ def excluded(path: str, removed: list[str]) -> bool:
     return any(path == p or path.startswith(p.rstrip("/") + "/") for p in TEMPLATE_ONLY + removed)
 
 
+def take(target: Path, data: bytes, their_mode: str) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(data)
+    target.chmod(0o755 if their_mode == "100755" else 0o644)
+
+
+def trivial(target: Path, base: bytes | None, theirs: bytes | None, their_mode: str) -> str | None:
+    """What happens to a file one side did not change (or deleted); None: a real merge."""
+    ours = target.read_bytes() if target.is_file() else None
+    if ours == theirs:
+        outcome = "same"
+    elif theirs is None:  # the template deleted it
+        outcome = "kept (changed here, deleted in the template)"
+        if ours == base:
+            target.unlink()
+            outcome = "deleted"
+    elif ours is None and base is not None:
+        outcome = "skipped (deleted here, changed in the template)"
+    elif ours is None or ours == base:
+        take(target, theirs, their_mode)
+        outcome = "added" if ours is None else "updated"
+    else:
+        return None
+    return outcome
+
+
 def merge(path: str, base: bytes | None, theirs: bytes | None, their_mode: str) -> str:
     """Merge one file into the working tree; return what happened."""
     target = ROOT / path
-    ours = target.read_bytes() if target.is_file() else None
-    if ours == theirs:
-        return "same"
-    if theirs is None:  # the template deleted it
-        if ours is None:
-            return "same"
-        if ours == base:
-            target.unlink()
-            return "deleted"
-        return "kept (changed here, deleted in the template)"
-    if ours is None:
-        if base is not None:
-            return "skipped (deleted here, changed in the template)"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(theirs)
-        target.chmod(0o755 if their_mode == "100755" else 0o644)
-        return "added"
-    if ours == base:
-        target.write_bytes(theirs)
-        target.chmod(0o755 if their_mode == "100755" else 0o644)
-        return "updated"
+    outcome = trivial(target, base, theirs, their_mode)
+    if outcome is not None or theirs is None:
+        return outcome or "same"
     with tempfile.TemporaryDirectory() as scratch:
         base_file, their_file = Path(scratch, "base"), Path(scratch, "theirs")
         base_file.write_bytes(base or b"")
         their_file.write_bytes(theirs)
         labels = ["-L", "yours", "-L", "template (base)", "-L", "template"]
-        result = git("merge-file", *labels, str(target), str(base_file), str(their_file), check=False)
+        files = [str(target), str(base_file), str(their_file)]
+        result = git("merge-file", *labels, *files, check=False)
     if result.returncode == 0:
         return "merged"
     if result.returncode > 0:
         return "CONFLICT"
     return "CONFLICT (binary: kept yours)"
+
+
+def fetch(url: str, ref: str) -> str:
+    """The template's commit for a tag, branch or commit, fetched into refs/template/*."""
+    print(f"update: fetching the template from {url}")
+    git("fetch", "--quiet", "--no-tags", "--force", url, "HEAD:refs/template/HEAD",
+        "refs/heads/*:refs/template/heads/*", "refs/tags/*:refs/template/tags/*")  # fmt: skip
+    candidates = [f"refs/template/{kind}{ref}" for kind in ("tags/", "heads/", "")] + [ref]
+    for candidate in candidates:
+        found = git("rev-parse", "--verify", "--quiet", f"{candidate}^{{commit}}", check=False)
+        if found.returncode == 0:
+            return found.stdout.strip()
+    sys.exit(f"update: no tag, branch or commit {ref!r} in the template")
+
+
+def merge_all(
+    base_revision: str, target: str, removed: list[str]
+) -> tuple[dict[str, list[str]], int]:
+    """Merge every file the template changed; the outcomes, and how many were left out."""
+    rename = Renamer(name_at(base_revision), name_at("HEAD"))
+    changed = git("diff", "--name-only", "--no-renames", "-z", base_revision, target).stdout
+    outcomes: dict[str, list[str]] = {}
+    left_out = 0
+    for path in filter(None, changed.split("\0")):
+        if excluded(path, removed):
+            left_out += 1
+            continue
+        base, theirs = show(base_revision, path), show(target, path)
+        base = rename(path, base) if base is not None else None
+        theirs = rename(path, theirs) if theirs is not None else None
+        outcome = merge(path, base, theirs, mode(target, path))
+        outcomes.setdefault(outcome, []).append(path)
+    return outcomes, left_out
+
+
+def report(base_revision: str, target: str, outcomes: dict[str, list[str]], left_out: int) -> None:
+    print(f"update: merged the template's changes {base_revision[:12]}..{target[:12]}")
+    for outcome, paths in sorted(outcomes.items()):
+        print(f"  {outcome}: {len(paths)}")
+        if outcome != "same":
+            print("".join(f"    {path}\n" for path in paths), end="")
+    print(f"  left out (the template's own, or removed by make init): {left_out}")
+    notes = git("diff", base_revision, target, "--", "CHANGELOG.md").stdout
+    added = [line[1:] for line in notes.splitlines() if line.startswith("+") and line[:3] != "+++"]
+    if added:
+        print("update: the template's CHANGELOG since then (upgrade notes):")
+        print("".join(f"  {line}\n" for line in added), end="")
+    print(f"update: {RECORD.name} now records {target[:12]}")
 
 
 def main() -> None:
@@ -149,19 +213,7 @@ def main() -> None:
         sys.exit("update: the template's address is unknown: make update from=<url>")
     if git("status", "--porcelain", "--untracked-files=no").stdout.strip():
         sys.exit("update: commit or stash your changes first")
-
-    print(f"update: fetching the template from {url}")
-    git("fetch", "--quiet", "--no-tags", "--force", url, "HEAD:refs/template/HEAD",
-        "refs/heads/*:refs/template/heads/*", "refs/tags/*:refs/template/tags/*")  # fmt: skip
-    ref = args.ref or "HEAD"
-    candidates = [f"refs/template/{kind}{ref}" for kind in ("tags/", "heads/", "")] + [ref]
-    for candidate in candidates:
-        found = git("rev-parse", "--verify", "--quiet", f"{candidate}^{{commit}}", check=False)
-        if found.returncode == 0:
-            target = found.stdout.strip()
-            break
-    else:
-        sys.exit(f"update: no tag, branch or commit {ref!r} in the template")
+    target = fetch(url, args.ref or "HEAD")
     base_revision = str(recorded["revision"])
     if git("cat-file", "-e", f"{base_revision}^{{commit}}", check=False).returncode != 0:
         sys.exit(f"update: the recorded revision {base_revision[:12]} is not in the template")
@@ -169,41 +221,14 @@ def main() -> None:
         print(f"update: already at {target[:12]}; nothing to do")
         return
 
-    removed = [str(p) for p in recorded.get("removed", [])]
-    rename = Renamer(name_at(base_revision), name_at("HEAD"))
-    changed = git("diff", "--name-only", "--no-renames", "-z", base_revision, target).stdout
-    outcomes: dict[str, list[str]] = {}
-    left_out = 0
-    for path in filter(None, changed.split("\0")):
-        if excluded(path, removed):
-            left_out += 1
-            continue
-        base, theirs = show(base_revision, path), show(target, path)
-        base = rename(path, base) if base is not None else None
-        theirs = rename(path, theirs) if theirs is not None else None
-        outcome = merge(path, base, theirs, mode(target, path))
-        outcomes.setdefault(outcome, []).append(path)
-
+    outcomes, left_out = merge_all(base_revision, target, [str(p) for p in recorded["removed"]])
     text = RECORD.read_text(encoding="utf-8")
     RECORD.write_text(
         re.sub(r"^revision = .*$", f"revision = {json.dumps(target)}", text, flags=re.MULTILINE),
         encoding="utf-8",
     )
-    print(f"update: merged the template's changes {base_revision[:12]}..{target[:12]}")
-    for outcome, paths in sorted(outcomes.items()):
-        print(f"  {outcome}: {len(paths)}")
-        if outcome != "same":
-            print("".join(f"    {path}\n" for path in paths), end="")
-    print(f"  left out (the template's own, or removed by make init): {left_out}")
-    notes = git("diff", base_revision, target, "--", "CHANGELOG.md").stdout
-    added = [
-        line[1:] for line in notes.splitlines() if line.startswith("+") and line[:3] != "+++"
-    ]
-    if added:
-        print("update: the template's CHANGELOG since then (upgrade notes):")
-        print("".join(f"  {line}\n" for line in added), end="")
+    report(base_revision, target, outcomes, left_out)
     conflicts = [p for o, paths in outcomes.items() if o.startswith("CONFLICT") for p in paths]
-    print(f"update: {RECORD.name} now records {target[:12]}")
     if conflicts:
         print(f"update: {len(conflicts)} conflicts: resolve the <<<<<<< markers, then commit")
         sys.exit(1)

@@ -22,3 +22,7 @@ check-init: ## make init name=… on a throw-away clone, then make lint and make
 .PHONY: check-clones
 check-clones: ## Two clones side by side: make up and make test in both at once, nothing shared
 	template/check-clones.sh
+
+.PHONY: check-update
+check-update: ## A fork at the previous release: init, a resource, a README edit, make update to HEAD; then lint and test
+	template/check-update.sh

@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# `make check-update`: a fork made at an older template revision takes the template's
+# later changes with `make update`. On a throw-away clone at that revision (the
+# previous tag, else the first release's: the commit that added CHANGELOG.md): `make init
+# name=acme-orders`, a resource of the fork's own (`make resource name=widgets`) and
+# a README edit, committed; then `make update` to this checkout's committed HEAD.
+# Fails unless the update merged something, no file the fork did not change has a
+# conflict, nothing carries the template's name, and `make lint` and `make test` pass.
+# Optional: OLD (the older revision), CHECK_PREFIX, KEEP=1.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repo=$PWD
+name=acme-orders
+template=$(sed -n 's/^name = "\(.*\)"$/\1/p' pyproject.toml | head -n 1)
+head=$(git rev-parse HEAD)
+unset PROJECT API_PORT POSTGRES_PORT REDIS_PORT DEBUGPY_PORT DEBUGPY MAKEFLAGS MAKELEVEL SERVICE_NAME
+
+# The older revision: the newest tag before HEAD, else the first release's commit
+# (it added CHANGELOG.md, with `make update`), for a clone without tags, as CI's may be.
+old=${OLD:-$(git describe --tags --abbrev=0 HEAD~1 2>/dev/null ||
+  git log --diff-filter=A --format=%H -- CHANGELOG.md | tail -n 1)}
+[ -n "$old" ] || { echo "FAIL: no release before HEAD (a shallow clone?)" >&2; exit 1; }
+old=$(git rev-parse "$old^{commit}")
+
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/check-update.XXXXXX")
+dir="$tmp/${CHECK_PREFIX:-check-update}-$(printf '%04x%04x' "$RANDOM" "$RANDOM")"
+started=$SECONDS
+say() { printf '\n=== %s (%ds)\n' "$*" $((SECONDS - started)); }
+fail() { printf '\nFAIL: %s\n' "$*" >&2; exit 1; }
+commit() { git add -A && git -c user.name=check -c user.email=check@example.com commit --quiet -m "$1"; }
+
+cleanup() {
+  status=$?
+  if [ "${KEEP:-0}" = 1 ]; then echo "KEEP=1: left in $dir"; exit "$status"; fi
+  if [ -f "$dir/.env" ]; then
+    project=$(sed -n 's/^PROJECT=//p' "$dir/.env" | tail -n 1)
+    PROJECT=$project docker compose -p "$project-test" -f "$dir/docker-compose.test.yml" \
+      down --volumes --remove-orphans >/dev/null 2>&1 || true
+    docker image rm "$project-dev" >/dev/null 2>&1 || true
+  fi
+  rm -rf "$tmp"
+  exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+[ "$old" != "$head" ] || fail "the older revision is HEAD: nothing to update"
+say "a fork at $(git rev-parse --short "$old") ($(git rev-list --count "$old..$head") commits before HEAD)"
+git clone --quiet --no-checkout "$repo" "$dir"
+cd "$dir"
+git checkout --quiet -b main "$old"
+make --no-print-directory init name="$name"
+commit "$name"
+forked=$(git rev-parse HEAD)
+
+say "the fork's own changes: make resource name=widgets, a README edit"
+make --no-print-directory resource name=widgets
+printf '\n## Acme notes\n\nOur own on-call runbook lives in the wiki.\n' >>README.md
+commit "widgets, and a README note"
+ours=$(git diff --name-only "$old" HEAD | sort)
+
+say "make update ref=$(git -C "$repo" rev-parse --short "$head")"
+status=0; make --no-print-directory update ref="$head" | tee "$tmp/update.log" || status=$?
+grep -qE '^  (updated|merged|added|deleted): [1-9]' "$tmp/update.log" || fail "the update merged nothing"
+conflicts=$(grep -rlI --exclude-dir=.git '^<<<<<<< yours' . | sed 's|^\./||' | sort || true)
+elsewhere=$(comm -23 <(printf '%s\n' $conflicts | sed '/^$/d') <(printf '%s\n' $ours))
+[ -z "$elsewhere" ] || fail "conflicts in files the fork did not change:"$'\n'"$elsewhere"
+[ -z "$conflicts" ] || fail "conflicts in the fork's own files (make update exited $status):"$'\n'"$conflicts"
+[ "$status" = 0 ] || fail "make update exited $status"
+git add -A
+left=$(git grep -n -I -i "$template" -- . ':!.template.toml' || true)
+[ -z "$left" ] || fail "the update brought back the template's name:"$'\n'"$left"
+grep -q "^revision = \"$head\"" .template.toml || fail ".template.toml does not record $head"
+commit "Update from the template"
+echo "fork: $(git diff --shortstat "$forked" HEAD)"
+
+say "make lint"
+lint=0; make --no-print-directory lint || lint=$?
+say "make test"
+test=0; make --no-print-directory test || test=$?
+[ "$lint" = 0 ] || fail "make lint failed in the updated fork"
+[ "$test" = 0 ] || fail "make test failed in the updated fork"
+
+say "PASS: a fork at $(git rev-parse --short "$old") updated to $(git rev-parse --short "$head"): no conflict, lint and tests pass"
