@@ -21,6 +21,7 @@ Standard library only, Python 3.11 or newer: it runs on the host, before any ima
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 import re
@@ -126,6 +127,59 @@ def drop_nightly_job(job: str) -> None:
     substitute(NIGHTLY, rf"^  {job}:\n(?:(?!  \S).*\n|\n)*", "")
 
 
+def is_examples_mark(decorator: ast.expr) -> bool:
+    return ast.unparse(decorator) == "pytest.mark.examples"
+
+
+def unused_imports(tree: ast.Module, lines: list[str]) -> None:
+    """Drop the names a module imports but no longer uses (after tests were cut). A name
+    still written anywhere else, in a string annotation too, counts as used."""
+    imports = [s for s in tree.body if isinstance(s, ast.Import | ast.ImportFrom)]
+    spans = {n for s in imports for n in range(s.lineno - 1, s.end_lineno or s.lineno)}
+    rest = "".join(line for n, line in enumerate(lines) if n not in spans)
+    for statement in reversed(imports):
+        if isinstance(statement, ast.ImportFrom) and statement.module == "__future__":
+            continue
+        kept = [
+            alias
+            for alias in statement.names
+            if re.search(rf"\b{re.escape((alias.asname or alias.name).split('.')[0])}\b", rest)
+        ]
+        if len(kept) == len(statement.names):
+            continue
+        start, end = statement.lineno - 1, statement.end_lineno or statement.lineno
+        if isinstance(statement, ast.ImportFrom) and kept:
+            names = ", ".join(ast.unparse(alias) for alias in kept)
+            lines[start:end] = [f"from {'.' * statement.level}{statement.module} import {names}\n"]
+        elif kept:
+            lines[start:end] = [f"import {ast.unparse(alias)}\n" for alias in kept]
+        else:
+            del lines[start:end]
+
+
+def drop_example_tests(path: Path) -> bool:
+    """Delete the tests marked `examples` from a module; True if there were any."""
+    source = path.read_text(encoding="utf-8")
+    tree = ast.parse(source)
+    marked = [
+        node
+        for node in tree.body
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+        and any(is_examples_mark(d) for d in node.decorator_list)
+    ]
+    if not marked:
+        return False
+    lines = source.splitlines(keepends=True)
+    for node in reversed(marked):
+        start = min(d.lineno for d in node.decorator_list) - 1
+        del lines[start : node.end_lineno]
+    tree = ast.parse("".join(lines))
+    unused_imports(tree, lines)
+    text = re.sub(r"\n{3,}(?=\S)", "\n\n\n", "".join(lines)).rstrip("\n") + "\n"
+    path.write_text(text, encoding="utf-8")
+    return True
+
+
 def drop_examples() -> list[str]:
     """Delete the example resources (code, tests, migrations) and their wiring."""
     paths = [f"{top}/{example}" for example in EXAMPLES for top in ("app", "tests")]
@@ -137,10 +191,15 @@ def drop_examples() -> list[str]:
     paths += ["scripts/seed.py", "mk/seed.mk", "api.http"]
     removed = remove(paths)
     (ROOT / "alembic" / "versions" / ".gitkeep").touch()
+    for test in sorted((ROOT / "tests").rglob("test_*.py")):
+        drop_example_tests(test)
     for example in EXAMPLES:
         substitute("app/main.py", rf"^from app\.{example}\.router import .*\n", "")
         substitute("app/main.py", rf"^\s*{example}_router,\n", "")
         substitute("pyproject.toml", rf'^\s*"(app|tests)\.{example}",\n', "")
+    # An empty list would be formatted onto one line, where `make resource` looks for two.
+    pattern = r"^( *)api_routers=\[\n *\],$"
+    substitute("app/main.py", pattern, r"\1api_routers=[\n\1    # none yet\n\1],")
     return removed
 
 

@@ -26,3 +26,7 @@ check-clones: ## Two clones side by side: make up and make test in both at once,
 .PHONY: check-update
 check-update: ## A fork at the previous release: init, a resource, a README edit, make update to HEAD; then lint and test
 	template/check-update.sh
+
+.PHONY: fork-lines
+fork-lines: ## Lines a fork inherits outside app/, tests/, alembic/: make fork-lines [args="targets=vm examples=no"]
+	template/fork-lines.sh $(args)

@@ -203,6 +203,7 @@ def test_an_unhandled_exception_is_logged_once_with_the_request_id(info_run: Ser
     assert not [ln for ln in info_run.lines if "Exception in ASGI" in ln["event"]]
 
 
+@pytest.mark.examples
 def test_request_id_is_on_every_line_of_the_request(info_run: ServerRun) -> None:
     """Redis and Postgres are down: the app warns mid-request, then answers 503. Those
     warnings carry the request id, as the access line does."""

@@ -90,6 +90,7 @@ async def test_ready_warns_with_200_when_redis_is_down(
     assert checks(body)["postgres"]["status"] == "pass"
 
 
+@pytest.mark.examples
 async def test_ready_warns_while_the_breaker_is_open_though_redis_answers(
     make_client: AppClientMaker, settings: Settings, redis: Redis
 ) -> None:

@@ -7,6 +7,7 @@ import asyncio
 import os
 import sys
 
+import pytest
 from sqlalchemy import Connection, inspect, pool, text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -22,6 +23,7 @@ async def fresh_engine(make_database: DatabaseMaker) -> AsyncEngine:
     return create_async_engine(await make_database.create(), poolclass=pool.NullPool)
 
 
+@pytest.mark.examples
 async def test_upgrade_downgrade_upgrade(make_database: DatabaseMaker) -> None:
     engine = await fresh_engine(make_database)
     try:
@@ -47,6 +49,7 @@ async def test_models_match_migrations(make_database: DatabaseMaker) -> None:
         await engine.dispose()
 
 
+@pytest.mark.examples
 async def test_concurrent_upgrades_are_serialised(make_database: DatabaseMaker) -> None:
     """Two `alembic upgrade head` processes at once, as two `migrate` containers would."""
     url = await make_database.create()
