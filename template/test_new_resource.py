@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+
 from scripts import new_resource
 from scripts.new_resource import ScaffoldError, scaffold
 

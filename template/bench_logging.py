@@ -1,7 +1,7 @@
 """What an access line costs: the old logging path against the new one, side by side.
 
-    python scripts/bench_logging.py            # in the dev image: make bench-logging
-    python scripts/bench_logging.py --lines 50000 --requests 20000 --rounds 5
+    python template/bench_logging.py            # in the dev image: make bench-logging
+    python template/bench_logging.py --lines 50000 --requests 20000 --rounds 5
 
 1. Lines: N access lines through the old path (stdlib `logging` + structlog's
    ProcessorFormatter, json.dumps) and through the app's path (structlog's native bound

@@ -1,6 +1,6 @@
 """What metrics add to one request, measured in-process (no network, no server).
 
-    PROMETHEUS_MULTIPROC_DIR=/dev/shm/metrics-cost python -m scripts.metrics_cost
+    PROMETHEUS_MULTIPROC_DIR=/dev/shm/metrics-cost python -m template.metrics_cost
 
 Builds the app twice on the same settings, metrics off and on, and calls GET /health
 through each ASGI stack in turn (rounds interleaved, best round kept). Run it with
