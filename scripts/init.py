@@ -125,6 +125,7 @@ def remove(paths: list[str]) -> list[str]:
 def drop_nightly_job(job: str) -> None:
     """Remove a job (its `  name:` line up to the next job's) from the nightly workflow."""
     substitute(NIGHTLY, rf"^  {job}:\n(?:(?!  \S).*\n|\n)*", "")
+    substitute(NIGHTLY, r"\n+\Z", "\n")
 
 
 def is_examples_mark(decorator: ast.expr) -> bool:
