@@ -164,6 +164,23 @@ def fetch(url: str, ref: str) -> str:
     sys.exit(f"update: no tag, branch or commit {ref!r} in the template")
 
 
+def in_template(revision: str) -> str:
+    """The template's commit for the recorded revision. A fork made from a copy of the
+    template ("Use this template") recorded its own first commit: the template's commit
+    is then the one with the same tree."""
+    if git("for-each-ref", "--contains", revision, "refs/template", check=False).stdout.strip():
+        return revision
+    tree = git("rev-parse", "--verify", "--quiet", f"{revision}^{{tree}}", check=False).stdout
+    listed = git("log", "--format=%H %T", "--glob=refs/template/*").stdout.split("\n")
+    found = [line.split()[0] for line in listed if tree.strip() and line.endswith(tree.strip())]
+    if not found:
+        sys.exit(f"update: the recorded revision {revision[:12]} is not in the template")
+    print(
+        f"update: {revision[:12]} is not the template's; its tree is the template's {found[0][:12]}"
+    )
+    return found[0]
+
+
 def merge_all(
     base_revision: str, target: str, removed: list[str]
 ) -> tuple[dict[str, list[str]], int]:
@@ -214,9 +231,7 @@ def main() -> None:
     if git("status", "--porcelain", "--untracked-files=no").stdout.strip():
         sys.exit("update: commit or stash your changes first")
     target = fetch(url, args.ref or "HEAD")
-    base_revision = str(recorded["revision"])
-    if git("cat-file", "-e", f"{base_revision}^{{commit}}", check=False).returncode != 0:
-        sys.exit(f"update: the recorded revision {base_revision[:12]} is not in the template")
+    base_revision = in_template(str(recorded["revision"]))
     if base_revision == target:
         print(f"update: already at {target[:12]}; nothing to do")
         return
