@@ -5,7 +5,8 @@
 # name=acme-orders`, a resource of the fork's own (`make resource name=widgets`) and
 # a README edit, committed; then `make update` to this checkout's committed HEAD.
 # Fails unless the update merged something, no file the fork did not change has a
-# conflict, nothing carries the template's name, and `make lint` and `make test` pass.
+# conflict, nothing carries the template's name, and `make lint` and `make test` pass
+# (a conflict in a file the fork changed too is reported; lint and test judge it).
 # Optional: OLD (the older revision), CHECK_PREFIX, KEEP=1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -65,8 +66,10 @@ grep -qE '^  (updated|merged|added|deleted): [1-9]' "$tmp/update.log" || fail "t
 conflicts=$(grep -rlI --exclude-dir=.git '^<<<<<<< yours' . | sed 's|^\./||' | sort || true)
 elsewhere=$(comm -23 <(printf '%s\n' $conflicts | sed '/^$/d') <(printf '%s\n' $ours))
 [ -z "$elsewhere" ] || fail "conflicts in files the fork did not change:"$'\n'"$elsewhere"
-[ -z "$conflicts" ] || fail "conflicts in the fork's own files (make update exited $status):"$'\n'"$conflicts"
-[ "$status" = 0 ] || fail "make update exited $status"
+# Where the fork changed the same lines, a conflict is the right answer: say so, and
+# let lint and test judge the markers (a Python file with them fails both).
+[ -z "$conflicts" ] || printf 'conflicts in files the fork changed too (expected):\n%s\n' "$conflicts"
+[ "$status" = 0 ] || [ -n "$conflicts" ] || fail "make update exited $status"
 git add -A
 left=$(git grep -n -I -i "$template" -- . ':!.template.toml' || true)
 [ -z "$left" ] || fail "the update brought back the template's name:"$'\n'"$left"
@@ -81,4 +84,4 @@ test=0; make --no-print-directory test || test=$?
 [ "$lint" = 0 ] || fail "make lint failed in the updated fork"
 [ "$test" = 0 ] || fail "make test failed in the updated fork"
 
-say "PASS: a fork at $(git rev-parse --short "$old") updated to $(git rev-parse --short "$head"): no conflict, lint and tests pass"
+say "PASS: a fork at $(git rev-parse --short "$old") updated to $(git rev-parse --short "$head"): no conflict in a file it did not change, lint and tests pass"
