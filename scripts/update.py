@@ -15,6 +15,11 @@ README's, so the lines `make init` changed never conflict. Paths that prove only
 template and those `make init` removed on purpose (`removed` in .template.toml) are
 left out. Nothing is committed: review `git diff`, resolve any conflict, then commit.
 
+It runs the template's newer copy of this script first (unless the fork changed it),
+so a fork always merges with the newest rules. When the template's new migrations and
+the fork's own follow the same revision, it joins the two heads with an empty merge
+migration, as `alembic merge heads` does.
+
 Why not `git merge`: a fork made from a copy of the template ("Use this template")
 shares no history with it, and a merge would bring back every file init deleted and
 conflict on every line init renamed. Standard library and git only.
@@ -24,12 +29,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
+import secrets
 import shutil
 import subprocess
 import sys
 import tempfile
 import tomllib
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -181,6 +189,74 @@ def in_template(revision: str) -> str:
     return found[0]
 
 
+def self_update(base_revision: str, target: str) -> None:
+    """Run the template's newer updater: it may merge better than this one. Only while
+    this file is as the recorded revision had it (a fork's own changes win)."""
+    me = Path(__file__).resolve()
+    newer = show(target, "scripts/update.py")
+    if (
+        newer is None
+        or newer == me.read_bytes()
+        or me.read_bytes() != show(base_revision, "scripts/update.py")
+    ):
+        return
+    me.write_bytes(newer)
+    print("update: running the template's newer scripts/update.py")
+    os.execv(sys.executable, [sys.executable, str(me), *sys.argv[1:], "--self-updated"])  # noqa: S606
+
+
+ALEMBIC_ID = re.compile(r"^(down_)?revision(?:: [^=]+)? = (.+)$", re.MULTILINE)
+
+
+def alembic_heads() -> list[str]:
+    revisions: set[str] = set()
+    parents: set[str] = set()
+    for path in (ROOT / "alembic" / "versions").glob("*.py"):
+        for down, value in ALEMBIC_ID.findall(path.read_text(encoding="utf-8")):
+            (parents if down else revisions).update(re.findall(r'"([0-9a-zA-Z_]+)"', value))
+    return sorted(revisions - parents)
+
+
+def merge_heads() -> str | None:
+    """The template's new migrations and the fork's own both follow the same revision:
+    two heads, which `alembic upgrade head` refuses. Join them, as `alembic merge heads`
+    would, with an empty migration after both."""
+    heads = alembic_heads()
+    if len(heads) < 2:  # one head is a straight line
+        return None
+    revision, now = secrets.token_hex(6), datetime.now(UTC)
+    parents = "(" + ", ".join(f'"{head}"' for head in heads) + ")"
+    path = (
+        ROOT / "alembic" / "versions" / f"{now:%Y_%m_%d_%H%M}-{revision}_merge_template_update.py"
+    )
+    path.write_text(
+        f'''"""merge the template's migrations with this service's
+
+Revision ID: {revision}
+Revises: {", ".join(heads)}
+Create Date: {now.isoformat(sep=" ")}
+"""
+
+from collections.abc import Sequence
+
+revision: str = "{revision}"
+down_revision: str | Sequence[str] | None = {parents}
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    pass
+
+
+def downgrade() -> None:
+    pass
+''',
+        encoding="utf-8",
+    )
+    return str(path.relative_to(ROOT))
+
+
 def merge_all(
     base_revision: str, target: str, removed: list[str]
 ) -> tuple[dict[str, list[str]], int]:
@@ -220,6 +296,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ref", help="the template's tag, branch or commit (default: its HEAD)")
     parser.add_argument("--from", dest="url", help="the template's address (default: recorded)")
+    parser.add_argument("--self-updated", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if not RECORD.is_file():
@@ -228,13 +305,16 @@ def main() -> None:
     url = args.url or recorded.get("url") or ""
     if not url:
         sys.exit("update: the template's address is unknown: make update from=<url>")
-    if git("status", "--porcelain", "--untracked-files=no").stdout.strip():
+    dirty = git("status", "--porcelain", "--untracked-files=no").stdout.splitlines()
+    if [line for line in dirty if not (args.self_updated and line.endswith("scripts/update.py"))]:
         sys.exit("update: commit or stash your changes first")
     target = fetch(url, args.ref or "HEAD")
     base_revision = in_template(str(recorded["revision"]))
     if base_revision == target:
         print(f"update: already at {target[:12]}; nothing to do")
         return
+    if not args.self_updated:
+        self_update(base_revision, target)
 
     outcomes, left_out = merge_all(base_revision, target, [str(p) for p in recorded["removed"]])
     text = RECORD.read_text(encoding="utf-8")
@@ -243,6 +323,9 @@ def main() -> None:
         encoding="utf-8",
     )
     report(base_revision, target, outcomes, left_out)
+    merged = merge_heads()
+    if merged:
+        print(f"update: the template's migrations and yours both followed one; joined by {merged}")
     conflicts = [p for o, paths in outcomes.items() if o.startswith("CONFLICT") for p in paths]
     if conflicts:
         print(f"update: {len(conflicts)} conflicts: resolve the <<<<<<< markers, then commit")

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `make check-update`: a fork made at an older template revision takes the template's
 # later changes with `make update`. On a throw-away clone at that revision (the
-# previous tag, else the first release's: the commit that added CHANGELOG.md): `make init
+# previous tag, else the first release's commit): `make init
 # name=acme-orders`, a resource of the fork's own (`make resource name=widgets`) and
 # a README edit, committed; then `make update` to this checkout's committed HEAD.
 # Fails unless the update merged something, no file the fork did not change has a
@@ -16,10 +16,10 @@ template=$(sed -n 's/^name = "\(.*\)"$/\1/p' pyproject.toml | head -n 1)
 head=$(git rev-parse HEAD)
 unset PROJECT API_PORT POSTGRES_PORT REDIS_PORT DEBUGPY_PORT DEBUGPY MAKEFLAGS MAKELEVEL SERVICE_NAME
 
-# The older revision: the newest tag before HEAD, else the first release's commit
-# (it added CHANGELOG.md, with `make update`), for a clone without tags, as CI's may be.
+# The older revision: the newest tag before HEAD, else (a clone without tags, as CI's
+# may be) the first release's commit: the one that gave scripts/update.py its self-update.
 old=${OLD:-$(git describe --tags --abbrev=0 HEAD~1 2>/dev/null ||
-  git log --diff-filter=A --format=%H -- CHANGELOG.md | tail -n 1)}
+  git log --format=%H -S'def self_update' -- scripts/update.py | tail -n 1)}
 [ -n "$old" ] || { echo "FAIL: no release before HEAD (a shallow clone?)" >&2; exit 1; }
 old=$(git rev-parse "$old^{commit}")
 
