@@ -45,8 +45,12 @@ help: ## List the targets
 
 ##@ Getting started
 .PHONY: init
-init: ## Write .env (fresh secrets, free ports); `make init name=acme-orders [targets=vm,swarm,k8s] [examples=no]` makes the fork
-	python3 scripts/init.py $(if $(name),--name "$(name)") $(if $(targets),--targets "$(targets)") $(if $(examples),--examples "$(examples)")
+# On the template's own checkout, a name first makes the fork (template/make_fork.py).
+FORK = $(and $(name),$(wildcard template/make_fork.py))
+init: ## Write .env (fresh secrets, free ports); on the template, `make init name=acme-orders [targets=vm,swarm,k8s] [examples=no]` makes your fork
+	$(if $(or $(targets),$(examples)),$(if $(FORK),,$(error targets= and examples= go with name=, on the template's checkout)))
+	$(if $(FORK),python3 template/make_fork.py --name "$(name)" $(if $(targets),--targets "$(targets)") $(if $(examples),--examples "$(examples)"))
+	python3 scripts/init.py $(if $(name),--name "$(name)")
 
 .PHONY: update
 update: ## Merge the template's changes since .template.toml's revision: make update [ref=v1.1.0] [from=URL]

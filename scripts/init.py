@@ -1,19 +1,9 @@
-"""`make init [name=acme-orders] [targets=vm,swarm,k8s] [examples=no]`: make this checkout yours.
-
-1. With a name, on the template's own checkout (it still has template/), once:
-   - names the service: pyproject.toml's [project] name, the one place the name
-     lives (the Makefile, the Compose files, the image and the app read it from
-     there), uv.lock's entry for it and the README's title;
-   - deletes what proves only the template (template/, .ci/, its workflow, its
-     CHANGELOG), the deploy targets not in `targets` (vm, swarm, k8s: all by default)
-     and, with `examples=no`, the example resources (items, orders);
-   - records the template's revision, and what it deleted, in .template.toml:
-     `make update` merges the template's later changes from there.
-   Running it again with the same name changes nothing; with another name it refuses.
-2. Write .env, if there is none, from .env.example: a fresh password for the dev
-   database (Python's `secrets`), this checkout's Compose project name, and host ports
-   that are free right now (so a second clone on this machine does not clash); the
-   other settings commented out, at their defaults.
+"""`make init`: write .env, if there is none, from .env.example: a fresh password for
+the dev database (Python's `secrets`), this checkout's Compose project name, and host
+ports that are free right now (so a second clone on this machine does not clash); the
+other settings commented out, at their defaults. On the template's own checkout,
+`make init name=acme-orders` first makes the fork (template/make_fork.py); here, a
+name other than the service's is refused.
 
 Standard library only, Python 3.11 or newer: it runs on the host, before any image.
 """
@@ -21,7 +11,6 @@ Standard library only, Python 3.11 or newer: it runs on the host, before any ima
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import os
 import re
@@ -34,42 +23,6 @@ import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-NAME_PATTERN = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
-NAME_MAX_LENGTH = 50
-# Written by init, read and rewritten by `make update` (scripts/update.py).
-RECORD = ".template.toml"
-
-# What proves only the template: never part of a fork, never merged by `make update`.
-# (bench/results: the template's own measured runs; a fork's bench writes its own.)
-TEMPLATE_ONLY = [
-    "template",
-    ".ci",
-    ".github/workflows/template.yml",
-    "CHANGELOG.md",
-    "bench/results",
-]
-# Each deploy target: its files, docs and checks, and its job in the nightly workflow.
-TARGETS = {
-    "vm": ["mk/vm.mk", "scripts/deploy.sh", "scripts/deploy-check.sh", "docs/deploy.md"],
-    "swarm": [
-        "mk/swarm.mk",
-        "deploy/swarm",
-        "scripts/swarm",
-        "scripts/swarm-e2e.sh",
-        "docs/swarm.md",
-    ],
-    "k8s": [
-        "mk/k8s.mk",
-        "deploy/k8s",
-        "scripts/k8s_policy.py",
-        "scripts/k8s_validate.py",
-        "docs/kubernetes.md",
-    ],
-}
-NIGHTLY_JOB = {"vm": "vm", "swarm": "swarm", "k8s": "kubernetes"}
-NIGHTLY = ".github/workflows/nightly.yml"
-# The example resources and everything that exists only for them.
-EXAMPLES = ["items", "orders"]
 
 # Host ports of the dev stack: the default, unless it is taken (or set in the environment).
 PORTS = {"API_PORT": 8000, "POSTGRES_PORT": 5432, "REDIS_PORT": 6379, "DEBUGPY_PORT": 5678}
@@ -87,160 +40,6 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
 def project_name() -> str:
     data = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
     return str(data["project"]["name"])
-
-
-def substitute(relative: str, pattern: str, replacement: str, count: int = 0) -> None:
-    path = ROOT / relative
-    if path.is_file():
-        text = path.read_text(encoding="utf-8")
-        new = re.sub(pattern, replacement, text, count=count, flags=re.MULTILINE)
-        path.write_text(new, encoding="utf-8")
-
-
-def rename(current: str, name: str) -> None:
-    """The name's one place, the lock's copy of it, and the README's title."""
-    title = name.replace("-", " ").capitalize()
-    substitute("pyproject.toml", rf'^name = "{re.escape(current)}"$', f'name = "{name}"', 1)
-    # What `uv lock` would write: the project's own entry is the one line that changes.
-    substitute("uv.lock", rf'^name = "{re.escape(current)}"$', f'name = "{name}"', 1)
-    substitute("README.md", r"^# .*$", f"# {title}", 1)
-    substitute("README.md", re.escape(current), name)
-
-
-def remove(paths: list[str]) -> list[str]:
-    """Delete each path that exists (file or directory); return those deleted."""
-    removed = []
-    for relative in paths:
-        path = ROOT / relative
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        elif path.exists() or path.is_symlink():
-            path.unlink()
-        else:
-            continue
-        removed.append(relative)
-    return removed
-
-
-def drop_nightly_job(job: str) -> None:
-    """Remove a job (its `  name:` line up to the next job's) from the nightly workflow."""
-    substitute(NIGHTLY, rf"^  {job}:\n(?:(?!  \S).*\n|\n)*", "")
-    substitute(NIGHTLY, r"\n+\Z", "\n")
-
-
-def is_examples_mark(decorator: ast.expr) -> bool:
-    return ast.unparse(decorator) == "pytest.mark.examples"
-
-
-def unused_imports(tree: ast.Module, lines: list[str]) -> None:
-    """Drop the names a module imports but no longer uses (after tests were cut). A name
-    still written anywhere else, in a string annotation too, counts as used."""
-    imports = [s for s in tree.body if isinstance(s, ast.Import | ast.ImportFrom)]
-    spans = {n for s in imports for n in range(s.lineno - 1, s.end_lineno or s.lineno)}
-    rest = "".join(line for n, line in enumerate(lines) if n not in spans)
-    for statement in reversed(imports):
-        if isinstance(statement, ast.ImportFrom) and statement.module == "__future__":
-            continue
-        kept = [
-            alias
-            for alias in statement.names
-            if re.search(rf"\b{re.escape((alias.asname or alias.name).split('.')[0])}\b", rest)
-        ]
-        if len(kept) == len(statement.names):
-            continue
-        start, end = statement.lineno - 1, statement.end_lineno or statement.lineno
-        if isinstance(statement, ast.ImportFrom) and kept:
-            names = ", ".join(ast.unparse(alias) for alias in kept)
-            lines[start:end] = [f"from {'.' * statement.level}{statement.module} import {names}\n"]
-        elif kept:
-            lines[start:end] = [f"import {ast.unparse(alias)}\n" for alias in kept]
-        else:
-            del lines[start:end]
-
-
-def drop_example_tests(path: Path) -> bool:
-    """Delete the tests marked `examples` from a module; True if there were any."""
-    source = path.read_text(encoding="utf-8")
-    tree = ast.parse(source)
-    marked = [
-        node
-        for node in tree.body
-        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
-        and any(is_examples_mark(d) for d in node.decorator_list)
-    ]
-    if not marked:
-        return False
-    lines = source.splitlines(keepends=True)
-    for node in reversed(marked):
-        start = min(d.lineno for d in node.decorator_list) - 1
-        del lines[start : node.end_lineno]
-    tree = ast.parse("".join(lines))
-    unused_imports(tree, lines)
-    text = re.sub(r"\n{3,}(?=\S)", "\n\n\n", "".join(lines)).rstrip("\n") + "\n"
-    # A group of imports emptied leaves two blank lines where isort wants one.
-    imports = [s for s in ast.parse(text).body if isinstance(s, ast.Import | ast.ImportFrom)]
-    if imports:
-        head, tail = text.split("\n")[: imports[-1].lineno], text.split("\n")[imports[-1].lineno :]
-        text = re.sub(r"\n{3,}", "\n\n", "\n".join(head)) + "\n" + "\n".join(tail)
-    path.write_text(text, encoding="utf-8")
-    return True
-
-
-def drop_examples() -> list[str]:
-    """Delete the example resources (code, tests, migrations) and their wiring."""
-    paths = [f"{top}/{example}" for example in EXAMPLES for top in ("app", "tests")]
-    paths += [
-        str(path.relative_to(ROOT))
-        for path in sorted((ROOT / "alembic" / "versions").glob("*.py"))
-        if re.search(r"\b(items|orders)\b", path.read_text(encoding="utf-8"))
-    ]
-    paths += ["scripts/seed.py", "mk/seed.mk", "api.http"]
-    removed = remove(paths)
-    (ROOT / "alembic" / "versions" / ".gitkeep").touch()
-    for test in sorted((ROOT / "tests").rglob("test_*.py")):
-        drop_example_tests(test)
-    for example in EXAMPLES:
-        substitute("app/main.py", rf"^from app\.{example}\.router import .*\n", "")
-        substitute("app/main.py", rf"^\s*{example}_router,\n", "")
-        substitute("pyproject.toml", rf'^\s*"(app|tests)\.{example}",\n', "")
-    # An empty list would be formatted onto one line, where `make resource` looks for two.
-    pattern = r"^( *)api_routers=\[\n *\],$"
-    substitute("app/main.py", pattern, r"\1api_routers=[\n\1    # none yet\n\1],")
-    return removed
-
-
-def record(revision: str, url: str, removed: list[str]) -> None:
-    lines = [
-        "# The template this service was made from. `make update` merges the template's",
-        "# changes since `revision` and rewrites it; `removed` lists what `make init`",
-        "# deleted on purpose, which updates leave out.",
-        f"url = {json.dumps(url)}",
-        f"revision = {json.dumps(revision)}",
-        "removed = [",
-        *(f"    {json.dumps(path)}," for path in sorted(removed)),
-        "]",
-    ]
-    (ROOT / RECORD).write_text("\n".join(lines) + "\n", encoding="utf-8")
-
-
-def make_fork(name: str, targets: list[str], examples: bool) -> None:
-    current = project_name()
-    revision = run("git", "rev-parse", "HEAD").stdout.strip() or "unknown"
-    url = run("git", "remote", "get-url", "origin").stdout.strip()
-    rename(current, name)
-    removed = remove(TEMPLATE_ONLY)
-    for target, paths in TARGETS.items():
-        if target not in targets:
-            removed += remove(paths)
-            drop_nightly_job(NIGHTLY_JOB[target])
-    if not examples:
-        removed += drop_examples()
-    record(revision, url, removed)
-    print(f"init: named the service {name} (pyproject.toml, uv.lock, README.md)")
-    print(f"init: deploy targets kept: {', '.join(targets) or 'none'}")
-    print("init: deleted the template's own files" + ("" if examples else " and the examples"))
-    print("".join(f"  {path}\n" for path in removed), end="")
-    print(f"init: {RECORD} records template revision {revision[:12]} for `make update`")
 
 
 def compose_project() -> str:
@@ -318,45 +117,18 @@ def write_env(env_file: Path) -> None:
     print(f"init: wrote .env (mode 600) with a fresh database password; {shown}")
 
 
-def parse_targets(value: str | None) -> list[str]:
-    targets = [t.strip() for t in (value or ",".join(TARGETS)).split(",") if t.strip()]
-    unknown = sorted(set(targets) - set(TARGETS))
-    if unknown:
-        sys.exit(f"init: unknown targets {', '.join(unknown)}; choose from {', '.join(TARGETS)}")
-    return targets
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--name", help="your service's name, e.g. acme-orders")
-    parser.add_argument("--targets", help="deploy targets to keep: vm,swarm,k8s (default all)")
-    parser.add_argument("--examples", choices=["yes", "no"], help="keep items and orders")
+    parser.add_argument("--name", help="this service's name (a check: it is not renamed)")
     args = parser.parse_args()
-
-    is_template = (ROOT / "template").is_dir()
-    current = project_name()
-    if (args.targets or args.examples) and not (args.name and is_template):
-        sys.exit("init: targets= and examples= go with name=, on the template's checkout")
-    if args.name:
-        if not NAME_PATTERN.match(args.name) or len(args.name) > NAME_MAX_LENGTH:
-            sys.exit(
-                f"init: {args.name!r} is not a valid name: lower-case letters, digits and "
-                f"single hyphens, starting with a letter, at most {NAME_MAX_LENGTH} characters"
-            )
-        if is_template:
-            make_fork(args.name, parse_targets(args.targets), args.examples != "no")
-        elif current == args.name:
-            print(f"init: already named {args.name}; nothing to rename")
-        else:
-            sys.exit(f"init: this checkout is already named {current}; refusing to rename it again")
+    if args.name and args.name != project_name():
+        sys.exit(f"init: this service is named {project_name()}; refusing to rename it")
 
     env_file = ROOT / ".env"
     if env_file.exists():
         print("init: .env exists; left as it is (delete it to generate a new one)")
     else:
         write_env(env_file)
-    if args.name and is_template:
-        print(f'next: review `git status`, then `git add -A && git commit -m "{args.name}"`')
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RECORD = ROOT / ".template.toml"
-# Never part of a fork (scripts/init.py: TEMPLATE_ONLY), whatever the template adds there.
+# Never part of a fork (template/make_fork.py: TEMPLATE_ONLY), whatever the template adds there.
 TEMPLATE_ONLY = [
     "template",
     ".ci",

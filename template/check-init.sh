@@ -4,7 +4,7 @@
 # nothing still carries the template's name, that the rename changed only the name's
 # one place (and the lock and README), that .env has fresh secrets, and that
 # init is idempotent and refuses a second, different name. Removes what it created.
-# INIT_ARGS="targets=vm examples=no": init's options (`make check-init-lean`).
+# INIT_ARGS="targets=swarm,k8s examples=no": init's options (`make check-init-options`).
 # Optional: CHECK_PREFIX (the clone directory's name, so its Compose project),
 # CHECK_API_PORT, CHECK_POSTGRES_PORT, CHECK_REDIS_PORT, CHECK_DEBUGPY_PORT, KEEP=1.
 set -euo pipefail

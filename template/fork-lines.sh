@@ -11,7 +11,7 @@ tmp=$(mktemp -d "${TMPDIR:-/tmp}/fork-lines.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
 git clone --quiet "$repo" "$tmp/fork"
 cd "$tmp/fork"
-python3 scripts/init.py --name acme-orders "${@/#/--}" >/dev/null
+python3 template/make_fork.py --name acme-orders "${@/#/--}" >/dev/null
 git add -A
 git -c user.name=check -c user.email=check@example.com commit --quiet -m acme-orders
 outside() { git ls-files | grep -v -E '^(app|tests|alembic)/|^uv.lock$'; }

@@ -25,9 +25,9 @@ check-resource: ## make resource name=widgets on a throw-away clone, then make l
 check-init: ## make init name=… on a throw-away clone, then make lint and make test there
 	template/check-init.sh
 
-.PHONY: check-init-lean
-check-init-lean: ## check-init with targets=vm examples=no: the lean fork passes make lint and make test too
-	INIT_ARGS="targets=vm examples=no" template/check-init.sh
+.PHONY: check-init-options
+check-init-options: ## check-init with targets=swarm,k8s examples=no: that fork passes make lint and make test too
+	INIT_ARGS="targets=swarm,k8s examples=no" template/check-init.sh
 
 .PHONY: check-clones
 check-clones: ## Two clones side by side: make up and make test in both at once, nothing shared
