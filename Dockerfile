@@ -44,6 +44,7 @@ COPY --from=builder /opt/venv /opt/venv
 
 WORKDIR /app
 # Code last, owned by root and read-only to the app: it is what changes most often.
+# pyproject.toml: the service's name and version, which the app reads (app/main.py).
 COPY alembic.ini gunicorn_conf.py pyproject.toml ./
 COPY alembic ./alembic
 COPY app ./app

@@ -88,7 +88,7 @@ image=$SERVICE_NAME:e2e
 revision=$(docker image inspect -f '{{index .Config.Labels "org.opencontainers.image.revision"}}' "$image")
 [ "$revision" = "$(git rev-parse HEAD 2>/dev/null || echo unknown)" ] || fail "revision label is '$revision'"
 docker run --rm --entrypoint sh "$image" -c '
-  for path in /app/tests /app/.git /app/.env /app/pyproject.toml; do
+  for path in /app/tests /app/.git /app/.env /app/uv.lock; do
     [ ! -e "$path" ] || { echo "image contains $path"; exit 1; }
   done
   for tool in uv gcc cc; do
