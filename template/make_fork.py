@@ -46,6 +46,7 @@ TARGETS = {
         "mk/vm.mk",
         "scripts/deploy.sh",
         "scripts/deploy-check.sh",
+        "scripts/deploy_load.py",
         "docs/deploy.md",
         ".github/workflows/vm.yml",
     ],
