@@ -177,6 +177,40 @@ def drop_example_tests(path: Path) -> bool:
     return True
 
 
+DOWN_REVISION = re.compile(r'^(down_revision: .* = )"(\w+)"$', re.MULTILINE)
+REVISION = re.compile(r'^revision: .* = "(\w+)"$', re.MULTILINE)
+
+
+def relink_migrations(dropped: list[Path]) -> None:
+    """A kept migration that follows a dropped one (core's, after the examples') now
+    follows the nearest kept migration before it, so the chain stays one line."""
+    parents: dict[str, str | None] = {}
+    for path in (ROOT / "alembic" / "versions").glob("*.py"):
+        text = path.read_text(encoding="utf-8")
+        revision, parent = REVISION.search(text), DOWN_REVISION.search(text)
+        if revision:
+            parents[revision.group(1)] = parent.group(2) if parent else None
+    gone = set()
+    for path in dropped:
+        revision = REVISION.search(path.read_text(encoding="utf-8"))
+        if revision:
+            gone.add(revision.group(1))
+    for path in (ROOT / "alembic" / "versions").glob("*.py"):
+        if path in dropped:
+            continue
+        text = path.read_text(encoding="utf-8")
+        parent = DOWN_REVISION.search(text)
+        if not parent or parent.group(2) not in gone:
+            continue
+        kept = parents.get(parent.group(2))
+        while kept in gone:
+            kept = parents.get(kept)
+        value = f'"{kept}"' if kept else "None"
+        text = DOWN_REVISION.sub(lambda m: m.group(1) + value, text, count=1)
+        text = re.sub(r"^Revises: \w+$", f"Revises: {kept or ''}".rstrip(), text, flags=re.M)
+        path.write_text(text, encoding="utf-8")
+
+
 def drop_examples() -> list[str]:
     """Delete the example resources (code, tests, migrations) and their wiring."""
     paths = [f"{top}/{example}" for example in EXAMPLES for top in ("app", "tests")]
@@ -186,6 +220,7 @@ def drop_examples() -> list[str]:
         if re.search(r"\b(items|orders)\b", path.read_text(encoding="utf-8"))
     ]
     paths += ["scripts/seed.py", "mk/seed.mk", "api.http"]
+    relink_migrations([ROOT / path for path in paths if path.startswith("alembic/")])
     removed = remove(paths)
     (ROOT / "alembic" / "versions" / ".gitkeep").touch()
     for test in sorted((ROOT / "tests").rglob("test_*.py")):
