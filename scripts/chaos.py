@@ -99,25 +99,44 @@ class CutShortError(Exception):
     """The response began (status and headers arrived) and then its connection broke."""
 
 
+class StaleConnectionError(Exception):
+    """A kept-alive connection closed before a single byte of the response: the server
+    closed it as idle just as the request went out, and never read the request."""
+
+
+# Requests that HTTP clients send again, once, on a new connection after StaleConnectionError
+# (Go's net/http, urllib3, browsers): nothing was answered, and they are safe to repeat.
+RESENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
 class Connection:
     """One keep-alive HTTP/1.1 connection to the proxy, reopened after any error."""
 
     def __init__(self, port: int) -> None:
         self.port = port
         self._streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+        self.resent = 0  # requests sent again after StaleConnectionError
 
     async def request(
         self, method: str, path: str, body: bytes | None
     ) -> tuple[int, dict[str, str], bytes]:
+        reused = self._streams is not None
         if self._streams is None:
             self._streams = await asyncio.open_connection("127.0.0.1", self.port)
         reader, writer = self._streams
         head = f"{method} {path} HTTP/1.1\r\nHost: localhost:{self.port}\r\n"
         if body is not None:
             head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
-        writer.write(head.encode() + b"\r\n" + (body or b""))
-        await writer.drain()
-        lines = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+        try:
+            writer.write(head.encode() + b"\r\n" + (body or b""))
+            await writer.drain()
+            raw_head = await reader.readuntil(b"\r\n\r\n")
+        except (OSError, asyncio.IncompleteReadError) as exc:
+            nothing = not isinstance(exc, asyncio.IncompleteReadError) or not exc.partial
+            if reused and nothing and method in RESENT_METHODS:
+                raise StaleConnectionError from exc
+            raise
+        lines = raw_head.decode("latin-1").split("\r\n")
         status = int(lines[0].split(" ", 2)[1])
         headers = {}
         for line in lines[1:]:
@@ -150,16 +169,23 @@ async def read_chunked(reader: asyncio.StreamReader) -> bytes:
 
 
 async def send(conn: Connection, request: Request) -> tuple[int, dict[str, str], bytes]:
-    """One request within CLIENT_TIMEOUT; (TIMEOUT or FAILED, {}, b"") instead of raising."""
+    """One request within CLIENT_TIMEOUT; (TIMEOUT or FAILED, {}, b"") instead of raising.
+    A safe request that found its kept-alive connection closed unanswered is sent again,
+    once, on a new connection, as HTTP clients do."""
     try:
-        return await asyncio.wait_for(conn.request(*request), CLIENT_TIMEOUT)
+        try:
+            return await asyncio.wait_for(conn.request(*request), CLIENT_TIMEOUT)
+        except StaleConnectionError:
+            conn.close()
+            conn.resent += 1
+            return await asyncio.wait_for(conn.request(*request), CLIENT_TIMEOUT)
     except TimeoutError:
         conn.close()
         return TIMEOUT, {}, b""
     except CutShortError:
         conn.close()
         return CUT_SHORT, {}, b""
-    except (OSError, EOFError, ValueError, IndexError):  # refused, reset, closed
+    except (OSError, EOFError, ValueError, IndexError, StaleConnectionError):  # refused, reset
         conn.close()
         await asyncio.sleep(FAILED_PAUSE)  # a refused connection must not become a busy loop
         return FAILED, {}, b""
@@ -172,6 +198,7 @@ class Load:
         self.port = port
         self.next_request = next_request
         self.samples: list[Sample] = []
+        self.resent = 0  # requests sent again on a new connection (see send)
         self.t0 = time.monotonic()
         self._stop = asyncio.Event()
 
@@ -185,6 +212,7 @@ class Load:
             status, headers, _ = await send(conn, self.next_request())
             self.samples.append(Sample(start, self.now() - start, status, "retry-after" in headers))
         conn.close()
+        self.resent += conn.resent
 
     async def run(self) -> None:
         await asyncio.gather(*(self._client() for _ in range(CLIENTS)))
@@ -1059,6 +1087,8 @@ async def run_fault(stack: Stack, fault: Fault, phases: Phases) -> Result:
         load.stop()
         await clients
     restarts = restarts_between(containers, await asyncio.to_thread(stack.api_containers))
+    if load.resent:
+        log(f"{load.resent} GETs sent again on a new connection: their kept-alive one closed")
     return Result(
         fault, load.samples, inject_at, injected_at, back_at, end_at, readiness, error,
         restarts, verified,
