@@ -15,6 +15,12 @@ deploy: .env ## Roll the api to a new build with no failed request (`make deploy
 prod-down: .env ## Stop the production stack (keeps its volumes)
 	$(PROD) down
 
+# The file goes in through stdin: a single-file bind mount stays on the file it was
+# given, and `git pull` (like most editors) replaces the file rather than edit it.
+.PHONY: proxy-reload
+proxy-reload: .env ## Apply deploy/Caddyfile to the running proxy with no failed request (caddy reload)
+	$(PROD) exec -T proxy sh -c 'cat >/tmp/Caddyfile && caddy reload --config /tmp/Caddyfile --adapter caddyfile' <deploy/Caddyfile
+
 .PHONY: prod-logs
 prod-logs: .env ## Follow the production stack's logs
 	$(PROD) logs --follow --tail=100

@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
+import resource
 import secrets
 import shutil
 import signal
@@ -58,9 +60,11 @@ FAILED_PAUSE = 0.1  # how long a client waits after FAILED before its next reque
 
 
 # The stack's settings: throw-away secrets, and the write rate limit off, since one
-# client (this script) sends every write and the limit is per client.
-def stack_settings() -> dict[str, str]:
+# client (this script) sends every write and the limit is per client. `--set NAME=VALUE`
+# adds app settings (for instance CACHE_LOCAL_TTL_SECONDS=5, the near cache on).
+def stack_settings(extra: dict[str, str] | None = None) -> dict[str, str]:
     return {
+        **(extra or {}),
         "DOMAIN": "http://localhost",
         "POSTGRES_PASSWORD": secrets.token_hex(16),
         "APP_DB_PASSWORD": secrets.token_hex(16),
@@ -95,25 +99,44 @@ class CutShortError(Exception):
     """The response began (status and headers arrived) and then its connection broke."""
 
 
+class StaleConnectionError(Exception):
+    """A kept-alive connection closed before a single byte of the response: the server
+    closed it as idle just as the request went out, and never read the request."""
+
+
+# Requests that HTTP clients send again, once, on a new connection after StaleConnectionError
+# (Go's net/http, urllib3, browsers): nothing was answered, and they are safe to repeat.
+RESENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
 class Connection:
     """One keep-alive HTTP/1.1 connection to the proxy, reopened after any error."""
 
     def __init__(self, port: int) -> None:
         self.port = port
         self._streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+        self.resent = 0  # requests sent again after StaleConnectionError
 
     async def request(
         self, method: str, path: str, body: bytes | None
     ) -> tuple[int, dict[str, str], bytes]:
+        reused = self._streams is not None
         if self._streams is None:
             self._streams = await asyncio.open_connection("127.0.0.1", self.port)
         reader, writer = self._streams
         head = f"{method} {path} HTTP/1.1\r\nHost: localhost:{self.port}\r\n"
         if body is not None:
             head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
-        writer.write(head.encode() + b"\r\n" + (body or b""))
-        await writer.drain()
-        lines = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+        try:
+            writer.write(head.encode() + b"\r\n" + (body or b""))
+            await writer.drain()
+            raw_head = await reader.readuntil(b"\r\n\r\n")
+        except (OSError, asyncio.IncompleteReadError) as exc:
+            nothing = not isinstance(exc, asyncio.IncompleteReadError) or not exc.partial
+            if reused and nothing and method in RESENT_METHODS:
+                raise StaleConnectionError from exc
+            raise
+        lines = raw_head.decode("latin-1").split("\r\n")
         status = int(lines[0].split(" ", 2)[1])
         headers = {}
         for line in lines[1:]:
@@ -146,16 +169,23 @@ async def read_chunked(reader: asyncio.StreamReader) -> bytes:
 
 
 async def send(conn: Connection, request: Request) -> tuple[int, dict[str, str], bytes]:
-    """One request within CLIENT_TIMEOUT; (TIMEOUT or FAILED, {}, b"") instead of raising."""
+    """One request within CLIENT_TIMEOUT; (TIMEOUT or FAILED, {}, b"") instead of raising.
+    A safe request that found its kept-alive connection closed unanswered is sent again,
+    once, on a new connection, as HTTP clients do."""
     try:
-        return await asyncio.wait_for(conn.request(*request), CLIENT_TIMEOUT)
+        try:
+            return await asyncio.wait_for(conn.request(*request), CLIENT_TIMEOUT)
+        except StaleConnectionError:
+            conn.close()
+            conn.resent += 1
+            return await asyncio.wait_for(conn.request(*request), CLIENT_TIMEOUT)
     except TimeoutError:
         conn.close()
         return TIMEOUT, {}, b""
     except CutShortError:
         conn.close()
         return CUT_SHORT, {}, b""
-    except (OSError, EOFError, ValueError, IndexError):  # refused, reset, closed
+    except (OSError, EOFError, ValueError, IndexError, StaleConnectionError):  # refused, reset
         conn.close()
         await asyncio.sleep(FAILED_PAUSE)  # a refused connection must not become a busy loop
         return FAILED, {}, b""
@@ -168,6 +198,7 @@ class Load:
         self.port = port
         self.next_request = next_request
         self.samples: list[Sample] = []
+        self.resent = 0  # requests sent again on a new connection (see send)
         self.t0 = time.monotonic()
         self._stop = asyncio.Event()
 
@@ -181,6 +212,7 @@ class Load:
             status, headers, _ = await send(conn, self.next_request())
             self.samples.append(Sample(start, self.now() - start, status, "retry-after" in headers))
         conn.close()
+        self.resent += conn.resent
 
     async def run(self) -> None:
         await asyncio.gather(*(self._client() for _ in range(CLIENTS)))
@@ -196,8 +228,8 @@ class Stack:
     """docker-compose.prod.yml as project PROJECT. Its settings are in an env file of its
     own (ENV_FILE) and exported too, so that scripts/deploy.sh, run from here, sees them."""
 
-    def __init__(self, workdir: Path) -> None:
-        settings = stack_settings()
+    def __init__(self, workdir: Path, extra_settings: dict[str, str] | None = None) -> None:
+        settings = stack_settings(extra_settings)
         env_file = workdir / "chaos.env"
         env_file.write_text("".join(f"{name}={value}\n" for name, value in settings.items()))
         self.env = {
@@ -216,7 +248,11 @@ class Stack:
         override.write_text(
             "services:\n"
             + "".join(
-                f"  {s}:\n    environment:\n      RATE_LIMIT_WRITES: '0'\n"
+                f"  {s}:\n    environment:\n"
+                + "".join(
+                    f"      {name}: '{value}'\n"
+                    for name, value in {"RATE_LIMIT_WRITES": "0", **(extra_settings or {})}.items()
+                )
                 for s in self.api_services
             )
         )
@@ -224,14 +260,19 @@ class Stack:
         self.base = f"http://127.0.0.1:{HTTP_PORT}"
         self.items: list[str] = []
         self.holder: subprocess.Popen[str] | None = None  # the session holding a row lock
+        self.slowloris: SlowClients | None = None
+        self.listeners_before: dict[str, list[float]] = {}  # near-cache listener gauges
         self.revision = (
             self.run("git", "rev-parse", "--short", "HEAD", check=False).strip() or "unknown"
         )
 
-    def run(self, *args: str, timeout: float = 300, check: bool = True) -> str:
+    def run(
+        self, *args: str, timeout: float = 300, check: bool = True, stdin: str | None = None
+    ) -> str:
         """Run a command in the repository with the stack's environment; its stdout."""
         result = subprocess.run(  # noqa: S603  # fixed commands, no shell
             args,
+            input=stdin,
             cwd=ROOT,
             env=self.env,
             capture_output=True,
@@ -249,8 +290,10 @@ class Stack:
         # --env-file: never the checkout's own .env, which may belong to another stack.
         return ["docker", "compose", "-p", PROJECT, "--env-file", self.env["ENV_FILE"], *args]
 
-    def compose(self, *args: str, timeout: float = 300, check: bool = True) -> str:
-        return self.run(*self.compose_command(*args), timeout=timeout, check=check)
+    def compose(
+        self, *args: str, timeout: float = 300, check: bool = True, stdin: str | None = None
+    ) -> str:
+        return self.run(*self.compose_command(*args), timeout=timeout, check=check, stdin=stdin)
 
     def build(self, revision: str) -> None:
         # Every api service and migrate run this one image.
@@ -264,6 +307,8 @@ class Stack:
     def down(self) -> None:
         if self.holder is not None:
             self.holder.kill()
+        if self.slowloris is not None:
+            self.slowloris.stop()
         self.compose("unpause", "db", "redis", check=False)  # a paused container cannot stop
         self.compose("down", "--volumes", "--remove-orphans", "--timeout", "5", check=False)
 
@@ -300,6 +345,20 @@ class Stack:
         except (OSError, ValueError):  # URLError and HTTPError are OSErrors
             return False
 
+    def api_containers(self) -> dict[str, tuple[int, bool]]:
+        """Each api container's restart count and whether it was OOM-killed, by id."""
+        ids = self.compose("ps", "--quiet", *self.api_services, check=False).split()
+        if not ids:
+            return {}
+        lines = self.run(
+            "docker", "inspect", "--format",
+            "{{.Id}} {{.RestartCount}} {{.State.OOMKilled}}", *ids, check=False,
+        ).splitlines()  # fmt: skip
+        return {
+            cid: (int(count), oom == "true")
+            for cid, count, oom in (line.split() for line in lines if line.strip())
+        }
+
     def seed(self) -> None:
         tag = secrets.token_hex(3)
         for n in range(ITEMS):
@@ -328,6 +387,12 @@ def patch_item(stack: Stack) -> Request:
     # A new value each time: an unchanged row is not written, so it would not wait for a lock.
     body = b'{"description": "%f"}' % time.time()
     return "PATCH", f"/api/v1/items/{random.choice(stack.items)}", body  # noqa: S311
+
+
+def mixed(stack: Stack) -> Request:
+    """Half cached reads, a quarter lists, a quarter writes."""
+    workload = random.choice((cached_read, cached_read, list_read, patch_item))  # noqa: S311
+    return workload(stack)
 
 
 # --- Faults: how to cause each one and undo it ----------------------------------------
@@ -457,6 +522,291 @@ def deploy(stack: Stack) -> None:
             raise
 
 
+# Runs inside an api container: fills each tmpfs the app may write to until the kernel
+# says "no space left" (ENOSPC), and prints what it wrote. A tmpfs with no sensible
+# bound is not filled past 1 GiB, so as not to take the host's memory: that is a miss.
+# The metric files' own tmpfs is left alone: prometheus_client alone writes there,
+# through mmap, where a full tmpfs is SIGBUS rather than an error (docker-compose.prod.yml).
+FILL_MOUNTS = """
+import errno, os, sys
+skip, cap = set(sys.argv[1:]), (1 << 30) + (1 << 20)
+for line in open("/proc/mounts"):
+    _, target, fstype, options = line.split()[:4]
+    if fstype != "tmpfs" or target in skip or "rw" not in options.split(","):
+        continue
+    if not os.path.isdir(target) or not os.access(target, os.W_OK):
+        continue  # Docker masks some /proc files with tmpfs: not places to write
+    written, outcome = 0, "no ENOSPC after 1 GiB: unbounded"
+    chunk = bytes(1 << 20)
+    try:
+        with open(os.path.join(target, "chaos-fill"), "wb", buffering=0) as f:
+            while written < cap:
+                written += f.write(chunk)
+    except OSError as exc:
+        outcome = "ENOSPC" if exc.errno == errno.ENOSPC else repr(exc)
+    print(f"{target} {written >> 20} {outcome}")
+"""
+METRICS_MOUNT = "/dev/shm/prometheus"  # noqa: S108  # the metric files' own tmpfs
+
+
+def fill_mounts(stack: Stack) -> None:
+    """Fill every writable tmpfs of every api container, until ENOSPC."""
+    problems = []
+    for service in stack.api_services:
+        out = stack.compose(
+            "exec", "-T", service, "python", "-c", FILL_MOUNTS, METRICS_MOUNT, timeout=60
+        )
+        for line in out.splitlines():
+            target, mib, outcome = line.split(" ", 2)
+            log(f"{service}: {target} filled with {mib} MiB, then {outcome}")
+            if outcome != "ENOSPC":
+                problems.append(f"{service}:{target}: {outcome}")
+        if not out.strip():
+            problems.append(f"{service}: no writable tmpfs found")
+    log(f"left alone: {METRICS_MOUNT}, the metric files' own tmpfs (prometheus_client only)")
+    if problems:
+        raise RuntimeError("; ".join(problems))
+
+
+FREE_MOUNTS = """
+import contextlib, os
+for line in open("/proc/mounts"):
+    with contextlib.suppress(OSError):
+        os.remove(os.path.join(line.split()[1], "chaos-fill"))
+"""
+
+
+def free_mounts(stack: Stack) -> None:
+    for service in stack.api_services:
+        stack.compose("exec", "-T", service, "python", "-c", FREE_MOUNTS)
+
+
+SLOW_CLIENTS = 1000
+
+
+class SlowClients:
+    """`scripts/chaos.py --slowloris N` in a process of its own (so it takes nothing from
+    the load generator's event loop): N connections to the proxy, each sending its
+    request head one header line every 2 to 5 s, never finishing it. A connection the
+    proxy closes is opened again at once."""
+
+    def __init__(self, count: int) -> None:
+        self.process = subprocess.Popen(  # noqa: S603  # this script, no shell
+            [sys.executable, __file__, "--slowloris", str(count)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.process.stdout is not None  # noqa: S101  # stdout=PIPE
+        self.last: dict[str, Any] = {}
+        deadline = time.monotonic() + 30
+        for line in self.process.stdout:  # one JSON line a second
+            self.last = json.loads(line)
+            if self.last["open"] >= count or time.monotonic() > deadline:
+                break
+        if self.last.get("open", 0) < count:
+            self.stop()
+            raise RuntimeError(f"slow clients: could not hold {count} connections: {self.last}")
+
+    def stop(self) -> dict[str, Any]:
+        self.process.send_signal(signal.SIGINT)
+        out, _ = self.process.communicate(timeout=30)
+        lines = out.strip().splitlines()
+        return json.loads(lines[-1]) if lines else self.last
+
+
+def start_slowloris(stack: Stack) -> None:
+    stack.slowloris = SlowClients(SLOW_CLIENTS)
+    log(f"{SLOW_CLIENTS} slow connections open: {stack.slowloris.last}")
+
+
+def stop_slowloris(stack: Stack) -> None:
+    if stack.slowloris is not None:
+        stats = stack.slowloris.stop()
+        stack.slowloris = None
+        log(
+            f"slow clients to {stats['address']}: {stats['opened']:.0f} connections opened, "
+            f"at most {stats['max_open']:.0f} open at once, {stats['closed']:.0f} closed by "
+            f"the proxy after a median {stats['median_life_s']:.1f} s, "
+            f"{stats['answered']:.0f} answered; their process used {stats['cpu_s']:.1f} s of CPU"
+        )
+
+
+async def slow_client(
+    address: tuple[str, int], n: int, count: int, stats: Counter[str], lives: list[float]
+) -> None:
+    """One of the slow clients: a request head that never ends, one line every 2 to 5 s,
+    on a connection opened again whenever the proxy closes it."""
+    await asyncio.sleep(2 * n / count)  # the connections opened over two seconds
+    while True:
+        try:
+            reader, writer = await asyncio.open_connection(*address)
+        except OSError:
+            stats["refused"] += 1
+            await asyncio.sleep(1)
+            continue
+        stats["opened"] += 1
+        stats["open"] += 1
+        stats["max_open"] = max(stats["max_open"], stats["open"])
+        opened = time.monotonic()
+        try:
+            writer.write(b"GET /health HTTP/1.1\r\nHost: localhost\r\n")
+            for line in range(100_000):
+                await writer.drain()
+                try:
+                    data = await asyncio.wait_for(reader.read(4096), random.uniform(2, 5))  # noqa: S311
+                except TimeoutError:
+                    writer.write(b"X-Slow-%d: still sending\r\n" % line)
+                    continue
+                stats["answered" if data else "closed"] += 1
+                lives.append(time.monotonic() - opened)
+                break
+        except OSError:
+            stats["closed"] += 1
+            lives.append(time.monotonic() - opened)
+        finally:
+            stats["open"] -= 1
+            writer.close()
+
+
+async def proxy_address() -> tuple[str, int]:
+    """The proxy's own address when this machine can reach it (Linux), as a client on
+    the internet would: not through the published port, whose userland proxy on
+    127.0.0.1 would spend two more sockets and the CPU to copy every byte."""
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(PROXY_IP, 80), 1)
+    except (OSError, TimeoutError):
+        return "127.0.0.1", HTTP_PORT
+    writer.close()
+    return PROXY_IP, 80
+
+
+async def slowloris(count: int) -> None:
+    """The slow clients' process (see SlowClients): runs until SIGINT, prints its
+    figures as one JSON line a second, and once more at the end."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 4 * count)), hard))
+    stats = Counter[str]()
+    lives: list[float] = []
+    address = await proxy_address()
+
+    def figures() -> str:
+        ordered = sorted(lives)
+        median = ordered[len(ordered) // 2] if ordered else 0.0
+        keys = ("open", "max_open", "opened", "closed", "answered", "refused")
+        cpu_s = resource.getrusage(resource.RUSAGE_SELF)
+        return json.dumps(
+            {
+                **{k: stats[k] for k in keys},
+                "median_life_s": median,
+                "cpu_s": cpu_s.ru_utime + cpu_s.ru_stime,
+                "address": ":".join(map(str, address)),
+            }
+        )
+
+    tasks = [
+        asyncio.create_task(slow_client(address, n, count, stats, lives)) for n in range(count)
+    ]
+    try:
+        while True:
+            await asyncio.sleep(1)
+            print(figures(), flush=True)
+    except asyncio.CancelledError:
+        pass
+    finally:
+        for task in tasks:
+            task.cancel()
+        print(figures(), flush=True)
+
+
+# Every `app` backend terminated every 200 ms for 10 s: pool connections, the near
+# cache's listener, all of them. Each statement is a transaction of its own, so each
+# sees the connections opened since the last one.
+STORM_S, STORM_EVERY_S = 10.0, 0.2  # TERMINATE_APP sleeps STORM_EVERY_S
+TERMINATE_APP = (
+    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+    " WHERE usename = 'app' AND pid <> pg_backend_pid(); SELECT pg_sleep(0.2);\n"
+)
+LISTENER_METRIC = "app_near_cache_listener_live"
+LISTENER_BACK_S = 5.0
+# Runs inside an api container: the master's metrics (every worker's), as text.
+SCRAPE = (
+    "import os, urllib.request; print(urllib.request.urlopen("
+    "f\"http://127.0.0.1:{os.environ.get('METRICS_PORT', '9000')}/metrics\", timeout=3)"
+    ".read().decode())"
+)
+
+
+def listener_gauges(stack: Stack) -> dict[str, list[float]]:
+    """Each api service's app_near_cache_listener_live samples (one per worker)."""
+    gauges = {}
+    for service in stack.api_services:
+        text = stack.compose("exec", "-T", service, "python", "-c", SCRAPE, timeout=15, check=False)
+        gauges[service] = [
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith((LISTENER_METRIC + "{", LISTENER_METRIC + " "))
+        ]
+    return gauges
+
+
+def terminate_storm(stack: Stack) -> None:
+    stack.listeners_before = listener_gauges(stack)
+    rounds = int(STORM_S / STORM_EVERY_S)
+    out = stack.compose(
+        "exec", "-T", "db", *PSQL, "-qtA", stdin=TERMINATE_APP * rounds, timeout=STORM_S + 60
+    )
+    killed = sum(int(line) for line in out.split() if line.isdigit())
+    log(f"{rounds} rounds of pg_terminate_backend: {killed} backends of role app terminated")
+
+
+def listeners_back(stack: Stack) -> list[str]:
+    """Every worker's near-cache listener live again within LISTENER_BACK_S of the storm's
+    end, by the metric; skipped, with a note, when no listener was live before it."""
+    before = stack.listeners_before
+    if not any(before.values()):
+        log(f"listener check skipped: no {LISTENER_METRIC} (none in this build, or metrics off)")
+        return []
+    if not any(1.0 in values for values in before.values()):
+        log(f"listener check skipped: no listener live before the storm ({before}): near cache off")
+        return []
+    deadline = time.monotonic() + LISTENER_BACK_S
+    while True:
+        now = listener_gauges(stack)
+        down = {
+            service: values
+            for service, values in now.items()
+            if before.get(service) and (not values or any(v != 1.0 for v in values))
+        }
+        if not down:
+            waited = LISTENER_BACK_S - (deadline - time.monotonic())
+            log(f"every worker's listener live again within {waited:.1f} s: {now}")
+            return []
+        if time.monotonic() > deadline:
+            return [f"listeners not all live {LISTENER_BACK_S:.0f} s after the storm: {down}"]
+        time.sleep(0.2)
+
+
+def restart_proxy(stack: Stack) -> None:
+    stack.compose("restart", "proxy", timeout=120)
+
+
+PROXY_RELOADS = 3
+
+
+def reload_proxy(stack: Stack) -> None:
+    """What `make proxy-reload` does (mk/prod.mk): `caddy reload` through the admin
+    endpoint in the container, with --force: a reload although nothing changed."""
+    reload = "cat >/tmp/Caddyfile && caddy reload --config /tmp/Caddyfile --adapter caddyfile"
+    caddyfile = (ROOT / "deploy" / "Caddyfile").read_text()
+    for n in range(PROXY_RELOADS):
+        time.sleep(n and 1)  # a second apart
+        stack.compose("exec", "-T", "proxy", "sh", "-c", reload + " --force", stdin=caddyfile)
+
+
+def proxy_back(stack: Stack) -> None:
+    stack.wait_until("the proxy", stack.api_ready)
+
+
 # --- Bars: what each fault may cost (issue 7's "must be" column) -----------------------
 
 
@@ -470,6 +820,9 @@ class Bar:
     settle_s: float = 0.0
     retry_after: bool = False  # every 503 carries Retry-After
     min_ratio: float | None = None  # throughput during the fault / before it
+    # The ratio's baseline is the rate before and after the fault (both without it), not
+    # before alone: on a shared machine a few seconds' baseline moves with other jobs.
+    ratio_to_before_and_after: bool = False
     added_p99_ms: float | None = None  # p99 latency during the fault - before it
     max_latency_s: float | None = None  # every answer during the fault within this
     readiness: str | None = None  # /health/ready's status in the middle of the fault
@@ -477,13 +830,15 @@ class Bar:
     # A proxy can resend a request whose response never began, never one the client has
     # begun to receive: a worker killed while sending a response breaks that response.
     cut_short_s: float | None = None
+    max_restarts: int | None = None  # api container restarts (or OOM kills) allowed
 
     def describe(self) -> str:
-        parts = ["/".join(map(str, sorted(self.statuses))) + " only"]
+        parts = ["/".join(map(status_name, sorted(self.statuses))) + " only"]
         if self.retry_after:
             parts[0] += ", 503s with Retry-After"
         if self.min_ratio is not None:
-            parts.append(f"≥ {self.min_ratio}x throughput")
+            without = "without it" if self.ratio_to_before_and_after else "before"
+            parts.append(f"≥ {self.min_ratio}x the throughput {without}")
         if self.added_p99_ms is not None:
             parts.append(f"p99 ≤ +{self.added_p99_ms:.0f} ms")
         if self.max_latency_s is not None:
@@ -494,6 +849,10 @@ class Bar:
             parts.append(f"ready: {self.readiness}")
         if self.cut_short_s is not None:
             parts.append(f"responses cut off within {self.cut_short_s:.0f} s of the fault allowed")
+        if self.max_restarts == 0:
+            parts.append("no api container restart")
+        elif self.max_restarts is not None:
+            parts.append(f"≤ {self.max_restarts} api container restarts")
         return "; ".join(parts)
 
 
@@ -510,6 +869,8 @@ class Fault:
     recover: Callable[[Stack], None]  # returns once the dependency is back
     bar: Bar
     hold_s: float = 10.0  # how long the fault lasts between inject and recover
+    # Checks made once the dependency is back, during the after phase; each miss in words.
+    verify: Callable[[Stack], list[str]] | None = None
 
 
 FAULTS = [
@@ -575,6 +936,53 @@ FAULTS = [
         hold_s=5,
     ),
     Fault(
+        name="tmpfs-fill",
+        summary="every writable tmpfs of every api filled until ENOSPC (reads, lists, PATCH)",
+        workload=mixed,
+        inject=fill_mounts,
+        recover=free_mounts,
+        bar=Bar(max_restarts=0),
+    ),
+    Fault(
+        name="slowloris",
+        summary=f"{SLOW_CLIENTS} connections sending their headers slowly (cached item reads)",
+        workload=cached_read,
+        inject=start_slowloris,
+        recover=stop_slowloris,
+        bar=Bar(min_ratio=0.8, ratio_to_before_and_after=True),
+        # Longer than the proxy's read_header timeout (deploy/Caddyfile), even halved.
+        hold_s=24,
+    ),
+    Fault(
+        name="pg-terminate",
+        summary="every app backend terminated every 200 ms for 10 s (reads, lists, PATCH)",
+        workload=mixed,
+        inject=terminate_storm,  # returns when the storm is over
+        recover=nothing,
+        bar=replace(DB_UNAVAILABLE, settle_s=3),
+        hold_s=0,
+        verify=listeners_back,
+    ),
+    Fault(
+        name="proxy-restart",
+        summary="`docker compose restart proxy`, as after a Caddyfile change (cached item reads)",
+        workload=cached_read,
+        inject=restart_proxy,
+        recover=proxy_back,
+        # Connections refused or dropped while Caddy is down: the gap is printed.
+        bar=Bar(statuses=frozenset({200, FAILED}), settle_s=1),
+        hold_s=0,
+    ),
+    Fault(
+        name="proxy-reload",
+        summary=f"`make proxy-reload` x{PROXY_RELOADS}: caddy reload, admin API (cached reads)",
+        workload=cached_read,
+        inject=reload_proxy,
+        recover=nothing,
+        bar=Bar(),  # zero failed requests
+        hold_s=0,
+    ),
+    Fault(
         name="deploy",
         summary="a deploy of a new build (cached item reads)",
         workload=cached_read,
@@ -610,6 +1018,8 @@ class Result:
     end_at: float
     readiness: str | None = None
     error: str | None = None
+    restarts: int = 0  # api container restarts and OOM kills during the fault
+    verified: list[str] = field(default_factory=list)  # the fault's own checks' misses
     misses: list[str] = field(default_factory=list)
 
     def window(self, start: float, end: float) -> list[Sample]:
@@ -653,6 +1063,8 @@ async def run_fault(stack: Stack, fault: Fault, phases: Phases) -> Result:
     clients = asyncio.create_task(load.run())
     hold = fault.hold_s * phases.hold_scale
     error = readiness = None
+    verified: list[str] = []
+    containers = await asyncio.to_thread(stack.api_containers)
     try:
         await asyncio.sleep(phases.before_s)
         inject_at = injected_at = load.now()
@@ -666,12 +1078,39 @@ async def run_fault(stack: Stack, fault: Fault, phases: Phases) -> Result:
             error = f"inject: {exc}"
         await asyncio.to_thread(fault.recover, stack)
         back_at = load.now()
-        await asyncio.sleep(phases.after_s)
+        after = asyncio.create_task(asyncio.sleep(phases.after_s))
+        if fault.verify is not None:
+            verified = await asyncio.to_thread(fault.verify, stack)
+        await after
         end_at = load.now()
     finally:
         load.stop()
         await clients
-    return Result(fault, load.samples, inject_at, injected_at, back_at, end_at, readiness, error)
+    restarts = restarts_between(containers, await asyncio.to_thread(stack.api_containers))
+    if load.resent:
+        log(f"{load.resent} GETs sent again on a new connection: their kept-alive one closed")
+    return Result(
+        fault, load.samples, inject_at, injected_at, back_at, end_at, readiness, error,
+        restarts, verified,
+    )  # fmt: skip
+
+
+def restarts_between(
+    before: dict[str, tuple[int, bool]], after: dict[str, tuple[int, bool]]
+) -> int:
+    """Restarts and OOM kills of the api containers present before and after (a deploy
+    replaces containers: the new ones are not restarts)."""
+    return sum(
+        after[cid][0] - count + (after[cid][1] and not oom)
+        for cid, (count, oom) in before.items()
+        if cid in after
+    )
+
+
+def gap(result: Result) -> float:
+    """From the first answer other than 200 to the end of the last one, in seconds."""
+    failed = [s for s in result.fault_on if s.status != 200]
+    return max(s.end for s in failed) - min(s.start for s in failed) if failed else 0.0
 
 
 def p99(samples: list[Sample]) -> float:
@@ -686,6 +1125,14 @@ def status_name(status: int) -> str:
 def tally(samples: list[Sample]) -> str:
     counts = Counter(status_name(s.status) for s in samples)
     return " ".join(f"{name}x{n}" for name, n in sorted(counts.items())) or "none"
+
+
+def baseline(result: Result) -> float:
+    """The rate the fault's throughput is compared with: before it, or before and after."""
+    if not result.fault.bar.ratio_to_before_and_after:
+        return result.rate(0, result.inject_at)
+    quiet = len(result.window(0, result.inject_at)) + len(result.after)
+    return quiet / max(result.inject_at + result.end_at - result.back_at, 1e-9)
 
 
 def judge(result: Result) -> list[str]:
@@ -708,11 +1155,12 @@ def judge(result: Result) -> list[str]:
         misses.append(f"answers outside the bar: {tally(wrong)}")
     if bar.retry_after and (bare := [s for s in fault_on if s.status == 503 and not s.retry_after]):
         misses.append(f"{len(bare)} x 503 without Retry-After")
-    before_rate = result.rate(0, result.inject_at)
     during_rate = result.rate(result.inject_at, result.back_at)
-    if bar.min_ratio is not None and during_rate < bar.min_ratio * before_rate:
+    base = baseline(result)
+    if bar.min_ratio is not None and during_rate < bar.min_ratio * base:
+        without = "without it" if bar.ratio_to_before_and_after else "before"
         misses.append(
-            f"throughput {during_rate / before_rate:.2f}x before (bar ≥ {bar.min_ratio}x)"
+            f"throughput {during_rate / base:.2f}x the rate {without} (bar ≥ {bar.min_ratio}x)"
         )
     added_ms = (p99(result.during) - p99(result.before)) * 1000
     if bar.added_p99_ms is not None and added_ms > bar.added_p99_ms:
@@ -722,7 +1170,9 @@ def judge(result: Result) -> list[str]:
         misses.append(f"slowest answer {worst:.1f} s (bar ≤ {bar.max_latency_s:.0f} s)")
     if bar.readiness is not None and result.readiness != bar.readiness:
         misses.append(f"readiness said {result.readiness} (bar: {bar.readiness})")
-    return misses
+    if bar.max_restarts is not None and result.restarts > bar.max_restarts:
+        misses.append(f"{result.restarts} api container restarts (bar ≤ {bar.max_restarts})")
+    return misses + result.verified
 
 
 # --- Reporting ---------------------------------------------------------------------------
@@ -764,12 +1214,14 @@ def summary_row(result: Result) -> list[str]:
     return [
         result.fault.name,
         f"{before:.0f}",
-        f"{during:.0f} ({during / before:.2f}x)" if before else f"{during:.0f}",
+        f"{during:.0f} ({during / base:.2f}x)" if (base := baseline(result)) else f"{during:.0f}",
         f"{after:.0f}",
         f"{result.back_at - result.inject_at:.1f} s",
         tally(non_200) if non_200 else "-",
         str(sum(s.status == TIMEOUT for s in fault_on)),
         f"{worst:.2f} s",
+        f"{gap(result):.2f} s",
+        str(result.restarts),
         "PASS" if not result.misses else "MISS",
     ]
 
@@ -783,6 +1235,8 @@ HEADER = [
     "non-200 (during + after)",
     "timeouts",
     "slowest",
+    "gap",
+    "restarts",
     "bar",
 ]
 
@@ -836,7 +1290,17 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--short", action="store_true", help="shorter phases, for CI")
     parser.add_argument("--list", action="store_true", help="list the faults and their bars")
     parser.add_argument("--keep", action="store_true", help="leave the stack up, to look into it")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an app setting for the stack (CACHE_LOCAL_TTL_SECONDS=5); repeatable",
+    )
+    parser.add_argument("--slowloris", type=int, help=argparse.SUPPRESS)  # SlowClients' process
     args = parser.parse_args()
+    if any("=" not in setting for setting in args.set):
+        parser.error("--set takes NAME=VALUE")
     unknown = set(args.faults) - {f.name for f in FAULTS}
     if unknown:
         parser.error(f"unknown fault(s): {', '.join(sorted(unknown))}; see --list")
@@ -845,9 +1309,13 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> int:
     args = parse_args()
+    if args.slowloris:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(slowloris(args.slowloris))
+        return 0
     if args.list:
         for fault in FAULTS:
-            print(f"{fault.name:<12} {fault.summary}\n{'':<12} bar: {fault.bar.describe()}")
+            print(f"{fault.name:<14} {fault.summary}\n{'':<14} bar: {fault.bar.describe()}")
         return 0
     faults = [f for f in FAULTS if not args.faults or f.name in args.faults]
     # `docker compose down` must run on SIGTERM too (CI cancelling a job), not only on Ctrl-C.
@@ -856,7 +1324,7 @@ def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="chaos-"))  # the env file, with its secrets
     stack = None
     try:
-        stack = Stack(workdir)
+        stack = Stack(workdir, dict(setting.split("=", 1) for setting in args.set))
         # What an earlier run killed before its teardown left behind: its database volume,
         # initialised with that run's passwords, would refuse this run's migrate.
         stack.down()
