@@ -118,13 +118,13 @@ class Connection:
         self.resent = 0  # requests sent again after StaleConnectionError
 
     async def request(
-        self, method: str, path: str, body: bytes | None
+        self, method: str, path: str, body: bytes | None, extra_headers: str = ""
     ) -> tuple[int, dict[str, str], bytes]:
         reused = self._streams is not None
         if self._streams is None:
             self._streams = await asyncio.open_connection("127.0.0.1", self.port)
         reader, writer = self._streams
-        head = f"{method} {path} HTTP/1.1\r\nHost: localhost:{self.port}\r\n"
+        head = f"{method} {path} HTTP/1.1\r\nHost: localhost:{self.port}\r\n{extra_headers}"
         if body is not None:
             head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
         try:
@@ -221,6 +221,99 @@ class Load:
         self._stop.set()
 
 
+class KeyedWriter:
+    """A client beside the load, through every fault: it creates orders, each with an
+    Idempotency-Key, and sends a write again with its key until the answer is definite
+    (a lost connection, a timeout, 502, 503 or 504 leave the outcome unknown). Each
+    order gets a quantity of its own, so one written twice shows when they are counted."""
+
+    UNKNOWN = frozenset({TIMEOUT, FAILED, CUT_SHORT, 502, 503, 504})
+    PAUSE = 0.1  # between orders: a trickle, not a share of the load that the bars measure
+    RETRY_PAUSE = 0.25
+    GIVE_UP_AFTER = 60.0  # per order; a fault's outage is far shorter
+    MAX_QUANTITY = 10_000  # the API's limit on an order's quantity
+
+    def __init__(self, port: int, item_id: str) -> None:
+        self.conn = Connection(port)
+        self.item_id = item_id
+        self.sent = self.retried = self.replayed = 0
+        self.acknowledged: set[int] = set()
+        self.unknown: list[int] = []  # gave up without a definite answer
+        self.refused: Counter[int] = Counter()  # definite answers other than 201
+        self._stop = asyncio.Event()
+
+    async def _order(self, quantity: int) -> None:
+        body = json.dumps({"item_id": self.item_id, "quantity": quantity}).encode()
+        key = f"Idempotency-Key: chaos-{self.item_id}-{quantity}\r\n"
+        deadline = time.monotonic() + self.GIVE_UP_AFTER
+        while True:
+            try:
+                status, headers, _ = await asyncio.wait_for(
+                    self.conn.request("POST", "/api/v1/orders", body, key), CLIENT_TIMEOUT
+                )
+            except TimeoutError:
+                status, headers = TIMEOUT, {}
+            except CutShortError:
+                status, headers = CUT_SHORT, {}
+            except (OSError, EOFError, ValueError, IndexError):
+                status, headers = FAILED, {}
+            if status in (TIMEOUT, CUT_SHORT, FAILED):
+                self.conn.close()
+            if status not in self.UNKNOWN:
+                break
+            if time.monotonic() > deadline:
+                self.unknown.append(quantity)
+                return
+            self.retried += 1
+            await asyncio.sleep(self.RETRY_PAUSE)
+        self.replayed += headers.get("idempotent-replayed") == "true"
+        if status == 201:
+            self.acknowledged.add(quantity)
+        else:
+            self.refused[status] += 1
+
+    async def run(self) -> None:
+        for quantity in range(1, self.MAX_QUANTITY + 1):
+            if self._stop.is_set():
+                break
+            self.sent += 1
+            await self._order(quantity)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), self.PAUSE)
+        self.conn.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def check(self, stack: Stack) -> list[str]:
+        """Count the orders the API holds for the writer's item: each quantity once, and
+        every acknowledged one present. Returns what is wrong (nothing, when it held)."""
+        seen: Counter[int] = Counter()
+        cursor: str | None = ""
+        while cursor is not None:
+            page = stack.http("GET", f"/api/v1/orders?item_id={self.item_id}&limit=100{cursor}")
+            seen.update(int(order["quantity"]) for order in page["items"])
+            cursor = f"&cursor={page['next_cursor']}" if page["next_cursor"] else None
+        duplicates = sum(n - 1 for n in seen.values() if n > 1)
+        lost = sorted(self.acknowledged - set(seen))
+        log(
+            f"keyed writes: {self.sent} orders, {self.retried} sends again with their key "
+            f"({self.replayed} answered by a replay), {duplicates} written twice, "
+            f"{len(lost)} acknowledged but missing, {len(self.unknown)} without a definite "
+            f"answer, refused: {dict(self.refused) or 'none'}"
+        )
+        problems = []
+        if duplicates:
+            problems.append(f"{duplicates} orders written twice")
+        if lost:
+            problems.append(f"acknowledged orders missing: {lost[:10]}")
+        if self.unknown:
+            problems.append(f"orders without a definite answer after {self.GIVE_UP_AFTER:.0f} s")
+        if self.refused:
+            problems.append(f"orders refused: {dict(self.refused)}")
+        return problems
+
+
 # --- The stack -----------------------------------------------------------------------
 
 
@@ -259,6 +352,7 @@ class Stack:
         self.env["COMPOSE_FILE"] += f":{override}"
         self.base = f"http://127.0.0.1:{HTTP_PORT}"
         self.items: list[str] = []
+        self.write_problems: list[str] = []  # what KeyedWriter.check found
         self.holder: subprocess.Popen[str] | None = None  # the session holding a row lock
         self.slowloris: SlowClients | None = None
         self.listeners_before: dict[str, list[float]] = {}  # near-cache listener gauges
@@ -1265,6 +1359,11 @@ async def run_all(stack: Stack, faults: list[Fault], phases: Phases) -> list[Res
     """Each fault in turn. A stack that does not recover stops the run: later faults
     would measure the wreck of an earlier one."""
     results = []
+    item = await asyncio.to_thread(
+        stack.http, "POST", "/api/v1/items", {"name": f"chaos-orders-{secrets.token_hex(3)}"}
+    )
+    writer = KeyedWriter(HTTP_PORT, item["id"])
+    writing = asyncio.create_task(writer.run())
     for fault in faults:
         log(f"{fault.name}: {fault.summary}; bar: {fault.bar.describe()}")
         try:
@@ -1281,6 +1380,9 @@ async def run_all(stack: Stack, faults: list[Fault], phases: Phases) -> list[Res
             print(f"/health/ready in the middle of the fault: {result.readiness}")
         print_table([result])
         results.append(result)
+    writer.stop()
+    await writing
+    stack.write_problems = await asyncio.to_thread(writer.check, stack)
     return results
 
 
@@ -1347,7 +1449,10 @@ def main() -> int:
     passed = sum(not r.misses for r in results)
     elapsed = time.monotonic() - started
     log(f"{passed}/{len(faults)} faults within their bars ({elapsed:.0f} s)")
-    return 0 if passed == len(faults) else 1
+    problems = stack.write_problems if stack is not None else []
+    for problem in problems:
+        log(f"keyed writes: {problem}")
+    return 0 if passed == len(faults) and not problems else 1
 
 
 if __name__ == "__main__":

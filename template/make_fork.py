@@ -206,7 +206,7 @@ def relink_migrations(dropped: list[Path]) -> None:
         while kept in gone:
             kept = parents.get(kept)
         value = f'"{kept}"' if kept else "None"
-        text = DOWN_REVISION.sub(lambda m: m.group(1) + value, text, count=1)
+        text = DOWN_REVISION.sub(rf"\g<1>{value}", text, count=1)
         text = re.sub(r"^Revises: \w+$", f"Revises: {kept or ''}".rstrip(), text, flags=re.M)
         path.write_text(text, encoding="utf-8")
 
