@@ -28,10 +28,10 @@ TEST := docker compose -p $(PROJECT)-test -f docker-compose.test.yml
 # The Python scripts outside the mypy `files` of pyproject.toml, checked the same way
 # (k8s_*.py run in a venv of their own: make k8s-validate). One module name per run.
 MYPY_SCRIPTS := scripts/dev_server.py scripts/init.py scripts/check_settings.py \
-  scripts/new_resource.py scripts/bench.py scripts/bench_logging.py scripts/chaos.py \
-  scripts/deploy_load.py scripts/metrics_cost.py scripts/seed.py
+  scripts/new_resource.py scripts/bench.py scripts/chaos.py \
+  scripts/deploy_load.py scripts/seed.py
 LINT := status=0; \
-	for check in "ruff check ." "ruff format --check ." "mypy" "mypy $(MYPY_SCRIPTS)" "mypy bench/bare_app.py bench/bare_page.py" \
+	for check in "ruff check ." "ruff format --check ." "mypy" "mypy $(MYPY_SCRIPTS)" "mypy bench/floors.py" \
 	  "hadolint Dockerfile Dockerfile.dev" "python -m scripts.check_settings" "lint-imports --no-cache"; do \
 	  echo "--- $$check"; $$check || { status=1; failed="$$failed\n  $$check"; }; \
 	done; \
