@@ -52,10 +52,9 @@ async def list_items(session: ReadSessionDep, page: PageParamsDep) -> Page[ItemR
 
 
 @router.get("/{item_id}", response_model=ItemRead, responses=problem_responses(404))
-async def get_item(item_id: uuid.UUID, cache: ItemCacheDep) -> Response:
-    """Get one item. Served from the cache when it can be: the cached body is sent
-    as stored, without parsing it again."""
-    body = await service.get_item_body(cache, item_id)
+async def get_item(item_id: uuid.UUID, session: ReadSessionDep, cache: ItemCacheDep) -> Response:
+    """Get one item, from the cache when it can: the cached JSON is sent as stored."""
+    body = await service.get_item_json(session, cache, item_id)
     return Response(body, media_type="application/json")
 
 
