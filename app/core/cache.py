@@ -23,9 +23,11 @@ The recipe, for a resource `widgets` (app/items is the worked example):
     get_widget_cache = model_cache_provider("widgets", WidgetRead)
     WidgetCacheDep = Annotated[ModelCache[WidgetRead], Depends(get_widget_cache)]
 
-    # service: reads through the cache, writes invalidate it when they commit
+    # service: reads through the cache (a session opened on a miss only), and writes
+    # invalidate it when they commit
     async def load() -> WidgetRead:
-        return WidgetRead.model_validate(await get_widget(session, widget_id))
+        async with read_session(sessions) as session:  # sessions: ReadSessionFactoryDep
+            return WidgetRead.model_validate(await get_widget(session, widget_id))
     body = await cache.get_or_load(widget_id, load)  # JSON bytes: Response(body, ...)
     await cache.invalidate_on_commit(session, widget_id)  # in update and delete
 """

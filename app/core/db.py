@@ -199,6 +199,6 @@ async def get_read_session(session_factory: ReadSessionFactoryDep) -> AsyncItera
 
 
 # scope="function": the connection goes back to the pool before the response is sent.
-# A handler that may not need the database (a cache hit) can still take it: a session
-# checks out a connection only when it first runs a statement.
+# A handler that may not need the database at all (a cache hit) takes
+# ReadSessionFactoryDep instead and opens `read_session(...)` only when it needs one.
 ReadSessionDep = Annotated[AsyncSession, Depends(get_read_session, scope="function")]

@@ -7,8 +7,9 @@ from __future__ import annotations
 import uuid
 
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.core.db import read_session
 from app.core.db_errors import FOREIGN_KEY_VIOLATION, flush_or_raise
 from app.core.pagination import PageParams, Paginator
 from app.items.cache import ItemCache
@@ -43,11 +44,15 @@ async def get_item(session: AsyncSession, item_id: uuid.UUID, *, for_update: boo
     return item
 
 
-async def get_item_json(session: AsyncSession, cache: ItemCache, item_id: uuid.UUID) -> bytes:
-    """The item's JSON, from the cache, else from Postgres (then cached)."""
+async def get_item_json(
+    sessions: async_sessionmaker[AsyncSession], cache: ItemCache, item_id: uuid.UUID
+) -> bytes:
+    """The item's JSON, from the cache, else from Postgres (then cached). A session is
+    opened on a miss only: a hit costs no session at all."""
 
     async def load() -> ItemRead:
-        return ItemRead.model_validate(await get_item(session, item_id))
+        async with read_session(sessions) as session:
+            return ItemRead.model_validate(await get_item(session, item_id))
 
     return await cache.get_or_load(item_id, load)
 

@@ -17,6 +17,7 @@ from app.core.db import get_session
 from app.core.redis import OptionalRedis
 from app.items import service
 from app.items.schemas import ItemRead, ItemUpdate
+from tests.conftest import AppClientMaker
 from tests.items.helpers import ITEMS, create
 
 
@@ -107,3 +108,28 @@ async def test_a_refused_update_keeps_the_cache(
     await client.get(f"{ITEMS}/{item['id']}")
     assert (await client.patch(f"{ITEMS}/{item['id']}", json={"name": "taken"})).status_code == 409
     assert await redis.get(key) is not None
+
+
+async def test_a_hit_opens_no_database_session(
+    settings: Settings,
+    session_factory: async_sessionmaker[AsyncSession],
+    read_session_factory: async_sessionmaker[AsyncSession],
+) -> None:
+    opened = 0
+
+    def counting_factory() -> AsyncSession:
+        nonlocal opened
+        opened += 1
+        return read_session_factory()
+
+    maker = AppClientMaker(
+        session_factory, cast("async_sessionmaker[AsyncSession]", counting_factory)
+    )
+    try:
+        client = await maker(settings)
+        item = await create(client, "hot")
+        for _ in range(3):
+            assert (await client.get(f"{ITEMS}/{item['id']}")).status_code == 200
+    finally:
+        await maker.close_all()
+    assert opened == 1  # the first read's miss; the hits never made a session
