@@ -58,10 +58,9 @@ class ServerSettings(BaseSettings):
     # so the proxy, not the app, closes idle connections and never reuses a dead one.
     gunicorn_keepalive: int = Field(default=65, ge=1)
     # Recycle a worker now and then to bound a slow leak, but rarely: each recycle costs
-    # a worker start (imports and app, ~0.5 CPU s) while the others carry its load, and
-    # closes its keep-alive connections. 10,000 meant a recycle every few seconds under
-    # load; 5,000,000 is ~10 minutes at full load, about a day at 50 requests/s
-    # (docs/benchmarks.md). Jitter spreads the workers' restarts apart.
+    # a worker start (imports and the app) while the others carry its load, and closes
+    # its keep-alive connections; a count in the tens of thousands would mean a recycle
+    # every few seconds under load. Jitter spreads the workers' restarts apart.
     gunicorn_max_requests: int = Field(default=5_000_000, ge=0)
     gunicorn_max_requests_jitter: int = Field(default=500_000, ge=0)
     # Who may set X-Forwarded-For/-Proto: the reverse proxy's address only.

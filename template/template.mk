@@ -7,12 +7,6 @@ template-test: ## mypy on template/*.py, and the scaffold's unit tests (template
 	$(TEST) build tests
 	$(TEST) run --rm --no-deps tests sh -c 'mypy template/*.py && python -m pytest -p no:cacheprovider template/test_new_resource.py'
 
-# Measurements of the template's own choices, against paths a fork never had.
-.PHONY: bench-logging
-bench-logging: ## Time access lines and in-process requests, old logging path vs new (~1 min)
-	$(TEST) build tests
-	$(TEST) run --rm --no-deps tests python template/bench_logging.py $(args)
-
 .PHONY: check-core
 check-core: ## Core's tests on a throw-away clone with every domain package deleted
 	template/check-core.sh

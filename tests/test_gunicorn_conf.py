@@ -168,13 +168,15 @@ def test_prints_the_effective_configuration() -> None:
     printed = json.loads(result.stdout)
     assert printed["workers"] == 3
     assert printed["bind"] == "0.0.0.0:8123"
-    assert printed["db_connections_max"] == 3 * (10 + 0 + 1)  # pool, overflow, cache listener
+    assert printed["db_connections_max"] == 3 * (10 + 0 + 0)  # pool, overflow, no near cache
     assert printed["db_connection_budget"] == 90
     assert "warning" not in result.stderr
 
 
 def test_prints_a_warning_over_the_connection_budget() -> None:
-    result = run_conf(WEB_CONCURRENCY="8", DB_POOL_SIZE="10", DB_MAX_OVERFLOW="5")
+    result = run_conf(
+        WEB_CONCURRENCY="8", DB_POOL_SIZE="10", DB_MAX_OVERFLOW="5", CACHE_LOCAL_TTL_SECONDS="5"
+    )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["db_connections_max"] == 8 * (10 + 5 + 1)
     assert "128 database connections at peak, over DB_CONNECTION_BUDGET (90)" in result.stderr
@@ -185,14 +187,16 @@ def pool_settings(**values: int) -> Settings:
 
 
 def test_connection_budget() -> None:
-    settings = pool_settings(db_pool_size=10, db_max_overflow=19, db_connection_budget=90)
-    assert db_connections_max(settings, 3) == 90  # with the cache listener, one per worker
+    settings = pool_settings(
+        db_pool_size=10, db_max_overflow=19, db_connection_budget=90, cache_local_ttl_seconds=5
+    )
+    assert db_connections_max(settings, 3) == 90  # with the near cache's listener, one a worker
     assert check_connection_budget(settings, 3) is None  # exactly the budget is fine
     warning = check_connection_budget(settings, 4)
     assert warning is not None
     assert "4 workers x (DB_POOL_SIZE 10 + DB_MAX_OVERFLOW 19 + cache listener 1) = 120" in warning
-    no_copies = pool_settings(db_pool_size=10, db_max_overflow=20, cache_local_ttl_seconds=0)
-    assert db_connections_max(no_copies, 3) == 90  # no copies, no listener
+    no_copies = pool_settings(db_pool_size=10, db_max_overflow=20)
+    assert db_connections_max(no_copies, 3) == 90  # the near cache off (default): no listener
     unchecked = pool_settings(db_pool_size=10, db_max_overflow=20, db_connection_budget=0)
     assert check_connection_budget(unchecked, 100) is None
 

@@ -1,5 +1,6 @@
 """The app factory every service built on this core shares: lifespan (engine,
-session factory, Redis and the near cache per process), middleware, error handling and OpenAPI.
+session factory and Redis per process, the near cache if on), middleware, error
+handling and OpenAPI.
 app/main.py calls it with the domain routers; core's tests call it with a
 test-only router, so core stands without any domain."""
 
@@ -59,16 +60,12 @@ def build_app(
     async def lifespan(_: FastAPI) -> AsyncIterator[AppState]:
         engine = create_engine(settings)
         redis = OptionalRedis.from_settings(settings)
-        near_cache = NearCache(
-            settings.postgres_dsn,
-            ttl_seconds=settings.cache_local_ttl_seconds,
-            max_entries=settings.cache_local_max_entries,
-            connect_timeout=settings.db_connect_timeout,
-        )
-        gauges = worker_gauges(engine, redis) if settings.metrics_enabled else nullcontext()
+        near_cache = NearCache.from_settings(settings)
+        gauges = worker_gauges(engine, redis.breaker) if settings.metrics_enabled else nullcontext()
+        listening = near_cache.listening() if near_cache is not None else nullcontext()
         logger.info("started", environment=settings.environment)
         try:
-            async with gauges, near_cache.listening():
+            async with gauges, listening:
                 yield AppState(
                     settings=settings,
                     engine=engine,
@@ -97,10 +94,7 @@ def build_app(
     for router in routers:
         app.include_router(router)
     # Each under the prefix directly, not through one "api" router that includes them:
-    # FastAPI matches included routers level by level, and the level saved is about a
-    # tenth of a cached read's CPU. No level at all (each route re-created on the app's
-    # own router) would save a quarter more, at the price of copying every route's
-    # settings by hand: docs/benchmarks.md, "Why bars were missed on the AMD VM", says why not.
+    # FastAPI matches included routers level by level, and every level costs each request.
     for router in api_routers:
         app.include_router(router, prefix=api_prefix)
 

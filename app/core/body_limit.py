@@ -39,11 +39,15 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = _content_length(scope)
+        declared, chunked = _body_headers(scope)
         if declared is not None and declared > self.max_body_size:
             exc = BodyTooLarge(self.max_body_size)
             response = problem_response(Request(scope), exc.status_code, exc.detail)
             await response(scope, receive, send)
+            return
+        if not chunked:
+            # No body, or one of the declared length, which the server enforces.
+            await self.app(scope, receive, send)
             return
 
         received = 0
@@ -60,11 +64,13 @@ class BodyLimitMiddleware:
         await self.app(scope, counting_receive, send)
 
 
-def _content_length(scope: Scope) -> int | None:
+def _body_headers(scope: Scope) -> tuple[int | None, bool]:
+    """The declared Content-Length, if any, and whether the body comes chunked."""
+    declared, chunked = None, False
     for name, value in scope["headers"]:
         if name == b"content-length":
-            try:
-                return int(value)
-            except ValueError:
-                return None  # the server refuses malformed lengths before we see them
-    return None
+            # The server refuses malformed lengths before we see them.
+            declared = int(value) if value.isdigit() else None
+        elif name == b"transfer-encoding":
+            chunked = True
+    return declared, chunked

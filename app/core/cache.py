@@ -13,9 +13,23 @@ and a deploy that changes the schema starts from empty keys instead of serving
 bodies of the old shape. Redis being down makes every read a miss (see
 OptionalRedis), never an error.
 
-With a `NearCache`, each worker also keeps the bodies it read last, and a writer's
-invalidation reaches every worker by Postgres NOTIFY, sent in the writer's own
-transaction (app/core/near_cache.py): a hot entry costs no round trip at all.
+With the near cache turned on (CACHE_LOCAL_TTL_SECONDS > 0, app/core/near_cache.py),
+each worker also keeps the bodies it read last, and a writer's invalidation reaches
+every worker by Postgres NOTIFY, sent in the writer's own transaction.
+
+The recipe, for a resource `widgets` (app/items is the worked example):
+
+    # app/widgets/cache.py
+    get_widget_cache = model_cache_provider("widgets", WidgetRead)
+    WidgetCacheDep = Annotated[ModelCache[WidgetRead], Depends(get_widget_cache)]
+
+    # service: reads through the cache (a session opened on a miss only), and writes
+    # invalidate it when they commit
+    async def load() -> WidgetRead:
+        async with read_session(sessions) as session:  # sessions: ReadSessionFactoryDep
+            return WidgetRead.model_validate(await get_widget(session, widget_id))
+    body = await cache.get_or_load(widget_id, load)  # JSON bytes: Response(body, ...)
+    await cache.invalidate_on_commit(session, widget_id)  # in update and delete
 """
 
 from __future__ import annotations
@@ -30,9 +44,9 @@ from collections.abc import Awaitable, Callable
 from fastapi import Request
 from pydantic import BaseModel
 from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.core.db import after_commit, read_session
+from app.core.db import after_commit
 from app.core.metrics import cache_counters
 from app.core.near_cache import CHANNEL, NearCache
 from app.core.redis import OptionalRedis
@@ -75,11 +89,9 @@ class ModelCache[Model: BaseModel]:
         ttl_seconds: int,
         lease_seconds: int = 5,
         near: NearCache | None = None,
-        sessions: async_sessionmaker[AsyncSession] | None = None,
     ) -> None:
         self._redis = redis
         self._near = near
-        self._sessions = sessions
         self._model = model
         self._ttl = ttl_seconds
         self._lease_seconds = lease_seconds
@@ -124,37 +136,20 @@ class ModelCache[Model: BaseModel]:
             near.put(key, body, generation)
         return body
 
-    async def read_through(
-        self, entity_id: object, load: Callable[[AsyncSession], Awaitable[Model]]
-    ) -> bytes:
-        """`get_or_load`, where `load` gets a read-only session (`read_session`) opened
-        on a miss only: a hit never touches SQLAlchemy. Needs the cache made with
-        `sessions` (`model_cache_provider` gives it the app's read-only sessions), so a
-        handler declares one dependency, the cache, not the cache and the sessions."""
-        sessions = self._sessions
-        if sessions is None:
-            raise RuntimeError("read_through needs a ModelCache made with `sessions`")
-
-        async def load_in_session() -> Model:
-            async with read_session(sessions) as session:
-                return await load(session)
-
-        return await self.get_or_load(entity_id, load_in_session)
-
     async def invalidate(self, entity_id: object) -> None:
-        """Drop this worker's copy and the Redis entry (other workers hear of it by
-        NOTIFY: see invalidate_on_commit)."""
+        """Drop the Redis entry (and this worker's copy, with the near cache on)."""
         key = self.key(entity_id)
         if self._near is not None:
             self._near.evict(key)
         await self._redis.delete(key)
 
     async def invalidate_on_commit(self, session: AsyncSession, entity_id: object) -> None:
-        """Call in the transaction that changes the entity. Every worker's near cache
-        is told when it commits (NOTIFY is transactional: nothing if it rolls back),
-        and the Redis entry is deleted after the commit. Before the commit would be
-        too early: a concurrent reader could still load and cache the old row."""
-        await session.execute(select(func.pg_notify(CHANNEL, self.key(entity_id))))
+        """Call in the transaction that changes the entity: the Redis entry is deleted
+        after the commit. Before it would be too early: a concurrent reader could still
+        load and cache the old row. With the near cache on, every worker's copy is
+        dropped by a NOTIFY sent in this transaction (nothing is sent if it rolls back)."""
+        if self._near is not None:
+            await session.execute(select(func.pg_notify(CHANNEL, self.key(entity_id))))
         after_commit(session, lambda: self.invalidate(entity_id))
 
 
@@ -162,9 +157,7 @@ def model_cache_provider[Model: BaseModel](
     resource: str, model: type[Model], *, ttl_seconds: int | None = None
 ) -> Callable[[Request], Awaitable[ModelCache[Model]]]:
     """A dependency giving `resource`'s cache, made once per worker from the app's
-    Redis client, near cache, read-only sessions and settings (CACHE_TTL_SECONDS unless
-    `ttl_seconds`). One dependency with no sub-dependencies: a cached read resolves as
-    little as it can (FastAPI spends several microseconds on each dependency).
+    Redis client, near cache (if on) and settings (CACHE_TTL_SECONDS unless `ttl_seconds`).
 
         get_widget_cache = model_cache_provider("widgets", WidgetRead)
         WidgetCacheDep = Annotated[ModelCache[WidgetRead], Depends(get_widget_cache)]
@@ -185,7 +178,6 @@ def model_cache_provider[Model: BaseModel](
                 model=model,
                 ttl_seconds=ttl,
                 near=state["near_cache"],
-                sessions=state["read_session_factory"],
             )
             made[redis] = cache
         return cache

@@ -73,9 +73,8 @@ class Settings(LoggingSettings):
     cors_origins: Annotated[list[str], NoDecode] = []
 
     # A fixed-size pool: an overflow connection is closed on its return whenever the pool
-    # is full, so bursty load opens and closes connections all the time (a backend fork,
-    # SCRAM auth, asyncpg setup each). Measured on the page bench: 15 + 0 served 30 %
-    # more than 5 + 10, which opened a new Postgres session every 16 requests.
+    # is full, so bursty load would open and close connections all the time (a backend
+    # fork, SCRAM auth, asyncpg setup each).
     db_pool_size: int = Field(default=10, ge=1)
     db_max_overflow: int = Field(default=0, ge=0)
     # Waiting for a pooled connection, connecting, and each statement are all bounded:
@@ -100,10 +99,11 @@ class Settings(LoggingSettings):
 
     health_check_timeout: float = Field(default=1.0, gt=0)
     cache_ttl_seconds: int = Field(default=300, ge=1)
-    # Each worker's own copy of the entries it read last (app/core/near_cache.py):
-    # dropped at once by any worker's invalidation, and after this long in any case.
-    # 0 turns the local copies off (every cached read asks Redis).
-    cache_local_ttl_seconds: float = Field(default=5.0, ge=0)
+    # The near cache, opt-in: > 0 keeps each worker's own copy of the entries it read
+    # last for this long, dropped at once by any worker's invalidation (Postgres NOTIFY;
+    # one more connection per worker). 0, the default: every cached read asks Redis.
+    # app/core/near_cache.py says when it pays; docs/benchmarks.md, by how much.
+    cache_local_ttl_seconds: float = Field(default=0, ge=0)
     cache_local_max_entries: int = Field(default=10_000, ge=0)
     # Requests per minute per client on routes limited with rate_limit("writes"); 0 disables.
     rate_limit_writes: int = Field(default=60, ge=0)
@@ -115,7 +115,7 @@ class Settings(LoggingSettings):
     metrics_enabled: bool = True
     # FastAPI's native OpenTelemetry (traces, metrics and logs, sent to an OpenTelemetry SDK
     # you configure). Off by default: even with no SDK configured, finding that out costs
-    # every request about 5 µs, an eighth of GET /health.
+    # every request a measurable share of GET /health.
     opentelemetry_enabled: bool = False
     # Connections this instance may open to Postgres (its share of max_connections): Gunicorn
     # warns at start when workers x (DB_POOL_SIZE + DB_MAX_OVERFLOW + 1 cache listener)

@@ -6,6 +6,7 @@ Two ways for a handler to reach Postgres, on the same pool:
   the commit). Anything that writes, or needs several statements to see one snapshot.
 - `ReadSessionDep`: AUTOCOMMIT, so no BEGIN and COMMIT round trips; each statement is its
   own snapshot, and writes are refused. Reads that are one statement: a page, a row by id.
+  docs/benchmarks.md has what it saves.
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ from sqlalchemy.orm import DeclarativeBase, ORMExecuteState, Session
 
 import app
 from app.core.config import Settings
-from app.core.fair_pool import FairAsyncQueuePool
 from app.core.state import ReadSessionFactoryDep, SessionFactoryDep
 
 logger = structlog.get_logger(__name__)
@@ -71,9 +71,6 @@ def create_engine(settings: Settings) -> AsyncEngine:
     before a fork)."""
     return create_async_engine(
         settings.sqlalchemy_url,
-        # First come, first served: the stock pool lets new requests cut in line, and
-        # under load some waited seconds (app/core/fair_pool.py).
-        poolclass=FairAsyncQueuePool,
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
         pool_timeout=settings.db_pool_timeout,
@@ -121,26 +118,20 @@ async def _run_after_commit(session: AsyncSession) -> None:
 
 
 async def get_session(session_factory: SessionFactoryDep) -> AsyncIterator[AsyncSession]:
-    """One session per request, and the only place that commits: services flush,
-    this commits if the handler succeeded (rolls back otherwise), then runs the
-    after-commit hooks."""
+    """One session per request, and the only place that commits: services flush, this
+    commits if the handler succeeded, then runs the after-commit hooks. On an error,
+    leaving the `async with` rolls back and the hooks are dropped with the session."""
     async with session_factory() as session:
         try:
             yield session
-            # A request that never touched the database (a cache hit) has nothing to
-            # commit: skip the round trip through SQLAlchemy's greenlet.
-            if session.in_transaction():
+            if session.in_transaction():  # a cache hit never touched the database
                 await session.commit()
-        except BaseException as exc:
-            session.info.pop(_AFTER_COMMIT, None)
-            if isinstance(exc, TimeoutError):
-                # The server stopped answering mid-statement: a ROLLBACK would wait for
-                # it as long as it stays silent. Drop the connection without a round trip.
-                await session.invalidate()
-            else:
-                await session.rollback()
+        except TimeoutError:
+            # The server stopped answering mid-statement: a ROLLBACK would wait for it as
+            # long as it stays silent. Drop the connection without a round trip.
+            await session.invalidate()
             raise
-        await _run_after_commit(session)
+    await _run_after_commit(session)
 
 
 # scope="function": the commit happens before the response is sent, so a failed
@@ -208,6 +199,6 @@ async def get_read_session(session_factory: ReadSessionFactoryDep) -> AsyncItera
 
 
 # scope="function": the connection goes back to the pool before the response is sent.
-# A handler that may not need the database at all (a cache hit) takes its ModelCache
-# instead, whose read_through opens a read-only session only on a miss.
+# A handler that may not need the database at all (a cache hit) takes
+# ReadSessionFactoryDep instead and opens `read_session(...)` only when it needs one.
 ReadSessionDep = Annotated[AsyncSession, Depends(get_read_session, scope="function")]

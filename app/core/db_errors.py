@@ -9,13 +9,9 @@ class for a lost connection and for a bad query.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING
 
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession
-
-if TYPE_CHECKING:
-    from app.core.errors import AppError
 
 # https://www.postgresql.org/docs/current/errcodes-appendix.html
 FOREIGN_KEY_VIOLATION = "23503"
@@ -65,12 +61,12 @@ def is_transient(exc: DBAPIError) -> bool:
 
 
 async def flush_or_raise(
-    session: AsyncSession, violations: Mapping[str, Callable[[], AppError]]
+    session: AsyncSession, violations: Mapping[str, Callable[[], Exception]]
 ) -> None:
     """Flush now, turning a violated constraint into its domain error. `violations`
     maps constraint names (e.g. "uq_items_name"), or a SQLSTATE for any constraint of
-    that kind (e.g. FOREIGN_KEY_VIOLATION), to the error to raise. Checking first
-    with a SELECT would race with a concurrent write; the constraint does not.
+    that kind (e.g. FOREIGN_KEY_VIOLATION), to the domain error (an AppError) to raise.
+    Checking first with a SELECT would race with a concurrent write; the constraint does not.
     Other errors propagate unchanged."""
     try:
         await session.flush()

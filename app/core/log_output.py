@@ -1,12 +1,13 @@
 """Where the app's log lines go: stdout, one write per event-loop turn.
 
-Under load, an access line per request written on its own costs more than the
+Under load, an access line per request written on its own is a large share of the
 request: each write is a system call, and on a container host each one wakes the
 runtime's log pipeline (containerd's shim, then dockerd's log driver), which takes
-CPU from the same cores. Measured with `make bench`, the access lines cut cached
-reads almost in half. So lines logged while the event loop runs are gathered and
-written together at the end of the loop's current turn (`call_soon`): a busy worker
-writes dozens of lines at once, an idle one writes each line a few microseconds later.
+CPU from the same cores (docs/benchmarks.md has the figures). So lines logged while
+the event loop runs are gathered and written together at the end of the loop's
+current turn (`call_soon`): a busy worker writes dozens of lines at once, an idle one
+writes each line a few microseconds later. Public APIs only: structlog's logger
+factory protocol and a `logging.Handler` (tests/core/test_log_output.py).
 
 Nothing waits on a timer, so nothing is held back: a line is out before the loop
 sleeps again. A worker killed with SIGKILL loses only the lines of the turn it was

@@ -21,7 +21,6 @@ import functools
 import os
 from collections.abc import AsyncIterator
 from time import perf_counter
-from typing import TYPE_CHECKING
 
 from fastapi import FastAPI, Response
 from prometheus_client import (
@@ -32,35 +31,17 @@ from prometheus_client import (
     Gauge,
     Histogram,
     generate_latest,
-    values,
 )
 from prometheus_client.multiprocess import MultiProcessCollector
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import QueuePool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.core.breaker import BreakerState
+from app.core.breaker import BreakerState, CircuitBreaker
 from app.core.config import Settings
-
-if TYPE_CHECKING:
-    from app.core.redis import OptionalRedis  # which imports this module
 
 # prometheus_client's multiprocess switch, read by the library itself.
 MULTIPROCESS = "PROMETHEUS_MULTIPROC_DIR" in os.environ
-
-# In multiprocess mode prometheus_client asks the kernel for the pid (getpid, a syscall)
-# on every write, to notice a fork: a quarter of a write's cost. The pid changes only at
-# a fork, so it is remembered and refreshed then; set before any metric below exists.
-_pid = [os.getpid()]
-
-
-def _refresh_pid() -> None:
-    _pid[0] = os.getpid()
-
-
-if MULTIPROCESS:
-    os.register_at_fork(after_in_child=_refresh_pid)
-    values.ValueClass = values.MultiProcessValue(process_identifier=lambda: _pid[0])  # type: ignore[no-untyped-call]
 
 # The label of a request no route matched (a 404 or a scan): one series, not one per path.
 UNMATCHED = "<unmatched>"
@@ -102,6 +83,13 @@ CACHE_MISSES = Counter("cache_misses", "ModelCache reads that went to the databa
 REDIS_BREAKER_STATE = Gauge(
     "redis_breaker_state",
     "This worker's Redis breaker: 0 closed, 1 half-open (probing), 2 open (Redis skipped).",
+    multiprocess_mode="liveall",
+)
+# liveall: one series per worker (its pid), gone with the worker.
+NEAR_CACHE_LISTENER_LIVE = Gauge(
+    "app_near_cache_listener_live",
+    "1 while this worker's near-cache listener is live (its copies are served), else 0;"
+    " 0 everywhere when the near cache is off (CACHE_LOCAL_TTL_SECONDS=0).",
     multiprocess_mode="liveall",
 )
 REDIS_BREAKER_OPENINGS = Counter("redis_breaker_openings", "Times a Redis breaker opened.")
@@ -165,7 +153,7 @@ def cache_counters(resource: str) -> tuple[Counter, Counter]:
     return CACHE_HITS.labels(resource), CACHE_MISSES.labels(resource)
 
 
-def publish_worker_gauges(engine: AsyncEngine, redis: OptionalRedis) -> None:
+def publish_worker_gauges(engine: AsyncEngine, breaker: CircuitBreaker) -> None:
     """Write this worker's gauges: requests in flight, its pool, its Redis breaker."""
     IN_FLIGHT.set(_InFlight.now)
     pool = engine.sync_engine.pool
@@ -173,16 +161,16 @@ def publish_worker_gauges(engine: AsyncEngine, redis: OptionalRedis) -> None:
         DB_CHECKED_OUT.set(pool.checkedout())
         # overflow() starts at -DB_POOL_SIZE and counts every connection the pool opened.
         DB_OVERFLOW.set(max(0, pool.overflow()))
-    REDIS_BREAKER_STATE.set(_BREAKER_VALUES[redis.state])
+    REDIS_BREAKER_STATE.set(_BREAKER_VALUES[breaker.state])
 
 
 @contextlib.asynccontextmanager
-async def worker_gauges(engine: AsyncEngine, redis: OptionalRedis) -> AsyncIterator[None]:
+async def worker_gauges(engine: AsyncEngine, breaker: CircuitBreaker) -> AsyncIterator[None]:
     """Publish this worker's gauges every GAUGE_INTERVAL_SECONDS while the app runs."""
 
     async def publish_forever() -> None:
         while True:
-            publish_worker_gauges(engine, redis)
+            publish_worker_gauges(engine, breaker)
             await asyncio.sleep(GAUGE_INTERVAL_SECONDS)
 
     task = asyncio.create_task(publish_forever())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from time import perf_counter
 
 import structlog
@@ -55,7 +56,8 @@ class RequestContextMiddleware:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 # Replace, not add: error responses set the header themselves.
-                headers = [h for h in message.get("headers", ()) if h[0].lower() != _REQUEST_ID]
+                # Starlette writes header names in lower case, as ASGI servers do.
+                headers = [h for h in message.get("headers", ()) if h[0] != _REQUEST_ID]
                 headers.append(request_id_header)
                 message["headers"] = headers
             await send(message)
@@ -77,6 +79,8 @@ def _log_access(scope: Scope, status: int, started: float, error: Exception | No
     elif status >= 500:
         log = access_logger.warning
     elif scope["path"] in PROBE_PATHS:
+        if not access_logger.is_enabled_for(logging.DEBUG):
+            return  # the usual case: nothing to build for a line that is not written
         log = access_logger.debug
     else:
         log = access_logger.info

@@ -1,7 +1,8 @@
-"""A worker's own copy of hot cache entries, kept honest by Postgres LISTEN/NOTIFY.
+"""Opt-in (CACHE_LOCAL_TTL_SECONDS > 0): a worker's own copy of hot cache entries, kept
+honest by Postgres LISTEN/NOTIFY. Off by default; docs/benchmarks.md has its gain and cost.
 
-A Redis hit still costs a round trip: more than the rest of a cached read put
-together. So each worker keeps the bodies it read last in a dict, and drops one as
+A Redis hit still costs a round trip. So each worker keeps the bodies it read last in
+a dict, and drops one as
 soon as any worker changes the row behind it: `ModelCache.invalidate_on_commit`
 sends `NOTIFY` inside the writer's transaction, so Postgres delivers it to every
 listening worker exactly when the change commits, and never when it rolls back.
@@ -15,18 +16,19 @@ Postgres delivers a listener's notifications in commit order, so a heartbeat bac
 means every invalidation committed before it has arrived; and it proves the LISTEN
 is live end to end (behind a transaction-mode pooler such as PgBouncer it is not,
 the heartbeat never comes back, and the copies stay off rather than going stale).
-Postgres down or the connection lost: the copies are dropped and reads go to
-Redis, then to Postgres, until the listener is back. A copy also expires after
-`ttl` whatever happens.
+Postgres down, the connection lost, or any other error in the listener: the copies
+are dropped and reads go to Redis, then to Postgres, while the listener reconnects
+with backoff (logged once per outage; `app_near_cache_listener_live` says whether
+each worker's listener is live). A copy also expires after `ttl` whatever happens.
 
 The same guard as Redis's own client-side caching protects a fill racing an
 invalidation: a body is stored only if no invalidation arrived since its read
 began (`generation`).
 
 Costs one Postgres connection per worker (the listener's), counted in the
-connection budget. NOTIFY takes a lock at commit, so the transactions that
-invalidate commit one at a time: fine for a cache of resources written far less
-often than read, not for a firehose of writes.
+connection budget, and a heartbeat query every HEARTBEAT_SECONDS. NOTIFY takes a
+database-wide lock at commit, so the transactions that invalidate commit one at a
+time: fine for resources written far less often than read, not for a firehose of writes.
 """
 
 from __future__ import annotations
@@ -43,12 +45,17 @@ import asyncpg
 import structlog
 from asyncpg.pool import PoolConnectionProxy
 
+from app.core.config import Settings
+from app.core.metrics import NEAR_CACHE_LISTENER_LIVE
+
 logger = structlog.get_logger(__name__)
 
 # Postgres channels are per database: two apps on one server never hear each other.
 CHANNEL = "cache_invalidate"
 HEARTBEAT_SECONDS = 0.25
 TRUST_SECONDS = 1.0
+# Reconnection backoff: doubles from HEARTBEAT_SECONDS up to this, reset once live.
+MAX_BACKOFF_SECONDS = 1.0
 
 
 class NearCache:
@@ -71,8 +78,21 @@ class NearCache:
         self._entries: dict[str, tuple[float, bytes]] = {}
         self._trusted_until = 0.0
         self._listening = True  # log the first loss, then only transitions
+        NEAR_CACHE_LISTENER_LIVE.set(0)
         # Bumped by every invalidation: a read that began before one must not store.
         self.generation = 0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> NearCache | None:
+        """The near cache the settings ask for, or None when it is off (the default)."""
+        if settings.cache_local_ttl_seconds <= 0 or settings.cache_local_max_entries <= 0:
+            return None
+        return cls(
+            settings.postgres_dsn,
+            ttl_seconds=settings.cache_local_ttl_seconds,
+            max_entries=settings.cache_local_max_entries,
+            connect_timeout=settings.db_connect_timeout,
+        )
 
     @property
     def enabled(self) -> bool:
@@ -144,21 +164,22 @@ class NearCache:
                 await task
 
     async def _listen_forever(self) -> None:
+        backoff = HEARTBEAT_SECONDS
         while True:
             try:
                 await self._listen()
-            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except Exception as exc:  # whatever it was, the listener reconnects
+                # An outage (OSError, a timeout, a server error) or not (asyncpg's own
+                # InternalClientError under connection churn): copies off, try again.
                 if self._listening:
                     logger.warning("cache invalidations lost; local copies off", error=repr(exc))
+                    backoff = HEARTBEAT_SECONDS
+                else:
+                    backoff = min(2 * backoff, MAX_BACKOFF_SECONDS)
                 self._listening = False
-            except Exception:
-                # A bug, not an outage: say so once and stop; with no listener nothing is
-                # trusted, so reads simply go to Redis.
-                self._distrust()
-                logger.exception("cache invalidation listener failed; local copies off")
-                return
             self._distrust()
-            await asyncio.sleep(HEARTBEAT_SECONDS)
+            NEAR_CACHE_LISTENER_LIVE.set(0)
+            await asyncio.sleep(backoff)
 
     async def _listen(self) -> None:
         connection: asyncpg.Connection[Any] = await asyncpg.connect(
@@ -190,6 +211,7 @@ class NearCache:
                 if not self._listening:
                     logger.info("cache invalidations live; local copies on")
                     self._listening = True
+                NEAR_CACHE_LISTENER_LIVE.set(1)
                 await asyncio.sleep(HEARTBEAT_SECONDS)
         finally:
             # A silent server must not hold the listener: close without waiting for it.

@@ -120,7 +120,7 @@ class Paginator[Model: DeclarativeBase]:
     Item.id))`): both statements it runs, the first page and the pages after a cursor,
     are built here with bound parameters, so a request only binds values. SQLAlchemy
     then finds each statement's SQL in its cache without first walking a new statement
-    to compute the cache key: about a tenth of a page's CPU (docs/benchmarks.md).
+    to compute the cache key.
     Filters take a `bindparam` too, whose value `page()` is given by name."""
 
     def __init__(

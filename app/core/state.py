@@ -26,7 +26,7 @@ class AppState(TypedDict):
     # Read-only sessions in AUTOCOMMIT on the same pool (app/core/db.py, ReadSessionDep).
     read_session_factory: async_sessionmaker[AsyncSession]
     redis: OptionalRedis
-    near_cache: NearCache
+    near_cache: NearCache | None  # None unless turned on (CACHE_LOCAL_TTL_SECONDS)
 
 
 def app_state(request: Request) -> AppState:

@@ -11,6 +11,7 @@ from app.core.idempotency import IdempotentRoute, idempotent
 from app.core.pagination import Page, PageParamsDep
 from app.core.problems import problem_responses
 from app.core.rate_limit import rate_limit
+from app.core.state import ReadSessionFactoryDep
 from app.items import service
 from app.items.cache import ItemCacheDep
 from app.items.schemas import ItemCreate, ItemRead, ItemUpdate
@@ -58,10 +59,11 @@ async def list_items(session: ReadSessionDep, page: PageParamsDep) -> Page[ItemR
 
 
 @router.get("/{item_id}", response_model=ItemRead, responses=problem_responses(404))
-async def get_item(item_id: uuid.UUID, cache: ItemCacheDep) -> Response:
-    """Get one item. Served from the cache when it can be: the cached body is sent
-    as stored, without parsing it again."""
-    body = await service.get_item_body(cache, item_id)
+async def get_item(
+    item_id: uuid.UUID, sessions: ReadSessionFactoryDep, cache: ItemCacheDep
+) -> Response:
+    """Get one item, from the cache when it can: the cached JSON is sent as stored."""
+    body = await service.get_item_json(sessions, cache, item_id)
     return Response(body, media_type="application/json")
 
 

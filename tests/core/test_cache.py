@@ -6,13 +6,10 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Callable
-from typing import cast
 
 import pytest
 from pydantic import BaseModel
 from redis.asyncio import Redis
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.core.cache import ModelCache, schema_fingerprint
 from app.core.config import Settings
@@ -39,15 +36,9 @@ async def make_cache() -> AsyncIterator[CacheMaker]:
     """make_cache(settings, model=Thing): a cache on its own client, closed afterwards."""
     clients: list[OptionalRedis] = []
 
-    def make(
-        settings: Settings,
-        model: type[BaseModel] = Thing,
-        sessions: async_sessionmaker[AsyncSession] | None = None,
-    ) -> ModelCache[BaseModel]:
+    def make(settings: Settings, model: type[BaseModel] = Thing) -> ModelCache[BaseModel]:
         clients.append(OptionalRedis.from_settings(settings))
-        return ModelCache(
-            clients[-1], resource="things", model=model, ttl_seconds=60, sessions=sessions
-        )
+        return ModelCache(clients[-1], resource="things", model=model, ttl_seconds=60)
 
     yield make
     for client in clients:
@@ -117,41 +108,6 @@ async def test_errors_while_loading_are_not_cached(
     assert value is None or (
         isinstance(value, bytes) and value.startswith(b"lease:")
     )  # at most a lease, expiring
-
-
-async def test_read_through_opens_a_read_only_session_on_a_miss_only(
-    make_cache: CacheMaker,
-    settings: Settings,
-    read_session_factory: async_sessionmaker[AsyncSession],
-) -> None:
-    opened: list[AsyncSession] = []
-
-    def counting_factory() -> AsyncSession:
-        opened.append(read_session_factory())
-        return opened[-1]
-
-    cache = make_cache(
-        settings, sessions=cast("async_sessionmaker[AsyncSession]", counting_factory)
-    )
-    thing_id = uuid.uuid4()
-
-    async def load(session: AsyncSession) -> Thing:
-        assert session is opened[-1]
-        name = (await session.execute(text("SELECT 'from postgres'"))).scalar_one()
-        return Thing(id=thing_id, name=name)
-
-    for _ in range(3):
-        body = await cache.read_through(thing_id, load)
-        assert Thing.model_validate_json(body).name == "from postgres"
-    assert len(opened) == 1  # the miss; the two hits opened nothing
-
-
-async def test_read_through_needs_sessions(make_cache: CacheMaker, settings: Settings) -> None:
-    async def load(session: AsyncSession) -> Thing:
-        raise AssertionError("never called")
-
-    with pytest.raises(RuntimeError, match="sessions"):
-        await make_cache(settings).read_through(uuid.uuid4(), load)
 
 
 async def test_a_schema_change_uses_new_keys(make_cache: CacheMaker, settings: Settings) -> None:

@@ -33,7 +33,7 @@ async def read_thing(thing_id: str) -> dict[str, str]:
 
 @router.get("/in-flight")
 async def in_flight(engine: EngineDep, redis: RedisDep) -> float:
-    publish_worker_gauges(engine, redis)
+    publish_worker_gauges(engine, redis.breaker)
     return sample("http_requests_in_flight")  # the gauge as this request sees it
 
 
@@ -124,7 +124,7 @@ async def test_pool_gauges(settings: Settings) -> None:
     redis = OptionalRedis.from_settings(settings)
 
     def gauges() -> tuple[float, float]:
-        publish_worker_gauges(engine, redis)
+        publish_worker_gauges(engine, redis.breaker)
         return sample("db_pool_checked_out_connections"), sample("db_pool_overflow_connections")
 
     try:
@@ -171,7 +171,7 @@ async def test_breaker_state_and_openings(settings: Settings) -> None:
     up = OptionalRedis(create_redis_client(settings), breaker)
 
     def state() -> float:
-        publish_worker_gauges(engine, up)
+        publish_worker_gauges(engine, up.breaker)
         return sample("redis_breaker_state")
 
     openings = sample("redis_breaker_openings_total")

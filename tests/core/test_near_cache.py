@@ -1,7 +1,8 @@
-"""The near cache on a real Postgres and Redis: each "worker" here has its own Redis
-client, near cache and listener, as two Gunicorn workers do. Local copies serve hot
-reads; a committed change reaches every worker by NOTIFY (a rolled-back one never
-does); a silent or lost listener turns the copies off; Redis being down does not."""
+"""The near cache (opt-in) on a real Postgres and Redis: each "worker" here has its own
+Redis client, near cache and listener, as two Gunicorn workers do. Local copies serve
+hot reads; a committed change reaches every worker by NOTIFY (a rolled-back one never
+does); a silent or lost listener turns the copies off until it reconnects, whatever
+the error was; Redis being down does not."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 
 import pytest
+from prometheus_client import REGISTRY
 from pydantic import BaseModel
 from redis.asyncio import Redis
 from sqlalchemy import text
@@ -19,9 +21,16 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from app.core.cache import ModelCache
 from app.core.config import Settings
-from app.core.near_cache import HEARTBEAT_SECONDS, TRUST_SECONDS, NearCache
+from app.core.near_cache import HEARTBEAT_SECONDS, MAX_BACKOFF_SECONDS, TRUST_SECONDS, NearCache
 from app.core.redis import OptionalRedis
 from tests.conftest import UNREACHABLE_POSTGRES, UNREACHABLE_REDIS, with_overrides
+
+# What a Postgres restart does to the listeners (only this database's: `make pytest` may
+# share a server with a dev stack).
+TERMINATE_LISTENERS = text(
+    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+    " WHERE application_name = 'near-cache-listener' AND datname = current_database()"
+)
 
 
 class Thing(BaseModel):
@@ -197,18 +206,58 @@ async def test_a_lost_listener_drops_local_copies_and_comes_back(
     key = worker.cache.key(thing.id)
 
     async with engine.connect() as connection:  # what a Postgres restart does to it
-        await connection.execute(
-            text(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                " WHERE application_name = 'near-cache-listener'"
-                # Only this database's: `make pytest` may share a server with a dev stack.
-                " AND datname = current_database()"
-            )
-        )
+        await connection.execute(TERMINATE_LISTENERS)
     await until(lambda: worker.near.get(key) is None)
     await until(lambda: worker.near.live)  # the listener is back
     await worker.read(thing)
     assert worker.near.get(key) is not None
+
+
+def listener_live() -> float | None:
+    return REGISTRY.get_sample_value("app_near_cache_listener_live")
+
+
+async def test_the_listener_comes_back_after_a_storm_of_terminations(
+    start_worker: WorkerMaker, settings: Settings, engine: AsyncEngine
+) -> None:
+    """The chaos fault of issue 21: its backend terminated again and again, the listener
+    reconnects each time, and is live again soon after the storm ends."""
+    worker = await start_worker(settings)
+    assert listener_live() == 1
+    async with engine.connect() as connection:
+        for _ in range(15):
+            await connection.execute(TERMINATE_LISTENERS)
+            await asyncio.sleep(0.1)
+    assert listener_live() == 0 or worker.near.live  # down, or already back
+    await until(lambda: worker.near.live, seconds=MAX_BACKOFF_SECONDS + 2 * TRUST_SECONDS)
+    assert listener_live() == 1
+
+
+class FailsOnce(NearCache):
+    """A listener whose first connection dies of an error no outage explains, such as
+    asyncpg's InternalClientError ("cannot switch to state ...") under connection churn."""
+
+    failed = False
+
+    async def _listen(self) -> None:
+        if not self.failed:
+            self.failed = True
+            raise RuntimeError("cannot switch to state 12; another operation is in progress")
+        await super()._listen()
+
+
+async def test_an_unexpected_error_reconnects_the_listener(settings: Settings) -> None:
+    near = FailsOnce(settings.postgres_dsn, ttl_seconds=60, max_entries=100)
+    async with near.listening():
+        await until(lambda: near.live)
+    assert near.failed
+
+
+def test_the_near_cache_is_off_by_default(settings: Settings) -> None:
+    assert NearCache.from_settings(with_overrides(settings, cache_local_ttl_seconds=0)) is None
+    on = NearCache.from_settings(with_overrides(settings, cache_local_ttl_seconds=5))
+    assert on is not None
+    assert on.enabled
 
 
 async def test_with_redis_down_copies_are_still_kept_and_served(
