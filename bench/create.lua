@@ -1,10 +1,12 @@
--- POST /api/v1/items with a name no other request of this run uses (names are unique).
--- Usage: wrk ... -s create.lua URL -- <run-prefix>
+-- POST /api/v1/items with a name no other request of this run uses (names are unique);
+-- with "keyed", each also carries an Idempotency-Key of its own (its cost on a write).
+-- Usage: wrk ... -s create.lua URL -- <run-prefix> [keyed]
 -- Each wrk thread has its own Lua state: setup() numbers them from the main state,
 -- thread:set() makes that number a global in the thread's state.
 local threads = 0
 local counter = 0
 local prefix = "bench"
+local keyed = false
 
 function setup(thread)
   threads = threads + 1
@@ -13,12 +15,17 @@ end
 
 function init(args)
   prefix = args[1] or prefix
+  keyed = args[2] == "keyed"
   wrk.method = "POST"
   wrk.headers["Content-Type"] = "application/json"
 end
 
 function request()
   counter = counter + 1
-  local body = string.format('{"name":"%s-%d-%d"}', prefix, thread_number, counter)
+  local name = string.format("%s-%d-%d", prefix, thread_number, counter)
+  local body = string.format('{"name":"%s"}', name)
+  if keyed then
+    wrk.headers["Idempotency-Key"] = name
+  end
   return wrk.format(nil, nil, nil, body)
 end

@@ -61,6 +61,7 @@ class Row:
     server: str  # the compose service that answers
     path: str  # {id} is replaced by a seeded item's id
     script: str | None = None  # a wrk Lua script in bench/
+    script_args: tuple[str, ...] = ()  # given to the script after the run's prefix
 
 
 @dataclass(frozen=True)
@@ -82,12 +83,21 @@ ROWS = (
     Row("floor-read", "minimal FastAPI + SQLAlchemy read", "floor-data", "/api/v1/items/{id}"),
     Row("item", "GET /api/v1/items/{id}, cached", "app", "/api/v1/items/{id}"),
     Row("create", "POST /api/v1/items", "app", "/api/v1/items", script="create.lua"),
+    Row(
+        "create-keyed",
+        "POST /api/v1/items, Idempotency-Key",
+        "app",
+        "/api/v1/items",
+        script="create.lua",
+        script_args=("keyed",),
+    ),
 )
 BARS = (
     Bar("/health >= 0.85 x minimal FastAPI", "health", "floor-health", 0.85),
     Bar("page >= 1.0 x minimal page", "page", "floor-page", 1.0),
     Bar("cached read >= 2 x uncached read", "item", "floor-read", 2.0),
     Bar("metrics on >= 0.9 x metrics off", "metrics", "health", 0.9),
+    Bar("a keyed create >= 0.9 x a create", "create-keyed", "create", 0.9),
 )
 # A floor must answer what its app row answers, byte for byte, or the rows are not
 # comparable (and the floor would silently drift from the app).
@@ -239,7 +249,8 @@ def wrk_args(row: Row, item_id: str, seconds: int) -> list[str]:
     args = ["wrk", f"-t{THREADS}", f"-c{CONNECTIONS}", f"-d{seconds}s", "--latency"]
     url = url_for(row, item_id)
     if row.script:
-        return [*args, "-s", f"/bench/{row.script}", url, "--", uuid.uuid4().hex[:8]]
+        prefix = uuid.uuid4().hex[:8]
+        return [*args, "-s", f"/bench/{row.script}", url, "--", prefix, *row.script_args]
     return [*args, url]
 
 
