@@ -1,0 +1,382 @@
+#!/usr/bin/env python3
+"""The backup service of docker-compose.prod.yml: pgBackRest on a schedule, and its metrics.
+
+    pgbackup schedule              the service's command: create the stanza, take a
+                                   full backup if there is none, then one backup every
+                                   BACKUP_EVERY (a full every BACKUP_FULL_EVERY, else a
+                                   differential); serves metrics on BACKUP_METRICS_PORT
+    pgbackup now [full|diff|incr]  take a backup now (default: what the schedule would)
+    pgbackup list                  the backups and the window a restore can reach
+    pgbackup restore [TIME]        with the db stopped: restore the latest state, or
+                                   the state at TIME ("2026-12-06 10:00:00+00")
+    pgbackup check                 the healthcheck: fails while a backup or the WAL
+                                   archive is overdue (the reason is printed)
+
+The runbook is docs/backups.md. Standard library only: it runs on Debian's Python.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+SOCKET_DIR = os.environ.get("PGBACKREST_PG1_SOCKET_PATH", "/var/run/postgresql")
+STATE_FILE = Path("/tmp/pgbackup-state.json")
+TICK_SECONDS = 15.0
+RETRY_SECONDS = 300.0
+
+
+def seconds(text: str) -> float:
+    """'30s', '15m', '6h', '1d', '7d' or a plain number of seconds."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    text = text.strip()
+    if text and text[-1] in units:
+        return float(text[:-1]) * units[text[-1]]
+    return float(text)
+
+
+@dataclass(frozen=True)
+class Settings:
+    every: float
+    full_every: float
+    pitr_days: float
+    wal_max_age: float
+    metrics_port: int
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        env = os.environ
+        return cls(
+            every=seconds(env.get("BACKUP_EVERY") or "1d"),
+            full_every=seconds(env.get("BACKUP_FULL_EVERY") or "7d"),
+            pitr_days=float(env.get("BACKUP_PITR_DAYS") or "7"),
+            wal_max_age=seconds(env.get("BACKUP_WAL_MAX_AGE") or "5m"),
+            metrics_port=int(env.get("BACKUP_METRICS_PORT") or "9188"),
+        )
+
+    def archive_retention(self) -> int:
+        """pgBackRest keeps the WAL of the newest N backups (full or differential):
+        N backups, one per BACKUP_EVERY, span BACKUP_PITR_DAYS."""
+        return max(1, -(-int(self.pitr_days * 86400) // int(self.every)))
+
+
+def pgbackrest(*args: str, settings: Settings | None = None) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ)
+    if settings is not None:
+        env.setdefault("PGBACKREST_REPO1_RETENTION_ARCHIVE_TYPE", "diff")
+        env.setdefault("PGBACKREST_REPO1_RETENTION_ARCHIVE", str(settings.archive_retention()))
+        # Differentials older than the window go too: past it, the weekly fulls remain.
+        env.setdefault("PGBACKREST_REPO1_RETENTION_DIFF", str(settings.archive_retention()))
+    return subprocess.run(["pgbackrest-env", *args], env=env, text=True, capture_output=True, check=False)
+
+
+def sql(query: str) -> str:
+    """One value from the database, as the superuser over the shared Unix socket."""
+    done = subprocess.run(
+        ["psql", "-X", "-q", "-t", "-A", "-h", SOCKET_DIR, "-U", "postgres", "-d", "postgres", "-c", query],
+        text=True,
+        capture_output=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(done.stderr.strip() or "psql failed")
+    return done.stdout.strip()
+
+
+def info() -> dict[str, object]:
+    """pgBackRest's view of the stanza: its backups and its WAL archive."""
+    done = pgbackrest("info", "--output=json")
+    if done.returncode != 0:
+        raise RuntimeError(done.stderr.strip() or done.stdout.strip())
+    stanzas = json.loads(done.stdout)
+    return stanzas[0] if stanzas else {}
+
+
+def backups(stanza: dict[str, object]) -> list[dict[str, object]]:
+    found = stanza.get("backup", [])
+    return found if isinstance(found, list) else []
+
+
+def stop_time(backup: dict[str, object]) -> float:
+    stamp = backup.get("timestamp", {})
+    return float(stamp["stop"]) if isinstance(stamp, dict) else 0.0
+
+
+def start_time(backup: dict[str, object]) -> float:
+    stamp = backup.get("timestamp", {})
+    return float(stamp["start"]) if isinstance(stamp, dict) else 0.0
+
+
+def wal_timeline(backup: dict[str, object]) -> int:
+    archive = backup.get("archive", {})
+    start = archive.get("start") if isinstance(archive, dict) else None
+    return int(str(start)[:8], 16) if start else 0
+
+
+def due_type(stanza: dict[str, object], settings: Settings, now: float) -> str | None:
+    """The type of backup the schedule wants now, or None."""
+    done = backups(stanza)
+    fulls = [b for b in done if b.get("type") == "full"]
+    if not fulls:
+        return "full"
+    # After a restore the database runs on a new timeline: start a new chain from it.
+    try:
+        timeline = int(sql("SELECT timeline_id FROM pg_control_checkpoint()"))
+    except (RuntimeError, ValueError):
+        timeline = 0
+    if timeline and timeline != wal_timeline(done[-1]):
+        return "full"
+    if now - stop_time(fulls[-1]) >= settings.full_every:
+        return "full"
+    if now - stop_time(done[-1]) >= settings.every:
+        return "diff"
+    return None
+
+
+def take_backup(kind: str, settings: Settings) -> bool:
+    print(f"pgbackup: {kind} backup starting", flush=True)
+    started = time.time()
+    done = pgbackrest("backup", f"--type={kind}", settings=settings)
+    output = (done.stdout + done.stderr).strip()
+    state = read_state()
+    state["last_attempt"] = started
+    state["last_duration"] = time.time() - started
+    if done.returncode == 0:
+        state["last_error"] = ""
+        print(f"pgbackup: {kind} backup done in {time.time() - started:.1f} s", flush=True)
+    else:
+        state["last_error"] = output[-500:]
+        print(f"pgbackup: {kind} backup FAILED:\n{output}", file=sys.stderr, flush=True)
+    write_state(state)
+    return done.returncode == 0
+
+
+def read_state() -> dict[str, object]:
+    try:
+        loaded = json.loads(STATE_FILE.read_text())
+    except (OSError, ValueError):
+        return {}
+    return loaded if isinstance(loaded, dict) else {}
+
+
+def write_state(state: dict[str, object]) -> None:
+    tmp = STATE_FILE.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state))
+    tmp.replace(STATE_FILE)
+
+
+def measure(settings: Settings) -> tuple[dict[str, float], list[str]]:
+    """The metrics, and what is overdue (empty when all is well)."""
+    now = time.time()
+    values: dict[str, float] = {}
+    problems: list[str] = []
+    state = read_state()
+    try:
+        stanza = info()
+        done = backups(stanza)
+        values["pgbackup_backups"] = len(done)
+        if done:
+            values["pgbackup_last_backup_age_seconds"] = now - stop_time(done[-1])
+            values["pgbackup_last_backup_size_bytes"] = float(
+                done[-1].get("info", {}).get("repository", {}).get("delta", 0)  # type: ignore[union-attr]
+            )
+            values["pgbackup_recovery_window_start_timestamp_seconds"] = start_time(done[0])
+            fulls = [b for b in done if b.get("type") == "full"]
+            if fulls:
+                values["pgbackup_last_full_backup_age_seconds"] = now - stop_time(fulls[-1])
+            if now - stop_time(done[-1]) > settings.every + 3600:
+                problems.append(f"the last backup is {(now - stop_time(done[-1])) / 3600:.1f} h old")
+        values["pgbackup_repository_up"] = 1
+    except (RuntimeError, ValueError, KeyError, IndexError) as error:
+        values["pgbackup_repository_up"] = 0
+        problems.append(f"the backup repository cannot be read: {error}")
+    if state.get("last_error"):
+        problems.append(f"the last backup failed: {state['last_error']}")
+    try:
+        row = sql(
+            "SELECT coalesce(extract(epoch FROM now() - last_archived_time), -1),"
+            " (last_failed_time > coalesce(last_archived_time, '-infinity'))::int,"
+            " (SELECT count(*) FROM pg_ls_archive_statusdir() WHERE name LIKE '%.ready')"
+            " FROM pg_stat_archiver"
+        )
+        age, failing, ready = (float(part or 0) for part in row.split("|"))
+        if age >= 0:
+            values["pgbackup_wal_last_archived_age_seconds"] = age
+        values["pgbackup_wal_archive_failing"] = failing
+        values["pgbackup_wal_ready_segments"] = ready
+        # An idle database has nothing to archive: only WAL waiting makes age matter.
+        if ready > 0 and (age < 0 or age > settings.wal_max_age):
+            problems.append(f"{ready:.0f} WAL segments wait to be archived, the last archived {age:.0f} s ago")
+        elif failing and ready > 1:
+            problems.append("the archive_command is failing (docker compose logs db)")
+        values["pgbackup_database_up"] = 1
+    except (RuntimeError, ValueError) as error:
+        values["pgbackup_database_up"] = 0
+        problems.append(f"the database cannot be read: {error}")
+    values["pgbackup_healthy"] = 0 if problems else 1
+    return values, problems
+
+
+HELP = {
+    "pgbackup_backups": "Backups in the repository.",
+    "pgbackup_last_backup_age_seconds": "Seconds since the newest backup (any type) finished.",
+    "pgbackup_last_full_backup_age_seconds": "Seconds since the newest full backup finished.",
+    "pgbackup_last_backup_size_bytes": "Bytes the newest backup added to the repository.",
+    "pgbackup_recovery_window_start_timestamp_seconds": "The earliest time a restore can reach.",
+    "pgbackup_repository_up": "1 if the backup repository could be read.",
+    "pgbackup_wal_last_archived_age_seconds": "Seconds since Postgres last archived a WAL segment.",
+    "pgbackup_wal_archive_failing": "1 if the archive_command's latest attempt failed.",
+    "pgbackup_wal_ready_segments": "WAL segments waiting to be archived (16 MiB of disk each).",
+    "pgbackup_database_up": "1 if the database answered.",
+    "pgbackup_healthy": "1 if no backup and no WAL segment is overdue (pgbackup check).",
+}
+
+
+class Metrics:
+    """The latest measurement, refreshed by the scheduler, served as Prometheus text."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.text = ""
+
+    def update(self, values: dict[str, float]) -> None:
+        lines = []
+        for name, value in values.items():
+            lines += [f"# HELP {name} {HELP.get(name, name)}", f"# TYPE {name} gauge", f"{name} {value:.3f}"]
+        with self.lock:
+            self.text = "\n".join(lines) + "\n"
+
+    def serve(self, port: int) -> None:
+        metrics = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
+                if self.path != "/metrics":
+                    self.send_error(404)
+                    return
+                with metrics.lock:
+                    body = metrics.text.encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+                pass  # one line per scrape would drown the backup log
+
+        server = ThreadingHTTPServer(("0.0.0.0", port), Handler)  # noqa: S104 (the backend network)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+
+
+def wait_for_database() -> None:
+    while subprocess.run(["pg_isready", "-q", "-h", SOCKET_DIR], check=False).returncode != 0:
+        time.sleep(2)
+
+
+def schedule(settings: Settings) -> None:
+    metrics = Metrics()
+    metrics.serve(settings.metrics_port)
+    print(
+        f"pgbackup: a backup every {settings.every:.0f} s, a full one every {settings.full_every:.0f} s,"
+        f" WAL kept for the newest {settings.archive_retention()} backups ({settings.pitr_days:g} days)",
+        flush=True,
+    )
+    write_state({"started": time.time()})
+    wait_for_database()
+    while (done := pgbackrest("stanza-create")).returncode != 0:
+        print(f"pgbackup: stanza-create failed, retrying:\n{done.stderr or done.stdout}", file=sys.stderr, flush=True)
+        time.sleep(10)
+    warned: list[str] = []
+    while True:
+        now = time.time()
+        state = read_state()
+        last_attempt = state.get("last_attempt")
+        retry_wait = bool(state.get("last_error")) and isinstance(last_attempt, float)
+        if not retry_wait or now - float(last_attempt or 0) >= RETRY_SECONDS:
+            try:
+                kind = due_type(info(), settings, now)
+            except RuntimeError as error:
+                print(f"pgbackup: cannot read the repository: {error}", file=sys.stderr, flush=True)
+                kind = None
+            if kind:
+                take_backup(kind, settings)
+        values, problems = measure(settings)
+        metrics.update(values)
+        state = read_state()
+        state["problems"] = problems
+        write_state(state)
+        if problems != warned:
+            for problem in problems:
+                print(f"pgbackup: WARNING {problem}", file=sys.stderr, flush=True)
+            warned = problems
+        time.sleep(TICK_SECONDS)
+
+
+def list_backups() -> int:
+    done = pgbackrest("info")
+    print(done.stdout.strip() or done.stderr.strip())
+    if done.returncode != 0:
+        return done.returncode
+    stanza = info()
+    found = backups(stanza)
+    if found:
+        fmt = "%Y-%m-%d %H:%M:%S+00"
+        start = time.strftime(fmt, time.gmtime(stop_time(found[0])))
+        archive = stanza.get("archive", [])
+        newest = archive[-1].get("max") if isinstance(archive, list) and archive else None
+        print(f"\nrecovery window: from {start} (the oldest backup's end) to the newest archived WAL ({newest})")
+        print("restore to a time inside it: make restore at='YYYY-MM-DD HH:MM:SS+00'")
+    return 0
+
+
+def restore(target: str | None) -> int:
+    # hot_standby off: Postgres accepts no connection, so its healthcheck fails, until
+    # the WAL is replayed to the target and the database is promoted.
+    args = ["restore", "--delta", "--recovery-option=hot_standby=off"]
+    if target:
+        args += ["--type=time", f"--target={target}", "--target-action=promote"]
+    print(f"pgbackup: restoring {'to ' + target if target else 'the latest state'}", flush=True)
+    done = subprocess.run(["pgbackrest-env", *args], check=False)
+    return done.returncode
+
+
+def check() -> int:
+    state = read_state()
+    problems = state.get("problems", [])
+    if isinstance(problems, list) and problems:
+        print("; ".join(str(p) for p in problems))
+        return 1
+    print("backups: ok")
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    settings = Settings.from_env()
+    command = argv[0] if argv else "schedule"
+    if command == "schedule":
+        schedule(settings)
+    elif command == "now":
+        kind = argv[1] if len(argv) > 1 else due_type(info(), settings, time.time()) or "incr"
+        return 0 if take_backup(kind, settings) else 1
+    elif command == "list":
+        return list_backups()
+    elif command == "restore":
+        return restore(argv[1] if len(argv) > 1 and argv[1] else None)
+    elif command == "check":
+        return check()
+    else:
+        print(__doc__, file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
