@@ -67,14 +67,23 @@ class Settings:
         return max(1, -(-int(self.pitr_days * 86400) // int(self.every)))
 
 
+def pgbackrest_env() -> dict[str, str]:
+    """The environment less the PGBACKREST_* settings left empty, as the entrypoint
+    (entrypoint.sh) makes it: `docker compose exec` does not run the entrypoint."""
+    env = {k: v for k, v in os.environ.items() if v or not k.startswith("PGBACKREST_")}
+    if env.get("PGBACKREST_REPO1_CIPHER_PASS"):
+        env.setdefault("PGBACKREST_REPO1_CIPHER_TYPE", "aes-256-cbc")
+    return env
+
+
 def pgbackrest(*args: str, settings: Settings | None = None) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ)
+    env = pgbackrest_env()
     if settings is not None:
         env.setdefault("PGBACKREST_REPO1_RETENTION_ARCHIVE_TYPE", "diff")
         env.setdefault("PGBACKREST_REPO1_RETENTION_ARCHIVE", str(settings.archive_retention()))
         # Differentials older than the window go too: past it, the weekly fulls remain.
         env.setdefault("PGBACKREST_REPO1_RETENTION_DIFF", str(settings.archive_retention()))
-    return subprocess.run(["pgbackrest-env", *args], env=env, text=True, capture_output=True, check=False)
+    return subprocess.run(["pgbackrest", *args], env=env, text=True, capture_output=True, check=False)
 
 
 def sql(query: str) -> str:
@@ -344,7 +353,7 @@ def restore(target: str | None) -> int:
     if target:
         args += ["--type=time", f"--target={target}", "--target-action=promote"]
     print(f"pgbackup: restoring {'to ' + target if target else 'the latest state'}", flush=True)
-    done = subprocess.run(["pgbackrest-env", *args], check=False)
+    done = subprocess.run(["pgbackrest", *args], env=pgbackrest_env(), check=False)
     return done.returncode
 
 
