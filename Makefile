@@ -29,7 +29,7 @@ TEST := docker compose -p $(PROJECT)-test -f docker-compose.test.yml
 # (k8s_*.py run in a venv of their own: make k8s-validate). One module name per run.
 MYPY_SCRIPTS := scripts/dev_server.py scripts/init.py scripts/check_settings.py \
   scripts/new_resource.py scripts/bench.py scripts/bench_logging.py scripts/chaos.py \
-  scripts/deploy_load.py scripts/metrics_cost.py scripts/seed.py
+  scripts/deploy_load.py scripts/metrics_cost.py scripts/seed.py deploy/backup/pgbackup.py
 LINT := status=0; \
 	for check in "ruff check ." "ruff format --check ." "mypy" "mypy $(MYPY_SCRIPTS)" "mypy bench/bare_app.py bench/bare_page.py" \
 	  "hadolint Dockerfile Dockerfile.dev" "python -m scripts.check_settings" "lint-imports --no-cache"; do \

@@ -15,6 +15,10 @@
 The runbook is docs/backups.md. Standard library only: it runs on Debian's Python.
 """
 
+# The commands run are the image's own tools (pgbackrest, psql, pg_isready) on its PATH,
+# with arguments this file builds.
+# ruff: noqa: S603, S607
+
 from __future__ import annotations
 
 import json
@@ -28,7 +32,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 SOCKET_DIR = os.environ.get("PGBACKREST_PG1_SOCKET_PATH", "/var/run/postgresql")
-STATE_FILE = Path("/tmp/pgbackup-state.json")
+# The container's own in-memory /tmp: the scheduler's last result, for `pgbackup check`.
+STATE_FILE = Path("/tmp/pgbackup-state.json")  # noqa: S108
 TICK_SECONDS = 15.0
 RETRY_SECONDS = 300.0
 
@@ -83,13 +88,29 @@ def pgbackrest(*args: str, settings: Settings | None = None) -> subprocess.Compl
         env.setdefault("PGBACKREST_REPO1_RETENTION_ARCHIVE", str(settings.archive_retention()))
         # Differentials older than the window go too: past it, the weekly fulls remain.
         env.setdefault("PGBACKREST_REPO1_RETENTION_DIFF", str(settings.archive_retention()))
-    return subprocess.run(["pgbackrest", *args], env=env, text=True, capture_output=True, check=False)
+    return subprocess.run(
+        ["pgbackrest", *args], env=env, text=True, capture_output=True, check=False
+    )
 
 
 def sql(query: str) -> str:
     """One value from the database, as the superuser over the shared Unix socket."""
     done = subprocess.run(
-        ["psql", "-X", "-q", "-t", "-A", "-h", SOCKET_DIR, "-U", "postgres", "-d", "postgres", "-c", query],
+        [
+            "psql",
+            "-X",
+            "-q",
+            "-t",
+            "-A",
+            "-h",
+            SOCKET_DIR,
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+            "-c",
+            query,
+        ],
         text=True,
         capture_output=True,
         check=False,
@@ -118,9 +139,11 @@ def stop_time(backup: dict[str, object]) -> float:
     return float(stamp["stop"]) if isinstance(stamp, dict) else 0.0
 
 
-def start_time(backup: dict[str, object]) -> float:
-    stamp = backup.get("timestamp", {})
-    return float(stamp["start"]) if isinstance(stamp, dict) else 0.0
+def repository_delta(backup: dict[str, object]) -> float:
+    """Bytes the backup added to the repository (compressed, encrypted)."""
+    about = backup.get("info", {})
+    repository = about.get("repository", {}) if isinstance(about, dict) else {}
+    return float(repository.get("delta", 0)) if isinstance(repository, dict) else 0.0
 
 
 def wal_timeline(backup: dict[str, object]) -> int:
@@ -193,15 +216,15 @@ def measure(settings: Settings) -> tuple[dict[str, float], list[str]]:
         values["pgbackup_backups"] = len(done)
         if done:
             values["pgbackup_last_backup_age_seconds"] = now - stop_time(done[-1])
-            values["pgbackup_last_backup_size_bytes"] = float(
-                done[-1].get("info", {}).get("repository", {}).get("delta", 0)  # type: ignore[union-attr]
-            )
-            values["pgbackup_recovery_window_start_timestamp_seconds"] = start_time(done[0])
+            values["pgbackup_last_backup_size_bytes"] = repository_delta(done[-1])
+            values["pgbackup_recovery_window_start_timestamp_seconds"] = stop_time(done[0])
             fulls = [b for b in done if b.get("type") == "full"]
             if fulls:
                 values["pgbackup_last_full_backup_age_seconds"] = now - stop_time(fulls[-1])
             if now - stop_time(done[-1]) > settings.every + 3600:
-                problems.append(f"the last backup is {(now - stop_time(done[-1])) / 3600:.1f} h old")
+                problems.append(
+                    f"the last backup is {(now - stop_time(done[-1])) / 3600:.1f} h old"
+                )
         values["pgbackup_repository_up"] = 1
     except (RuntimeError, ValueError, KeyError, IndexError) as error:
         values["pgbackup_repository_up"] = 0
@@ -222,7 +245,9 @@ def measure(settings: Settings) -> tuple[dict[str, float], list[str]]:
         values["pgbackup_wal_ready_segments"] = ready
         # An idle database has nothing to archive: only WAL waiting makes age matter.
         if ready > 0 and (age < 0 or age > settings.wal_max_age):
-            problems.append(f"{ready:.0f} WAL segments wait to be archived, the last archived {age:.0f} s ago")
+            problems.append(
+                f"{ready:.0f} WAL segments wait to be archived, the last archived {age:.0f} s ago"
+            )
         elif failing and ready > 1:
             problems.append("the archive_command is failing (docker compose logs db)")
         values["pgbackup_database_up"] = 1
@@ -258,7 +283,11 @@ class Metrics:
     def update(self, values: dict[str, float]) -> None:
         lines = []
         for name, value in values.items():
-            lines += [f"# HELP {name} {HELP.get(name, name)}", f"# TYPE {name} gauge", f"{name} {value:.3f}"]
+            lines += [
+                f"# HELP {name} {HELP.get(name, name)}",
+                f"# TYPE {name} gauge",
+                f"{name} {value:.3f}",
+            ]
         with self.lock:
             self.text = "\n".join(lines) + "\n"
 
@@ -266,7 +295,7 @@ class Metrics:
         metrics = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
+            def do_GET(self) -> None:
                 if self.path != "/metrics":
                     self.send_error(404)
                     return
@@ -278,7 +307,7 @@ class Metrics:
                 self.end_headers()
                 self.wfile.write(body)
 
-            def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+            def log_message(self, format: str, *args: object) -> None:
                 pass  # one line per scrape would drown the backup log
 
         server = ThreadingHTTPServer(("0.0.0.0", port), Handler)  # noqa: S104 (the backend network)
@@ -294,22 +323,30 @@ def schedule(settings: Settings) -> None:
     metrics = Metrics()
     metrics.serve(settings.metrics_port)
     print(
-        f"pgbackup: a backup every {settings.every:.0f} s, a full one every {settings.full_every:.0f} s,"
-        f" WAL kept for the newest {settings.archive_retention()} backups ({settings.pitr_days:g} days)",
+        f"pgbackup: a backup every {settings.every:.0f} s,"
+        f" a full one every {settings.full_every:.0f} s, WAL kept for the newest"
+        f" {settings.archive_retention()} backups ({settings.pitr_days:g} days)",
         flush=True,
     )
     write_state({"started": time.time()})
     wait_for_database()
     while (done := pgbackrest("stanza-create")).returncode != 0:
-        print(f"pgbackup: stanza-create failed, retrying:\n{done.stderr or done.stdout}", file=sys.stderr, flush=True)
+        print(
+            f"pgbackup: stanza-create failed, retrying:\n{done.stderr or done.stdout}",
+            file=sys.stderr,
+            flush=True,
+        )
         time.sleep(10)
     warned: list[str] = []
     while True:
         now = time.time()
         state = read_state()
         last_attempt = state.get("last_attempt")
-        retry_wait = bool(state.get("last_error")) and isinstance(last_attempt, float)
-        if not retry_wait or now - float(last_attempt or 0) >= RETRY_SECONDS:
+        failed_at = (
+            last_attempt if state.get("last_error") and isinstance(last_attempt, float) else 0.0
+        )
+        # After a failed backup, the next try waits RETRY_SECONDS.
+        if now - failed_at >= RETRY_SECONDS:
             try:
                 kind = due_type(info(), settings, now)
             except RuntimeError as error:
@@ -341,7 +378,12 @@ def list_backups() -> int:
         start = time.strftime(fmt, time.gmtime(stop_time(found[0])))
         archive = stanza.get("archive", [])
         newest = archive[-1].get("max") if isinstance(archive, list) and archive else None
-        print(f"\nrecovery window: from {start} (the oldest backup's end) to the newest archived WAL ({newest})")
+        try:
+            end = sql("SELECT date_trunc('second', last_archived_time) FROM pg_stat_archiver")
+        except RuntimeError:
+            end = ""
+        print(f"\nrecovery window: from {start} (the end of the oldest backup)")
+        print(f"                 to {end or '?'} (the newest archived WAL segment, {newest})")
         print("restore to a time inside it: make restore at='YYYY-MM-DD HH:MM:SS+00'")
     return 0
 
