@@ -19,3 +19,7 @@ restore: .env ## Restore the database: the latest state, or `make restore at="20
 .PHONY: restore-check
 restore-check: ## Drill: write under load, lose the database volume, restore to a time T and to the latest; print RPO and RTO
 	scripts/restore-check.sh
+
+.PHONY: backup-check-s3
+backup-check-s3: ## Back up to an S3-compatible server (encrypted), lose the disk, restore from the bucket
+	scripts/backup-check-s3.sh

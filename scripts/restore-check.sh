@@ -83,6 +83,10 @@ until "${COMPOSE[@]}" exec -T backup pgbackup list 2>/dev/null | grep -q 'full b
 done
 log "first full backup taken"
 
+lsn() { "${COMPOSE[@]}" exec -T db psql -X -t -A -U postgres -d app -c "SELECT pg_current_wal_lsn()"; }
+archived() { "${COMPOSE[@]}" exec -T backup du -sb /var/lib/pgbackrest/archive | cut -f1; }
+lsn_before=$(lsn)
+archived_before=$(archived)
 writer "$WORK/writes" &
 writer_pid=$!
 sleep "$WRITE_BEFORE_T"
@@ -90,6 +94,10 @@ T=$(now)
 T_SQL=$(date -u -d "@$T" '+%Y-%m-%d %H:%M:%S.%6N+00')
 log "T = $T_SQL; writing on for $WRITE_AFTER_T s"
 sleep "$WRITE_AFTER_T"
+lsn_after=$(lsn)
+wal_bytes=$("${COMPOSE[@]}" exec -T db psql -X -t -A -U postgres -d app -c \
+  "SELECT pg_wal_lsn_diff('$lsn_after', '$lsn_before')::bigint")
+archived_bytes=$(($(archived) - archived_before))
 lose_the_database
 sleep 1
 kill "$writer_pid" 2>/dev/null || true
@@ -115,6 +123,11 @@ read -r lost rpo < <(awk -v lost_at="$lost_at" '
   $4 == 201 { if ($1 in present) { if ($3 > newest) newest = $3 } else lost++ }
   END { printf "%d %.1f\n", lost, lost_at - newest }' "$WORK/rows-latest" "$WORK/writes")
 log "restored the latest state in $rto s (RTO); $lost acknowledged rows lost, RPO $rpo s"
+# The WAL's disk cost: what Postgres wrote, and what the repository keeps of it
+# (zstd-compressed), per restored write (the rows whose WAL was archived) and per day at the bench's peak write rate.
+read -r wal_per_write kept_per_write kept_per_day < <(awk -v w="$wal_bytes" -v k="$archived_bytes" -v n="$((acked - lost))" \
+  -v r="${RESTORE_DAY_RATE:-1127}" 'BEGIN { printf "%.0f %.0f %.1f\n", w / n, k / n, k / n * r * 86400 / 2^30 }')
+log "WAL: $wal_per_write bytes written per create, $kept_per_write kept in the repository; a day at ${RESTORE_DAY_RATE:-1127} creates/s: $kept_per_day GiB"
 
 lose_the_database
 ENV_FILE="$ENV_FILE" scripts/restore.sh "$T_SQL" >"$WORK/restore-t.log" 2>&1 || {
@@ -129,8 +142,8 @@ read -r before missing after < <(awk -v t="$T" '
   END { printf "%d %d %d\n", before, missing, after }' "$WORK/rows-t" "$WORK/writes")
 log "restored to T: $before rows acknowledged before T, $missing of them missing; $after rows sent after T present"
 
-printf '\nrestore-check: RPO %s s (bar %s s, %s acknowledged rows lost), RTO %s s, at T: %s missing, %s after T (bars 0)\n' \
-  "$rpo" "$RPO_BAR" "$lost" "$rto" "$missing" "$after"
+printf '\nrestore-check: RPO %s s (bar %s s, %s acknowledged rows lost), RTO %s s, at T: %s missing, %s after T (bars 0); WAL kept %s bytes/create\n' \
+  "$rpo" "$RPO_BAR" "$lost" "$rto" "$missing" "$after" "$kept_per_write"
 awk -v r="$rpo" -v b="$RPO_BAR" 'BEGIN { exit !(r <= b) }' || fail "RPO $rpo s is over $RPO_BAR s"
 [ "$missing" = 0 ] || fail "$missing rows acknowledged before T are missing"
 [ "$after" = 0 ] || fail "$after rows sent after T were restored"
