@@ -5,7 +5,9 @@
 #   1. the first full backup and the WAL go to the bucket, encrypted;
 #   2. write rows, lose the database volume AND the local pgbackrest volume (the
 #      whole disk);
-#   3. restore from the bucket alone: every row archived is back.
+#   3. restore from the bucket alone: every row archived is back;
+#   4. stop the S3 server and write on: the backup service turns unhealthy, and its
+#      metrics show the archive failing and the WAL backlog.
 # Removes all it made.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,7 +36,8 @@ trap cleanup EXIT
 write_throwaway_env "$ENV_FILE" 18120 18483 172.30.245.0/24 172.30.245.10 fastapi-service:backup-check-s3 \
   BACKUP_REPO=s3 BACKUP_REPO_PATH=/app BACKUP_S3_BUCKET=backups BACKUP_S3_ENDPOINT=s3 \
   BACKUP_S3_PORT=9000 BACKUP_S3_REGION=us-east-1 BACKUP_S3_URI_STYLE=path BACKUP_S3_VERIFY_TLS=n \
-  BACKUP_S3_KEY=check BACKUP_S3_KEY_SECRET="$(random_secret)" BACKUP_CIPHER_PASS="$(random_secret)"
+  BACKUP_S3_KEY=check BACKUP_S3_KEY_SECRET="$(random_secret)" BACKUP_CIPHER_PASS="$(random_secret)" \
+  BACKUP_WAL_MAX_AGE=5s
 remove_stack "${COMPOSE[@]}"
 
 s3() { # s3 PYTHON: boto3 (Moto's dependency) against the server, in its container
@@ -90,4 +93,31 @@ done
 rows=$(psql_db "SELECT count(*) FROM s3_check")
 [ "$rows" = 1000 ] || fail "restored $rows rows of 1000"
 log "restored from the bucket in $((SECONDS - restore_started)) s: all 1000 rows back"
+
+"${COMPOSE[@]}" up --detach --no-deps backup >/dev/null 2>&1 || fail "the backup service did not start"
+"${COMPOSE[@]}" stop s3 >/dev/null 2>&1
+psql_db "INSERT INTO s3_check SELECT generate_series(1001, 2000)"
+psql_db "SELECT pg_switch_wal()" >/dev/null
+metrics() {
+  "${COMPOSE[@]}" exec -T backup python3 -c \
+    "import urllib.request; print(urllib.request.urlopen('http://localhost:9188/metrics').read().decode())"
+}
+deadline=$((SECONDS + 120))
+while :; do
+  problem=$("${COMPOSE[@]}" exec -T backup pgbackup check || true)
+  [[ "$problem" != *"WAL segments wait"* ]] || break
+  [ $SECONDS -lt $deadline ] || fail "pgbackup check did not report the WAL backlog within 120 s (it says: $problem)"
+  sleep 2
+done
+backlog=$(metrics | sed -n 's/^pgbackup_wal_ready_segments //p')
+failing=$(metrics | sed -n 's/^pgbackup_wal_archive_failing //p')
+# (pgbackup_wal_archive_failing turns 1 only when archive-push gives up: pgBackRest
+# retries an unreachable bucket for minutes first.)
+awk -v b="$backlog" 'BEGIN { exit !(b >= 1) }' || fail "metrics: a WAL backlog of '$backlog'"
+deadline=$((SECONDS + 150))
+until [ "$(docker inspect -f '{{.State.Health.Status}}' "$("${COMPOSE[@]}" ps -q backup)")" = unhealthy ]; do
+  [ $SECONDS -lt $deadline ] || fail "the backup service did not turn unhealthy within 150 s"
+  sleep 2
+done
+log "S3 server stopped: backup unhealthy ($problem); pgbackup_wal_archive_failing $failing, pgbackup_wal_ready_segments $backlog"
 log "passed"

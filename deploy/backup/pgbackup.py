@@ -36,6 +36,7 @@ SOCKET_DIR = os.environ.get("PGBACKREST_PG1_SOCKET_PATH", "/var/run/postgresql")
 STATE_FILE = Path("/tmp/pgbackup-state.json")  # noqa: S108
 TICK_SECONDS = 15.0
 RETRY_SECONDS = 300.0
+INFO_TIMEOUT_SECONDS = 30.0
 
 
 def seconds(text: str) -> float:
@@ -81,40 +82,38 @@ def pgbackrest_env() -> dict[str, str]:
     return env
 
 
-def pgbackrest(*args: str, settings: Settings | None = None) -> subprocess.CompletedProcess[str]:
+def pgbackrest(
+    *args: str, settings: Settings | None = None, timeout: float | None = None
+) -> subprocess.CompletedProcess[str]:
     env = pgbackrest_env()
     if settings is not None:
         env.setdefault("PGBACKREST_REPO1_RETENTION_ARCHIVE_TYPE", "diff")
         env.setdefault("PGBACKREST_REPO1_RETENTION_ARCHIVE", str(settings.archive_retention()))
         # Differentials older than the window go too: past it, the weekly fulls remain.
         env.setdefault("PGBACKREST_REPO1_RETENTION_DIFF", str(settings.archive_retention()))
-    return subprocess.run(
-        ["pgbackrest", *args], env=env, text=True, capture_output=True, check=False
-    )
+    try:
+        return subprocess.run(
+            ["pgbackrest", *args],
+            env=env,
+            text=True,
+            capture_output=True,
+            check=False,
+            timeout=timeout,
+        )
+    except subprocess.TimeoutExpired:
+        # An unreachable bucket makes pgBackRest retry for minutes.
+        return subprocess.CompletedProcess(args, 1, "", f"no answer within {timeout:.0f} s")
 
 
 def sql(query: str) -> str:
     """One value from the database, as the superuser over the shared Unix socket."""
-    done = subprocess.run(
-        [
-            "psql",
-            "-X",
-            "-q",
-            "-t",
-            "-A",
-            "-h",
-            SOCKET_DIR,
-            "-U",
-            "postgres",
-            "-d",
-            "postgres",
-            "-c",
-            query,
-        ],
-        text=True,
-        capture_output=True,
-        check=False,
-    )
+    psql = ["psql", "-X", "-q", "-t", "-A", "-h", SOCKET_DIR, "-U", "postgres", "-d", "postgres"]
+    try:
+        done = subprocess.run(
+            [*psql, "-c", query], text=True, capture_output=True, check=False, timeout=30
+        )
+    except subprocess.TimeoutExpired as error:
+        raise RuntimeError("no answer within 30 s") from error
     if done.returncode != 0:
         raise RuntimeError(done.stderr.strip() or "psql failed")
     return done.stdout.strip()
@@ -122,7 +121,7 @@ def sql(query: str) -> str:
 
 def info() -> dict[str, object]:
     """pgBackRest's view of the stanza: its backups and its WAL archive."""
-    done = pgbackrest("info", "--output=json")
+    done = pgbackrest("info", "--output=json", timeout=INFO_TIMEOUT_SECONDS)
     if done.returncode != 0:
         raise RuntimeError(done.stderr.strip() or done.stdout.strip())
     stanzas = json.loads(done.stdout)
@@ -177,16 +176,15 @@ def take_backup(kind: str, settings: Settings) -> bool:
     started = time.time()
     done = pgbackrest("backup", f"--type={kind}", settings=settings)
     output = (done.stdout + done.stderr).strip()
-    state = read_state()
-    state["last_attempt"] = started
-    state["last_duration"] = time.time() - started
     if done.returncode == 0:
-        state["last_error"] = ""
         print(f"pgbackup: {kind} backup done in {time.time() - started:.1f} s", flush=True)
     else:
-        state["last_error"] = output[-500:]
         print(f"pgbackup: {kind} backup FAILED:\n{output}", file=sys.stderr, flush=True)
-    write_state(state)
+    update_state(
+        last_attempt=started,
+        last_duration=time.time() - started,
+        last_error="" if done.returncode == 0 else output[-500:],
+    )
     return done.returncode == 0
 
 
@@ -196,6 +194,17 @@ def read_state() -> dict[str, object]:
     except (OSError, ValueError):
         return {}
     return loaded if isinstance(loaded, dict) else {}
+
+
+# The scheduler's two threads (backups, measurements) both update the state.
+STATE_LOCK = threading.Lock()
+
+
+def update_state(**changes: object) -> None:
+    with STATE_LOCK:
+        state = read_state()
+        state.update(changes)
+        write_state(state)
 
 
 def write_state(state: dict[str, object]) -> None:
@@ -337,7 +346,9 @@ def schedule(settings: Settings) -> None:
             flush=True,
         )
         time.sleep(10)
-    warned: list[str] = []
+    # Measured on a thread of its own, so a backup that runs for hours leaves the
+    # metrics and the healthcheck current.
+    threading.Thread(target=monitor, args=(settings, metrics), daemon=True).start()
     while True:
         now = time.time()
         state = read_state()
@@ -354,11 +365,15 @@ def schedule(settings: Settings) -> None:
                 kind = None
             if kind:
                 take_backup(kind, settings)
+        time.sleep(TICK_SECONDS)
+
+
+def monitor(settings: Settings, metrics: Metrics) -> None:
+    warned: list[str] = []
+    while True:
         values, problems = measure(settings)
         metrics.update(values)
-        state = read_state()
-        state["problems"] = problems
-        write_state(state)
+        update_state(problems=problems)
         if problems != warned:
             for problem in problems:
                 print(f"pgbackup: WARNING {problem}", file=sys.stderr, flush=True)
