@@ -5,7 +5,7 @@ BACKUP_COMPOSE := docker compose -f docker-compose.prod.yml
 
 ##@ Backups
 .PHONY: backup
-backup: .env ## Take a backup now (the type the schedule would take; `make backup type=full`)
+backup: .env ## Take a backup now (incremental, or what the schedule has due; `make backup type=full`)
 	$(BACKUP_COMPOSE) exec backup pgbackup now $(type)
 
 .PHONY: backups

@@ -5,7 +5,7 @@
                                    full backup if there is none, then one backup every
                                    BACKUP_EVERY (a full every BACKUP_FULL_EVERY, else a
                                    differential); serves metrics on BACKUP_METRICS_PORT
-    pgbackup now [full|diff|incr]  take a backup now (default: what the schedule would)
+    pgbackup now [full|diff|incr]  take a backup now (default: what the schedule has due, else incr)
     pgbackup list                  the backups and the window a restore can reach
     pgbackup restore [TIME]        with the db stopped: restore the latest state, or
                                    the state at TIME ("2026-12-06 10:00:00+00")
