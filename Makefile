@@ -31,7 +31,7 @@ TEST := docker compose -p $(PROJECT)-test -f docker-compose.test.yml
 # Every checker runs, even after one fails; the exit status says whether any did.
 # The Python scripts outside the mypy `files` of pyproject.toml, checked the same way
 # (k8s_*.py run in a venv of their own: make k8s-validate). One module name per run.
-MYPY_SCRIPTS := $(filter-out scripts/k8s_%,$(wildcard scripts/*.py))
+MYPY_SCRIPTS := $(filter-out scripts/k8s_%,$(wildcard scripts/*.py)) deploy/backup/pgbackup.py
 LINT := status=0; \
 	for check in "ruff check ." "ruff format --check ." "mypy" "mypy $(MYPY_SCRIPTS)" "mypy bench/floors.py" \
 	  "hadolint Dockerfile Dockerfile.dev" "python -m scripts.check_settings" "lint-imports --no-cache"; do \
