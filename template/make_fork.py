@@ -203,7 +203,7 @@ def relink_migrations(dropped: list[Path]) -> None:
         if not parent or parent.group(2) not in gone:
             continue
         kept = parents.get(parent.group(2))
-        while kept in gone:
+        while kept is not None and kept in gone:
             kept = parents.get(kept)
         value = f'"{kept}"' if kept else "None"
         text = DOWN_REVISION.sub(rf"\g<1>{value}", text, count=1)
