@@ -39,7 +39,23 @@ keep='^(app/(__init__\.py|core)|tests/(__init__\.py|conftest\.py|core))$'
 for path in app/* tests/*; do
   [[ $path =~ $keep ]] || { echo "  rm $path"; rm -rf "$path"; }
 done
-rm -f alembic/versions/*.py
+# Core's own tables (idempotency_keys) keep their migrations; the domains' go, and the
+# chain is relinked past them, as `make init examples=no` does it.
+python3 - <<'PY'
+import re
+import sys
+from pathlib import Path
+
+sys.path.insert(0, "template")
+from make_fork import relink_migrations
+
+versions = Path("alembic/versions").resolve()
+domain = [p for p in versions.glob("*.py") if re.search(r"\b(items|orders)\b", p.read_text())]
+relink_migrations(domain)
+for path in domain:
+    print(f"  rm {path.relative_to(versions.parent.parent)}")
+    path.unlink()
+PY
 # A hint for the failures below (pytest decides): names of deleted packages left in
 # core or its tests. tests/conftest.py imports app.main only for the domains' tests.
 grep -rnE '\b(app|tests)\.(items|orders|health|main)\b' app tests | grep -v '^tests/conftest.py:' \
