@@ -49,7 +49,7 @@ trap 'exit 130' INT TERM
 say "a fork at $(git rev-parse --short "$old") ($(git rev-list --count "$old..$head") commits before HEAD)"
 git clone --quiet --no-checkout "$repo" "$dir"
 cd "$dir"
-git checkout --quiet -b main "$old"
+git checkout --quiet -B main "$old"
 make --no-print-directory init name="$name"
 commit "$name"
 forked=$(git rev-parse HEAD)
