@@ -338,6 +338,10 @@ def schedule(settings: Settings) -> None:
         flush=True,
     )
     write_state({"started": time.time()})
+    # Measured on a thread of its own, so a backup that runs for hours leaves the
+    # metrics and the healthcheck current; started first, so a repository that is
+    # unreachable from the start (stanza-create retrying) turns the service unhealthy.
+    threading.Thread(target=monitor, args=(settings, metrics), daemon=True).start()
     wait_for_database()
     while (done := pgbackrest("stanza-create")).returncode != 0:
         print(
@@ -346,9 +350,6 @@ def schedule(settings: Settings) -> None:
             flush=True,
         )
         time.sleep(10)
-    # Measured on a thread of its own, so a backup that runs for hours leaves the
-    # metrics and the healthcheck current.
-    threading.Thread(target=monitor, args=(settings, metrics), daemon=True).start()
     while True:
         now = time.time()
         state = read_state()
