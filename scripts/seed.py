@@ -26,6 +26,8 @@ from app.orders import service as orders
 from app.orders.schemas import OrderCreate
 
 ADJECTIVES = ["Blue", "Compact", "Deluxe", "Eco", "Heavy-duty", "Mini", "Smart", "Vintage"]
+# Seeded orders belong to `make token`'s default subject, so its tokens see them.
+OWNER = "dev-user"
 NOUNS = ["Anvil", "Bicycle", "Kettle", "Lamp", "Notebook", "Rucksack", "Teapot", "Umbrella"]
 
 
@@ -47,7 +49,7 @@ async def seed(count: int) -> tuple[int, int]:
                 created_items += 1
                 for _ in range(rng.randint(0, 3)):
                     order = OrderCreate(item_id=item.id, quantity=rng.randint(1, 20))
-                    await orders.create_order(session, order)
+                    await orders.create_order(session, order, owner=OWNER)
                     created_orders += 1
     finally:
         await engine.dispose()

@@ -11,8 +11,9 @@ sets them for `make test`); the run's own database replaces the one named there.
 
 from __future__ import annotations
 
+import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import cast
@@ -37,6 +38,7 @@ from alembic import command
 from app.core.config import Settings, load_settings
 from app.core.db import ReadOnlySession, create_engine
 from app.core.state import AppState
+from tests.issuer import AUDIENCE, Issuer
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -103,10 +105,20 @@ class DatabaseMaker:
 
 
 @pytest.fixture(scope="session")
+def issuer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Issuer]:
+    """The run's identity provider: a real process serving real keys (tests/issuer.py)."""
+    issuer = Issuer(tmp_path_factory.mktemp("issuer-keys"))
+    issuer.start()
+    yield issuer
+    issuer.stop()
+
+
+@pytest.fixture(scope="session")
 async def settings(
-    make_database: DatabaseMaker, base_settings: Settings
+    make_database: DatabaseMaker, base_settings: Settings, issuer: Issuer
 ) -> AsyncIterator[Settings]:
-    """The run's settings, on a fresh database migrated to head with Alembic."""
+    """The run's settings, on a fresh database migrated to head with Alembic, trusting
+    the run's issuer."""
     url = await make_database.create()
     engine = create_async_engine(url, poolclass=pool.NullPool)
     async with engine.begin() as connection:
@@ -114,7 +126,12 @@ async def settings(
     await engine.dispose()
     redis_url = urlsplit(str(base_settings.redis_url))._replace(path=f"/{TEST_REDIS_DB}")
     yield with_overrides(
-        base_settings, database_url=url, redis_url=redis_url.geturl(), environment="test"
+        base_settings,
+        database_url=url,
+        redis_url=redis_url.geturl(),
+        environment="test",
+        auth_issuer=issuer.url,
+        auth_audience=AUDIENCE,
     )
     await make_database.drop_all()
 
@@ -184,12 +201,36 @@ async def make_client(
     session_factory: async_sessionmaker[AsyncSession],
     read_session_factory: async_sessionmaker[AsyncSession],
     redis: Redis,
+    issuer: Issuer,
 ) -> AsyncIterator[AppClientMaker]:
     """Builds apps on given settings; each runs its real lifespan and shares the
-    test's transaction, so what one test writes is gone for the next."""
-    maker = AppClientMaker(session_factory, read_session_factory)
+    test's transaction, so what one test writes is gone for the next. Each client
+    sends a bearer token from the run's issuer, with every scope unless told:
+
+        client = await make_client(settings)
+
+        reader = await make_client(settings, scopes="items:read", sub="bob")
+        anonymous = await make_client(settings, scopes=None)
+    """
+    maker = AppClientMaker(session_factory, read_session_factory, issuer)
     yield maker
     await maker.close_all()
+
+
+EVERY_SCOPE = "<every scope the app's routes require>"
+
+
+def declared_scopes(app: FastAPI) -> str:
+    """The scopes the app's operations require, from its OpenAPI document."""
+    found = {
+        scope
+        for operations in app.openapi().get("paths", {}).values()
+        for operation in operations.values()
+        for requirement in operation.get("security", [])
+        for scopes in requirement.values()
+        for scope in scopes
+    }
+    return " ".join(sorted(found))
 
 
 class AppClientMaker:
@@ -197,15 +238,25 @@ class AppClientMaker:
         self,
         session_factory: async_sessionmaker[AsyncSession],
         read_session_factory: async_sessionmaker[AsyncSession],
+        issuer: Issuer,
     ) -> None:
         self._session_factory = session_factory
         self._read_session_factory = read_session_factory
+        self._issuer = issuer
         self._open: list[tuple[LifespanManager, AsyncClient]] = []
 
     async def __call__(
-        self, settings: Settings, app: FastAPI | None = None, *, isolated: bool = True
+        self,
+        settings: Settings,
+        app: FastAPI | None = None,
+        *,
+        isolated: bool = True,
+        scopes: str | None = EVERY_SCOPE,
+        sub: str = "alice",
     ) -> AsyncClient:
-        """A client on `app` (default: the service's own app on `settings`).
+        """A client on `app` (default: the service's own app on `settings`), as `sub`
+        holding `scopes`: by default every scope a route of the app requires (none of
+        the `<resource>:admin` ones), None for no credentials at all.
         isolated=False: the app uses its own engine from `settings`, not the test's
         transaction (for tests where that database is unreachable)."""
         if app is None:
@@ -217,6 +268,11 @@ class AppClientMaker:
         if isolated:
             self._share_test_transaction(app)
         manager, client = await start_app(app)
+        if scopes is not None:
+            held = declared_scopes(app) if scopes == EVERY_SCOPE else scopes
+            # Valid for the whole run, however slow the machine.
+            token = self._issuer.token(held, sub=sub, exp=int(time.time()) + 3600)
+            client.headers["Authorization"] = f"Bearer {token}"
         self._open.append((manager, client))
         return client
 

@@ -22,10 +22,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import jwt
 import pytest
 import structlog
 from fastapi import FastAPI, Request
 
+from app.core.auth.api_keys import generate_key
 from app.core.logging import REDACTED, build_logging_config
 from app.core.request_id import set_request_id
 from app.core.state import app_state
@@ -34,6 +36,12 @@ from tests.conftest import UNREACHABLE_REDIS
 
 KNOWN_PASSWORD = "KNOWN-PASSWORD-123"
 DATABASE_URL = f"postgresql://app:{KNOWN_PASSWORD}@127.0.0.1:1/x"
+# Credentials the requests carry and the careless route logs: none may reach a line.
+KNOWN_API_KEY = generate_key().plaintext
+KNOWN_TOKEN = jwt.encode({"sub": "mallory"}, "not-a-real-key-but-a-real-jwt-shape", "HS256")
+# sak_<16 hex>_<secret>: the id is kept in logs (it names the key), the secret never.
+KEY_ID, KEY_SECRET = KNOWN_API_KEY[:20], KNOWN_API_KEY[21:]
+SECRETS = (KNOWN_PASSWORD, KEY_SECRET, KNOWN_TOKEN.rsplit(".", 1)[1])
 
 Line = dict[str, Any]
 
@@ -59,6 +67,10 @@ def app_that_fails() -> FastAPI:
             "connecting", url=settings.sqlalchemy_url, password=KNOWN_PASSWORD, settings=settings
         )
         logging.getLogger("tests.careless").warning("connecting to %s", settings.sqlalchemy_url)
+        careless = structlog.get_logger("tests.careless")
+        careless.warning(f"caller sent {request.headers.get('authorization')}")
+        careless.warning("caller", presented=request.headers.get("x-api-key"))
+        logging.getLogger("tests.careless").warning("key %s", request.headers.get("x-api-key"))
         return {"status": "logged"}
 
     return app
@@ -83,7 +95,9 @@ class ServerRun:
 
 
 def run_server(directory: Path, log_level: str, requests: list[tuple[str, str, str]]) -> ServerRun:
-    """Start uvicorn on a Unix socket, send `requests` (method, path, request id), stop it."""
+    """Start uvicorn on a Unix socket, send `requests` (method, path, request id), stop it.
+    Every request carries an API key; those whose id starts "token-" a bearer token too.
+    (No issuer is set, so bearer tokens are refused: a 401, logged like any request.)"""
     sock = directory / f"uvicorn-{log_level}.sock"
     env = os.environ | {
         "ENVIRONMENT": "production",
@@ -122,9 +136,12 @@ def send(sock: Path, method: str, path: str, request_id: str) -> None:
     # A new connection each time: uvicorn closes one after an unhandled exception.
     with httpx.Client(transport=httpx.HTTPTransport(uds=str(sock)), timeout=10) as client:
         body = {"name": "written while logging"} if method == "POST" else None
-        client.request(
-            method, f"http://test{path}", headers={"X-Request-ID": request_id}, json=body
-        )
+        headers = {"X-Request-ID": request_id, "X-API-Key": KNOWN_API_KEY}
+        if request_id.startswith("token-"):
+            headers = {"X-Request-ID": request_id, "Authorization": f"Bearer {KNOWN_TOKEN}"}
+        if path == "/log/carelessly":
+            headers["Authorization"] = f"Bearer {KNOWN_TOKEN}"
+        client.request(method, f"http://test{path}", headers=headers, json=body)
 
 
 def wait_for_socket(sock: Path, server: subprocess.Popen[str], seconds: float = 120) -> None:
@@ -151,6 +168,7 @@ def info_run(tmp_path_factory: pytest.TempPathFactory) -> ServerRun:
             ("GET", "/fail/database", "fail-1"),
             ("GET", "/log/carelessly", "careless-1"),
             ("GET", "/api/v1/items", "list-1"),
+            ("GET", "/api/v1/items", "token-1"),
             ("POST", "/api/v1/items", "write-1"),
             ("GET", "/health", "live-1"),
             ("GET", "/health/ready", "ready-1"),
@@ -182,6 +200,23 @@ def test_no_line_contains_the_database_password(info_run: ServerRun) -> None:
     assert structured["url"] == f"postgresql+asyncpg://app:{REDACTED}@127.0.0.1:1/x"
     assert structured["settings"] == "<Settings omitted>"
     assert stdlib["event"] == f"connecting to postgresql+asyncpg://app:{REDACTED}@127.0.0.1:1/x"
+
+
+def test_no_line_contains_a_token_or_an_api_key(info_run: ServerRun) -> None:
+    """Requests carried them, and a careless route logged them three ways: as text in
+    the message, under a harmless key, and through the standard library."""
+    for secret in SECRETS:
+        assert secret not in info_run.output
+    careless = info_run.of_request("careless-1")[2:5]
+    assert careless[0]["event"] == f"caller sent Bearer {REDACTED}"
+    assert careless[1]["presented"] == f"{KEY_ID}_{REDACTED}"
+    assert careless[2]["event"] == f"key {KEY_ID}_{REDACTED}"
+
+
+def test_access_lines_name_the_principal_only_once_authenticated(info_run: ServerRun) -> None:
+    refused = info_run.access("token-1")  # bearer tokens are off: no issuer is set
+    assert refused["status"] == 401
+    assert refused["principal"] is None
 
 
 def test_tracebacks_carry_no_frame_locals(info_run: ServerRun) -> None:

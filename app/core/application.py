@@ -10,11 +10,13 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager, nullcontext
 
 import structlog
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.routing import APIRoute
 from fastapi.telemetry import TelemetryConfig
 
+from app.core.auth.dependencies import authenticate
+from app.core.auth.verifier import CredentialVerifier
 from app.core.body_limit import BodyLimitMiddleware
 from app.core.config import Settings
 from app.core.db import create_engine, create_read_session_factory, create_session_factory
@@ -61,6 +63,7 @@ def build_app(
         engine = create_engine(settings)
         redis = OptionalRedis.from_settings(settings)
         near_cache = NearCache.from_settings(settings)
+        auth = CredentialVerifier(settings)
         gauges = worker_gauges(engine, redis.breaker) if settings.metrics_enabled else nullcontext()
         listening = near_cache.listening() if near_cache is not None else nullcontext()
         logger.info("started", environment=settings.environment)
@@ -73,8 +76,10 @@ def build_app(
                     read_session_factory=create_read_session_factory(engine),
                     redis=redis,
                     near_cache=near_cache,
+                    auth=auth,
                 )
         finally:
+            await auth.aclose()
             await redis.aclose()
             await engine.dispose()
             logger.info("stopped")
@@ -95,8 +100,15 @@ def build_app(
         app.include_router(router)
     # Each under the prefix directly, not through one "api" router that includes them:
     # FastAPI matches included routers level by level, and every level costs each request.
+    # Deny by default: every API route needs an identity, even one that names no scope
+    # (tests/test_auth_routes.py finds those); each route adds the scopes it needs.
     for router in api_routers:
-        app.include_router(router, prefix=api_prefix)
+        app.include_router(
+            router,
+            prefix=api_prefix,
+            dependencies=[Depends(authenticate)],
+            responses=problem_responses(401, 403),
+        )
 
     add_local_docs(app, settings)
     register_exception_handlers(app)

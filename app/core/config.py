@@ -17,6 +17,7 @@ from pydantic import (
     RedisDsn,
     ValidationError,
     field_validator,
+    model_validator,
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -25,6 +26,19 @@ SECRETS_DIR = Path("/run/secrets")
 Environment = Literal["development", "test", "production"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 LogFormat = Literal["json", "console"]
+# JWS algorithms a token may be signed with (RFC 7518): public-key signatures only.
+ASYMMETRIC_ALGORITHMS = (
+    "RS256",
+    "RS384",
+    "RS512",
+    "PS256",
+    "PS384",
+    "PS512",
+    "ES256",
+    "ES384",
+    "ES512",
+    "EdDSA",
+)
 
 
 class SettingsError(RuntimeError):
@@ -111,6 +125,17 @@ class Settings(LoggingSettings):
     idempotency_key_ttl_seconds: int = Field(default=24 * 60 * 60, ge=1)
     max_body_size: int = Field(default=1024 * 1024, ge=1)
 
+    # Bearer tokens from the company's identity provider (docs/auth.md). Unset: tokens are
+    # off and API keys alone authenticate.
+    auth_issuer: str | None = None
+    # The `aud` every token must carry: this API's identifier at the provider.
+    auth_audience: str | None = None
+    # Unset: the `jwks_uri` of the issuer's /.well-known/openid-configuration.
+    auth_jwks_url: str | None = None
+    auth_algorithms: Annotated[list[str], NoDecode] = ["RS256", "ES256"]
+    # Failed authentications per minute per client address before 429; 0 disables.
+    rate_limit_auth_failures: int = Field(default=20, ge=0)
+
     # Prometheus metrics (docs/metrics.md): the Gunicorn master serves them on METRICS_PORT.
     metrics_enabled: bool = True
     # FastAPI's native OpenTelemetry (traces, metrics and logs, sent to an OpenTelemetry SDK
@@ -141,6 +166,48 @@ class Settings(LoggingSettings):
         if isinstance(value, str):
             return [origin.strip() for origin in value.split(",") if origin.strip()]
         return value
+
+    @field_validator("auth_algorithms", mode="before")
+    @classmethod
+    def _split_algorithms(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [name.strip() for name in value.split(",") if name.strip()]
+        return value
+
+    @field_validator("auth_algorithms")
+    @classmethod
+    def _asymmetric_only(cls, value: list[str]) -> list[str]:
+        # Never `none`, never HMAC: with HS256 the issuer's public key would be the
+        # secret, and anyone holding it could sign tokens.
+        refused = [name for name in value if name not in ASYMMETRIC_ALGORITHMS]
+        if refused or not value:
+            raise ValueError(
+                f"only asymmetric algorithms are accepted ({', '.join(ASYMMETRIC_ALGORITHMS)});"
+                f" refused: {', '.join(refused) or 'an empty list'}"
+            )
+        return value
+
+    @field_validator("auth_issuer", "auth_jwks_url")
+    @classmethod
+    def _a_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("https://", "http://")):
+            raise ValueError("must be an http(s) URL")
+        return value
+
+    @model_validator(mode="after")
+    def _auth_is_complete(self) -> Settings:
+        if self.auth_issuer and not self.auth_audience:
+            raise ValueError("AUTH_AUDIENCE is required when AUTH_ISSUER is set")
+        if self.environment == "production":
+            # The development issuer (and any key fetched in the clear) could be
+            # impersonated by anyone on the path: production takes https only.
+            for name, url in (
+                ("AUTH_ISSUER", self.auth_issuer),
+                ("AUTH_JWKS_URL", self.auth_jwks_url),
+            ):
+                if url and not url.startswith("https://"):
+                    raise ValueError(f"{name} must be an https:// URL in production")
+        return self
 
     @property
     def sqlalchemy_url(self) -> str:

@@ -15,7 +15,7 @@ How it stays correct without a second store or a lock service:
    committed. A failed request rolls back its claim too, so a retry runs it again.
 3. A retry finds the stored response and gets it again, marked `Idempotent-Replayed:
    true`. The same key with another request (method, path, query or body) is a 422.
-Keys are scoped to the caller and expire after IDEMPOTENCY_KEY_TTL_SECONDS; an
+Keys are scoped to the caller (the principal) and expire after IDEMPOTENCY_KEY_TTL_SECONDS; an
 expired key is claimed afresh, and `delete_expired_keys` removes old ones.
 """
 
@@ -39,6 +39,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 from app.core.db import Base, SessionDep
 from app.core.db_errors import sqlstate
 from app.core.errors import AppError
+from app.core.principal import Principal
 from app.core.state import SettingsDep
 
 HEADER = "Idempotency-Key"
@@ -52,7 +53,7 @@ STORED_HEADERS = ("content-type", "location")
 # The claim waited for a concurrent request's transaction past lock_timeout, or past
 # statement_timeout when that fires first: the claim itself is one indexed insert.
 STILL_RUNNING_SQLSTATES = frozenset({"55P03", "57014"})
-# Until requests carry an identity, every client shares one key space.
+# The key space of a request without an identity (a route outside /api/v1).
 ANONYMOUS = "anonymous"
 _CLAIM = "app.idempotency.claim"
 
@@ -135,7 +136,9 @@ async def _claim(
         return
     if not isinstance(request.scope.get("route"), IdempotentRoute):
         raise RuntimeError(f"{request.url.path}: idempotent needs route_class=IdempotentRoute")
-    claim = _Claim(session, ANONYMOUS, _parse_key(key))
+    principal = request.scope.get("auth")  # set by authentication, which runs first
+    owner = principal.subject if isinstance(principal, Principal) else ANONYMOUS
+    claim = _Claim(session, owner, _parse_key(key))
     fingerprint = _fingerprint(request, await request.body())
     expired = func.now() - timedelta(seconds=settings.idempotency_key_ttl_seconds)
     fresh = {"fingerprint": fingerprint, "created_at": func.now()}

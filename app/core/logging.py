@@ -57,6 +57,10 @@ _SECRET_KEY_PARTS = (
 )
 # scheme://user:password@host -> scheme://user:[redacted]@host (database and Redis URLs).
 _URL_PASSWORD = re.compile(r"([a-z][a-z0-9+.-]*://[^\s/:@]*):[^\s/@]*@", re.IGNORECASE)
+# Credentials written into free text: a JWT (its header always starts "eyJ"), and an
+# API key's secret (app/core/auth/api_keys.py: <prefix>_<id>_<secret>; the id stays).
+_JWT = re.compile(r"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*")
+_API_KEY_SECRET = re.compile(r"\b([a-z]{2,8}_[0-9a-f]{16}_)[A-Za-z0-9_-]{43}")
 # Values the JSON and console renderers print as they are; anything else is looked at.
 _PLAIN_TYPES = frozenset({str, int, float, bool, type(None), datetime})
 _LOGGED_MARK = "_app_logged"
@@ -89,9 +93,14 @@ def _is_secret_key(key: str) -> bool:
     return any(part in lowered for part in _SECRET_KEY_PARTS)
 
 
-def _without_url_password(text: str) -> str:
+def _without_secrets(text: str) -> str:
+    """`text` without the secrets a message can carry: URL passwords, tokens, API keys."""
     if "://" in text and "@" in text:
-        return _URL_PASSWORD.sub(r"\1:" + REDACTED + "@", text)
+        text = _URL_PASSWORD.sub(r"\1:" + REDACTED + "@", text)
+    if "eyJ" in text:
+        text = _JWT.sub(REDACTED, text)
+    if "_" in text and len(text) >= 60:
+        text = _API_KEY_SECRET.sub(r"\1" + REDACTED, text)
     return text
 
 
@@ -99,7 +108,7 @@ def _redacted(value: Any) -> Any:
     """`value` with secrets masked; plain values come back as they are."""
     kind = type(value)
     if kind is str:
-        return _without_url_password(value)
+        return _without_secrets(value)
     if kind in _PLAIN_TYPES:
         return value
     if isinstance(value, dict):
@@ -112,7 +121,7 @@ def _redacted(value: Any) -> Any:
     if isinstance(value, BaseSettings):
         return f"<{kind.__name__} omitted>"  # settings hold every secret the app has
     # Anything else is rendered as text, so a URL or DSN object cannot slip through.
-    return _without_url_password(str(value))
+    return _without_secrets(str(value))
 
 
 def redact_secrets(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
@@ -122,9 +131,8 @@ def redact_secrets(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDic
         kind = type(value)
         if _is_secret_key(key):
             event_dict[key] = REDACTED
-        elif kind is str:  # the common case, inlined: this runs on every line
-            if "://" in value and "@" in value:
-                event_dict[key] = _without_url_password(value)
+        elif kind is str:  # the common case: this runs on every value of every line
+            event_dict[key] = _without_secrets(value)
         elif kind not in _PLAIN_TYPES:
             event_dict[key] = _redacted(value)
     return event_dict
@@ -172,7 +180,7 @@ def _finish(fmt: LogFormat) -> list[Processor]:
 
 def _orjson_default(value: object) -> str:
     # Only called for types orjson cannot encode; redact_secrets has turned most into text.
-    return _without_url_password(str(value))
+    return _without_secrets(str(value))
 
 
 def _orjson_text(value: object, **kwargs: Any) -> str:

@@ -9,6 +9,7 @@ import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.core.logging import mark_logged
+from app.core.principal import Principal
 from app.core.request_id import REQUEST_ID_HEADER, accept_or_generate, set_request_id
 
 access_logger = structlog.get_logger("app.access")
@@ -85,6 +86,7 @@ def _log_access(scope: Scope, status: int, started: float, error: Exception | No
     else:
         log = access_logger.info
     client = scope.get("client")
+    principal = scope.get("auth")  # set by app/core/auth/dependencies.py
     log(
         "request",
         method=scope["method"],
@@ -92,5 +94,6 @@ def _log_access(scope: Scope, status: int, started: float, error: Exception | No
         status=status,
         duration_ms=round((perf_counter() - started) * 1000, 2),
         client=client[0] if client else None,
+        principal=principal.subject if isinstance(principal, Principal) else None,
         exc_info=error,
     )

@@ -43,6 +43,8 @@ _RETRY_AFTER = {
 }
 _DESCRIPTIONS: dict[int, str] = {
     400: "The body could not be read at all (for example, it is not UTF-8).",
+    401: "No credential, or one that does not verify (expired, revoked, another issuer).",
+    403: "The credential lacks a scope this operation requires; `detail` names it.",
     404: "No such resource.",
     409: "The request conflicts with the current state (e.g. a unique name is taken).",
     413: "The body is larger than MAX_BODY_SIZE.",
@@ -51,7 +53,20 @@ _DESCRIPTIONS: dict[int, str] = {
     500: "An internal error; the request id identifies it in the logs.",
     503: "A dependency is unavailable; try again after Retry-After seconds.",
 }
-_HEADERS: dict[int, dict[str, Any]] = {429: _RETRY_AFTER, 503: _RETRY_AFTER}
+_CHALLENGE = {
+    "WWW-Authenticate": {
+        "description": 'The RFC 6750 challenge: `Bearer`, with `error="invalid_token"` or'
+        ' `error="insufficient_scope"` when a credential was refused.',
+        "schema": {"type": "string"},
+        "required": True,
+    }
+}
+_HEADERS: dict[int, dict[str, Any]] = {
+    401: _CHALLENGE,
+    403: _CHALLENGE,
+    429: _RETRY_AFTER,
+    503: _RETRY_AFTER,
+}
 _SCHEMA_REF = {"$ref": "#/components/schemas/Problem"}
 
 

@@ -1,11 +1,12 @@
-"""Per-client rate limits kept in Redis, as a dependency factory with named scopes.
+"""Per-caller rate limits kept in Redis, as a dependency factory with named scopes.
 
-    writes = rate_limit("writes")            # budget from the RATE_LIMIT_WRITES setting
+    writes = rate_limit("writes")        # budget from the RATE_LIMIT_WRITES setting
     searches = rate_limit("searches", per_minute=30)
 
-Each scope has its own budget and counter per client. A fixed one-minute window
-(INCR plus EXPIRE, one round trip) is easy to reason about; it lets a client burst
-up to twice the limit across a window boundary, acceptable for protecting writes.
+Each scope has its own budget and counter per caller: the authenticated principal
+(app/core/auth/), or the client address on a route that needs no identity. A fixed
+one-minute window (INCR plus EXPIRE, one round trip) is easy to reason about; it lets
+a caller burst up to twice the limit across a window boundary, acceptable for writes.
 When Redis is unavailable the limit fails open: requests keep working.
 """
 
@@ -18,6 +19,7 @@ from redis.asyncio import Redis
 
 from app.core.config import Settings
 from app.core.errors import AppError
+from app.core.principal import Principal
 from app.core.state import RedisDep, SettingsDep
 
 WINDOW_SECONDS = 60
@@ -49,8 +51,15 @@ def client_key(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
 
+def caller_key(request: Request) -> str:
+    principal = request.scope.get("auth")  # set by authentication, which runs first
+    if isinstance(principal, Principal):
+        return f"principal:{principal.subject}"
+    return client_key(request)
+
+
 def rate_limit(scope: str, *, per_minute: int | None = None) -> params.Depends:
-    """A dependency limiting each client to `per_minute` requests in `scope`; 429 with
+    """A dependency limiting each caller to `per_minute` requests in `scope`; 429 with
     Retry-After beyond. Without `per_minute`, the budget is the setting
     `RATE_LIMIT_<SCOPE>` (checked here, at import); 0 turns the limit off."""
     setting = f"rate_limit_{scope}"
@@ -61,7 +70,7 @@ def rate_limit(scope: str, *, per_minute: int | None = None) -> params.Depends:
         budget: int = per_minute if per_minute is not None else getattr(settings, setting)
         if budget == 0:
             return
-        key = f"ratelimit:{scope}:{client_key(request)}"
+        key = f"ratelimit:{scope}:{caller_key(request)}"
         retry_after = await redis.run(lambda client: hit(client, key, budget))
         if retry_after is not None:
             raise RateLimited(retry_after)

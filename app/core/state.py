@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.core.config import Settings
 from app.core.near_cache import NearCache
+from app.core.principal import Authenticator
 from app.core.redis import OptionalRedis
 
 
@@ -27,6 +28,7 @@ class AppState(TypedDict):
     read_session_factory: async_sessionmaker[AsyncSession]
     redis: OptionalRedis
     near_cache: NearCache | None  # None unless turned on (CACHE_LOCAL_TTL_SECONDS)
+    auth: Authenticator  # the worker's token and API key verifiers (app/core/auth/)
 
 
 def app_state(request: Request) -> AppState:

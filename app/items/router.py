@@ -6,6 +6,7 @@ import uuid
 
 from fastapi import APIRouter, Request, Response, status
 
+from app.core.auth.dependencies import requires
 from app.core.db import ReadSessionDep, SessionDep
 from app.core.idempotency import IdempotentRoute, idempotent
 from app.core.pagination import Page, PageParamsDep
@@ -39,7 +40,7 @@ CREATED = {
 @router.post(
     "",
     status_code=status.HTTP_201_CREATED,
-    dependencies=[writes, idempotent],
+    dependencies=[requires("items:write"), writes, idempotent],
     responses={201: CREATED, **problem_responses(409, 422, 429)},
 )
 async def create_item(
@@ -51,14 +52,19 @@ async def create_item(
     return ItemRead.model_validate(item)
 
 
-@router.get("")
+@router.get("", dependencies=[requires("items:read")])
 async def list_items(session: ReadSessionDep, page: PageParamsDep) -> Page[ItemRead]:
     """List items, oldest first, a page at a time: follow `next_cursor`."""
     items, next_cursor = await service.list_items(session, page)
     return Page(items=[ItemRead.model_validate(item) for item in items], next_cursor=next_cursor)
 
 
-@router.get("/{item_id}", response_model=ItemRead, responses=problem_responses(404))
+@router.get(
+    "/{item_id}",
+    response_model=ItemRead,
+    dependencies=[requires("items:read")],
+    responses=problem_responses(404),
+)
 async def get_item(
     item_id: uuid.UUID, sessions: ReadSessionFactoryDep, cache: ItemCacheDep
 ) -> Response:
@@ -67,7 +73,11 @@ async def get_item(
     return Response(body, media_type="application/json")
 
 
-@router.patch("/{item_id}", dependencies=[writes], responses=problem_responses(404, 409, 429))
+@router.patch(
+    "/{item_id}",
+    dependencies=[requires("items:write"), writes],
+    responses=problem_responses(404, 409, 429),
+)
 async def update_item(
     item_id: uuid.UUID, changes: ItemUpdate, session: SessionDep, cache: ItemCacheDep
 ) -> ItemRead:
@@ -80,7 +90,7 @@ async def update_item(
     "/{item_id}",
     status_code=status.HTTP_204_NO_CONTENT,
     response_class=Response,
-    dependencies=[writes],
+    dependencies=[requires("items:write"), writes],
     responses=problem_responses(404, 409, 429),
 )
 async def delete_item(item_id: uuid.UUID, session: SessionDep, cache: ItemCacheDep) -> None:

@@ -1,11 +1,11 @@
-"""The orders table: each order refers to one item."""
+"""The orders table: each order refers to one item and records who placed it."""
 
 from __future__ import annotations
 
 import uuid
 from datetime import datetime
 
-from sqlalchemy import CheckConstraint, DateTime, ForeignKey, Index, func
+from sqlalchemy import CheckConstraint, DateTime, ForeignKey, Index, String, func
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from app.core.db import Base
@@ -21,6 +21,8 @@ class Order(Base):
         # orders for the foreign key's check when the item is deleted.
         Index("ix_orders_created_at_id", "created_at", "id"),
         Index("ix_orders_item_id_created_at_id", "item_id", "created_at", "id"),
+        # A principal's own orders, in page order.
+        Index("ix_orders_owner_created_at_id", "owner", "created_at", "id"),
     )
     __mapper_args__ = {"eager_defaults": True}  # noqa: RUF012  # SQLAlchemy's declared type
 
@@ -28,6 +30,8 @@ class Order(Base):
     # RESTRICT: an item with orders cannot be deleted (the items service says 409).
     item_id: Mapped[uuid.UUID] = mapped_column(ForeignKey(Item.id, ondelete="RESTRICT"))
     quantity: Mapped[int]
+    # The subject of the principal that placed it: only it (or an orders:admin) sees it.
+    owner: Mapped[str] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
     # lazy="raise": async sessions cannot lazy-load, so every query says what it loads

@@ -32,4 +32,5 @@ class OrderRead(BaseModel):
     id: uuid.UUID
     quantity: int
     created_at: datetime
+    owner: str = Field(description="The subject of the principal that placed the order.")
     item: OrderedItem

@@ -1,5 +1,9 @@
 """The orders logic. Every query loads the order's item in the same statement
-(joinedload), so a page of orders is one query, however long the page."""
+(joinedload), so a page of orders is one query, however long the page.
+
+Object-level authorization lives here, in the queries: `owner` is the principal's
+subject, or None for an orders:admin, who sees every order. Someone else's order is
+"not found", so its existence does not leak."""
 
 from __future__ import annotations
 
@@ -16,16 +20,22 @@ from app.orders.models import ITEM_FOREIGN_KEY, Order
 from app.orders.schemas import OrderCreate
 
 WITH_ITEM = joinedload(Order.item)
-# Oldest first, the id breaking ties: all orders, or one item's (the value of "item_id").
+# Oldest first, the id breaking ties; each filter a bound value ("owner", "item_id").
 _OLDEST_FIRST = (Order.created_at, Order.id)
-ORDER_PAGES = Paginator(select(Order).options(WITH_ITEM), _OLDEST_FIRST)
-ITEM_ORDER_PAGES = Paginator(
-    select(Order).options(WITH_ITEM).where(Order.item_id == bindparam("item_id")), _OLDEST_FIRST
-)
+_ALL = select(Order).options(WITH_ITEM)
+_OWNERS = _ALL.where(Order.owner == bindparam("owner"))
+_OF_ITEM = Order.item_id == bindparam("item_id")
+# Keyed by (owner-scoped, one item's): four fixed statements, each with its own index.
+PAGES = {
+    (False, False): Paginator(_ALL, _OLDEST_FIRST),
+    (False, True): Paginator(_ALL.where(_OF_ITEM), _OLDEST_FIRST),
+    (True, False): Paginator(_OWNERS, _OLDEST_FIRST),
+    (True, True): Paginator(_OWNERS.where(_OF_ITEM), _OLDEST_FIRST),
+}
 
 
-async def create_order(session: AsyncSession, data: OrderCreate) -> Order:
-    order = Order(item_id=data.item_id, quantity=data.quantity)
+async def create_order(session: AsyncSession, data: OrderCreate, *, owner: str) -> Order:
+    order = Order(item_id=data.item_id, quantity=data.quantity, owner=owner)
     session.add(order)
     # The foreign key, not a prior SELECT, decides whether the item exists: no race.
     await flush_or_raise(session, {ITEM_FOREIGN_KEY: lambda: UnknownItem(data.item_id)})
@@ -34,16 +44,23 @@ async def create_order(session: AsyncSession, data: OrderCreate) -> Order:
 
 
 async def list_orders(
-    session: AsyncSession, page: PageParams, *, item_id: uuid.UUID | None = None
+    session: AsyncSession,
+    page: PageParams,
+    *,
+    owner: str | None,
+    item_id: uuid.UUID | None = None,
 ) -> tuple[list[Order], str | None]:
-    """A page of orders, oldest first, optionally only those of one item."""
-    if item_id is None:
-        return await ORDER_PAGES.page(session, page)
-    return await ITEM_ORDER_PAGES.page(session, page, item_id=item_id)
+    """A page of `owner`'s orders (every order if None), oldest first, optionally only
+    those of one item."""
+    paginator = PAGES[owner is not None, item_id is not None]
+    values = {"owner": owner, "item_id": item_id}
+    return await paginator.page(
+        session, page, **{name: value for name, value in values.items() if value is not None}
+    )
 
 
-async def get_order(session: AsyncSession, order_id: uuid.UUID) -> Order:
+async def get_order(session: AsyncSession, order_id: uuid.UUID, *, owner: str | None) -> Order:
     order = await session.get(Order, order_id, options=[WITH_ITEM])
-    if order is None:
+    if order is None or (owner is not None and order.owner != owner):
         raise OrderNotFound(order_id)
     return order

@@ -1,5 +1,6 @@
 # Sourced by the scripts that start docker-compose.prod.yml as a throw-away project
-# (e2e.sh, fuzz.sh, deploy-check.sh): one place that writes its settings file.
+# (e2e.sh, fuzz.sh, deploy-check.sh, ...): one place that writes its settings file,
+# and makes the API key their requests send.
 #
 #   write_throwaway_env FILE HTTP_PORT HTTPS_PORT SUBNET PROXY_IP IMAGE [SETTING=value ...]
 #
@@ -31,4 +32,16 @@ write_throwaway_env() {
 # initialised with that run's passwords, and the next run's migrate could not log in.
 remove_stack() {
   "$@" down --volumes --remove-orphans --timeout 5 >/dev/null 2>&1 || true
+}
+
+# make_api_key SERVICE NAME SCOPES... -- COMPOSE_COMMAND...: an API key for the scripts'
+# own requests (every /api/v1 route needs one; docs/auth.md), made in a running api
+# container the way an operator would, and printed (once) on stdout.
+make_api_key() {
+  local service=$1 name=$2
+  shift 2
+  local scopes=()
+  while [ $# -gt 0 ] && [ "$1" != "--" ]; do scopes+=("$1"); shift; done
+  shift
+  "$@" exec -T "$service" python -m app.core.auth.keys create "$name" "${scopes[@]}"
 }

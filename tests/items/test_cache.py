@@ -18,6 +18,7 @@ from app.core.redis import OptionalRedis
 from app.items import service
 from app.items.schemas import ItemRead, ItemUpdate
 from tests.conftest import AppClientMaker
+from tests.issuer import Issuer
 from tests.items.helpers import ITEMS, create
 
 
@@ -112,6 +113,7 @@ async def test_a_refused_update_keeps_the_cache(
 
 async def test_a_hit_opens_no_database_session(
     settings: Settings,
+    issuer: Issuer,
     session_factory: async_sessionmaker[AsyncSession],
     read_session_factory: async_sessionmaker[AsyncSession],
 ) -> None:
@@ -123,7 +125,7 @@ async def test_a_hit_opens_no_database_session(
         return read_session_factory()
 
     maker = AppClientMaker(
-        session_factory, cast("async_sessionmaker[AsyncSession]", counting_factory)
+        session_factory, cast("async_sessionmaker[AsyncSession]", counting_factory), issuer
     )
     try:
         client = await maker(settings)

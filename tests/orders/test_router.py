@@ -142,3 +142,38 @@ async def test_creating_an_order_is_rate_limited(
     limited = await client.post(ORDERS, json=order)
     assert limited.status_code == 429
     assert "retry-after" in limited.headers
+
+
+async def test_a_principal_sees_only_its_own_orders(
+    make_client: AppClientMaker, settings: Settings
+) -> None:
+    alice = await make_client(settings, sub="alice")
+    bob = await make_client(settings, sub="bob")
+    item = (await alice.post("/api/v1/items", json={"name": "shared"})).json()
+    order = (await alice.post(ORDERS, json={"item_id": item["id"], "quantity": 1})).json()
+    assert order["owner"] == "alice"
+    # Another principal's order does not exist, as far as bob can tell: 404, not 403.
+    missing = await bob.get(f"{ORDERS}/{order['id']}")
+    assert missing.status_code == 404
+    assert (await bob.get(ORDERS)).json()["items"] == []
+    assert [o["id"] for o in (await alice.get(ORDERS)).json()["items"]] == [order["id"]]
+
+
+async def test_an_orders_admin_sees_every_order(
+    make_client: AppClientMaker, settings: Settings
+) -> None:
+    alice = await make_client(settings, sub="alice")
+    admin = await make_client(settings, scopes="orders:read orders:admin", sub="carol")
+    item = (await alice.post("/api/v1/items", json={"name": "audited"})).json()
+    order = (await alice.post(ORDERS, json={"item_id": item["id"], "quantity": 2})).json()
+    assert (await admin.get(f"{ORDERS}/{order['id']}")).json()["owner"] == "alice"
+    assert order["id"] in [o["id"] for o in (await admin.get(ORDERS)).json()["items"]]
+
+
+async def test_reading_orders_needs_the_scope(
+    make_client: AppClientMaker, settings: Settings
+) -> None:
+    writer = await make_client(settings, scopes="orders:write")
+    response = await writer.get(ORDERS)
+    assert response.status_code == 403
+    assert "orders:read" in response.json()["detail"]

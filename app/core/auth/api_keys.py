@@ -1,0 +1,166 @@
+"""API keys for machines: created and revoked with `python -m app.core.auth.keys`
+(`make api-key`), sent in the `X-API-Key` header.
+
+A key reads `sak_<id>_<secret>`: the prefix lets secret scanners find a leaked one, the
+id finds its row, and only a SHA-256 of the secret is stored. The secret is 256 random
+bits, so a fast hash is as safe as a password hash would be, without costing each
+request one; the comparison is constant-time.
+
+Each worker keeps the keys it verified for REVALIDATE_SECONDS, then reads the row
+again: a revocation or an expiry reaches every worker within that time. The row's
+`last_used_at` is written on those reads, at most once per LAST_USED_PRECISION, never
+once per request. While the database is unreachable, a key verified in the last
+STALE_IF_ERROR_SECONDS keeps working (reads served from the cache keep answering);
+revocations wait for the database to return.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import structlog
+from sqlalchemy import DateTime, LargeBinary, String, func, select, update
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.core.auth.errors import NotAuthenticated
+from app.core.db import Base
+from app.core.db_errors import is_transient
+from app.core.principal import Principal
+
+PREFIX = "sak"
+HEADER = "X-API-Key"
+KEY_FORMAT = re.compile(rf"^{PREFIX}_(?P<id>[0-9a-f]{{16}})_(?P<secret>[A-Za-z0-9_-]{{43}})$")
+REVALIDATE_SECONDS = 5.0
+STALE_IF_ERROR_SECONDS = 300.0
+LAST_USED_PRECISION = timedelta(minutes=1)
+# Bounds the per-worker cache; past it the cache starts over (each key is read again).
+MAX_CACHED_KEYS = 10_000
+
+logger = structlog.get_logger(__name__)
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(16), primary_key=True)
+    # Who holds the key ("billing-worker"); the principal's subject is "apikey:<name>".
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    secret_sha256: Mapped[bytes] = mapped_column(LargeBinary(32))
+    scopes: Mapped[list[str]] = mapped_column(ARRAY(String(100)))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+@dataclass(frozen=True, slots=True)
+class NewKey:
+    row_id: str
+    secret_sha256: bytes
+    plaintext: str  # shown once, never stored
+
+
+def generate_key() -> NewKey:
+    row_id = secrets.token_hex(8)
+    secret = secrets.token_urlsafe(32)
+    return NewKey(row_id, _sha256(secret), f"{PREFIX}_{row_id}_{secret}")
+
+
+def _sha256(secret: str) -> bytes:
+    return hashlib.sha256(secret.encode()).digest()
+
+
+def subject_of(name: str) -> str:
+    return f"apikey:{name}"
+
+
+@dataclass(frozen=True, slots=True)
+class _Verified:
+    secret_sha256: bytes
+    principal: Principal
+    expires_at: datetime | None
+    checked_at: float  # time.monotonic() of the database read
+
+
+class ApiKeyVerifier:
+    """Turns an `X-API-Key` value into a Principal, or refuses it with a 401."""
+
+    def __init__(self) -> None:
+        self._cache: dict[str, _Verified] = {}
+
+    async def verify(self, presented: str, sessions: async_sessionmaker[AsyncSession]) -> Principal:
+        match = KEY_FORMAT.fullmatch(presented)
+        if match is None:
+            raise _refused("is not in this service's format")
+        row_id, secret = match["id"], match["secret"]
+        entry = await self._entry(row_id, sessions)
+        if entry is None or not hmac.compare_digest(entry.secret_sha256, _sha256(secret)):
+            raise _refused("is unknown or revoked")
+        if entry.expires_at is not None and entry.expires_at <= datetime.now(UTC):
+            raise _refused("has expired")
+        return entry.principal
+
+    async def _entry(
+        self, row_id: str, sessions: async_sessionmaker[AsyncSession]
+    ) -> _Verified | None:
+        now = time.monotonic()
+        cached = self._cache.get(row_id)
+        if cached is not None and now - cached.checked_at < REVALIDATE_SECONDS:
+            return cached
+        try:
+            fresh = await self._read(sessions, row_id, now)
+        except (DBAPIError, OSError) as error:
+            unreachable = isinstance(error, OSError) or is_transient(error)
+            recent = cached is not None and now - cached.checked_at < STALE_IF_ERROR_SECONDS
+            if unreachable and recent:
+                return cached
+            raise
+        if fresh is None:
+            self._cache.pop(row_id, None)
+            return None
+        if len(self._cache) >= MAX_CACHED_KEYS:
+            self._cache.clear()
+        self._cache[row_id] = fresh
+        return fresh
+
+    async def _read(
+        self, sessions: async_sessionmaker[AsyncSession], row_id: str, now: float
+    ) -> _Verified | None:
+        async with sessions() as session, session.begin():
+            row = (
+                await session.execute(
+                    select(
+                        ApiKey.name,
+                        ApiKey.secret_sha256,
+                        ApiKey.scopes,
+                        ApiKey.expires_at,
+                        ApiKey.last_used_at,
+                    ).where(ApiKey.id == row_id, ApiKey.revoked_at.is_(None))
+                )
+            ).one_or_none()
+            if row is None:
+                return None
+            if (
+                row.last_used_at is None
+                or row.last_used_at < datetime.now(UTC) - LAST_USED_PRECISION
+            ):
+                await session.execute(
+                    update(ApiKey).where(ApiKey.id == row_id).values(last_used_at=func.now())
+                )
+        principal = Principal(
+            subject=subject_of(row.name), scopes=frozenset(row.scopes), kind="api_key"
+        )
+        return _Verified(row.secret_sha256, principal, row.expires_at, now)
+
+
+def _refused(reason: str) -> NotAuthenticated:
+    return NotAuthenticated(f"The API key {reason}.", invalid_token=True)

@@ -1,0 +1,123 @@
+"""Authentication and authorization as FastAPI dependencies.
+
+Every router under /api/v1 is included with `Depends(authenticate)` (app/core/
+application.py): a route nobody protected still needs an identity. Each route then
+names the scopes it needs, in one line, which also puts them in the OpenAPI document:
+
+    @router.get("/{item_id}", dependencies=[requires("items:read")])
+    async def read_item(...)
+
+    async def read_order(..., principal: Annotated[Principal, requires("orders:read")])
+
+Two credentials are accepted: `Authorization: Bearer <JWT>` from the identity provider
+(when AUTH_ISSUER is set) and `X-API-Key: sak_...` for machines. Nothing is read from
+the query string, where tokens end up in logs and browser histories.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+from fastapi import Depends, Request, Security, params
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer, SecurityScopes
+from redis.asyncio import Redis
+
+from app.core.auth.api_keys import HEADER as API_KEY_HEADER
+from app.core.auth.errors import MissingScope, NotAuthenticated
+from app.core.principal import Authenticator, Principal
+from app.core.rate_limit import RateLimited, client_key, hit
+from app.core.redis import OptionalRedis
+from app.core.state import app_state
+
+# The request scope's key for the principal (Starlette's convention for authentication),
+# read by the access log and the rate limiter.
+SCOPE_KEY = "auth"
+
+# Declared for the OpenAPI document ("Authorize" in /docs, generated clients); the
+# credentials are read by `authenticate`, which runs once per request.
+bearer_scheme = HTTPBearer(
+    scheme_name="bearerAuth",
+    bearerFormat="JWT",
+    description="An access token from the identity provider named by AUTH_ISSUER.",
+    auto_error=False,
+)
+api_key_scheme = APIKeyHeader(
+    name=API_KEY_HEADER,
+    scheme_name="apiKey",
+    description="A key made with `make api-key` (docs/auth.md).",
+    auto_error=False,
+)
+
+
+def _check_not_blocked(authenticator: Authenticator, client: str) -> None:
+    until = authenticator.blocked_until.get(client)
+    if until is None:
+        return
+    remaining = until - time.monotonic()
+    if remaining > 0:
+        raise RateLimited(max(int(remaining), 1))
+    del authenticator.blocked_until[client]
+
+
+async def _record_failure(
+    authenticator: Authenticator, client: str, redis: OptionalRedis, per_minute: int
+) -> None:
+    """Failed authentications per client address, counted in Redis across workers.
+    Past RATE_LIMIT_AUTH_FAILURES a minute the address gets 429, before its credential
+    is even looked at, so guessing keys is slow. Each worker remembers the addresses it
+    saw go over, so a request that authenticates costs no Redis round trip."""
+    if per_minute == 0:
+        return
+
+    async def count(connection: Redis) -> int | None:
+        return await hit(connection, f"authfail:{client}", per_minute)
+
+    retry_after = await redis.run(count)
+    if retry_after is not None:
+        authenticator.blocked_until[client] = time.monotonic() + retry_after
+        raise RateLimited(retry_after)
+
+
+async def authenticate(request: Request) -> Principal:
+    """The caller, or a 401 (429 for an address that keeps failing). FastAPI runs it
+    once per request, however many dependencies need it."""
+    state = app_state(request)
+    authenticator = state["auth"]
+    client = client_key(request)
+    _check_not_blocked(authenticator, client)
+    try:
+        principal = await authenticator.principal(
+            request.headers.get("authorization"),
+            request.headers.get(API_KEY_HEADER),
+            state["session_factory"],
+        )
+    except NotAuthenticated:
+        per_minute = state["settings"].rate_limit_auth_failures
+        await _record_failure(authenticator, client, state["redis"], per_minute)
+        raise
+    request.scope[SCOPE_KEY] = principal
+    return principal
+
+
+async def authorize(
+    security_scopes: SecurityScopes,
+    principal: Annotated[Principal, Depends(authenticate)],
+    # Not read: declared so the OpenAPI document lists both schemes with their scopes.
+    _bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
+    _api_key: Annotated[str | None, Depends(api_key_scheme)],
+) -> Principal:
+    missing = [scope for scope in security_scopes.scopes if not principal.has(scope)]
+    if missing:
+        raise MissingScope(missing)
+    return principal
+
+
+def requires(*scopes: str) -> params.Security:
+    """A dependency that lets in only principals holding every one of `scopes` (403
+    otherwise), and gives the handler the Principal."""
+    security: params.Security = Security(authorize, scopes=list(scopes))
+    return security
+
+
+PrincipalDep = Annotated[Principal, Depends(authenticate)]

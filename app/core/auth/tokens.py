@@ -1,0 +1,213 @@
+"""Bearer access tokens: JWTs the company's identity provider signed, verified here,
+locally, against the keys it publishes (its JWKS). No call to the provider per request.
+
+- Only the asymmetric algorithms in AUTH_ALGORITHMS are accepted (the settings refuse
+  `none` and HMAC), so a token cannot choose how it is checked.
+- The key is the one the token's `kid` names. PyJWT checks the signature, `iss`, `aud`,
+  `exp`, `nbf` and `iat`, with LEEWAY_SECONDS for clocks that disagree a little.
+- Keys are cached per worker. An unknown `kid` refreshes them at once (a rotated key
+  works without a restart), but at most once per REFRESH_MIN_INTERVAL_SECONDS, so
+  forged `kid`s cannot make the service fetch per request. Keys older than
+  KEYS_MAX_AGE_SECONDS are refreshed in the background, so a key the provider
+  withdrew stops working. A failed refresh keeps the keys it had: tokens keep
+  verifying while the provider is down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import jwt
+import structlog
+
+from app.core.auth.errors import NotAuthenticated
+from app.core.principal import Principal
+
+LEEWAY_SECONDS = 30
+# Real access tokens are a few kB; anything far larger is refused before it is parsed.
+MAX_TOKEN_LENGTH = 8 * 1024
+REFRESH_MIN_INTERVAL_SECONDS = 10.0
+KEYS_MAX_AGE_SECONDS = 300.0
+FETCH_TIMEOUT_SECONDS = 2.0
+DISCOVERY_PATH = "/.well-known/openid-configuration"
+REQUIRED_CLAIMS = ["exp", "iat", "iss", "aud", "sub"]
+
+logger = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class SigningKey:
+    jwk: jwt.PyJWK
+    algorithm: str | None  # the JWK's own `alg`, when the issuer pins one
+
+
+def signing_keys(document: object) -> dict[str, SigningKey]:
+    """The usable keys of a JWKS document by `kid`; keys of types PyJWT cannot use,
+    or without a `kid`, are skipped. ValueError if none is left."""
+    raw_keys = document.get("keys") if isinstance(document, dict) else None
+    keys: dict[str, SigningKey] = {}
+    for raw in raw_keys if isinstance(raw_keys, list) else []:
+        if not isinstance(raw, dict) or not isinstance(raw.get("kid"), str):
+            continue
+        try:
+            jwk = jwt.PyJWK(raw)
+        except jwt.PyJWTError:
+            continue
+        algorithm = raw.get("alg")
+        keys[raw["kid"]] = SigningKey(jwk, algorithm if isinstance(algorithm, str) else None)
+    if not keys:
+        raise ValueError("the JWKS has no usable key with a kid")
+    return keys
+
+
+class KeySet:
+    """The issuer's signing keys by `kid`, fetched from its JWKS and kept fresh."""
+
+    def __init__(self, issuer: str, jwks_url: str | None) -> None:
+        self._issuer = issuer
+        self._jwks_url = jwks_url  # None: read from the issuer's discovery document
+        self._keys: dict[str, SigningKey] = {}
+        self._fetched_at = 0.0  # the last successful fetch
+        self._tried_at = float("-inf")  # the last attempt, successful or not
+        self._lock = asyncio.Lock()
+        self._background: asyncio.Task[None] | None = None
+
+    async def key(self, kid: str) -> SigningKey | None:
+        """The key named `kid`, refreshing the set first if it is unknown (rate-limited)."""
+        now = time.monotonic()
+        found = self._keys.get(kid)
+        if found is not None:
+            if now - self._fetched_at > KEYS_MAX_AGE_SECONDS and self._may_fetch(now):
+                self._refresh_in_background()
+            return found
+        if self._may_fetch(now):
+            await self.refresh()
+        return self._keys.get(kid)
+
+    def _may_fetch(self, now: float) -> bool:
+        return now - self._tried_at >= REFRESH_MIN_INTERVAL_SECONDS
+
+    def _refresh_in_background(self) -> None:
+        if self._background is None or self._background.done():
+            self._background = asyncio.create_task(self.refresh())
+
+    async def refresh(self) -> None:
+        """Fetch the keys; on any failure keep the ones already held."""
+        async with self._lock:
+            if not self._may_fetch(time.monotonic()):
+                return  # another request fetched while this one waited for the lock
+            self._tried_at = time.monotonic()
+            try:
+                async with httpx.AsyncClient(timeout=FETCH_TIMEOUT_SECONDS) as client:
+                    url = self._jwks_url or await self._discover(client)
+                    response = await client.get(url)
+                    response.raise_for_status()
+                    keys = signing_keys(response.json())
+            except (httpx.HTTPError, ValueError) as error:
+                logger.warning("jwks refresh failed", error=str(error), kept_keys=len(self._keys))
+                return
+            self._keys = keys
+            self._fetched_at = time.monotonic()
+            logger.info("jwks refreshed", keys=len(self._keys))
+
+    async def _discover(self, client: httpx.AsyncClient) -> str:
+        response = await client.get(self._issuer.rstrip("/") + DISCOVERY_PATH)
+        response.raise_for_status()
+        url = response.json().get("jwks_uri")
+        if not isinstance(url, str):
+            raise ValueError("the discovery document names no jwks_uri")
+        self._jwks_url = url
+        return url
+
+    async def aclose(self) -> None:
+        if self._background is not None:
+            self._background.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._background
+
+
+class TokenVerifier:
+    """Turns a bearer token into a Principal, or refuses it with a 401."""
+
+    def __init__(
+        self, *, issuer: str, audience: str, algorithms: list[str], jwks_url: str | None
+    ) -> None:
+        self.issuer = issuer
+        self.audience = audience
+        self.algorithms = algorithms
+        self.keys = KeySet(issuer, jwks_url)
+
+    async def verify(self, token: str) -> Principal:
+        algorithm, kid = self._header(token)
+        key = await self.keys.key(kid)
+        if key is None:
+            raise _refused("is signed with a key the issuer does not publish")
+        if key.algorithm not in (algorithm, None):
+            raise _refused("is signed with an algorithm its key does not allow")
+        try:
+            claims = jwt.decode(
+                token,
+                key.jwk.key,
+                algorithms=[algorithm],
+                audience=self.audience,
+                issuer=self.issuer,
+                leeway=LEEWAY_SECONDS,
+                options={"require": REQUIRED_CLAIMS},
+            )
+        except jwt.ExpiredSignatureError:
+            raise _refused("has expired") from None
+        except jwt.ImmatureSignatureError:
+            raise _refused("is not valid yet") from None
+        except jwt.InvalidAudienceError:
+            raise _refused("is for another audience") from None
+        except jwt.InvalidIssuerError:
+            raise _refused("is from another issuer") from None
+        except jwt.PyJWTError:
+            raise _refused("could not be verified") from None
+        return Principal(subject=str(claims["sub"]), scopes=scopes_of(claims), kind="token")
+
+    def _header(self, token: str) -> tuple[str, str]:
+        """The token's algorithm and key id, once the token looks like one we accept."""
+        if len(token) > MAX_TOKEN_LENGTH:
+            raise _refused("is too large")
+        # Three segments: a JWE (five) or anything else is not an access token we accept.
+        if token.count(".") != 2:
+            raise _refused("is not a signed JWT")
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            raise _refused("is not a signed JWT") from None
+        algorithm, kid = header.get("alg"), header.get("kid")
+        if algorithm not in self.algorithms:
+            raise _refused("is signed with an algorithm this service does not accept")
+        # A nested token (a JWT as the payload of another) is never an access token.
+        if str(header.get("cty", "")).upper() == "JWT":
+            raise _refused("is a nested token")
+        if not isinstance(kid, str):
+            raise _refused("names no signing key (kid)")
+        return str(algorithm), kid
+
+    async def aclose(self) -> None:
+        await self.keys.aclose()
+
+
+def scopes_of(claims: dict[str, Any]) -> frozenset[str]:
+    """OAuth scopes: `scope`, space-separated (RFC 9068: Keycloak, Auth0, Cognito,
+    Okta), or `scp`, a string or a list (Microsoft Entra ID)."""
+    found: set[str] = set()
+    for claim in ("scope", "scp"):
+        value = claims.get(claim)
+        if isinstance(value, str):
+            found.update(value.split())
+        elif isinstance(value, list):
+            found.update(item for item in value if isinstance(item, str))
+    return frozenset(found)
+
+
+def _refused(reason: str) -> NotAuthenticated:
+    return NotAuthenticated(f"The bearer token {reason}.", invalid_token=True)

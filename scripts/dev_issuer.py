@@ -1,0 +1,162 @@
+"""A development identity provider: signs access tokens with a key made on this machine
+and publishes its public keys as an OpenID issuer does, so `make up` needs no real
+provider. Never for production: the settings refuse an http:// issuer there.
+
+    serve   the discovery document and the JWKS (docker-compose.yml's `issuer` service)
+    token   print a signed access token (`make token scopes="items:read" sub=alice`)
+    rotate  add a new signing key (the newest signs); --only drops the older ones
+
+Keys are PEM files in --keys (a volume in the dev stack), made on first use and
+never committed. The JWKS is read from that directory on every request, so a rotation
+is live at once. The tests run it as a real process (tests/auth.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import sys
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from jwt.algorithms import RSAAlgorithm
+
+ALGORITHM = "RS256"
+DEFAULT_ISSUER = os.environ.get("DEV_ISSUER_URL", "http://issuer:8080")
+DEFAULT_KEYS = Path(os.environ.get("DEV_ISSUER_KEYS", "/keys"))
+DEFAULT_AUDIENCE = os.environ.get("AUTH_AUDIENCE", "api")
+
+
+def new_key(keys: Path) -> str:
+    """Write a new RSA key as <kid>.pem and return its kid."""
+    keys.mkdir(parents=True, exist_ok=True)
+    # Named by creation time (nanoseconds, fixed width), so names sort oldest first.
+    kid = f"dev-{time.time_ns()}-{secrets.token_hex(2)}"
+    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = private.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    path = keys / f"{kid}.pem"
+    path.write_bytes(pem)
+    path.chmod(0o600)
+    return kid
+
+
+def key_files(keys: Path) -> list[Path]:
+    """The signing keys, oldest first (the last one signs)."""
+    return sorted(keys.glob("*.pem"))
+
+
+def signing_key(keys: Path) -> tuple[str, Any]:
+    files = key_files(keys)
+    if not files:
+        new_key(keys)
+        files = key_files(keys)
+    newest = files[-1]
+    return newest.stem, serialization.load_pem_private_key(newest.read_bytes(), password=None)
+
+
+def jwks(keys: Path) -> dict[str, Any]:
+    published = []
+    for path in key_files(keys):
+        private = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        jwk = json.loads(RSAAlgorithm.to_jwk(private.public_key()))  # type: ignore[arg-type]
+        published.append({**jwk, "kid": path.stem, "use": "sig", "alg": ALGORITHM})
+    return {"keys": published}
+
+
+def token(keys: Path, *, issuer: str, audience: str, subject: str, scopes: str, ttl: int) -> str:
+    kid, private = signing_key(keys)
+    now = int(time.time())
+    claims = {
+        "iss": issuer,
+        "aud": audience,
+        "sub": subject,
+        "scope": scopes,
+        "iat": now,
+        "nbf": now,
+        "exp": now + ttl,
+    }
+    return jwt.encode(claims, private, algorithm=ALGORITHM, headers={"kid": kid})
+
+
+def serve(keys: Path, issuer: str, port: int) -> None:
+    signing_key(keys)  # make the first key now, not on the first request
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path == "/.well-known/openid-configuration":
+                body: dict[str, Any] = {
+                    "issuer": issuer,
+                    "jwks_uri": f"{issuer}/jwks.json",
+                    "id_token_signing_alg_values_supported": [ALGORITHM],
+                }
+            elif self.path == "/jwks.json":
+                body = jwks(keys)
+            else:
+                self.send_error(404)
+                return
+            data = json.dumps(body).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass  # one line per key fetch would be noise
+
+    server = ThreadingHTTPServer(("0.0.0.0", port), Handler)  # noqa: S104  # in a container
+    print(f"dev issuer {issuer}: serving its keys on :{port}", flush=True)
+    server.serve_forever()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--keys", type=Path, default=DEFAULT_KEYS)
+    parser.add_argument("--issuer", default=DEFAULT_ISSUER)
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve_cmd = commands.add_parser("serve")
+    serve_cmd.add_argument("--port", type=int, default=8080)
+    token_cmd = commands.add_parser("token")
+    token_cmd.add_argument("--audience", default=DEFAULT_AUDIENCE)
+    token_cmd.add_argument("--sub", default="dev-user")
+    token_cmd.add_argument("--scopes", default="items:read items:write orders:read orders:write")
+    token_cmd.add_argument("--ttl", type=int, default=3600, help="seconds")
+    rotate_cmd = commands.add_parser("rotate")
+    rotate_cmd.add_argument("--only", action="store_true", help="drop the older keys")
+    args = parser.parse_args(argv)
+
+    if args.command == "serve":
+        serve(args.keys, args.issuer, args.port)
+    elif args.command == "token":
+        print(
+            token(
+                args.keys,
+                issuer=args.issuer,
+                audience=args.audience,
+                subject=args.sub,
+                scopes=args.scopes,
+                ttl=args.ttl,
+            )
+        )
+    else:
+        older = key_files(args.keys)
+        print(new_key(args.keys))
+        if args.only:
+            for path in older:
+                path.unlink()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,295 @@
+"""Authentication and authorization, against a real issuer process serving real keys
+(tests/issuer.py) and API keys in the real database. Every attack gets a 401, never
+a 500, and no response echoes the credential it refused."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Annotated
+
+import pytest
+from fastapi import APIRouter, FastAPI
+from httpx import AsyncClient, Response
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.core.application import build_app
+from app.core.auth import api_keys, tokens
+from app.core.auth.api_keys import generate_key
+from app.core.auth.dependencies import requires
+from app.core.auth.keys import create_api_key, revoke_api_key
+from app.core.config import Settings
+from app.core.principal import Principal
+from tests.conftest import AppClientMaker, with_overrides
+from tests.issuer import Issuer
+
+router = APIRouter(prefix="/probe-auth")
+
+
+@router.get("/read", dependencies=[requires("probes:read")])
+async def read_probe() -> dict[str, str]:
+    return {"status": "read"}
+
+
+@router.get("/whoami")
+async def whoami(principal: Annotated[Principal, requires("probes:read")]) -> dict[str, object]:
+    return {"subject": principal.subject, "kind": principal.kind}
+
+
+@router.get("/open")
+async def no_scope_declared() -> dict[str, str]:
+    """Declares nothing: the router-level requirement still asks for an identity."""
+    return {"status": "open"}
+
+
+def auth_app(settings: Settings) -> FastAPI:
+    return build_app(settings, routers=[], api_routers=[router], title="auth", version="0")
+
+
+READ = "/api/v1/probe-auth/read"
+Maker = Callable[..., Awaitable[AsyncClient]]
+
+
+@pytest.fixture
+def make_auth_client(make_client: AppClientMaker, settings: Settings) -> Maker:
+    async def make(scopes: str | None = "probes:read", **options: object) -> AsyncClient:
+        app_settings = with_overrides(settings, **options) if options else settings
+        return await make_client(app_settings, auth_app(app_settings), scopes=scopes)
+
+    return make
+
+
+@pytest.fixture
+async def anonymous(make_auth_client: Maker) -> AsyncClient:
+    return await make_auth_client(None)
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def assert_refused(response: Response, *, secret: str = "", status: int = 401) -> None:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    if status == 401:
+        assert response.headers["www-authenticate"].startswith("Bearer")
+    if secret:
+        assert secret not in response.text
+        assert secret not in str(response.headers)
+
+
+async def test_a_valid_token_gets_in(make_auth_client: Maker) -> None:
+    client = await make_auth_client()
+    assert (await client.get(READ)).json() == {"status": "read"}
+    me = await client.get("/api/v1/probe-auth/whoami")
+    assert me.json() == {"subject": "alice", "kind": "token"}
+
+
+async def test_no_credentials_is_401_with_the_bare_challenge(anonymous: AsyncClient) -> None:
+    response = await anonymous.get(READ)
+    assert_refused(response)
+    assert response.headers["www-authenticate"] == "Bearer"
+
+
+async def test_a_route_without_scopes_still_needs_an_identity(anonymous: AsyncClient) -> None:
+    assert_refused(await anonymous.get("/api/v1/probe-auth/open"))
+
+
+async def test_a_missing_scope_is_403_naming_it(make_auth_client: Maker) -> None:
+    client = await make_auth_client("other:read")
+    response = await client.get(READ)
+    assert_refused(response, status=403)
+    assert "probes:read" in response.json()["detail"]
+    assert 'error="insufficient_scope"' in response.headers["www-authenticate"]
+
+
+def b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def unsigned(claims: dict[str, object], header: dict[str, object]) -> str:
+    return f"{b64(json.dumps(header).encode())}.{b64(json.dumps(claims).encode())}."
+
+
+def hmac_with_public_key(issuer: Issuer) -> str:
+    """The classic confusion: HS256, with the issuer's public key as the HMAC secret.
+    Signed by hand: PyJWT itself refuses to use a PEM key as an HMAC secret."""
+    header = {"alg": "HS256", "typ": "JWT", "kid": issuer.signing_key()[0]}
+    signing_input = unsigned(claims_for(issuer), header).rstrip(".")
+    signature = hmac.new(issuer.public_pem(), signing_input.encode(), hashlib.sha256).digest()
+    return f"{signing_input}.{b64(signature)}"
+
+
+def claims_for(issuer: Issuer, **changes: object) -> dict[str, object]:
+    now = int(time.time())
+    claims: dict[str, object] = {
+        "iss": issuer.url, "aud": "tests", "sub": "mallory", "scope": "probes:read",
+        "iat": now, "exp": now + 300,
+    }  # fmt: skip
+    return claims | changes
+
+
+ATTACKS: dict[str, Callable[[Issuer], str]] = {
+    "alg none": lambda issuer: unsigned(
+        claims_for(issuer), {"alg": "none", "typ": "JWT", "kid": issuer.signing_key()[0]}
+    ),
+    "HS256 keyed with the public key": hmac_with_public_key,
+    "expired": lambda issuer: issuer.token(
+        "probes:read", iat=int(time.time()) - 7200, exp=int(time.time()) - 3600
+    ),
+    "not yet valid": lambda issuer: issuer.token("probes:read", nbf=int(time.time()) + 3600),
+    "issued in the future": lambda issuer: issuer.token("probes:read", iat=int(time.time()) + 3600),
+    "wrong issuer": lambda issuer: issuer.token("probes:read", iss="https://evil.example"),
+    "wrong audience": lambda issuer: issuer.token("probes:read", aud="another-api"),
+    "no expiry": lambda issuer: issuer.token("probes:read", exp=None),
+    "tampered payload": lambda issuer: tamper(issuer.token("probes:read")),
+    "a JWE (five segments)": lambda issuer: "eyJhbGciOiJSU0EtT0FFUCJ9.a.b.c.d",
+    "a nested token": lambda issuer: issuer.token("probes:read", headers={"cty": "JWT"}),
+    "a 100 kB token": lambda issuer: issuer.token("probes:read", padding="x" * 100_000),
+    "garbage": lambda issuer: "not-a-jwt",
+}
+
+
+def tamper(token: str) -> str:
+    header, payload, signature = token.split(".")
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    claims["scope"] = "probes:read probes:admin"
+    return f"{header}.{b64(json.dumps(claims).encode())}.{signature}"
+
+
+@pytest.mark.parametrize("attack", list(ATTACKS))
+async def test_each_attack_is_refused_with_401(
+    attack: str, anonymous: AsyncClient, issuer: Issuer
+) -> None:
+    token = ATTACKS[attack](issuer)
+    response = await anonymous.get(READ, headers=bearer(token))
+    assert_refused(response, secret=token[-20:])
+    assert 'error="invalid_token"' in response.headers["www-authenticate"]
+
+
+async def test_a_token_in_the_query_string_is_not_read(
+    anonymous: AsyncClient, issuer: Issuer
+) -> None:
+    token = issuer.token("probes:read")
+    response = await anonymous.get(READ, params={"access_token": token})
+    assert_refused(response, secret=token[-20:])
+
+
+async def test_an_unknown_kid_fetches_once_then_is_refused_from_the_cache(
+    anonymous: AsyncClient, issuer: Issuer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fetches = 0
+    real_refresh = tokens.KeySet.refresh
+
+    async def counting(self: tokens.KeySet) -> None:
+        nonlocal fetches
+        fetches += 1
+        await real_refresh(self)
+
+    monkeypatch.setattr(tokens.KeySet, "refresh", counting)
+    for n in range(20):
+        forged = issuer.token("probes:read", headers={"kid": f"forged-{n}"})
+        assert_refused(await anonymous.get(READ, headers=bearer(forged)))
+    assert fetches == 1  # the first forged kid found no keys yet; the others, the cache
+    assert (await anonymous.get(READ, headers=bearer(issuer.token("probes:read")))).is_success
+
+
+async def test_a_rotated_key_works_without_a_restart(
+    make_auth_client: Maker, issuer: Issuer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tokens, "REFRESH_MIN_INTERVAL_SECONDS", 0.0)
+    client = await make_auth_client()
+    assert (await client.get(READ)).status_code == 200  # keys cached
+    issuer.rotate()
+    response = await client.get(READ, headers=bearer(issuer.token("probes:read")))
+    assert response.status_code == 200, response.text
+
+
+async def test_cached_keys_keep_serving_while_the_issuer_is_down(
+    make_auth_client: Maker, issuer: Issuer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = await make_auth_client()
+    assert (await client.get(READ)).status_code == 200  # keys cached
+    monkeypatch.setattr(tokens, "KEYS_MAX_AGE_SECONDS", 0.0)  # every request wants a refresh
+    monkeypatch.setattr(tokens, "REFRESH_MIN_INTERVAL_SECONDS", 0.0)
+    issuer.stop()
+    try:
+        for _ in range(5):
+            assert (await client.get(READ)).status_code == 200
+    finally:
+        issuer.start()
+
+
+async def test_bearer_tokens_are_off_without_an_issuer(
+    make_auth_client: Maker, issuer: Issuer
+) -> None:
+    client = await make_auth_client(None, auth_issuer=None)
+    response = await client.get(READ, headers=bearer(issuer.token("probes:read")))
+    assert_refused(response)
+    assert "AUTH_ISSUER" in response.json()["detail"]
+
+
+# --- API keys
+
+
+@pytest.fixture
+async def api_key(session_factory: async_sessionmaker[AsyncSession]) -> str:
+    async with session_factory() as session, session.begin():
+        return await create_api_key(session, "probe-bot", ["probes:read"])
+
+
+async def test_an_api_key_gets_in_as_its_holder(anonymous: AsyncClient, api_key: str) -> None:
+    me = await anonymous.get("/api/v1/probe-auth/whoami", headers={"X-API-Key": api_key})
+    assert me.json() == {"subject": "apikey:probe-bot", "kind": "api_key"}
+
+
+async def test_a_revoked_key_is_refused_within_the_revalidation_time(
+    anonymous: AsyncClient,
+    api_key: str,
+    session_factory: async_sessionmaker[AsyncSession],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    headers = {"X-API-Key": api_key}
+    assert (await anonymous.get(READ, headers=headers)).status_code == 200
+    async with session_factory() as session, session.begin():
+        await revoke_api_key(session, "probe-bot")
+    # Within REVALIDATE_SECONDS the worker may still let it in; past it, never.
+    monkeypatch.setattr(api_keys, "REVALIDATE_SECONDS", 0.0)
+    secret = api_key.rsplit("_", maxsplit=1)[-1]
+    assert_refused(await anonymous.get(READ, headers=headers), secret=secret)
+
+
+@pytest.mark.parametrize(
+    "presented",
+    ["sak_short", "Bearer sak_x", generate_key().plaintext, "sak_" + "0" * 16 + "_" + "A" * 43],
+    ids=["wrong format", "not a key", "unknown", "unknown, well formed"],
+)
+async def test_a_bad_api_key_is_refused(anonymous: AsyncClient, presented: str) -> None:
+    assert_refused(await anonymous.get(READ, headers={"X-API-Key": presented}), secret=presented)
+
+
+async def test_an_expired_api_key_is_refused(
+    anonymous: AsyncClient, session_factory: async_sessionmaker[AsyncSession]
+) -> None:
+    async with session_factory() as session, session.begin():
+        key = await create_api_key(
+            session, "old-bot", ["probes:read"], datetime.now(UTC) - timedelta(seconds=1)
+        )
+    response = await anonymous.get(READ, headers={"X-API-Key": key})
+    assert_refused(response)
+    assert "expired" in response.json()["detail"]
+
+
+async def test_guessing_is_slowed_per_address(make_auth_client: Maker) -> None:
+    client = await make_auth_client(None, rate_limit_auth_failures=3)
+    statuses = [
+        (await client.get(READ, headers={"X-API-Key": generate_key().plaintext})).status_code
+        for _ in range(5)
+    ]
+    assert statuses[:3] == [401, 401, 401]
+    assert statuses[3:] == [429, 429]
