@@ -179,6 +179,7 @@ PY
 
 log "deploy $IMAGE_A: migration job first, then the api"
 t=$SECONDS
+deployed_at=$(date +%s)
 scripts/swarm/deploy.sh "$IMAGE_A" || fail "first deploy"
 wait_ready 120
 log "ready through the proxy, $((SECONDS - t)) s after the first deploy started"
@@ -206,21 +207,25 @@ until docker exec "$backup_container" pgbackup list 2>/dev/null | grep -q 'full 
   [ $SECONDS -lt $deadline ] || { docker service logs --tail 20 "${STACK}_backup" >&2; fail "no full backup after 180 s"; }
   sleep 2
 done
-full_seconds=$((SECONDS - t))
-log "backup: a full backup listed by pgbackup list, $full_seconds s after the first deploy started"
-docker exec "$backup_container" pgbackup list | sed -n 's/^ *\(full backup:\|wal archive min\/max\)/  \1/p'
+listing=$(docker exec "$backup_container" pgbackup list)
+# Its end as pgBackRest records it ("timestamp start/stop: ... / 2026-12-06 10:00:05+00").
+stop=$(sed -n 's|.*timestamp start/stop: .* / \(.*\)$|\1|p' <<<"$listing" | head -1)
+[ -n "$stop" ] || fail "no end time for the full backup in: $listing"
+full_seconds=$(($(date -d "$stop" +%s) - deployed_at))
+log "backup: a full backup in pgbackup list, done $full_seconds s after the first deploy started"
+sed -n 's/^ *\(full backup:\|timestamp start\|wal archive min\/max\)/  \1/p' <<<"$listing"
 created=$(curl -sS -o /dev/null -w '%{http_code}' --max-time 10 -H 'content-type: application/json' \
   --data '{"name":"swarm-backup-probe"}' "$BASE/api/v1/items")
 [ "$created" = 201 ] || fail "writing a row through the proxy: HTTP $created"
 # The segment holding the row, closed now rather than at archive_timeout.
-segment=$(psql_as postgres "SELECT pg_walfile_name(pg_switch_wal())")
-t=$SECONDS
+read -r segment switched < <(psql_as postgres "SELECT pg_walfile_name(pg_switch_wal()), extract(epoch FROM clock_timestamp())" | tr '|' ' ')
+[ -n "$switched" ] || fail "pg_switch_wal() failed"
 deadline=$((SECONDS + 60))
 until [ "$(psql_as postgres "SELECT coalesce(last_archived_wal >= '$segment', false) FROM pg_stat_archiver")" = t ]; do
   [ $SECONDS -lt $deadline ] || fail "WAL segment $segment not archived after 60 s: $(psql_as postgres 'SELECT * FROM pg_stat_archiver')"
   sleep 1
 done
-archive_seconds=$((SECONDS - t))
+archive_seconds=$(psql_as postgres "SELECT round(extract(epoch FROM last_archived_time) - $switched, 2) FROM pg_stat_archiver")
 [ "$(psql_as postgres "SELECT count(*) FROM pg_ls_archive_statusdir() WHERE name LIKE '%.ready'")" = 0 ] ||
   fail "WAL segments wait to be archived: $(psql_as postgres "SELECT string_agg(name, ' ') FROM pg_ls_archive_statusdir()")"
 [ "$(psql_as postgres "SELECT failed_count FROM pg_stat_archiver")" = 0 ] || fail "the archive_command failed"
