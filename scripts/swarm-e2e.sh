@@ -3,11 +3,14 @@
 #   1. Makes this engine a one-node swarm (its own address pool); with NODES=2, adds
 #      a second dockerd in a network namespace of its own as a worker (node2.sh).
 #   2. Deploys the stack with scripts/swarm/deploy.sh and waits for the api through
-#      the proxy.
+#      the proxy; waits for the backup service's first full backup, writes a row, and
+#      checks that its WAL segment reaches the (encrypted) pgBackRest repository.
 #   3. Rolls the api out to a new build under steady load: zero failed requests.
 #   4. Makes a bad update (a database_url secret with a wrong password: new tasks
 #      never turn healthy) under load: Swarm must roll back by itself, zero failures.
 #   5. NODES=2: shows replicas on both nodes, drains node 2 and shows its tasks move.
+#   6. Restore drill: deletes the items, then scripts/swarm/restore.sh restores the
+#      database to the time before it; the rows must be back, the stack serving again.
 # Always removes the stack, its secrets and volumes, and leaves the swarm, even on
 # failure. Refuses to run on an engine already in a swarm it did not create.
 #
@@ -25,6 +28,8 @@ ADDR_POOL=${SWARM_ADDR_POOL:-10.201.0.0/16}
 BASE="http://127.0.0.1:${HTTP_PORT}"
 IMAGE_A=$SERVICE_NAME:swarm-a
 IMAGE_B=$SERVICE_NAME:swarm-b
+# deploy/backup/Dockerfile's two targets, under tags of this script's own.
+export DB_IMAGE=$SERVICE_NAME-postgres:swarm-e2e BACKUP_IMAGE=$SERVICE_NAME-backup:swarm-e2e
 OWNER_LABEL=fsswarm.e2e # marks a swarm this script created
 WORK=$(mktemp -d)
 started=$SECONDS
@@ -54,7 +59,8 @@ remove_swarm() {
   docker secret ls -q --filter "name=${STACK}_" | xargs -r docker secret rm >/dev/null
   scripts/swarm/node2.sh down # idempotent: nothing to do after a one-node run
   docker swarm leave --force >/dev/null
-  docker volume rm "${STACK}_pgdata" "${STACK}_caddy_data" "${STACK}_caddy_config" >/dev/null 2>&1
+  docker volume rm "${STACK}_pgdata" "${STACK}_pgbackrest" "${STACK}_pgsocket" \
+    "${STACK}_caddy_data" "${STACK}_caddy_config" >/dev/null 2>&1
 }
 
 cleanup() {
@@ -69,7 +75,7 @@ cleanup() {
   elif [ "$node2_started" = 1 ]; then
     scripts/swarm/node2.sh down
   fi
-  docker image rm "$IMAGE_A" "$IMAGE_B" >/dev/null 2>&1
+  docker image rm "$IMAGE_A" "$IMAGE_B" "$DB_IMAGE" "$BACKUP_IMAGE" >/dev/null 2>&1
   rm -rf "$WORK"
   log "engine swarm state: $(docker info --format '{{.Swarm.LocalNodeState}}')"
   exit "$status"
@@ -94,6 +100,9 @@ trap cleanup EXIT
 log "building $IMAGE_A and $IMAGE_B (one Dockerfile, two revisions)"
 docker build -q -t "$IMAGE_A" --build-arg REVISION=swarm-a . >/dev/null
 docker build -q -t "$IMAGE_B" --build-arg REVISION=swarm-b . >/dev/null
+log "building $DB_IMAGE and $BACKUP_IMAGE (deploy/backup/Dockerfile)"
+docker build -q --target db -t "$DB_IMAGE" deploy/backup >/dev/null
+docker build -q --target backup -t "$BACKUP_IMAGE" deploy/backup >/dev/null
 
 if [ "$NODES" = 2 ]; then
   log "starting node 2: a dockerd in its own network namespace, images copied in"
@@ -128,6 +137,9 @@ printf %s "$password" | docker secret create "${STACK}_app_db_password" - >/dev/
 printf %s "postgresql://app:${password}@db:5432/app" | docker secret create "${STACK}_database_url" - >/dev/null
 printf %s "postgresql://app_owner:${owner_password}@db:5432/app" |
   docker secret create "${STACK}_migrate_database_url" - >/dev/null
+# pgBackRest's secret options: an encrypted repository, as an off-site one must be.
+printf '[global]\nrepo1-cipher-type=aes-256-cbc\nrepo1-cipher-pass=%s\n' "$(random)" |
+  docker secret create "${STACK}_backup_conf" - >/dev/null
 # For the bad update: what a mistyped rotation would look like.
 printf %s "postgresql://app:wrong-${password}@db:5432/app" |
   docker secret create "${STACK}_database_url_bad" - >/dev/null
@@ -167,6 +179,7 @@ PY
 
 log "deploy $IMAGE_A: migration job first, then the api"
 t=$SECONDS
+deployed_at=$(date +%s)
 scripts/swarm/deploy.sh "$IMAGE_A" || fail "first deploy"
 wait_ready 120
 log "ready through the proxy, $((SECONDS - t)) s after the first deploy started"
@@ -184,6 +197,46 @@ if out=$(psql_as app "CREATE TABLE swarm_probe (id int)"); then fail "the api's 
 [ "$(psql_as postgres "SELECT tableowner FROM pg_tables WHERE tablename = 'items'")" = app_owner ] ||
   fail "items is not owned by app_owner"
 log "postgres: the api's role cannot CREATE TABLE; the tables belong to app_owner"
+
+# Backups as on the VM: the backup service's first full backup, then a row's WAL
+# segment in the repository. `docker exec` on the task's container: it runs on this node.
+backup_container=$(docker ps -q --filter "label=com.docker.swarm.service.name=${STACK}_backup" | head -1)
+[ -n "$backup_container" ] || fail "no container of ${STACK}_backup on this node"
+deadline=$((SECONDS + 180))
+until docker exec "$backup_container" pgbackup list 2>/dev/null | grep -q 'full backup:'; do
+  [ $SECONDS -lt $deadline ] || { docker service logs --tail 20 "${STACK}_backup" >&2; fail "no full backup after 180 s"; }
+  sleep 2
+done
+listing=$(docker exec "$backup_container" pgbackup list)
+# Its end as pgBackRest records it ("timestamp start/stop: ... / 2026-12-06 10:00:05+00").
+stop=$(sed -n 's|.*timestamp start/stop: .* / \(.*\)$|\1|p' <<<"$listing" | head -1)
+[ -n "$stop" ] || fail "no end time for the full backup in: $listing"
+full_seconds=$(($(date -d "$stop" +%s) - deployed_at))
+log "backup: a full backup in pgbackup list, done $full_seconds s after the first deploy started"
+sed -n 's/^ *\(full backup:\|timestamp start\|wal archive min\/max\)/  \1/p' <<<"$listing"
+created=$(curl -sS -o /dev/null -w '%{http_code}' --max-time 10 -H 'content-type: application/json' \
+  --data '{"name":"swarm-backup-probe"}' "$BASE/api/v1/items")
+[ "$created" = 201 ] || fail "writing a row through the proxy: HTTP $created"
+# The segment holding the row, closed now rather than at archive_timeout.
+read -r segment switched < <(psql_as postgres "SELECT pg_walfile_name(pg_switch_wal()), extract(epoch FROM clock_timestamp())" | tr '|' ' ')
+[ -n "$switched" ] || fail "pg_switch_wal() failed"
+deadline=$((SECONDS + 60))
+until [ "$(psql_as postgres "SELECT coalesce(last_archived_wal >= '$segment', false) FROM pg_stat_archiver")" = t ]; do
+  [ $SECONDS -lt $deadline ] || fail "WAL segment $segment not archived after 60 s: $(psql_as postgres 'SELECT * FROM pg_stat_archiver')"
+  sleep 1
+done
+archive_seconds=$(psql_as postgres "SELECT round(extract(epoch FROM last_archived_time) - $switched, 2) FROM pg_stat_archiver")
+[ "$(psql_as postgres "SELECT count(*) FROM pg_ls_archive_statusdir() WHERE name LIKE '%.ready'")" = 0 ] ||
+  fail "WAL segments wait to be archived: $(psql_as postgres "SELECT string_agg(name, ' ') FROM pg_ls_archive_statusdir()")"
+[ "$(psql_as postgres "SELECT failed_count FROM pg_stat_archiver")" = 0 ] || fail "the archive_command failed"
+newest=$(docker exec "$backup_container" pgbackup list | sed -n 's|.*wal archive min/max ([0-9]*): [0-9A-F]*/\([0-9A-F]*\).*|\1|p' | tail -1)
+[[ "$newest" > "$segment" || "$newest" = "$segment" ]] || fail "the repository's newest WAL is $newest, not $segment"
+deadline=$((SECONDS + 60))
+until [ "$(docker inspect -f '{{.State.Health.Status}}' "$backup_container")" = healthy ]; do
+  [ $SECONDS -lt $deadline ] || fail "the backup service is not healthy: $(docker exec "$backup_container" pgbackup check)"
+  sleep 2
+done
+log "backup: segment $segment archived ${archive_seconds} s after the switch (in the repository: up to $newest), none waiting; pgbackup check healthy"
 
 # The edge as on the VM (deploy/Caddyfile): a body over the limit is the proxy's 413,
 # as problem+json with the request id in header and body; no HSTS over plain HTTP.
@@ -255,4 +308,30 @@ if [ "$NODES" = 2 ]; then
   docker node update --availability active "$worker" >/dev/null
 fi
 
-log "PASSED: rolling update ${update_seconds} s, rollback ${rollback_seconds} s${drain_seconds:+, drain ${drain_seconds} s}, zero failed requests"
+log "restore drill: delete every item, then restore the database to the time before"
+items_before=$(psql_as postgres "SELECT count(*) FROM items")
+[ "$(psql_as postgres "SELECT count(*) FROM items WHERE name = 'swarm-backup-probe'")" = 1 ] ||
+  fail "the probe row is missing before the restore"
+target=$(psql_as postgres "SELECT now()")
+sleep 1
+psql_as postgres "DELETE FROM items" >/dev/null
+# Recovery to a time stops at the first commit after it: that commit's WAL must be in
+# the repository too.
+segment=$(psql_as postgres "SELECT pg_walfile_name(pg_switch_wal())")
+until [ "$(psql_as postgres "SELECT coalesce(last_archived_wal >= '$segment', false) FROM pg_stat_archiver")" = t ]; do
+  sleep 1
+done
+t=$SECONDS
+scripts/swarm/restore.sh "$target" || fail "scripts/swarm/restore.sh"
+restore_seconds=$((SECONDS - t))
+wait_ready 120
+db_container=$(docker ps -q --filter "label=com.docker.swarm.service.name=${STACK}_db" | head -1)
+items_after=$(psql_as postgres "SELECT count(*) FROM items")
+[ "$items_after" = "$items_before" ] || fail "after the restore: $items_after items, $items_before before the delete"
+[ "$(psql_as postgres "SELECT count(*) FROM items WHERE name = 'swarm-backup-probe'")" = 1 ] ||
+  fail "the probe row did not come back"
+[ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 "$BASE/api/v1/items?limit=1")" = 200 ] ||
+  fail "the api does not serve items after the restore"
+log "restore drill: $items_after of $items_before items back, restored to $target in $restore_seconds s (scale down to serving)"
+
+log "PASSED: first full backup ${full_seconds} s, WAL archived ${archive_seconds} s after a switch, rolling update ${update_seconds} s, rollback ${rollback_seconds} s${drain_seconds:+, drain ${drain_seconds} s}, restore ${restore_seconds} s, zero failed requests"

@@ -174,6 +174,7 @@ def due_type(stanza: dict[str, object], settings: Settings, now: float) -> str |
 def take_backup(kind: str, settings: Settings) -> bool:
     print(f"pgbackup: {kind} backup starting", flush=True)
     started = time.time()
+    update_state(running_since=started)
     done = pgbackrest("backup", f"--type={kind}", settings=settings)
     output = (done.stdout + done.stderr).strip()
     if done.returncode == 0:
@@ -181,6 +182,7 @@ def take_backup(kind: str, settings: Settings) -> bool:
     else:
         print(f"pgbackup: {kind} backup FAILED:\n{output}", file=sys.stderr, flush=True)
     update_state(
+        running_since=None,
         last_attempt=started,
         last_duration=time.time() - started,
         last_error="" if done.returncode == 0 else output[-500:],
@@ -219,6 +221,12 @@ def measure(settings: Settings) -> tuple[dict[str, float], list[str]]:
     values: dict[str, float] = {}
     problems: list[str] = []
     state = read_state()
+    # A backup under way is the remedy for an old or a failed one: while it runs (for up
+    # to BACKUP_EVERY) neither is a problem. On Swarm an unhealthy task is replaced,
+    # which would kill the backup that a long outage made overdue, again and again.
+    running_since = state.get("running_since")
+    running = isinstance(running_since, float) and now - running_since < settings.every
+    values["pgbackup_backup_running"] = 1 if running else 0
     try:
         stanza = info()
         done = backups(stanza)
@@ -230,7 +238,7 @@ def measure(settings: Settings) -> tuple[dict[str, float], list[str]]:
             fulls = [b for b in done if b.get("type") == "full"]
             if fulls:
                 values["pgbackup_last_full_backup_age_seconds"] = now - stop_time(fulls[-1])
-            if now - stop_time(done[-1]) > settings.every + 3600:
+            if now - stop_time(done[-1]) > settings.every + 3600 and not running:
                 problems.append(
                     f"the last backup is {(now - stop_time(done[-1])) / 3600:.1f} h old"
                 )
@@ -238,7 +246,7 @@ def measure(settings: Settings) -> tuple[dict[str, float], list[str]]:
     except (RuntimeError, ValueError, KeyError, IndexError) as error:
         values["pgbackup_repository_up"] = 0
         problems.append(f"the backup repository cannot be read: {error}")
-    if state.get("last_error"):
+    if state.get("last_error") and not running:
         problems.append(f"the last backup failed: {state['last_error']}")
     try:
         row = sql(
@@ -273,6 +281,7 @@ HELP = {
     "pgbackup_last_full_backup_age_seconds": "Seconds since the newest full backup finished.",
     "pgbackup_last_backup_size_bytes": "Bytes the newest backup added to the repository.",
     "pgbackup_recovery_window_start_timestamp_seconds": "The earliest time a restore can reach.",
+    "pgbackup_backup_running": "1 while a backup runs.",
     "pgbackup_repository_up": "1 if the backup repository could be read.",
     "pgbackup_wal_last_archived_age_seconds": "Seconds since Postgres last archived a WAL segment.",
     "pgbackup_wal_archive_failing": "1 if the archive_command's latest attempt failed.",

@@ -10,16 +10,21 @@
 # Exits non-zero if the job fails or the update is rolled back.
 #
 # The secrets must exist first (docs/swarm.md): ${STACK}_postgres_password (app_owner's),
-# ${STACK}_app_db_password (the api role's), ${STACK}_database_url (the api's, as app) and
-# ${STACK}_migrate_database_url (the migrations', as app_owner). Settings: STACK (pyproject.toml's name),
+# ${STACK}_app_db_password (the api role's), ${STACK}_database_url (the api's, as app),
+# ${STACK}_migrate_database_url (the migrations', as app_owner) and ${STACK}_backup_conf
+# (pgBackRest's secret options). Settings: STACK (pyproject.toml's name),
 # DOMAIN (:80, plain HTTP), HTTP_PORT (80), HTTPS_PORT (443), API_REPLICAS (2),
 # LOG_LEVEL (INFO), MAX_BODY_SIZE (1048576: the proxy's 413 above it),
+# DB_IMAGE and BACKUP_IMAGE (<name>-postgres:17 and <name>-backup:17: deploy/backup/Dockerfile's
+# two targets, pushed where the db's node pulls from), the BACKUP_* settings (docs/backups.md),
 # RESOLVE_IMAGE (always; `never` when every node already holds IMAGE, no registry).
 set -euo pipefail
 cd "$(dirname "$0")/../../deploy/swarm"
 
 IMAGE=${1:?usage: deploy.sh IMAGE}
-export STACK=${STACK:-${SERVICE_NAME:-$(sed -n 's/^name = "\(.*\)"$/\1/p' ../../pyproject.toml | head -n 1)}}
+name=${SERVICE_NAME:-$(sed -n 's/^name = "\(.*\)"$/\1/p' ../../pyproject.toml | head -n 1)}
+export STACK=${STACK:-$name}
+export DB_IMAGE=${DB_IMAGE:-$name-postgres:17} BACKUP_IMAGE=${BACKUP_IMAGE:-$name-backup:17}
 export API_REPLICAS=${API_REPLICAS:-2}
 export CADDYFILE_DIGEST POSTGRES_INIT_DIGEST
 CADDYFILE_DIGEST=$(sha256sum Caddyfile | cut -c1-12)
@@ -33,7 +38,7 @@ stack_deploy() { # stack_deploy API_IMAGE MIGRATE_IMAGE API_REPLICAS
     --prune -c stack.yml "$STACK" >/dev/null
 }
 
-for secret in database_url migrate_database_url postgres_password app_db_password; do
+for secret in database_url migrate_database_url postgres_password app_db_password backup_conf; do
   docker secret inspect "${STACK}_${secret}" >/dev/null 2>&1 ||
     { echo "deploy: no secret ${STACK}_${secret}: see docs/swarm.md" >&2; exit 1; }
 done
