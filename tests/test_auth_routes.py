@@ -43,7 +43,6 @@ async def test_every_api_route_refuses_a_request_without_credentials(
     app = create_app(settings)
     # APIRoutes only: the dev docs' static files are Starlette routes, not operations.
     routes = [route for route in app.routes if isinstance(route, APIRoute)]
-    checked = 0
     for route in routes:
         if not route.path.startswith("/api/"):
             public = route.path in PUBLIC or route.path.startswith(DOCS_ASSETS)
@@ -54,4 +53,3 @@ async def test_every_api_route_refuses_a_request_without_credentials(
             response = await anonymous.request(method, path, json={})
             assert response.status_code == 401, f"{method} {route.path}: {response.status_code}"
             assert response.headers["www-authenticate"] == "Bearer"
-            checked += 1
