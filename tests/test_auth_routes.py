@@ -49,7 +49,7 @@ async def test_every_api_route_refuses_a_request_without_credentials(
             assert public, f"{route.path}: public, but not on the public list"
             continue
         path = re.sub(r"\{[^}]+\}", "00000000-0000-0000-0000-000000000000", route.path)
-        for method in route.methods:
+        for method in route.methods or ():
             response = await anonymous.request(method, path, json={})
             assert response.status_code == 401, f"{method} {route.path}: {response.status_code}"
             assert response.headers["www-authenticate"] == "Bearer"

@@ -9,7 +9,7 @@ import hashlib
 import hmac
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
@@ -57,9 +57,11 @@ Maker = Callable[..., Awaitable[AsyncClient]]
 
 @pytest.fixture
 def make_auth_client(make_client: AppClientMaker, settings: Settings) -> Maker:
-    async def make(scopes: str | None = "probes:read", **options: object) -> AsyncClient:
+    async def make(
+        scopes: str | None = "probes:read", sub: str = "alice", **options: object
+    ) -> AsyncClient:
         app_settings = with_overrides(settings, **options) if options else settings
-        return await make_client(app_settings, auth_app(app_settings), scopes=scopes)
+        return await make_client(app_settings, auth_app(app_settings), scopes=scopes, sub=sub)
 
     return make
 
@@ -112,7 +114,7 @@ def b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
-def unsigned(claims: dict[str, object], header: dict[str, object]) -> str:
+def unsigned(claims: Mapping[str, object], header: Mapping[str, object]) -> str:
     return f"{b64(json.dumps(header).encode())}.{b64(json.dumps(claims).encode())}."
 
 
@@ -293,3 +295,4 @@ async def test_guessing_is_slowed_per_address(make_auth_client: Maker) -> None:
     ]
     assert statuses[:3] == [401, 401, 401]
     assert statuses[3:] == [429, 429]
+
