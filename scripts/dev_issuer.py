@@ -2,7 +2,9 @@
 and publishes its public keys as an OpenID issuer does, so `make up` needs no real
 provider. Never for production: the settings refuse an http:// issuer there.
 
-    serve   the discovery document and the JWKS (docker-compose.yml's `issuer` service)
+    serve   the discovery document and the JWKS (docker-compose.yml's `issuer` service);
+            --tls-dir serves https with a self-signed certificate, for checks that run
+            the production settings (which take an https:// issuer only)
     token   print a signed access token (`make token scopes="items:read" sub=alice`)
     rotate  add a new signing key (the newest signs); --only drops the older ones
 
@@ -17,15 +19,20 @@ import argparse
 import json
 import os
 import secrets
+import ssl
 import sys
 import time
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import jwt
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import NameOID
 from jwt.algorithms import RSAAlgorithm
 
 ALGORITHM = "RS256"
@@ -89,7 +96,41 @@ def token(keys: Path, *, issuer: str, audience: str, subject: str, scopes: str, 
     return jwt.encode(claims, private, algorithm=ALGORITHM, headers={"kid": kid})
 
 
-def serve(keys: Path, issuer: str, port: int) -> None:
+def self_signed_certificate(tls_dir: Path, hostname: str) -> tuple[Path, Path]:
+    """A certificate for `hostname`, made once in `tls_dir`: for checks that run the
+    stack as in production, where the app takes an https:// issuer only. The app
+    trusts it through SSL_CERT_FILE=<tls_dir>/tls.crt."""
+    certificate, key = tls_dir / "tls.crt", tls_dir / "tls.key"
+    if certificate.exists() and key.exists():
+        return certificate, key
+    tls_dir.mkdir(parents=True, exist_ok=True)
+    private = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)])
+    now = datetime.now(UTC)
+    built = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(private.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=30))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(hostname)]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(private, hashes.SHA256())
+    )
+    key.write_bytes(
+        private.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    certificate.write_bytes(built.public_bytes(serialization.Encoding.PEM))
+    return certificate, key
+
+
+def serve(keys: Path, issuer: str, port: int, tls_dir: Path | None = None) -> None:
     signing_key(keys)  # make the first key now, not on the first request
 
     class Handler(BaseHTTPRequestHandler):
@@ -116,6 +157,11 @@ def serve(keys: Path, issuer: str, port: int) -> None:
             pass  # one line per key fetch would be noise
 
     server = ThreadingHTTPServer(("0.0.0.0", port), Handler)  # noqa: S104  # in a container
+    if tls_dir is not None:
+        certificate, key = self_signed_certificate(tls_dir, urlsplit(issuer).hostname or "localhost")
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(certificate, key)
+        server.socket = context.wrap_socket(server.socket, server_side=True)
     print(f"dev issuer {issuer}: serving its keys on :{port}", flush=True)
     server.serve_forever()
 
@@ -127,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     serve_cmd = commands.add_parser("serve")
     serve_cmd.add_argument("--port", type=int, default=8080)
+    serve_cmd.add_argument("--tls-dir", type=Path, help="serve https, with a certificate made here")
     token_cmd = commands.add_parser("token")
     token_cmd.add_argument("--audience", default=DEFAULT_AUDIENCE)
     token_cmd.add_argument("--sub", default="dev-user")
@@ -137,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.command == "serve":
-        serve(args.keys, args.issuer, args.port)
+        serve(args.keys, args.issuer, args.port, args.tls_dir)
     elif args.command == "token":
         print(
             token(
