@@ -85,6 +85,11 @@ log "first deploy: build and start the stack"
 REVISION=deploy-check-1 scripts/deploy.sh >"$WORK/deploy-1.log" 2>&1 ||
   { cat "$WORK/deploy-1.log" >&2; fail "the first deploy failed"; }
 images+=("$(docker image inspect -f '{{.Id}}' "$IMAGE")")
+# The load's credential (every /api/v1 route needs one), made before any load starts;
+# the database, so the key, outlives both phases. Its orders are its own to count.
+LOAD_API_KEY=$(make_api_key api-a deploy-load items:read items:write orders:read orders:write \
+  -- "${COMPOSE[@]}") || fail "could not make the load's API key"
+export LOAD_API_KEY
 
 start_load deploy --clients 8 --rate 80 --writes 0.1
 sleep 5

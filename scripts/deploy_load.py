@@ -11,7 +11,11 @@ checks that no order was created twice (each order's quantity is unique to this
 run) and prints one JSON summary on stdout: requests, retries, duplicates, failures
 by kind, worst and 99th-percentile latency.
 
-    python3 scripts/deploy_load.py http://localhost:18090 --clients 8 --rate 80
+Every request sends the API key in LOAD_API_KEY (docs/auth.md), in the environment
+rather than an argument so that it stays out of the process list; it needs
+items:read items:write orders:read orders:write.
+
+    LOAD_API_KEY=sak_... python3 scripts/deploy_load.py http://localhost:18090 --clients 8 --rate 80
 
 Standard library only, so it runs on any host with Python 3.11+.
 """
@@ -22,6 +26,7 @@ import argparse
 import http.client
 import itertools
 import json
+import os
 import random
 import signal
 import sys
@@ -72,8 +77,8 @@ class Tally:
 class Client:
     """One keep-alive connection, reopened after an error, like a browser or an SDK."""
 
-    def __init__(self, host: str, port: int) -> None:
-        self.host, self.port = host, port
+    def __init__(self, host: str, port: int, auth: dict[str, str]) -> None:
+        self.host, self.port, self.auth = host, port, auth
         self.connection: http.client.HTTPConnection | None = None
 
     def send(
@@ -85,7 +90,9 @@ class Client:
             self.connection = http.client.HTTPConnection(
                 self.host, self.port, timeout=TIMEOUT_SECONDS
             )
-        headers = {"Content-Type": "application/json"} if body is not None else {}
+        headers = dict(self.auth)
+        if body is not None:
+            headers["Content-Type"] = "application/json"
         if key is not None:
             headers["Idempotency-Key"] = key
         try:
@@ -110,14 +117,15 @@ class Client:
             self.connection = None
 
 
-def create_seed_items(base: tuple[str, int]) -> list[str]:
+def create_seed_items(base: tuple[str, int], auth: dict[str, str]) -> list[str]:
     """Create SEED_ITEMS items and return their ids (read from each 201's body)."""
     connection = http.client.HTTPConnection(*base, timeout=TIMEOUT_SECONDS)
     ids = []
     try:
         for _ in range(SEED_ITEMS):
             body = json.dumps({"name": f"load-{uuid.uuid4().hex[:12]}"})
-            connection.request("POST", "/api/v1/items", body, {"Content-Type": "application/json"})
+            headers = {**auth, "Content-Type": "application/json"}
+            connection.request("POST", "/api/v1/items", body, headers)
             response = connection.getresponse()
             payload = response.read()
             if response.status != 201:
@@ -155,12 +163,13 @@ def run_client(
     base: tuple[str, int],
     ids: list[str],
     *,
+    auth: dict[str, str],
     interval: float,
     writes: float,
     stop: threading.Event,
     tally: Tally,
 ) -> None:
-    client = Client(*base)
+    client = Client(*base, auth)
     rng = random.Random()  # noqa: S311  # picks a request mix, not a secret
     next_at = time.monotonic() + rng.uniform(0, interval)
     while not stop.is_set():
@@ -185,7 +194,7 @@ def run_client(
     client.close()
 
 
-def count_duplicate_orders(base: tuple[str, int], tally: Tally) -> int:
+def count_duplicate_orders(base: tuple[str, int], auth: dict[str, str], tally: Tally) -> int:
     """Orders this run created more than once: each was sent with its own quantity."""
     seen: Counter[int] = Counter()
     connection = http.client.HTTPConnection(*base, timeout=TIMEOUT_SECONDS)
@@ -194,7 +203,7 @@ def count_duplicate_orders(base: tuple[str, int], tally: Tally) -> int:
             cursor: str | None = ""
             while cursor is not None:
                 query = f"item_id={item_id}&limit=100" + (f"&cursor={cursor}" if cursor else "")
-                connection.request("GET", f"/api/v1/orders?{query}")
+                connection.request("GET", f"/api/v1/orders?{query}", headers=auth)
                 response = connection.getresponse()
                 page = json.loads(response.read())
                 if response.status != 200:
@@ -223,10 +232,13 @@ def main() -> None:
         "--seconds", type=float, default=0.0, help="stop after this long (0: on a signal)"
     )
     args = parser.parse_args()
+    if not os.environ.get("LOAD_API_KEY"):
+        sys.exit("LOAD_API_KEY is not set: every /api/v1 route needs a credential")
+    auth = {"X-API-Key": os.environ["LOAD_API_KEY"]}
 
     url = urlsplit(args.base_url)
     base = (url.hostname or "localhost", url.port or 80)
-    ids = create_seed_items(base)
+    ids = create_seed_items(base, auth)
 
     stop = threading.Event()
 
@@ -242,7 +254,13 @@ def main() -> None:
         threading.Thread(
             target=run_client,
             args=(base, ids),
-            kwargs={"interval": interval, "writes": args.writes, "stop": stop, "tally": tally},
+            kwargs={
+                "auth": auth,
+                "interval": interval,
+                "writes": args.writes,
+                "stop": stop,
+                "tally": tally,
+            },
             daemon=True,
         )
         for _ in range(args.clients)
@@ -261,7 +279,7 @@ def main() -> None:
         "requests": tally.requests,
         "retries": tally.retries,
         "replayed": tally.replayed,
-        "duplicates": count_duplicate_orders(base, tally),
+        "duplicates": count_duplicate_orders(base, auth, tally),
         "failed": sum(tally.failures.values()),
         "failures": dict(tally.failures),
         "statuses": dict(sorted(tally.statuses.items())),

@@ -49,11 +49,14 @@ write_throwaway_env "$ENV_FILE" "$HTTP_PORT" "${E2E_HTTPS_PORT:-18443}" \
   "${E2E_SUBNET:-172.30.251.0/24}" "${E2E_PROXY_IP:-172.30.251.10}" "$SERVICE_NAME:e2e"
 remove_stack "${COMPOSE[@]}" # what a killed earlier run left
 
-# request METHOD PATH [BODY]: sets STATUS, BODY, HEADERS (lower-cased names).
+# request METHOD PATH [BODY]: sets STATUS, BODY, HEADERS (lower-cased names). Sends
+# API_KEY, once the stack has made it; `API_KEY= request ...` sends no credential.
+API_KEY=""
 request() {
   local headers_file
   headers_file=$(mktemp)
   local args=(-sS -X "$1" -o /dev/stdout -D "$headers_file" -w '\n%{http_code}' --max-time 20)
+  [ -z "$API_KEY" ] || args+=(-H "X-API-Key: $API_KEY")
   [ $# -ge 3 ] && args+=(-H 'content-type: application/json' --data "$3")
   local out
   out=$(curl "${args[@]}" "$BASE$2") || fail "curl $1 $2 could not connect" proxy
@@ -103,6 +106,10 @@ migrate_exit=$(docker inspect -f '{{.State.ExitCode}}' "$("${COMPOSE[@]}" ps -aq
 [ "$migrate_exit" = 0 ] || fail "migrate exited with $migrate_exit" migrate
 log "migrate exited 0"
 
+# Every /api/v1 route needs a credential; the production stack has no identity
+# provider, so the checks use an API key, made the way an operator would.
+API_KEY=$(make_api_key api-a e2e items:read items:write -- "${COMPOSE[@]}") || fail "could not make an API key" api-a
+
 request GET /health
 expect 200 "liveness"
 contains '"status":"pass"' "liveness"
@@ -133,6 +140,18 @@ request GET "/api/v1/items/$item_id"
 expect 404 "deleted item"
 log "items API works through the proxy"
 
+# Without a credential, reads and writes alike are refused at the api, and the 401
+# reaches the client through the proxy as RFC 6750 asks: WWW-Authenticate, problem+json.
+unauthenticated() { # unauthenticated METHOD [BODY]
+  API_KEY="" request "$1" /api/v1/items "${@:2}"
+  expect 401 "$1 /api/v1/items without a credential"
+  [[ "$HEADERS" == *"www-authenticate: bearer"* ]] || fail "$1's 401 lacks WWW-Authenticate: Bearer: $HEADERS" api
+  [[ "$HEADERS" == *"content-type: application/problem+json"* ]] || fail "$1's 401 is not problem+json" api
+}
+unauthenticated GET
+unauthenticated POST '{"name":"e2e-anonymous"}'
+log "no credential: GET and POST /api/v1/items answer 401, WWW-Authenticate: Bearer, problem+json"
+
 # Proxy: security headers, no HSTS over plain HTTP, bodies above MAX_BODY_SIZE refused.
 request GET /health
 [[ "$HEADERS" == *"x-content-type-options: nosniff"* ]] || fail "no X-Content-Type-Options" proxy
@@ -142,12 +161,12 @@ printf '{"name":"big","description":"%s"}' "$(head -c 1100000 /dev/zero | tr '\0
 for encoding in content-length chunked; do
   extra=()
   [ "$encoding" = content-length ] || extra=(-H 'Transfer-Encoding: chunked')
-  status=$(curl -sS -o /dev/null -w '%{http_code}' --max-time 20 "${extra[@]}" \
+  status=$(curl -sS -o /dev/null -w '%{http_code}' --max-time 20 "${extra[@]}" -H "X-API-Key: $API_KEY" \
     -H 'content-type: application/json' --data-binary "@$big" "$BASE/api/v1/items")
   [ "$status" = 413 ] || { rm -f "$big"; fail "1.1 MB body ($encoding): expected 413, got $status" proxy; }
 done
 # The proxy's own 413 carries a request id, in its header and in its body, like the api's errors.
-refused=$(curl -sS -D - --max-time 20 -H 'content-type: application/json' --data-binary "@$big" \
+refused=$(curl -sS -D - --max-time 20 -H "X-API-Key: $API_KEY" -H 'content-type: application/json' --data-binary "@$big" \
   "$BASE/api/v1/items" | tr -d '\r')
 rm -f "$big"
 rid=$(sed -nE 's/^[Xx]-[Rr]equest-[Ii][Dd]: (.+)$/\1/p' <<<"$refused")
@@ -236,7 +255,7 @@ log "api-a stopped: api-b served every request"
 
 # Graceful shutdown: a slow upload is in flight when both apis get SIGTERM.
 payload=$(printf '{"name":"in-flight","description":"%s"}' "$(head -c 6000 /dev/zero | tr '\0' x)")
-curl -sS -o /dev/null -w '%{http_code}' --max-time 60 --limit-rate 1500 \
+curl -sS -o /dev/null -w '%{http_code}' --max-time 60 --limit-rate 1500 -H "X-API-Key: $API_KEY" \
   -H 'content-type: application/json' --data "$payload" "$BASE/api/v1/items" >"$ENV_FILE.inflight" &
 upload=$!
 sleep 1.5

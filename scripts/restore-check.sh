@@ -59,8 +59,8 @@ writer() {
   while :; do
     n=$((n + 1))
     sent=$(now)
-    status=$(curl -sS -o /dev/null -w '%{http_code}' --max-time 5 -H 'content-type: application/json' \
-      --data "{\"name\":\"rc-$n\"}" "$BASE/api/v1/items" 2>/dev/null) || status=000
+    status=$(curl -sS -o /dev/null -w '%{http_code}' --max-time 5 -H "X-API-Key: $API_KEY" \
+      -H 'content-type: application/json' --data "{\"name\":\"rc-$n\"}" "$BASE/api/v1/items" 2>/dev/null) || status=000
     echo "rc-$n $sent $(now) $status" >>"$1"
   done
 }
@@ -77,6 +77,11 @@ lose_the_database() {
 log "building and starting the stack"
 "${COMPOSE[@]}" build --quiet migrate db backup >/dev/null || fail "image build failed"
 "${COMPOSE[@]}" up --detach --wait --wait-timeout 180 >/dev/null 2>&1 || fail "stack did not become healthy"
+# The writer's credential (every /api/v1 route needs one), made before anything else:
+# a key lives in the database, so a restore to T keeps only the keys made before T.
+# Made before the writes, so before T, it is in both states the drill restores.
+API_KEY=$(make_api_key api-a restore-check items:read items:write -- "${COMPOSE[@]}") ||
+  fail "could not make an API key"
 deadline=$((SECONDS + 120))
 until "${COMPOSE[@]}" exec -T backup pgbackup list 2>/dev/null | grep -q 'full backup'; do
   [ $SECONDS -lt $deadline ] || fail "no full backup after 120 s"
@@ -113,7 +118,7 @@ ENV_FILE="$ENV_FILE" scripts/restore.sh >"$WORK/restore-latest.log" 2>&1 || {
   cat "$WORK/restore-latest.log" >&2
   fail "restore to the latest state failed"
 }
-status=$(curl -sS -o /dev/null -w '%{http_code}' --max-time 10 "$BASE/api/v1/items?limit=1") || status=000
+status=$(curl -sS -o /dev/null -w '%{http_code}' --max-time 10 -H "X-API-Key: $API_KEY" "$BASE/api/v1/items?limit=1") || status=000
 [ "$status" = 200 ] || fail "the api answered $status after the restore"
 rto=$(awk -v a="$restore_started" -v b="$(now)" 'BEGIN {printf "%.1f", b - a}')
 rows >"$WORK/rows-latest" || fail "cannot read the restored rows"

@@ -93,12 +93,20 @@ for pair in "$pa:$api_a" "$pb:$api_b"; do
 done
 
 say "an item in $pa only"
+# Every /api/v1 route needs a credential (docs/auth.md): an API key per clone, each
+# made in its own database: $pb not seeing the item must mean its data, not a refused key.
+key_a=$(make -C "$a" --no-print-directory -s api-key name=check-clones scopes="items:read items:write")
+key_b=$(make -C "$b" --no-print-directory -s api-key name=check-clones scopes="items:read")
 marker="only-in-$pa"
 curl -fsS --retry 5 --retry-delay 2 --retry-all-errors -X POST "$url_a/api/v1/items" -H 'Content-Type: application/json' \
-  -d "{\"name\": \"$marker\"}" >/dev/null
-has_item() { [[ "$(curl -fsS "$1/api/v1/items?limit=100")" == *"\"$marker\""* ]]; }
-has_item "$url_a" || fail "$pa lost its item"
-if has_item "$url_b"; then fail "$pb sees $pa's item"; fi
+  -H "X-API-Key: $key_a" -d "{\"name\": \"$marker\"}" >/dev/null
+has_item() { # has_item URL KEY; a refused request fails the check, not answers "no"
+  local page
+  page=$(curl -fsS -H "X-API-Key: $2" "$1/api/v1/items?limit=100") || fail "GET $1/api/v1/items failed"
+  [[ "$page" == *"\"$marker\""* ]]
+}
+has_item "$url_a" "$key_a" || fail "$pa lost its item"
+if has_item "$url_b" "$key_b"; then fail "$pb sees $pa's item"; fi
 
 say "make test in both clones at the same time"
 make -C "$a" --no-print-directory test >"$tmp/test-a.log" 2>&1 & test_a=$!
@@ -122,7 +130,7 @@ tail -n 3 "$tmp/test-a.log" "$tmp/test-b.log"
 # The tests left the dev stacks alone: same API containers, the item still there.
 [ "$(docker compose -p "$pa" -f "$a/docker-compose.yml" ps -q api)" = "$api_a" ] || fail "$pa's api was replaced"
 [ "$(docker compose -p "$pb" -f "$b/docker-compose.yml" ps -q api)" = "$api_b" ] || fail "$pb's api was replaced"
-has_item "$url_a" || fail "$pa lost its item during the tests"
+has_item "$url_a" "$key_a" || fail "$pa lost its item during the tests"
 # And the test stacks are gone.
 for project in "$pa-test" "$pb-test"; do
   [ -z "$(docker ps -aq --filter "label=com.docker.compose.project=$project")" ] || fail "$project left containers"
