@@ -1,6 +1,6 @@
 """Steady load through the proxy until SIGTERM, then one JSON summary line on stdout.
 
-    python3 scripts/swarm/load.py http://127.0.0.1:18480 [--workers 4] [--rate 15]
+    API_KEY=sak_... python3 scripts/swarm/load.py http://127.0.0.1:18480 [--workers 4] [--rate 15]
 
 Each worker reads (GET /api/v1/items/{id} and ?limit=5) at --rate requests per
 second over a keep-alive connection; one worker also writes (POST) once every two
