@@ -3,7 +3,7 @@
 #   1. Makes this engine a one-node swarm (its own address pool); with NODES=2, adds
 #      a second dockerd in a network namespace of its own as a worker (node2.sh).
 #   2. Deploys the stack with scripts/swarm/deploy.sh and waits for the api through
-#      the proxy; waits for the backup service's first full backup, writes a row, and
+#      the proxy; makes an API key in an api task (every /api/v1 request sends it); waits for the backup service's first full backup, writes a row, and
 #      checks that its WAL segment reaches the (encrypted) pgBackRest repository.
 #   3. Rolls the api out to a new build under steady load: zero failed requests.
 #   4. Makes a bad update (a database_url secret with a wrong password: new tasks
@@ -185,6 +185,19 @@ wait_ready 120
 log "ready through the proxy, $((SECONDS - t)) s after the first deploy started"
 api_tasks
 
+# Every /api/v1 route needs a credential: an API key, made as docs/swarm.md says (in an api
+# task's container on this node; printed once, on stdout alone). AUTH_ISSUER is empty here.
+api_container=$(docker ps -q --filter "label=com.docker.swarm.service.name=${STACK}_api" | head -1)
+[ -n "$api_container" ] || fail "no container of ${STACK}_api on this node"
+API_KEY=$(docker exec "$api_container" python -m app.core.auth.keys create swarm-e2e \
+  items:read items:write) || fail "making an API key in the api's container"
+[[ "$API_KEY" == sak_* ]] || fail "the key command printed no key"
+export API_KEY # load.py's, too
+auth=(-H "X-API-Key: $API_KEY")
+[ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 "$BASE/api/v1/items?limit=1")" = 401 ] ||
+  fail "an unauthenticated request was not refused with 401"
+log "auth: an API key made in an api task (docker exec); without it, 401"
+
 # Least privilege as on the VM: the api's role reads and writes, and may not change the
 # schema; the tables belong to app_owner, which ran the migrations.
 db_container=$(docker ps -q --filter "label=com.docker.swarm.service.name=${STACK}_db" | head -1)
@@ -214,7 +227,7 @@ stop=$(sed -n 's|.*timestamp start/stop: .* / \(.*\)$|\1|p' <<<"$listing" | head
 full_seconds=$(($(date -d "$stop" +%s) - deployed_at))
 log "backup: a full backup in pgbackup list, done $full_seconds s after the first deploy started"
 sed -n 's/^ *\(full backup:\|timestamp start\|wal archive min\/max\)/  \1/p' <<<"$listing"
-created=$(curl -sS -o /dev/null -w '%{http_code}' --max-time 10 -H 'content-type: application/json' \
+created=$(curl -sS -o /dev/null -w '%{http_code}' --max-time 10 "${auth[@]}" -H 'content-type: application/json' \
   --data '{"name":"swarm-backup-probe"}' "$BASE/api/v1/items")
 [ "$created" = 201 ] || fail "writing a row through the proxy: HTTP $created"
 # The segment holding the row, closed now rather than at archive_timeout.
@@ -240,7 +253,7 @@ log "backup: segment $segment archived ${archive_seconds} s after the switch (in
 
 # The edge as on the VM (deploy/Caddyfile): a body over the limit is the proxy's 413,
 # as problem+json with the request id in header and body; no HSTS over plain HTTP.
-refused=$(head -c 1100000 /dev/zero | curl -sS -D - --max-time 20 -H 'Expect:' -H 'content-type: application/json' \
+refused=$(head -c 1100000 /dev/zero | curl -sS -D - --max-time 20 "${auth[@]}" -H 'Expect:' -H 'content-type: application/json' \
   --data-binary @- "$BASE/api/v1/items" | tr -d '\r')
 rid=$(sed -nE 's/^[Xx]-[Rr]equest-[Ii][Dd]: (.+)$/\1/p' <<<"$refused")
 [[ "$refused" == "HTTP/1.1 413"* ]] || fail "1.1 MB body: expected the proxy's 413, got: ${refused:0:300}"
@@ -330,7 +343,7 @@ items_after=$(psql_as postgres "SELECT count(*) FROM items")
 [ "$items_after" = "$items_before" ] || fail "after the restore: $items_after items, $items_before before the delete"
 [ "$(psql_as postgres "SELECT count(*) FROM items WHERE name = 'swarm-backup-probe'")" = 1 ] ||
   fail "the probe row did not come back"
-[ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 "$BASE/api/v1/items?limit=1")" = 200 ] ||
+[ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 "${auth[@]}" "$BASE/api/v1/items?limit=1")" = 200 ] ||
   fail "the api does not serve items after the restore"
 log "restore drill: $items_after of $items_before items back, restored to $target in $restore_seconds s (scale down to serving)"
 

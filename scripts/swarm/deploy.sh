@@ -17,7 +17,9 @@
 # LOG_LEVEL (INFO), MAX_BODY_SIZE (1048576: the proxy's 413 above it),
 # DB_IMAGE and BACKUP_IMAGE (<name>-postgres:17 and <name>-backup:17: deploy/backup/Dockerfile's
 # two targets, pushed where the db's node pulls from), the BACKUP_* settings (docs/backups.md),
-# RESOLVE_IMAGE (always; `never` when every node already holds IMAGE, no registry).
+# RESOLVE_IMAGE (always; `never` when every node already holds IMAGE, no registry),
+# AUTH_ISSUER, AUTH_AUDIENCE, AUTH_JWKS_URL, AUTH_ALGORITHMS, RATE_LIMIT_AUTH_FAILURES
+# (docs/auth.md; AUTH_ISSUER empty: API keys alone).
 set -euo pipefail
 cd "$(dirname "$0")/../../deploy/swarm"
 

@@ -1,11 +1,13 @@
 """Steady load through the proxy until SIGTERM, then one JSON summary line on stdout.
 
-    python3 scripts/swarm/load.py http://127.0.0.1:18480 [--workers 4] [--rate 15]
+    API_KEY=sak_... python3 scripts/swarm/load.py http://127.0.0.1:18480 [--workers 4] [--rate 15]
 
 Each worker reads (GET /api/v1/items/{id} and ?limit=5) at --rate requests per
 second over a keep-alive connection; one worker also writes (POST) once every two
 seconds, under the app's write rate limit. Any answer but 2xx, and any connection
-error or timeout, counts as a failure. Standard library only: runs on any host.
+error or timeout, counts as a failure. Every request sends the API key in the API_KEY
+environment variable as X-API-Key (not an argument, which `ps` would show). Standard
+library only: runs on any host.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from types import FrameType
 from urllib.parse import urlsplit
 
 WRITE_EVERY_SECONDS = 2.0
+# Every /api/v1 route needs a credential (docs/auth.md): a key with items:read and items:write.
+API_KEY = os.environ.get("API_KEY", "")
 # Item names are unique: each run, and each write in it, gets a name of its own.
 RUN = f"{os.getpid()}-{time.time_ns()}"
 
@@ -51,7 +55,9 @@ def send(
     connection: http.client.HTTPConnection, method: str, path: str, body: dict[str, str] | None
 ) -> tuple[int, bytes]:
     payload = json.dumps(body).encode() if body is not None else None
-    headers = {"content-type": "application/json"} if payload is not None else {}
+    headers = {"x-api-key": API_KEY}
+    if payload is not None:
+        headers["content-type"] = "application/json"
     connection.request(method, path, body=payload, headers=headers)
     response = connection.getresponse()
     return response.status, response.read()
@@ -106,6 +112,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--rate", type=float, default=15.0, help="requests per second per worker")
     args = parser.parse_args()
+    if not API_KEY:
+        sys.exit("load: set API_KEY (an API key with items:read and items:write)")
 
     stop = threading.Event()
 
