@@ -158,7 +158,9 @@ def serve(keys: Path, issuer: str, port: int, tls_dir: Path | None = None) -> No
 
     server = ThreadingHTTPServer(("0.0.0.0", port), Handler)  # noqa: S104  # in a container
     if tls_dir is not None:
-        certificate, key = self_signed_certificate(tls_dir, urlsplit(issuer).hostname or "localhost")
+        certificate, key = self_signed_certificate(
+            tls_dir, urlsplit(issuer).hostname or "localhost"
+        )
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(certificate, key)
         server.socket = context.wrap_socket(server.socket, server_side=True)

@@ -295,4 +295,3 @@ async def test_guessing_is_slowed_per_address(make_auth_client: Maker) -> None:
     ]
     assert statuses[:3] == [401, 401, 401]
     assert statuses[3:] == [429, 429]
-
