@@ -1,4 +1,5 @@
-"""Create N items through the API and print the id of the first: `python - N < seed.py`.
+"""Create N items through the API and print the id of the first: `python - N KEY < seed.py`,
+KEY an API key with items:write (every /api/v1 route needs one; docs/auth.md).
 
 Run inside the API container (its image has Python, not curl), against 127.0.0.1:8000.
 Only the HTTP API is used, so it works whatever the app's schema becomes.
@@ -17,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 BASE = "http://127.0.0.1:8000"
 RUN = uuid.uuid4().hex[:8]
 ATTEMPTS = 30
+API_KEY = sys.argv[2] if len(sys.argv) > 2 else ""
 
 
 def call(request: urllib.request.Request) -> bytes:
@@ -37,8 +39,9 @@ def call(request: urllib.request.Request) -> bytes:
 
 def create(number: int) -> str:
     body = json.dumps({"name": f"seed-{RUN}-{number}", "description": "x" * 100}).encode()
+    headers = {"Content-Type": "application/json", "X-API-Key": API_KEY}
     request = urllib.request.Request(  # noqa: S310  # a fixed http URL
-        f"{BASE}/api/v1/items", body, {"Content-Type": "application/json"}, method="POST"
+        f"{BASE}/api/v1/items", body, headers, method="POST"
     )
     return str(json.loads(call(request))["id"])
 

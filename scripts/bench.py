@@ -180,26 +180,38 @@ def stop_stack(failed: bool) -> None:
     )
 
 
-def seed_items() -> str:
+def make_api_key() -> str:
+    """The key every request to the app carries (every /api/v1 route needs one;
+    docs/auth.md), made in its container as an operator would: no identity provider here."""
+    scopes = ("items:read", "items:write", "orders:read", "orders:write")
+    name = f"bench-{uuid.uuid4().hex[:8]}"
+    command = ("python", "-m", "app.core.auth.keys", "create", name, *scopes)
+    return compose("exec", "-T", "app", *command).strip()
+
+
+def seed_items(api_key: str) -> str:
     """Create items through the API and return one id for the single-item rows."""
     log(f"seeding {SEED_ITEMS} items")
     script = (BENCH / "seed.py").read_text()
-    return compose("exec", "-T", "app", "python", "-", str(SEED_ITEMS), stdin=script).strip()
+    args = ("python", "-", str(SEED_ITEMS), api_key)
+    return compose("exec", "-T", "app", *args, stdin=script).strip()
 
 
 FETCH = """
 import sys, urllib.request
-sys.stdout.buffer.write(urllib.request.urlopen(sys.argv[1], timeout=10).read())
+request = urllib.request.Request(sys.argv[1], headers={"X-API-Key": sys.argv[2]})
+sys.stdout.buffer.write(urllib.request.urlopen(request, timeout=10).read())
 """
 
 
-def check_same_bodies(rows: list[Row], item_id: str) -> None:
+def check_same_bodies(rows: list[Row], item_id: str, api_key: str) -> None:
     by_key = {row.key: row for row in ROWS}
     measured = {row.key for row in rows}
     for floor, row in SAME_BODY:
         if floor in measured or row in measured:
             urls = (url_for(by_key[key], item_id) for key in (floor, row))
-            bodies = [compose("exec", "-T", "app", "python", "-c", FETCH, url) for url in urls]
+            fetch = ("exec", "-T", "app", "python", "-c", FETCH)
+            bodies = [compose(*fetch, url, api_key) for url in urls]
             if bodies[0] != bodies[1]:
                 raise SystemExit(f"bench: {floor} and {row} answer different bodies:\n{bodies}")
             log(f"{floor} answers {row}'s body byte for byte ({len(bodies[0])} bytes)")
@@ -245,8 +257,11 @@ def url_for(row: Row, item_id: str) -> str:
     return f"http://{_addresses[row.server]}:8000{row.path.replace('{id}', item_id)}"
 
 
-def wrk_args(row: Row, item_id: str, seconds: int) -> list[str]:
+def wrk_args(row: Row, item_id: str, api_key: str, seconds: int) -> list[str]:
+    # Every row sends the key, the floors too (they ignore it): the same request bytes.
+    # With a script, wrk keeps -H's headers in wrk.headers, beside the script's own.
     args = ["wrk", f"-t{THREADS}", f"-c{CONNECTIONS}", f"-d{seconds}s", "--latency"]
+    args += ["-H", f"X-API-Key: {api_key}"]
     url = url_for(row, item_id)
     if row.script:
         prefix = uuid.uuid4().hex[:8]
@@ -254,21 +269,21 @@ def wrk_args(row: Row, item_id: str, seconds: int) -> list[str]:
     return [*args, url]
 
 
-def wrk(row: Row, item_id: str, seconds: int) -> Measurement:
-    return parse_wrk(compose("exec", "-T", "wrk", *wrk_args(row, item_id, seconds)))
+def wrk(row: Row, item_id: str, api_key: str, seconds: int) -> Measurement:
+    return parse_wrk(compose("exec", "-T", "wrk", *wrk_args(row, item_id, api_key, seconds)))
 
 
-def measure(rows: list[Row], item_id: str) -> dict[str, RowResult]:
+def measure(rows: list[Row], item_id: str, api_key: str) -> dict[str, RowResult]:
     results = {row.key: RowResult(row) for row in rows}
     reads, writes = [r for r in rows if not r.script], [r for r in rows if r.script]
     for group in (reads, writes):
         log(f"warm-up, {WARMUP_SECONDS} s a row: {', '.join(r.key for r in group)}")
         for row in group:
-            wrk(row, item_id, WARMUP_SECONDS)
+            wrk(row, item_id, api_key, WARMUP_SECONDS)
         for number in range(1, ROUNDS + 1):
             # Every other round in reverse: no row always runs right after the same one.
             for row in group if number % 2 else reversed(group):
-                measurement = wrk(row, item_id, SECONDS)
+                measurement = wrk(row, item_id, api_key, SECONDS)
                 results[row.key].rounds.append(measurement)
                 log(f"round {number} {row.key:12} {measurement.rps:9,.0f} requests/s")
     return results
@@ -317,9 +332,10 @@ def bench() -> int:
     failed = True
     try:
         start_stack(servers)
-        item_id = seed_items()
-        check_same_bodies(rows, item_id)
-        results = measure(rows, item_id)
+        api_key = make_api_key()
+        item_id = seed_items(api_key)
+        check_same_bodies(rows, item_id, api_key)
+        results = measure(rows, item_id, api_key)
         failed = False
     finally:
         stop_stack(failed)
@@ -359,9 +375,10 @@ def profile(target: str) -> int:
     failed = True
     try:
         start_stack(["app"])
-        item_id = seed_items()
+        api_key = make_api_key()
+        item_id = seed_items(api_key)
         # Longer than the recording and its sidecar's start; stopped with the stack.
-        args = wrk_args(row, item_id, seconds + 120)
+        args = wrk_args(row, item_id, api_key, seconds + 120)
         load = subprocess.Popen(  # noqa: S603  # a fixed docker command, no shell
             [*COMPOSE, "exec", "-T", "wrk", *args], cwd=ROOT, stdout=subprocess.DEVNULL
         )

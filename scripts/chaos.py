@@ -2,7 +2,8 @@
 """Fault injection on the production stack (`make chaos`): does the service keep serving?
 
 Starts docker-compose.prod.yml as a Compose project of its own with throw-away secrets,
-drives steady load through the proxy (16 keep-alive HTTP/1.1 clients, 5 s timeout), and
+drives steady load through the proxy (16 keep-alive HTTP/1.1 clients, 5 s timeout, each
+request with an API key made for the run), and
 injects each fault in turn: a steady phase before, the fault, a steady phase after. For
 each fault it prints a per-second ledger and a summary, checks the figures against the
 fault's bar (issue 7's table, encoded in FAULTS below), and at the end prints one table.
@@ -110,10 +111,12 @@ RESENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 class Connection:
-    """One keep-alive HTTP/1.1 connection to the proxy, reopened after any error."""
+    """One keep-alive HTTP/1.1 connection to the proxy, reopened after any error. `headers`
+    go with every request (the API key: every /api/v1 route needs one)."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, headers: str = "") -> None:
         self.port = port
+        self.headers = headers
         self._streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
         self.resent = 0  # requests sent again after StaleConnectionError
 
@@ -124,7 +127,8 @@ class Connection:
         if self._streams is None:
             self._streams = await asyncio.open_connection("127.0.0.1", self.port)
         reader, writer = self._streams
-        head = f"{method} {path} HTTP/1.1\r\nHost: localhost:{self.port}\r\n{extra_headers}"
+        head = f"{method} {path} HTTP/1.1\r\nHost: localhost:{self.port}\r\n"
+        head += self.headers + extra_headers
         if body is not None:
             head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
         try:
@@ -194,9 +198,10 @@ async def send(conn: Connection, request: Request) -> tuple[int, dict[str, str],
 class Load:
     """CLIENTS closed-loop clients, each sending its next request when the last is answered."""
 
-    def __init__(self, port: int, next_request: Callable[[], Request]) -> None:
+    def __init__(self, port: int, next_request: Callable[[], Request], headers: str) -> None:
         self.port = port
         self.next_request = next_request
+        self.headers = headers
         self.samples: list[Sample] = []
         self.resent = 0  # requests sent again on a new connection (see send)
         self.t0 = time.monotonic()
@@ -206,7 +211,7 @@ class Load:
         return time.monotonic() - self.t0
 
     async def _client(self) -> None:
-        conn = Connection(self.port)
+        conn = Connection(self.port, self.headers)
         while not self._stop.is_set():
             start = self.now()
             status, headers, _ = await send(conn, self.next_request())
@@ -233,8 +238,8 @@ class KeyedWriter:
     GIVE_UP_AFTER = 60.0  # per order; a fault's outage is far shorter
     MAX_QUANTITY = 10_000  # the API's limit on an order's quantity
 
-    def __init__(self, port: int, item_id: str) -> None:
-        self.conn = Connection(port)
+    def __init__(self, port: int, item_id: str, headers: str) -> None:
+        self.conn = Connection(port, headers)
         self.item_id = item_id
         self.sent = self.retried = self.replayed = 0
         self.acknowledged: set[int] = set()
@@ -351,6 +356,7 @@ class Stack:
         )
         self.env["COMPOSE_FILE"] += f":{override}"
         self.base = f"http://127.0.0.1:{HTTP_PORT}"
+        self.api_key = ""  # made once the stack is up (create_api_key)
         self.items: list[str] = []
         self.write_problems: list[str] = []  # what KeyedWriter.check found
         self.holder: subprocess.Popen[str] | None = None  # the session holding a row lock
@@ -412,6 +418,8 @@ class Stack:
         request = urllib.request.Request(self.base + path, data=data, method=method)  # noqa: S310  # our own http://localhost
         request.add_header("Content-Type", "application/json")
         request.add_header("Host", f"localhost:{HTTP_PORT}")  # the proxy's site is localhost
+        if self.api_key:
+            request.add_header("X-API-Key", self.api_key)
         with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
             raw = response.read()
         return json.loads(raw) if raw else None
@@ -452,6 +460,22 @@ class Stack:
             cid: (int(count), oom == "true")
             for cid, count, oom in (line.split() for line in lines if line.strip())
         }
+
+    def create_api_key(self) -> None:
+        """The key every request of this script carries (every /api/v1 route needs one),
+        made in an api container as an operator would (docs/auth.md): the stack has no
+        identity provider. None is sent without it: a request that fails to authenticate
+        counts towards the limit per address (RATE_LIMIT_AUTH_FAILURES), which the load shares."""
+        self.api_key = self.compose(
+            "exec", "-T", self.api_services[0], "python", "-m", "app.core.auth.keys", "create",
+            f"chaos-{secrets.token_hex(3)}", "items:read", "items:write", "orders:read",
+            "orders:write", timeout=60,
+        ).strip()  # fmt: skip
+
+    @property
+    def auth_header(self) -> str:
+        """The key as a header line, for the load's raw requests."""
+        return f"X-API-Key: {self.api_key}\r\n"
 
     def seed(self) -> None:
         tag = secrets.token_hex(3)
@@ -1153,7 +1177,7 @@ async def readiness_in(port: int, delay: float) -> str:
 async def run_fault(stack: Stack, fault: Fault, phases: Phases) -> Result:
     """Load before, during and after the fault; the samples and the fault's timeline."""
     await asyncio.to_thread(stack.warm)
-    load = Load(HTTP_PORT, lambda: fault.workload(stack))
+    load = Load(HTTP_PORT, lambda: fault.workload(stack), stack.auth_header)
     clients = asyncio.create_task(load.run())
     hold = fault.hold_s * phases.hold_scale
     error = readiness = None
@@ -1362,7 +1386,7 @@ async def run_all(stack: Stack, faults: list[Fault], phases: Phases) -> list[Res
     item = await asyncio.to_thread(
         stack.http, "POST", "/api/v1/items", {"name": f"chaos-orders-{secrets.token_hex(3)}"}
     )
-    writer = KeyedWriter(HTTP_PORT, item["id"])
+    writer = KeyedWriter(HTTP_PORT, item["id"], stack.auth_header)
     writing = asyncio.create_task(writer.run())
     for fault in faults:
         log(f"{fault.name}: {fault.summary}; bar: {fault.bar.describe()}")
@@ -1433,6 +1457,7 @@ def main() -> int:
         log(f"building {API_IMAGE} and starting project {PROJECT} on port {HTTP_PORT}")
         stack.build(stack.revision)
         stack.up()
+        stack.create_api_key()
         stack.seed()
         results = asyncio.run(run_all(stack, faults, SHORT if args.short else FULL))
     finally:

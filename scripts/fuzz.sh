@@ -2,10 +2,12 @@
 # Fuzz the API against its own OpenAPI document (`make fuzz`): build the image,
 # start docker-compose.prod.yml with throw-away secrets as a project of its own,
 # and run Schemathesis (every check, stateful phase on) through the proxy, as an
-# outside client would. Fails on any finding, and when an api container stopped,
+# outside client would, with an API key made for the run. First, every /api/v1
+# operation of the schema is sent without a credential and must answer 401 with
+# `WWW-Authenticate: Bearer`. Fails on any finding, and when an api container stopped,
 # restarted or was OOM-killed during the run. Removes everything it made, volumes included.
 #
-# Needs Docker with Compose v2, curl, and free ports FUZZ_HTTP_PORT/FUZZ_HTTPS_PORT.
+# Needs Docker with Compose v2, curl, python3, and free ports FUZZ_HTTP_PORT/FUZZ_HTTPS_PORT.
 # Knobs: FUZZ_MAX_EXAMPLES (cases per operation and phase), FUZZ_SEED (same seed,
 # same cases), FUZZ_REPORT_DIR (the JUnit report, the cassette of every request and
 # the crash files `st replay` reads; emptied at the start, kept after), FUZZ_KEEP=1 (leave the stack up, to
@@ -56,9 +58,12 @@ trap cleanup EXIT
 
 # Throw-away secrets; a subnet apart from a real deployment's and from make e2e's.
 # The write rate limit is off: the fuzzer sends thousands of writes from one address.
+# So is the one on failed authentications: the unauthenticated pass below, and
+# Schemathesis' ignored_auth check (each operation sent again without the key, and
+# with a wrong one), fail to authenticate on purpose, far more than 20 times a minute.
 write_throwaway_env "$ENV_FILE" "$HTTP_PORT" "${FUZZ_HTTPS_PORT:-18643}" \
   "${FUZZ_SUBNET:-172.30.253.0/24}" "${FUZZ_PROXY_IP:-172.30.253.10}" "$API_IMAGE" \
-  RATE_LIMIT_WRITES=0
+  RATE_LIMIT_WRITES=0 RATE_LIMIT_AUTH_FAILURES=0
 remove_stack "${COMPOSE[@]}" # what a killed earlier run left
 
 log "building the api image and the fuzzer"
@@ -79,10 +84,12 @@ api_containers() {
 mapfile -t apis < <(api_containers)
 [ "${#apis[@]}" -gt 0 ] || fail "no running api container" --logs
 
-# The run is only meaningful with the limit off: otherwise writes turn into 429s.
+# The run is only meaningful with the limits off: otherwise writes turn into 429s.
 for api in "${apis[@]}"; do
-  docker inspect -f '{{range .Config.Env}}{{println .}}{{end}}' "$api" | grep -qx 'RATE_LIMIT_WRITES=0' ||
-    fail "the api did not get RATE_LIMIT_WRITES=0 from the env file"
+  for setting in RATE_LIMIT_WRITES=0 RATE_LIMIT_AUTH_FAILURES=0; do
+    docker inspect -f '{{range .Config.Env}}{{println .}}{{end}}' "$api" | grep -qx "$setting" ||
+      fail "the api did not get $setting from the env file"
+  done
 done
 
 # Production serves no /docs, but it does serve the schema the fuzzer reads. The
@@ -94,12 +101,50 @@ until status=$(curl -sS -o /dev/null -w '%{http_code}' --max-time 10 "$BASE/open
   sleep 0.5
 done
 
+# Every /api/v1 operation the schema lists, without a credential: 401 problem+json with
+# `WWW-Authenticate: Bearer` (docs/auth.md), whatever the operation. A route that
+# forgot its `requires` would still need an identity; one served outside the
+# authenticated routers would answer something else here.
+log "every /api/v1 operation without a credential: 401 expected"
+curl -sS --max-time 10 "$BASE/openapi.json" | python3 -c '
+import json, re, sys, urllib.error, urllib.request
+base, failures, count = sys.argv[1], [], 0
+for path, operations in json.load(sys.stdin)["paths"].items():
+    if not path.startswith("/api/v1"):
+        continue
+    url = base + re.sub(r"\{[^}]+\}", "00000000-0000-0000-0000-000000000000", path)
+    for method in operations.keys() & {"get", "put", "post", "patch", "delete"}:
+        count += 1
+        body = b"{}" if method in ("put", "post", "patch") else None
+        request = urllib.request.Request(url, method=method.upper(), data=body)
+        request.add_header("Content-Type", "application/json")
+        try:
+            urllib.request.urlopen(request, timeout=10)
+            status, headers = 200, {}
+        except urllib.error.HTTPError as error:
+            status, headers = error.code, error.headers
+        challenge = headers.get("WWW-Authenticate", "")
+        kind = headers.get("Content-Type", "")
+        if status != 401 or not challenge.startswith("Bearer") or not kind.startswith("application/problem+json"):
+            failures.append(f"{method.upper()} {path}: {status}, WWW-Authenticate {challenge!r}, {kind}")
+print("\n".join(failures) or f"{count} operations, each 401 with WWW-Authenticate: Bearer")
+sys.exit(1 if failures or not count else 0)
+' "$BASE" || fail "an /api/v1 operation answered without a credential, or not with 401"
+
+log "making the fuzzer's API key"
+api_key=$(make_api_key api-a "fuzz" items:read items:write orders:read orders:write -- "${COMPOSE[@]}") &&
+  [ -n "$api_key" ] || fail "could not make an API key" --logs
+
 mkdir -p "$REPORT_DIR"
 report_path=$(cd "$REPORT_DIR" && pwd)  # absolute, whether FUZZ_REPORT_DIR was or not
 (cd "$REPORT_DIR" && rm -rf junit-*.xml vcr-*.yaml .schemathesis .hypothesis)
 log "schemathesis: all checks, phases examples,coverage,fuzzing,stateful," \
   "$MAX_EXAMPLES examples per operation, seed $SEED"
 # On the host's network, so it reaches the proxy's published port as any client would.
+# Every request carries the key, and no credential of Schemathesis' making: it would
+# fill in an Authorization header too (the schema lists both schemes), and the API
+# refuses a request with two credentials (401), so most cases would never reach a
+# route. Its ignored_auth check still sends each operation without the key.
 # Bounded: a stack that answers slowly (every request a 503 after the proxy's retry
 # window) would otherwise stretch the run to many minutes.
 fuzz_status=0
@@ -107,6 +152,8 @@ timeout "$TIMEOUT" docker run --rm --name "$FUZZER_CONTAINER" --network host --u
   --volume "$report_path:/report" --workdir /report \
   --volume "$PWD/fuzz/schemathesis.toml:/config/schemathesis.toml:ro" \
   "$FUZZER_IMAGE" --config-file /config/schemathesis.toml run "$BASE/openapi.json" \
+  --header "X-API-Key: $api_key" \
+  --generation-with-security-parameters false \
   --checks all \
   --phases examples,coverage,fuzzing,stateful \
   --max-examples "$MAX_EXAMPLES" \
