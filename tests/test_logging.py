@@ -213,6 +213,7 @@ def test_no_line_contains_a_token_or_an_api_key(info_run: ServerRun) -> None:
     assert careless[2]["event"] == f"key {KEY_ID}_{REDACTED}"
 
 
+@pytest.mark.examples
 def test_access_lines_name_the_principal_only_once_authenticated(info_run: ServerRun) -> None:
     refused = info_run.access("token-1")  # bearer tokens are off: no issuer is set
     assert refused["status"] == 401
