@@ -58,8 +58,8 @@ update: ## Merge the template's changes since .template.toml's revision: make up
 
 ##@ Development stack
 .PHONY: up
-up: ## Start Postgres, Redis, migrations and the API with auto-reload
-	$(DEV) up --build --detach --wait api
+up: ## Start Postgres, Redis, migrations, the API and the job worker, with auto-reload
+	$(DEV) up --build --detach --wait api worker
 	@echo
 	@echo "  API:  http://localhost:$(API_PORT)          (project $(PROJECT))"
 	@echo "  Docs: http://localhost:$(API_PORT)/docs"

@@ -20,6 +20,7 @@ from app.core.config import SettingsError, get_settings
 from app.core.db import Base, load_all_models
 
 config = context.config
+JOB_QUEUE_TABLE_PREFIX = "pgqueuer"
 
 # Any two concurrent `alembic upgrade` runs queue on this lock instead of racing;
 # the second finds the work done. The number is arbitrary but must never change.
@@ -34,6 +35,12 @@ load_all_models()
 target_metadata = Base.metadata
 
 
+def include_name(name: str | None, type_: str, _: object) -> bool:
+    """Autogenerate leaves alone the job queue's tables: PgQueuer owns them (their
+    migration is app/core/jobs' install one), and no model describes them."""
+    return not (type_ == "table" and (name or "").startswith(JOB_QUEUE_TABLE_PREFIX))
+
+
 def run_migrations_offline() -> None:
     """`alembic upgrade --sql`: print the SQL instead of running it."""
     context.configure(
@@ -42,6 +49,7 @@ def run_migrations_offline() -> None:
         literal_binds=True,
         dialect_opts={"paramstyle": "named"},
         compare_server_default=True,
+        include_name=include_name,
     )
     with context.begin_transaction():
         context.run_migrations()
@@ -52,6 +60,7 @@ def do_run_migrations(connection: Connection) -> None:
         connection=connection,
         target_metadata=target_metadata,
         compare_server_default=True,
+        include_name=include_name,
     )
     with context.begin_transaction():
         # Held until this transaction ends, and so released even if the run dies.

@@ -107,4 +107,12 @@ for service in "${APIS[@]}"; do
   log "$service: the new container is ready and in rotation"
 done
 
-log "done in $((SECONDS - started)) s: api-a and api-b run $image_name (${image:7:12})"
+# The worker: stop (SIGTERM: it finishes its jobs within its grace period; one cut
+# short runs again from its heartbeat), then start on the new image. Jobs wait in
+# Postgres meanwhile: none is lost, they start a few seconds later.
+log "worker: replacing it (it finishes the jobs it runs first)"
+"${COMPOSE[@]}" up --detach --no-deps --force-recreate --wait --wait-timeout 120 worker >/dev/null 2>&1 ||
+  die "worker: the new container did not become healthy; jobs wait in the queue"
+[ "$(docker inspect -f '{{.Image}}' "$(running worker)")" = "$image" ] || die "worker: runs another image"
+
+log "done in $((SECONDS - started)) s: api-a, api-b and the worker run $image_name (${image:7:12})"

@@ -136,6 +136,15 @@ class Settings(LoggingSettings):
     # Failed authentications per minute per client address before 429; 0 disables.
     rate_limit_auth_failures: int = Field(default=20, ge=0)
 
+    # Background jobs (app/core/jobs/, docs/jobs.md): jobs each worker runs at once.
+    jobs_concurrency: int = Field(default=10, ge=2)
+    # Tries before a job is kept as failed; retries back off exponentially (1 s to 5 min).
+    jobs_max_attempts: int = Field(default=5, ge=1)
+    # Seconds without a heartbeat before a running job counts as abandoned and runs again.
+    jobs_heartbeat_timeout: float = Field(default=30, ge=2)
+    # Days the finished jobs' log is kept; the nightly cleanup drops older rows.
+    jobs_retention_days: int = Field(default=7, ge=1)
+
     # Prometheus metrics (docs/metrics.md): the Gunicorn master serves them on METRICS_PORT.
     metrics_enabled: bool = True
     # FastAPI's native OpenTelemetry (traces, metrics and logs, sent to an OpenTelemetry SDK

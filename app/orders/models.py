@@ -33,6 +33,8 @@ class Order(Base):
     # The subject of the principal that placed it: only it (or an orders:admin) sees it.
     owner: Mapped[str] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    # Set by the confirm_order job (app/orders/jobs.py), after the order is committed.
+    confirmed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     # lazy="raise": async sessions cannot lazy-load, so every query says what it loads
     # (joinedload below), which also makes an N+1 impossible to write by accident.

@@ -32,5 +32,8 @@ class OrderRead(BaseModel):
     id: uuid.UUID
     quantity: int
     created_at: datetime
+    confirmed_at: datetime | None = Field(
+        description="When the background confirmation ran; null until then."
+    )
     owner: str = Field(description="The subject of the principal that placed the order.")
     item: OrderedItem

@@ -14,8 +14,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import joinedload
 
 from app.core.db_errors import flush_or_raise
+from app.core.jobs.enqueue import enqueue
 from app.core.pagination import PageParams, Paginator
 from app.orders.exceptions import OrderNotFound, UnknownItem
+from app.orders.jobs import CONFIRM_ORDER
 from app.orders.models import ITEM_FOREIGN_KEY, Order
 from app.orders.schemas import OrderCreate
 
@@ -39,6 +41,10 @@ async def create_order(session: AsyncSession, data: OrderCreate, *, owner: str) 
     session.add(order)
     # The foreign key, not a prior SELECT, decides whether the item exists: no race.
     await flush_or_raise(session, {ITEM_FOREIGN_KEY: lambda: UnknownItem(data.item_id)})
+    # Committed with the order, or not at all; the response does not wait for it.
+    await enqueue(
+        session, CONFIRM_ORDER, {"order_id": str(order.id)}, dedupe_key=f"confirm:{order.id}"
+    )
     await session.refresh(order, ["item"])
     return order
 

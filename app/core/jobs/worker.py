@@ -1,0 +1,170 @@
+"""The worker process: runs the jobs domains register, with PgQueuer.
+
+    jobs = Jobs()
+
+    @jobs.job("confirm_order")
+    async def confirm_order(session: AsyncSession, payload: dict[str, Any]) -> None: ...
+
+A handler gets a session in a transaction and the job's payload; the worker commits
+when it returns (one owner of the transaction, as SessionDep is for requests). What
+the library gives, and what this module only wires:
+- a job that raises is retried with exponential backoff (JOBS_MAX_ATTEMPTS), then
+  kept as `failed` with its error (`python -m app.core.jobs.cli failed`, `retry`);
+- a job whose worker died (kill -9, a lost node) runs again once its heartbeat is
+  older than JOBS_HEARTBEAT_TIMEOUT: handlers run at least once, so are idempotent;
+- on SIGTERM the worker takes no new job and finishes those it runs; what the
+  orchestrator kills after its grace period comes back through the heartbeat;
+- a periodic job runs once per period across every worker (a row lock decides).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import timedelta
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import orjson
+import pgqueuer
+import structlog
+from pgqueuer import AsyncpgDriver, DatabaseRetryEntrypointExecutor, Job, PgQueuer, Queries
+from pgqueuer.models import Schedule
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.core.config import Settings
+from app.core.db import create_engine, create_session_factory
+
+Handler = Callable[[AsyncSession, dict[str, Any]], Awaitable[None]]
+Periodic = Callable[[AsyncSession], Awaitable[None]]
+
+# Touched while the worker's database connection answers; the healthcheck reads its age.
+ALIVE_FILE = Path("/tmp/worker-alive")  # noqa: S108  # the container's own tmpfs
+ALIVE_EVERY_SECONDS = 5.0
+ALIVE_WITHIN_SECONDS = 30.0
+
+logger = structlog.get_logger(__name__)
+
+
+@dataclass
+class Jobs:
+    """The jobs and periodic jobs a worker runs; each domain registers its own."""
+
+    handlers: dict[str, Handler] = field(default_factory=dict)
+    periodic: dict[str, tuple[str, Periodic]] = field(default_factory=dict)
+
+    def job(self, name: str) -> Callable[[Handler], Handler]:
+        def register(handler: Handler) -> Handler:
+            if name in self.handlers:
+                raise ValueError(f"job {name!r} is registered twice")
+            self.handlers[name] = handler
+            return handler
+
+        return register
+
+    def every(self, name: str, cron: str) -> Callable[[Periodic], Periodic]:
+        """A job run once per period of `cron` (e.g. "0 3 * * *"), by one worker."""
+
+        def register(handler: Periodic) -> Periodic:
+            self.periodic[name] = (cron, handler)
+            return handler
+
+        return register
+
+
+def _transactional(
+    sessions: async_sessionmaker[AsyncSession], handler: Handler
+) -> Callable[[Job], Awaitable[None]]:
+    async def run(job: Job) -> None:
+        payload = orjson.loads(job.payload) if job.payload else {}
+        async with sessions() as session, session.begin():
+            await handler(session, payload)
+
+    return run
+
+
+def _periodic(
+    sessions: async_sessionmaker[AsyncSession], handler: Periodic
+) -> Callable[[Schedule], Awaitable[None]]:
+    async def run(_: Schedule) -> None:
+        async with sessions() as session, session.begin():
+            await handler(session)
+
+    return run
+
+
+async def _keep_alive(connection: asyncpg.Connection[Any]) -> None:
+    """Touch ALIVE_FILE while the worker's connection answers."""
+    while True:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(connection.fetchval("SELECT 1"), ALIVE_EVERY_SECONDS)
+            ALIVE_FILE.touch()  # noqa: ASYNC240  # a tmpfs inode: no disk to wait for
+        await asyncio.sleep(ALIVE_EVERY_SECONDS)
+
+
+def is_alive() -> bool:
+    """The healthcheck: the worker reached its database within ALIVE_WITHIN_SECONDS."""
+    try:
+        return time.time() - ALIVE_FILE.stat().st_mtime < ALIVE_WITHIN_SECONDS
+    except FileNotFoundError:
+        return False
+
+
+@asynccontextmanager
+async def build_worker(settings: Settings, jobs: Jobs) -> AsyncIterator[PgQueuer]:
+    """A PgQueuer on its own connection, with every job of `jobs` registered."""
+    engine = create_engine(settings)
+    sessions = create_session_factory(engine)
+    connection = await asyncpg.connect(settings.postgres_dsn)
+    worker = PgQueuer(AsyncpgDriver(connection))
+    retries = partial(
+        DatabaseRetryEntrypointExecutor,
+        max_attempts=settings.jobs_max_attempts,
+        initial_delay=timedelta(seconds=1),
+        max_delay=timedelta(minutes=5),
+    )
+    for name, handler in jobs.handlers.items():
+        worker.entrypoint(name, on_failure="hold", executor_factory=retries)(
+            _transactional(sessions, handler)
+        )
+    for name, (cron, periodic) in jobs.periodic.items():
+        worker.schedule(name, cron)(_periodic(sessions, periodic))
+    alive = asyncio.create_task(_keep_alive(connection))
+    logger.info("worker started", jobs=sorted(jobs.handlers), periodic=sorted(jobs.periodic))
+    try:
+        yield worker
+    finally:
+        alive.cancel()
+        await connection.close()
+        await engine.dispose()
+        logger.info("worker stopped")
+
+
+@asynccontextmanager
+async def queries_for(settings: Settings) -> AsyncIterator[Queries]:
+    """PgQueuer's queries on a connection of their own, for the jobs CLI."""
+    connection = await asyncpg.connect(settings.postgres_dsn)
+    try:
+        yield Queries(AsyncpgDriver(connection))
+    finally:
+        await connection.close()
+
+
+def run(settings: Settings, jobs: Jobs) -> None:
+    """Run the worker until SIGTERM or SIGINT (PgQueuer handles both)."""
+    asyncio.run(
+        pgqueuer.run(
+            partial(build_worker, settings, jobs),
+            heartbeat_timeout=timedelta(seconds=settings.jobs_heartbeat_timeout),
+            # Woken by NOTIFY when a job is enqueued; the timeout only bounds a missed one.
+            dequeue_timeout=timedelta(seconds=5),
+            batch_size=max(1, settings.jobs_concurrency // 2),
+            max_concurrent_tasks=settings.jobs_concurrency,
+        )
+    )

@@ -1,0 +1,139 @@
+"""Jobs against the real database and a real PgQueuer worker: what commits runs, what
+rolls back never exists, what keeps failing is kept as failed with its error.
+
+These tests commit (a worker only sees committed jobs), so each uses job names and
+dedupe keys of its own and deletes its rows afterwards."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import timedelta
+from functools import partial
+from typing import Any
+
+import pgqueuer
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+
+from app.core.config import Settings
+from app.core.jobs.enqueue import enqueue
+from app.core.jobs.worker import Jobs, build_worker
+from tests.conftest import with_overrides
+
+
+@pytest.fixture
+async def job_name(engine: AsyncEngine) -> AsyncIterator[str]:
+    """A job name of this test's own; its rows are deleted when the test ends."""
+    name = f"probe_{uuid.uuid4().hex[:8]}"
+    yield name
+    async with engine.begin() as connection:
+        await connection.execute(text("DELETE FROM pgqueuer WHERE entrypoint = :n"), {"n": name})
+        await connection.execute(
+            text("DELETE FROM pgqueuer_log WHERE entrypoint = :n"), {"n": name}
+        )
+
+
+async def jobs_named(engine: AsyncEngine, name: str) -> list[dict[str, Any]]:
+    async with engine.connect() as connection:
+        rows = await connection.execute(
+            text("SELECT status::text, attempts FROM pgqueuer WHERE entrypoint = :n"), {"n": name}
+        )
+        return [dict(row._mapping) for row in rows]
+
+
+async def test_a_job_enqueued_in_a_rolled_back_transaction_never_exists(
+    engine: AsyncEngine, job_name: str
+) -> None:
+    """Even as the transaction's first statement, before SQLAlchemy has sent BEGIN."""
+    async with AsyncSession(engine) as session:
+        await enqueue(session, job_name, {"n": 1})
+        await session.rollback()
+    assert await jobs_named(engine, job_name) == []
+
+
+async def test_a_committed_job_exists_once_per_dedupe_key(
+    engine: AsyncEngine, job_name: str
+) -> None:
+    async with AsyncSession(engine) as session, session.begin():
+        await enqueue(session, job_name, {"n": 1}, dedupe_key=f"{job_name}:1")
+        await enqueue(session, job_name, {"n": 1}, dedupe_key=f"{job_name}:1")  # skipped
+    assert await jobs_named(engine, job_name) == [{"status": "queued", "attempts": 0}]
+
+
+async def run_worker_until(
+    settings: Settings, jobs: Jobs, done: Callable[[], Awaitable[bool]], seconds: float = 20
+) -> None:
+    """A real PgQueuer worker on the test database, stopped once `done()` holds."""
+    shutdown = asyncio.Event()
+    worker = asyncio.create_task(
+        pgqueuer.run(
+            partial(build_worker, settings, jobs),
+            dequeue_timeout=timedelta(seconds=0.2),
+            heartbeat_timeout=timedelta(seconds=5),
+            shutdown=shutdown,
+        )
+    )
+    try:
+        async with asyncio.timeout(seconds):
+            while not await done():
+                await asyncio.sleep(0.1)
+    finally:
+        shutdown.set()
+        await asyncio.wait_for(worker, 15)
+
+
+async def test_a_committed_job_runs_in_a_transaction_of_its_own(
+    engine: AsyncEngine, settings: Settings, job_name: str
+) -> None:
+    seen: list[dict[str, Any]] = []
+    jobs = Jobs()
+
+    @jobs.job(job_name)
+    async def record(session: AsyncSession, payload: dict[str, Any]) -> None:
+        assert session.in_transaction()
+        seen.append(payload)
+
+    async with AsyncSession(engine) as session, session.begin():
+        await enqueue(session, job_name, {"order": "A-1"})
+
+    async def ran() -> bool:
+        return bool(seen)
+
+    await run_worker_until(settings, jobs, ran)
+    assert seen == [{"order": "A-1"}]
+    assert await jobs_named(engine, job_name) == []  # done: gone from the queue
+
+
+async def test_a_job_that_keeps_failing_is_kept_as_failed_with_its_error(
+    engine: AsyncEngine, settings: Settings, job_name: str
+) -> None:
+    tries = 0
+    jobs = Jobs()
+
+    @jobs.job(job_name)
+    async def poison(session: AsyncSession, payload: dict[str, Any]) -> None:
+        nonlocal tries
+        tries += 1
+        raise RuntimeError(f"poisoned, try {tries}")
+
+    async with AsyncSession(engine) as session, session.begin():
+        await enqueue(session, job_name, {})
+
+    async def failed() -> bool:
+        return [row["status"] for row in await jobs_named(engine, job_name)] == ["failed"]
+
+    # Two attempts: the first try, then one retry a second later (the backoff's start).
+    await run_worker_until(with_overrides(settings, jobs_max_attempts=1), jobs, failed)
+    assert tries == 2
+    async with engine.connect() as connection:
+        error = await connection.scalar(
+            text(
+                "SELECT traceback->>'exception_message' FROM pgqueuer_log"
+                " WHERE entrypoint = :n AND traceback IS NOT NULL ORDER BY id DESC LIMIT 1"
+            ),
+            {"n": job_name},
+        )
+    assert error == "poisoned, try 2"
