@@ -108,7 +108,7 @@ log "migrate exited 0"
 
 # Every /api/v1 route needs a credential; the production stack has no identity
 # provider, so the checks use an API key, made the way an operator would.
-API_KEY=$(make_api_key api-a e2e items:read items:write -- "${COMPOSE[@]}") || fail "could not make an API key" api-a
+API_KEY=$(make_api_key api-a e2e items:read items:write orders:read orders:write -- "${COMPOSE[@]}") || fail "could not make an API key" api-a
 
 request GET /health
 expect 200 "liveness"
@@ -139,6 +139,19 @@ expect 204 "delete item"
 request GET "/api/v1/items/$item_id"
 expect 404 "deleted item"
 log "items API works through the proxy"
+
+# Background jobs: an order is answered at once, and the worker confirms it after.
+request POST /api/v1/items '{"name":"e2e-ordered"}'
+expect 201 "create the ordered item"
+request POST /api/v1/orders "{\"item_id\":\"$(json_field id)\",\"quantity\":1}"
+expect 201 "create order"
+order_id=$(json_field id)
+ordered_at=$SECONDS
+until request GET "/api/v1/orders/$order_id" && [ -n "$(json_field confirmed_at)" ]; do
+  [ $((SECONDS - ordered_at)) -lt 30 ] || fail "the worker did not confirm the order within 30 s" worker
+  sleep 0.2
+done
+log "jobs: the worker confirmed the order $((SECONDS - ordered_at)) s after it was placed"
 
 # Without a credential, reads and writes alike are refused at the api, and the 401
 # reaches the client through the proxy as RFC 6750 asks: WWW-Authenticate, problem+json.
