@@ -78,7 +78,9 @@ async def run_worker_until(
     )
     try:
         async with asyncio.timeout(seconds):
-            while not await done():
+            while True:
+                if await done():
+                    break
                 await asyncio.sleep(0.1)
     finally:
         shutdown.set()
