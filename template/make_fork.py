@@ -228,6 +228,8 @@ def drop_examples() -> list[str]:
     for example in EXAMPLES:
         substitute("app/main.py", rf"^from app\.{example}\.router import .*\n", "")
         substitute("app/main.py", rf"^\s*{example}_router,\n", "")
+        substitute("app/worker.py", rf"^from app\.{example}\.jobs import .*\n", "")
+        substitute("app/worker.py", rf"^\s*register_{example}\(jobs\)\n", "")
         substitute("pyproject.toml", rf'^\s*"(app|tests)\.{example}",\n', "")
     # An empty list would be formatted onto one line, where `make resource` looks for two.
     pattern = r"^( *)api_routers=\[\n *\],$"
