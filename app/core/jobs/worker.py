@@ -99,11 +99,13 @@ def _periodic(
     return run
 
 
-async def _keep_alive(connection: asyncpg.Connection[Any]) -> None:
-    """Touch ALIVE_FILE while the worker's connection answers."""
+async def _keep_alive(driver: AsyncpgDriver) -> None:
+    """Touch ALIVE_FILE while the worker's connection answers. Through the driver, which
+    takes its lock: asyncpg refuses a query while another one on the same connection
+    (PgQueuer's) is in progress, and PgQueuer's failing at start stops the worker."""
     while True:
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(connection.fetchval("SELECT 1"), ALIVE_EVERY_SECONDS)
+            await asyncio.wait_for(driver.fetch("SELECT 1"), ALIVE_EVERY_SECONDS)
             ALIVE_FILE.touch()  # noqa: ASYNC240  # a tmpfs inode: no disk to wait for
         await asyncio.sleep(ALIVE_EVERY_SECONDS)
 
@@ -122,7 +124,8 @@ async def build_worker(settings: Settings, jobs: Jobs) -> AsyncIterator[PgQueuer
     engine = create_engine(settings)
     sessions = create_session_factory(engine)
     connection = await asyncpg.connect(settings.postgres_dsn)
-    worker = PgQueuer(AsyncpgDriver(connection))
+    driver = AsyncpgDriver(connection)
+    worker = PgQueuer(driver)
     retries = partial(
         DatabaseRetryEntrypointExecutor,
         max_attempts=settings.jobs_max_attempts,
@@ -135,7 +138,7 @@ async def build_worker(settings: Settings, jobs: Jobs) -> AsyncIterator[PgQueuer
         )
     for name, (cron, periodic) in jobs.periodic.items():
         worker.schedule(name, cron)(_periodic(sessions, periodic))
-    alive = asyncio.create_task(_keep_alive(connection))
+    alive = asyncio.create_task(_keep_alive(driver))
     logger.info("worker started", jobs=sorted(jobs.handlers), periodic=sorted(jobs.periodic))
     try:
         yield worker
