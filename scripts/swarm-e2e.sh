@@ -11,7 +11,7 @@
 #   4. Makes a bad update (a database_url secret with a wrong password: new tasks
 #      never turn healthy) under load: Swarm must roll back by itself, zero failures.
 #   5. NODES=2: shows replicas on both nodes, drains node 2 and shows its tasks move.
-#   6. Restore drill: deletes the items, then scripts/swarm/restore.sh restores the
+#   6. Restore drill: deletes the orders and items, then scripts/swarm/restore.sh restores the
 #      database to the time before it; the rows must be back, the stack serving again.
 # Always removes the stack, its secrets and volumes, and leaves the swarm, even on
 # failure. Refuses to run on an engine already in a swarm it did not create.
@@ -361,13 +361,15 @@ if [ "$NODES" = 2 ]; then
   docker node update --availability active "$worker" >/dev/null
 fi
 
-log "restore drill: delete every item, then restore the database to the time before"
+log "restore drill: delete every order and item, then restore the database to the time before"
 items_before=$(psql_as postgres "SELECT count(*) FROM items")
+orders_before=$(psql_as postgres "SELECT count(*) FROM orders")
 [ "$(psql_as postgres "SELECT count(*) FROM items WHERE name = 'swarm-backup-probe'")" = 1 ] ||
   fail "the probe row is missing before the restore"
 target=$(psql_as postgres "SELECT now()")
 sleep 1
-psql_as postgres "DELETE FROM items" >/dev/null
+# Orders first: each references its item.
+psql_as postgres "DELETE FROM orders; DELETE FROM items" >/dev/null || fail "deleting the orders and items"
 # Recovery to a time stops at the first commit after it: that commit's WAL must be in
 # the repository too.
 segment=$(psql_as postgres "SELECT pg_walfile_name(pg_switch_wal())")
@@ -381,10 +383,13 @@ wait_ready 120
 db_container=$(docker ps -q --filter "label=com.docker.swarm.service.name=${STACK}_db" | head -1)
 items_after=$(psql_as postgres "SELECT count(*) FROM items")
 [ "$items_after" = "$items_before" ] || fail "after the restore: $items_after items, $items_before before the delete"
+orders_after=$(psql_as postgres "SELECT count(*) FROM orders")
+[ "$orders_after" = "$orders_before" ] || fail "after the restore: $orders_after orders, $orders_before before the delete"
 [ "$(psql_as postgres "SELECT count(*) FROM items WHERE name = 'swarm-backup-probe'")" = 1 ] ||
   fail "the probe row did not come back"
 [ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 "${auth[@]}" "$BASE/api/v1/items?limit=1")" = 200 ] ||
   fail "the api does not serve items after the restore"
-log "restore drill: $items_after of $items_before items back, restored to $target in $restore_seconds s (scale down to serving)"
+log "restore drill: $items_after of $items_before items and $orders_after of $orders_before orders back, restored to $target in $restore_seconds s (scale down to serving)"
+order_confirmed "after the restore (the worker scaled back up)"
 
 log "PASSED: first full backup ${full_seconds} s, WAL archived ${archive_seconds} s after a switch, rolling update ${update_seconds} s, rollback ${rollback_seconds} s${drain_seconds:+, drain ${drain_seconds} s}, restore ${restore_seconds} s, zero failed requests"
