@@ -1,7 +1,7 @@
 """A real worker process for tests/core/jobs/test_worker_process.py: the core runner
 (`app.core.jobs.worker.run`, with PgQueuer's own SIGTERM handling) and one slow job.
 
-    SLOW_JOB_NAME=probe_x SLOW_JOB_SECONDS=3 SLOW_JOB_LOG=/tmp/log python -m tests.core.jobs.slow_worker
+    SLOW_JOB_NAME=probe SLOW_JOB_SECONDS=3 SLOW_JOB_LOG=log python -m tests.core.jobs.slow_worker
 
 The job appends a JSON line to SLOW_JOB_LOG when it starts and another once it has
 slept SLOW_JOB_SECONDS: a file, so the test sees what a process did even after that

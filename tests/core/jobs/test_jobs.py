@@ -78,7 +78,7 @@ async def run_worker_until(
     )
     try:
         async with asyncio.timeout(seconds):
-            while not await done():
+            while not await done():  # noqa: ASYNC110  # polls the database: no event to await
                 await asyncio.sleep(0.1)
     finally:
         shutdown.set()

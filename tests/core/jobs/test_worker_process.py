@@ -83,7 +83,7 @@ def worker(settings: Settings, probe: Probe, output: Path) -> Iterator[subproces
     }
     with (
         output.open("ab") as sink,
-        subprocess.Popen(  # noqa: S603  # our own interpreter and module
+        subprocess.Popen(  # our own interpreter and module
             [sys.executable, "-m", "tests.core.jobs.slow_worker"],
             cwd=ROOT,
             env=env,
@@ -99,6 +99,11 @@ def worker(settings: Settings, probe: Probe, output: Path) -> Iterator[subproces
             process.wait()
 
 
+def written(output: Path) -> str:
+    """What the workers wrote (for a failure's message)."""
+    return output.read_text(errors="replace")
+
+
 async def eventually(
     condition: Callable[[], bool | Awaitable[bool]], seconds: float, what: str, output: Path
 ) -> None:
@@ -109,7 +114,7 @@ async def eventually(
         if await result if inspect.isawaitable(result) else result:
             return
         if time.monotonic() > deadline:
-            pytest.fail(f"{what} after {seconds} s; the workers wrote:\n{output.read_text()}")
+            pytest.fail(f"{what} after {seconds} s; the workers wrote:\n{written(output)}")
         await asyncio.sleep(0.05)
 
 
@@ -170,7 +175,7 @@ async def test_on_sigterm_the_worker_finishes_its_job_takes_no_new_one_and_exits
         # Committed while the worker stops, with a free slot (concurrency 2) and its
         # NOTIFY sent: a worker still taking jobs would start it.
         await enqueue_one(engine, probe.name, "B")
-        assert process.wait(JOB_SECONDS + 8) == 0, output.read_text()
+        assert process.wait(JOB_SECONDS + 8) == 0, written(output)
         stop_seconds = time.monotonic() - stopped_at
 
     [done] = probe.of("done", "A")
