@@ -228,6 +228,11 @@ POLICY_CASES: list[tuple[str, Mutation, str]] = [
         "coverage",
     ),
     ("no PodDisruptionBudget", lambda d: d.remove(_find(d, "PodDisruptionBudget")), "coverage"),
+    (
+        "no PodDisruptionBudget for the worker",
+        lambda d: d.remove(_find(d, "PodDisruptionBudget", "worker")),
+        "coverage",
+    ),
     ("no NetworkPolicy on ingress", lambda d: _drop_policies(d, "Ingress"), "coverage"),
     ("no NetworkPolicy on egress", lambda d: _drop_policies(d, "Egress"), "coverage"),
     (

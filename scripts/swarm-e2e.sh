@@ -5,11 +5,13 @@
 #   2. Deploys the stack with scripts/swarm/deploy.sh and waits for the api through
 #      the proxy; makes an API key in an api task (every /api/v1 request sends it); waits for the backup service's first full backup, writes a row, and
 #      checks that its WAL segment reaches the (encrypted) pgBackRest repository.
-#   3. Rolls the api out to a new build under steady load: zero failed requests.
+#   3. Rolls the api and the worker out to a new build under steady load: zero failed
+#      requests, and an order created while the worker rolls has its job run
+#      (confirmed_at set) within 30 s.
 #   4. Makes a bad update (a database_url secret with a wrong password: new tasks
 #      never turn healthy) under load: Swarm must roll back by itself, zero failures.
 #   5. NODES=2: shows replicas on both nodes, drains node 2 and shows its tasks move.
-#   6. Restore drill: deletes the items, then scripts/swarm/restore.sh restores the
+#   6. Restore drill: deletes the orders and items, then scripts/swarm/restore.sh restores the
 #      database to the time before it; the rows must be back, the stack serving again.
 # Always removes the stack, its secrets and volumes, and leaves the swarm, even on
 # failure. Refuses to run on an engine already in a swarm it did not create.
@@ -45,6 +47,7 @@ fail() {
   printf '\nswarm-e2e FAILED: %s\n' "$1" >&2
   docker stack ps "$STACK" --no-trunc --format '{{.Name}} {{.Image}} {{.Node}} {{.CurrentState}} {{.Error}}' >&2 || true
   docker service logs --tail 8 "${STACK}_api" >&2 2>&1 || true
+  docker service logs --tail 8 "${STACK}_worker" >&2 2>&1 || true
   exit 1
 }
 
@@ -190,7 +193,7 @@ api_tasks
 api_container=$(docker ps -q --filter "label=com.docker.swarm.service.name=${STACK}_api" | head -1)
 [ -n "$api_container" ] || fail "no container of ${STACK}_api on this node"
 API_KEY=$(docker exec "$api_container" python -m app.core.auth.keys create swarm-e2e \
-  items:read items:write) || fail "making an API key in the api's container"
+  items:read items:write orders:read orders:write) || fail "making an API key in the api's container"
 [[ "$API_KEY" == sak_* ]] || fail "the key command printed no key"
 export API_KEY # load.py's, too
 auth=(-H "X-API-Key: $API_KEY")
@@ -264,14 +267,51 @@ rid=$(sed -nE 's/^[Xx]-[Rr]equest-[Ii][Dd]: (.+)$/\1/p' <<<"$refused")
 [[ "$refused" != *"Strict-Transport-Security"* ]] || fail "HSTS sent over plain HTTP"
 log "proxy: 1.1 MB body refused with a problem+json 413 carrying the request id; no HSTS over HTTP"
 
-log "rolling update to $IMAGE_B (start-first) under load"
+# An order's job (app/orders/jobs.py) sets its confirmed_at: the worker ran it.
+item_id=$(curl -sS --fail --max-time 10 "${auth[@]}" -H 'content-type: application/json' \
+  --data '{"name":"swarm-order-probe"}' "$BASE/api/v1/items" | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])') ||
+  fail "creating the item the orders need"
+order_confirmed() { # order_confirmed WHAT: an order through the proxy, confirmed within 30 s
+  local order_id deadline confirmed
+  order_id=$(curl -sS --fail --max-time 10 "${auth[@]}" -H 'content-type: application/json' \
+    --data "{\"item_id\":\"$item_id\",\"quantity\":1}" "$BASE/api/v1/orders" |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])') || fail "$1: creating an order"
+  deadline=$((SECONDS + 30))
+  until confirmed=$(curl -sS --fail --max-time 5 "${auth[@]}" "$BASE/api/v1/orders/$order_id" |
+    python3 -c 'import json,sys; c = json.load(sys.stdin)["confirmed_at"]; print(c); sys.exit(c is None)'); do
+    [ $SECONDS -lt $deadline ] || fail "$1: order $order_id not confirmed after 30 s (its job never ran)"
+    sleep 0.5
+  done
+  log "$1: order $order_id confirmed by the worker at $confirmed"
+}
+worker_tasks() { # the worker's running tasks: image and state
+  docker service ps "${STACK}_worker" --filter desired-state=running --format '{{.Name}} {{.Image}} {{.Node}} {{.CurrentState}}'
+}
+order_confirmed "before the update"
+
+log "rolling update to $IMAGE_B (start-first) under load, an order created while the worker rolls"
 start_load
 t=$SECONDS
-scripts/swarm/deploy.sh "$IMAGE_B" || fail "rolling update"
+scripts/swarm/deploy.sh "$IMAGE_B" &
+deploy_pid=$!
+# deploy.sh runs the migration job first; the worker's update starts after it.
+deadline=$((SECONDS + 180))
+until [ "$(docker service inspect -f '{{.Spec.TaskTemplate.ContainerSpec.Image}}' "${STACK}_worker")" = "$IMAGE_B" ]; do
+  kill -0 "$deploy_pid" 2>/dev/null || break # deploy.sh ended (its status is checked below)
+  [ $SECONDS -lt $deadline ] || fail "the worker's update did not start within 180 s"
+  sleep 0.5
+done
+log "worker update: $(docker service inspect -f '{{if .UpdateStatus}}{{.UpdateStatus.State}}{{end}}' "${STACK}_worker"); tasks:"
+worker_tasks
+order_confirmed "during the rolling update"
+wait "$deploy_pid" || fail "rolling update"
 update_seconds=$((SECONDS - t))
 stop_load "rolling update ($update_seconds s)"
 api_tasks
+worker_tasks
 [ "$(api_tasks | grep -c " $IMAGE_B ")" -ge 2 ] || fail "the api is not on $IMAGE_B"
+[ "$(worker_tasks | grep -c " $IMAGE_B ")" -ge 1 ] || fail "the worker is not on $IMAGE_B"
+order_confirmed "after the update"
 
 log "bad update: database_url with a wrong password; Swarm must roll back by itself"
 start_load
@@ -321,13 +361,15 @@ if [ "$NODES" = 2 ]; then
   docker node update --availability active "$worker" >/dev/null
 fi
 
-log "restore drill: delete every item, then restore the database to the time before"
+log "restore drill: delete every order and item, then restore the database to the time before"
 items_before=$(psql_as postgres "SELECT count(*) FROM items")
+orders_before=$(psql_as postgres "SELECT count(*) FROM orders")
 [ "$(psql_as postgres "SELECT count(*) FROM items WHERE name = 'swarm-backup-probe'")" = 1 ] ||
   fail "the probe row is missing before the restore"
 target=$(psql_as postgres "SELECT now()")
 sleep 1
-psql_as postgres "DELETE FROM items" >/dev/null
+# Orders first: each references its item.
+psql_as postgres "DELETE FROM orders; DELETE FROM items" >/dev/null || fail "deleting the orders and items"
 # Recovery to a time stops at the first commit after it: that commit's WAL must be in
 # the repository too.
 segment=$(psql_as postgres "SELECT pg_walfile_name(pg_switch_wal())")
@@ -341,10 +383,13 @@ wait_ready 120
 db_container=$(docker ps -q --filter "label=com.docker.swarm.service.name=${STACK}_db" | head -1)
 items_after=$(psql_as postgres "SELECT count(*) FROM items")
 [ "$items_after" = "$items_before" ] || fail "after the restore: $items_after items, $items_before before the delete"
+orders_after=$(psql_as postgres "SELECT count(*) FROM orders")
+[ "$orders_after" = "$orders_before" ] || fail "after the restore: $orders_after orders, $orders_before before the delete"
 [ "$(psql_as postgres "SELECT count(*) FROM items WHERE name = 'swarm-backup-probe'")" = 1 ] ||
   fail "the probe row did not come back"
 [ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 "${auth[@]}" "$BASE/api/v1/items?limit=1")" = 200 ] ||
   fail "the api does not serve items after the restore"
-log "restore drill: $items_after of $items_before items back, restored to $target in $restore_seconds s (scale down to serving)"
+log "restore drill: $items_after of $items_before items and $orders_after of $orders_before orders back, restored to $target in $restore_seconds s (scale down to serving)"
+order_confirmed "after the restore (the worker scaled back up)"
 
 log "PASSED: first full backup ${full_seconds} s, WAL archived ${archive_seconds} s after a switch, rolling update ${update_seconds} s, rollback ${rollback_seconds} s${drain_seconds:+, drain ${drain_seconds} s}, restore ${restore_seconds} s, zero failed requests"

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Deploy an overlay in the right order: the migration Job first, the api after it.
+# Deploy an overlay in the right order: the migration Job first, the api and the
+# worker after it.
 #
 #   deploy/k8s/deploy.sh production        # the overlay's image tag (its `images:`)
 #
@@ -7,9 +8,10 @@
 # 2. Apply only the settings and the migration (labels component=config|migrate),
 #    after deleting the previous Job (a Job's pod template cannot be changed).
 # 3. Wait until the Job has completed; stop here, with its logs, if it failed.
-# 4. Apply everything: the Deployment rolls to the new image (maxUnavailable 0).
+# 4. Apply everything: both Deployments roll to the new image (maxUnavailable 0).
 # 5. Wait for the rollout. A rollout that never gets ready fails here; then
-#    `kubectl rollout undo deployment/api -n <namespace>` goes back.
+#    `kubectl rollout undo deployment/api -n <namespace>` (and deployment/worker)
+#    goes back.
 # Needs kubectl with access to the cluster (KUBECONFIG). Timeouts: MIGRATE_TIMEOUT,
 # ROLLOUT_TIMEOUT (seconds).
 set -euo pipefail
@@ -42,9 +44,10 @@ until conditions=$(kubectl get job api-migrate -n "$namespace" \
 done
 kubectl logs job/api-migrate -n "$namespace" --tail=50 || true
 if [[ $conditions != *Complete* ]]; then
-  echo "migration did not complete ($conditions): the api was not touched" >&2
+  echo "migration did not complete ($conditions): the api and the worker were not touched" >&2
   exit 1
 fi
 
 kubectl apply -f "$rendered"
 kubectl rollout status deployment/api -n "$namespace" --timeout="${rollout_timeout}s"
+kubectl rollout status deployment/worker -n "$namespace" --timeout="${rollout_timeout}s"

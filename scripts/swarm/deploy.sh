@@ -4,8 +4,9 @@
 # Swarm has no "start this service after that job": this script is the ordering.
 #   1. The migration job runs with IMAGE while the api keeps its current image
 #      (on a first deploy the api has no replicas yet), and must complete.
-#   2. Only then does the api roll out to IMAGE: start-first, one task at a time,
-#      rolled back by Swarm itself if a new task fails or never turns healthy.
+#   2. Only then do the api and the worker (the api's image, its own command) roll out
+#      to IMAGE: start-first, one task at a time, rolled back by Swarm itself if a new
+#      task fails or never turns healthy. A stopping worker finishes its jobs first.
 # Migrations must therefore suit the old code too (expand, then contract later).
 # Exits non-zero if the job fails or the update is rolled back.
 #
@@ -13,7 +14,7 @@
 # ${STACK}_app_db_password (the api role's), ${STACK}_database_url (the api's, as app),
 # ${STACK}_migrate_database_url (the migrations', as app_owner) and ${STACK}_backup_conf
 # (pgBackRest's secret options). Settings: STACK (pyproject.toml's name),
-# DOMAIN (:80, plain HTTP), HTTP_PORT (80), HTTPS_PORT (443), API_REPLICAS (2),
+# DOMAIN (:80, plain HTTP), HTTP_PORT (80), HTTPS_PORT (443), API_REPLICAS (2), WORKER_REPLICAS (1),
 # LOG_LEVEL (INFO), MAX_BODY_SIZE (1048576: the proxy's 413 above it),
 # DB_IMAGE and BACKUP_IMAGE (<name>-postgres:17 and <name>-backup:17: deploy/backup/Dockerfile's
 # two targets, pushed where the db's node pulls from), the BACKUP_* settings (docs/backups.md),
@@ -27,15 +28,15 @@ IMAGE=${1:?usage: deploy.sh IMAGE}
 name=${SERVICE_NAME:-$(sed -n 's/^name = "\(.*\)"$/\1/p' ../../pyproject.toml | head -n 1)}
 export STACK=${STACK:-$name}
 export DB_IMAGE=${DB_IMAGE:-$name-postgres:17} BACKUP_IMAGE=${BACKUP_IMAGE:-$name-backup:17}
-export API_REPLICAS=${API_REPLICAS:-2}
+export API_REPLICAS=${API_REPLICAS:-2} WORKER_REPLICAS=${WORKER_REPLICAS:-1}
 export CADDYFILE_DIGEST POSTGRES_INIT_DIGEST
 CADDYFILE_DIGEST=$(sha256sum Caddyfile | cut -c1-12)
 POSTGRES_INIT_DIGEST=$(cat 05-app-password.sh ../postgres/10-roles.sql | sha256sum | cut -c1-12)
 TIMEOUT=${DEPLOY_TIMEOUT:-300}
 
 log() { printf 'deploy [%s] %s\n' "$(date +%T)" "$*"; }
-stack_deploy() { # stack_deploy API_IMAGE MIGRATE_IMAGE API_REPLICAS
-  API_IMAGE=$1 MIGRATE_IMAGE=$2 API_REPLICAS=$3 \
+stack_deploy() { # stack_deploy API_IMAGE MIGRATE_IMAGE API_REPLICAS WORKER_REPLICAS
+  API_IMAGE=$1 MIGRATE_IMAGE=$2 API_REPLICAS=$3 WORKER_REPLICAS=$4 \
     docker stack deploy --detach=true --resolve-image "${RESOLVE_IMAGE:-always}" \
     --prune -c stack.yml "$STACK" >/dev/null
 }
@@ -63,24 +64,25 @@ wait_for_migration() {
   done
 }
 
-# Waits for the api to be at its desired replicas on IMAGE, or for Swarm to give up.
+# wait_for_rollout NAME REPLICAS: until the service is at REPLICAS tasks on IMAGE, or
+# Swarm gives up.
 wait_for_rollout() {
-  local service="${STACK}_api" deadline=$((SECONDS + TIMEOUT)) state running
+  local name=$1 replicas=$2 service="${STACK}_$1" deadline=$((SECONDS + TIMEOUT)) state running cause=
   while :; do
     state=$(docker service inspect -f '{{if .UpdateStatus}}{{.UpdateStatus.State}}{{end}}' "$service")
     case $state in
       rollback_started) # its message names the cause; the later ones do not
         [ -n "${cause:-}" ] || { cause=$(docker service inspect -f '{{.UpdateStatus.Message}}' "$service"); log "$cause"; } ;;
       rollback_completed | rollback_paused | paused)
-        log "the api update ended as $state: $(docker service inspect -f '{{.UpdateStatus.Message}}' "$service")"
+        log "the $name update ended as $state: $(docker service inspect -f '{{.UpdateStatus.Message}}' "$service")"
         return 1 ;;
     esac
     running=$(docker service ps "$service" --filter desired-state=running \
       --format '{{.Image}} {{.CurrentState}}' | grep -c "^$IMAGE Running" || true)
-    if [ "$running" -ge "$API_REPLICAS" ] && [[ $state == "" || $state == completed ]]; then
+    if [ "$running" -ge "$replicas" ] && [[ $state == "" || $state == completed ]]; then
       return 0
     fi
-    [ $SECONDS -lt $deadline ] || { log "api not rolled out after ${TIMEOUT}s (state: ${state:-none})"; return 1; }
+    [ $SECONDS -lt $deadline ] || { log "$name not rolled out after ${TIMEOUT}s (state: ${state:-none})"; return 1; }
     sleep 1
   done
 }
@@ -88,14 +90,17 @@ wait_for_rollout() {
 current=$(docker service inspect -f '{{.Spec.TaskTemplate.ContainerSpec.Image}}' "${STACK}_api" 2>/dev/null || true)
 current=${current%@*} # a digest pinned by --resolve-image
 if [ -z "$current" ]; then
-  log "first deploy: infrastructure and the migration job, no api replicas yet"
-  stack_deploy "$IMAGE" "$IMAGE" 0
+  # Nor workers: the queue's tables do not exist before the migration.
+  log "first deploy: infrastructure and the migration job, no api or worker replicas yet"
+  stack_deploy "$IMAGE" "$IMAGE" 0 0
 else
-  log "migration job on $IMAGE; the api stays on $current"
-  stack_deploy "$current" "$IMAGE" "$API_REPLICAS"
+  log "migration job on $IMAGE; the api and the worker stay on $current"
+  stack_deploy "$current" "$IMAGE" "$API_REPLICAS" "$WORKER_REPLICAS"
 fi
 wait_for_migration
-log "migration complete; rolling the api out to $IMAGE"
-stack_deploy "$IMAGE" "$IMAGE" "$API_REPLICAS"
-wait_for_rollout
-log "api: $API_REPLICAS replicas on $IMAGE"
+log "migration complete; rolling the api and the worker out to $IMAGE"
+stack_deploy "$IMAGE" "$IMAGE" "$API_REPLICAS" "$WORKER_REPLICAS"
+# Both roll at once (separate services); a failed worker rollout fails the deploy too.
+wait_for_rollout api "$API_REPLICAS"
+wait_for_rollout worker "$WORKER_REPLICAS"
+log "api: $API_REPLICAS replicas on $IMAGE; worker: $WORKER_REPLICAS"

@@ -3,13 +3,14 @@
 #   scripts/swarm/restore.sh                              the latest state
 #   scripts/swarm/restore.sh "2026-12-06 10:00:00+00"     the state at that time
 # What scripts/restore.sh does on the VM, with Swarm's verbs:
-#   1. scales the api, then the backup service and the db, to 0 (the proxy answers 502);
+#   1. scales the api and the worker, then the backup service and the db, to 0 (the
+#      proxy answers 502; no job runs against a database being replaced);
 #   2. runs `pgbackup restore` as a one-off job on the db's node (its volumes are
 #      node-local), with the backup service's image, settings, secret and volumes;
 #   3. scales the db to 1: Postgres replays the WAL to the target and is promoted, and
 #      only then passes its healthcheck (Swarm calls the task running);
 #   4. runs the migration job again (a restore to before a migration);
-#   5. scales the backup service to 1 and the api back to its replicas. The backup
+#   5. scales the backup service to 1, the api and the worker back to their replicas. The backup
 #      service starts a new full backup: the restored database runs on a new timeline.
 # Settings: STACK (pyproject.toml's name), RESTORE_TIMEOUT (seconds for each wait: 900).
 set -euo pipefail
@@ -65,9 +66,11 @@ wait_stopped() {
 }
 
 replicas=$(inspect '{{.Spec.Mode.Replicated.Replicas}}' api)
-log "scaling ${STACK}_api to 0, then ${STACK}_backup and ${STACK}_db"
-docker service scale --detach "${STACK}_api=0" >/dev/null
+workers=$(inspect '{{.Spec.Mode.Replicated.Replicas}}' worker)
+log "scaling ${STACK}_api and ${STACK}_worker to 0, then ${STACK}_backup and ${STACK}_db"
+docker service scale --detach "${STACK}_api=0" "${STACK}_worker=0" >/dev/null
 wait_stopped "${STACK}_api"
+wait_stopped "${STACK}_worker"
 docker service scale --detach "${STACK}_backup=0" "${STACK}_db=0" >/dev/null
 wait_stopped "${STACK}_backup"
 wait_stopped "${STACK}_db"
@@ -98,8 +101,9 @@ log "migrations: the job again (upgrade to head)"
 docker service update --detach --quiet --force "${STACK}_migrate" >/dev/null
 wait_job "${STACK}_migrate"
 
-log "scaling ${STACK}_backup to 1 and ${STACK}_api to $replicas"
-docker service scale --detach "${STACK}_backup=1" "${STACK}_api=$replicas" >/dev/null
+log "scaling ${STACK}_backup to 1, ${STACK}_api to $replicas and ${STACK}_worker to $workers"
+docker service scale --detach "${STACK}_backup=1" "${STACK}_api=$replicas" "${STACK}_worker=$workers" >/dev/null
 wait_running "${STACK}_backup" 1
 wait_running "${STACK}_api" "$replicas"
+wait_running "${STACK}_worker" "$workers"
 log "done: restored ${target:-the latest state}"
