@@ -148,7 +148,12 @@ expect 201 "create order"
 order_id=$(json_field id)
 ordered_at=$SECONDS
 until request GET "/api/v1/orders/$order_id" && [ -n "$(json_field confirmed_at)" ]; do
-  [ $((SECONDS - ordered_at)) -lt 30 ] || fail "the worker did not confirm the order within 30 s" worker
+  if [ $((SECONDS - ordered_at)) -ge 30 ]; then
+    "${COMPOSE[@]}" exec -T db psql -X -U postgres -d app -c \
+      "SELECT id, status, attempts, entrypoint FROM pgqueuer" -c \
+      "SELECT job_id, status, traceback FROM pgqueuer_log ORDER BY id" >&2 || true
+    fail "the worker did not confirm the order within 30 s (the queue and its log above)" worker
+  fi
   sleep 0.2
 done
 log "jobs: the worker confirmed the order $((SECONDS - ordered_at)) s after it was placed"
