@@ -7,7 +7,7 @@ bench: ## Measure the production image side by side and check the bars (BENCH_SH
 	python3 scripts/bench.py
 
 .PHONY: profile
-profile: ## Flame graph of the app under load: make profile [on=health|item|page|create]
+profile: ## Flame graph of the app under load: make profile [on=health|item|item-bearer|page|create]
 	python3 scripts/bench.py profile $(or $(on),health)
 
 .PHONY: bench-down

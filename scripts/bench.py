@@ -40,6 +40,7 @@ COMPOSE = ["docker", "compose", "-f", str(BENCH / "compose.yml")]
 IMAGE = f"{os.environ.get('SERVICE_NAME', 'app')}:bench"  # make: pyproject.toml's name
 PY_SPY_IMAGE = "fsbench-py-spy:local"
 THREADS, CONNECTIONS = 2, 64
+ISSUER = "https://issuer:8443"  # bench/compose.yml's issuer, as the servers name it
 
 
 def env_int(name: str, default: int) -> int:
@@ -62,6 +63,7 @@ class Row:
     path: str  # {id} is replaced by a seeded item's id
     script: str | None = None  # a wrk Lua script in bench/
     script_args: tuple[str, ...] = ()  # given to the script after the run's prefix
+    credential: str = "api-key"  # what wrk sends: "api-key" (X-API-Key) or "bearer" (a JWT)
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,23 @@ ROWS = (
     Row("page", "GET /api/v1/items?limit=20", "app", "/api/v1/items?limit=20"),
     Row("floor-read", "minimal FastAPI + SQLAlchemy read", "floor-data", "/api/v1/items/{id}"),
     Row("item", "GET /api/v1/items/{id}, cached", "app", "/api/v1/items/{id}"),
+    # The cached read with a bearer token, and the same read with verification taken
+    # out (bench/unauthenticated.py): both send the same token, so they differ only in
+    # its check (the signature, RS256, and the claims; the key from the worker's cache).
+    Row(
+        "item-open",
+        "cached read, no authentication",
+        "unauthenticated",
+        "/api/v1/items/{id}",
+        credential="bearer",
+    ),
+    Row(
+        "item-bearer",
+        "cached read, bearer token",
+        "app",
+        "/api/v1/items/{id}",
+        credential="bearer",
+    ),
     Row("create", "POST /api/v1/items", "app", "/api/v1/items", script="create.lua"),
     Row(
         "create-keyed",
@@ -98,6 +117,7 @@ BARS = (
     Bar("cached read >= 2 x uncached read", "item", "floor-read", 2.0),
     Bar("metrics on >= 0.9 x metrics off", "metrics", "health", 0.9),
     Bar("a keyed create >= 0.9 x a create", "create-keyed", "create", 0.9),
+    Bar("bearer read >= 0.8 x unauthenticated", "item-bearer", "item-open", 0.8),
 )
 # A floor must answer what its app row answers, byte for byte, or the rows are not
 # comparable (and the floor would silently drift from the app).
@@ -189,6 +209,17 @@ def make_api_key() -> str:
     return compose("exec", "-T", "app", *command).strip()
 
 
+def make_token() -> str:
+    """A bearer token from the stack's issuer (bench/compose.yml), with the read scope
+    the bearer rows need, valid longer than any run."""
+    command = (
+        *("python", "/issuer/dev_issuer.py", "--keys", "/keys", "--issuer", ISSUER),
+        *("token", "--audience", "bench", "--scopes", "items:read", "--sub", "bench"),
+        *("--ttl", "14400"),
+    )
+    return compose("exec", "-T", "issuer", *command).strip()
+
+
 def seed_items(api_key: str) -> str:
     """Create items through the API and return one id for the single-item rows."""
     log(f"seeding {SEED_ITEMS} items")
@@ -257,11 +288,11 @@ def url_for(row: Row, item_id: str) -> str:
     return f"http://{_addresses[row.server]}:8000{row.path.replace('{id}', item_id)}"
 
 
-def wrk_args(row: Row, item_id: str, api_key: str, seconds: int) -> list[str]:
-    # Every row sends the key, the floors too (they ignore it): the same request bytes.
-    # With a script, wrk keeps -H's headers in wrk.headers, beside the script's own.
+def wrk_args(row: Row, item_id: str, credentials: dict[str, str], seconds: int) -> list[str]:
+    # Every row sends its credential, the floors too (they ignore it): the same request
+    # bytes. With a script, wrk keeps -H's headers in wrk.headers, beside the script's own.
     args = ["wrk", f"-t{THREADS}", f"-c{CONNECTIONS}", f"-d{seconds}s", "--latency"]
-    args += ["-H", f"X-API-Key: {api_key}"]
+    args += ["-H", credentials[row.credential]]
     url = url_for(row, item_id)
     if row.script:
         prefix = uuid.uuid4().hex[:8]
@@ -269,21 +300,26 @@ def wrk_args(row: Row, item_id: str, api_key: str, seconds: int) -> list[str]:
     return [*args, url]
 
 
-def wrk(row: Row, item_id: str, api_key: str, seconds: int) -> Measurement:
-    return parse_wrk(compose("exec", "-T", "wrk", *wrk_args(row, item_id, api_key, seconds)))
+def wrk(row: Row, item_id: str, credentials: dict[str, str], seconds: int) -> Measurement:
+    return parse_wrk(compose("exec", "-T", "wrk", *wrk_args(row, item_id, credentials, seconds)))
 
 
-def measure(rows: list[Row], item_id: str, api_key: str) -> dict[str, RowResult]:
+def header_lines(api_key: str, token: str) -> dict[str, str]:
+    """Each Row.credential as the header wrk sends."""
+    return {"api-key": f"X-API-Key: {api_key}", "bearer": f"Authorization: Bearer {token}"}
+
+
+def measure(rows: list[Row], item_id: str, credentials: dict[str, str]) -> dict[str, RowResult]:
     results = {row.key: RowResult(row) for row in rows}
     reads, writes = [r for r in rows if not r.script], [r for r in rows if r.script]
     for group in (reads, writes):
         log(f"warm-up, {WARMUP_SECONDS} s a row: {', '.join(r.key for r in group)}")
         for row in group:
-            wrk(row, item_id, api_key, WARMUP_SECONDS)
+            wrk(row, item_id, credentials, WARMUP_SECONDS)
         for number in range(1, ROUNDS + 1):
             # Every other round in reverse: no row always runs right after the same one.
             for row in group if number % 2 else reversed(group):
-                measurement = wrk(row, item_id, api_key, SECONDS)
+                measurement = wrk(row, item_id, credentials, SECONDS)
                 results[row.key].rounds.append(measurement)
                 log(f"round {number} {row.key:12} {measurement.rps:9,.0f} requests/s")
     return results
@@ -335,7 +371,7 @@ def bench() -> int:
         api_key = make_api_key()
         item_id = seed_items(api_key)
         check_same_bodies(rows, item_id, api_key)
-        results = measure(rows, item_id, api_key)
+        results = measure(rows, item_id, header_lines(api_key, make_token()))
         failed = False
     finally:
         stop_stack(failed)
@@ -378,7 +414,8 @@ def profile(target: str) -> int:
         api_key = make_api_key()
         item_id = seed_items(api_key)
         # Longer than the recording and its sidecar's start; stopped with the stack.
-        args = wrk_args(row, item_id, api_key, seconds + 120)
+        credentials = header_lines(api_key, make_token())
+        args = wrk_args(row, item_id, credentials, seconds + 120)
         load = subprocess.Popen(  # noqa: S603  # a fixed docker command, no shell
             [*COMPOSE, "exec", "-T", "wrk", *args], cwd=ROOT, stdout=subprocess.DEVNULL
         )

@@ -3,7 +3,8 @@
 
 Starts docker-compose.prod.yml as a Compose project of its own with throw-away secrets,
 drives steady load through the proxy (16 keep-alive HTTP/1.1 clients, 5 s timeout, each
-request with an API key made for the run), and
+request with an API key made for the run, or for the issuer's faults a bearer token from
+the development issuer that deploy/issuer-check.yml adds to the stack), and
 injects each fault in turn: a steady phase before, the fault, a steady phase after. For
 each fault it prints a per-second ledger and a summary, checks the figures against the
 fault's bar (issue 7's table, encoded in FAULTS below), and at the end prints one table.
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import json
 import os
@@ -50,6 +52,11 @@ HTTPS_PORT = int(os.environ.get("CHAOS_HTTPS_PORT", "18543"))
 SUBNET = os.environ.get("CHAOS_SUBNET", "172.30.252.0/24")
 PROXY_IP = os.environ.get("CHAOS_PROXY_IP", "172.30.252.10")
 API_IMAGE = f"{os.environ.get('SERVICE_NAME', 'app')}:chaos"  # make: pyproject.toml's name
+# The development issuer the bearer-token faults need, as deploy/issuer-check.yml runs it.
+ISSUER_OVERRIDE = "deploy/issuer-check.yml"
+ISSUER_SCRIPT = "/issuer/dev_issuer.py"
+ISSUER_URL = "https://issuer:8443"
+ISSUER_AUDIENCE = "issuer-check"
 
 CLIENTS = 16
 CLIENT_TIMEOUT = 5.0
@@ -112,7 +119,7 @@ RESENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 class Connection:
     """One keep-alive HTTP/1.1 connection to the proxy, reopened after any error. `headers`
-    go with every request (the API key: every /api/v1 route needs one)."""
+    go with every request (a credential: every /api/v1 route needs one)."""
 
     def __init__(self, port: int, headers: str = "") -> None:
         self.port = port
@@ -172,17 +179,19 @@ async def read_chunked(reader: asyncio.StreamReader) -> bytes:
     return content
 
 
-async def send(conn: Connection, request: Request) -> tuple[int, dict[str, str], bytes]:
+async def send(
+    conn: Connection, request: Request, headers: str = ""
+) -> tuple[int, dict[str, str], bytes]:
     """One request within CLIENT_TIMEOUT; (TIMEOUT or FAILED, {}, b"") instead of raising.
     A safe request that found its kept-alive connection closed unanswered is sent again,
-    once, on a new connection, as HTTP clients do."""
+    once, on a new connection, as HTTP clients do. `headers`: this request's own."""
     try:
         try:
-            return await asyncio.wait_for(conn.request(*request), CLIENT_TIMEOUT)
+            return await asyncio.wait_for(conn.request(*request, headers), CLIENT_TIMEOUT)
         except StaleConnectionError:
             conn.close()
             conn.resent += 1
-            return await asyncio.wait_for(conn.request(*request), CLIENT_TIMEOUT)
+            return await asyncio.wait_for(conn.request(*request, headers), CLIENT_TIMEOUT)
     except TimeoutError:
         conn.close()
         return TIMEOUT, {}, b""
@@ -196,9 +205,13 @@ async def send(conn: Connection, request: Request) -> tuple[int, dict[str, str],
 
 
 class Load:
-    """CLIENTS closed-loop clients, each sending its next request when the last is answered."""
+    """CLIENTS closed-loop clients, each sending its next request when the last is answered.
+    `headers` is asked for each request's credential: a fault may change it mid-run (a
+    token signed by a rotated key)."""
 
-    def __init__(self, port: int, next_request: Callable[[], Request], headers: str) -> None:
+    def __init__(
+        self, port: int, next_request: Callable[[], Request], headers: Callable[[], str]
+    ) -> None:
         self.port = port
         self.next_request = next_request
         self.headers = headers
@@ -211,10 +224,10 @@ class Load:
         return time.monotonic() - self.t0
 
     async def _client(self) -> None:
-        conn = Connection(self.port, self.headers)
+        conn = Connection(self.port)
         while not self._stop.is_set():
             start = self.now()
-            status, headers, _ = await send(conn, self.next_request())
+            status, headers, _ = await send(conn, self.next_request(), self.headers())
             self.samples.append(Sample(start, self.now() - start, status, "retry-after" in headers))
         conn.close()
         self.resent += conn.resent
@@ -334,7 +347,9 @@ class Stack:
             **os.environ,
             **settings,
             "COMPOSE_PROJECT_NAME": PROJECT,
-            "COMPOSE_FILE": str(ROOT / "docker-compose.prod.yml"),
+            # The issuer's faults send bearer tokens: the stack gets a development
+            # issuer (deploy/issuer-check.yml), which the API-key load never notices.
+            "COMPOSE_FILE": f"{ROOT / 'docker-compose.prod.yml'}:{ROOT / ISSUER_OVERRIDE}",
             "ENV_FILE": str(env_file),
         }
         # Compose files that do not pass every setting through to the api (env_file)
@@ -357,6 +372,7 @@ class Stack:
         self.env["COMPOSE_FILE"] += f":{override}"
         self.base = f"http://127.0.0.1:{HTTP_PORT}"
         self.api_key = ""  # made once the stack is up (create_api_key)
+        self.token = ""  # a bearer token from the stack's issuer (issue_token)
         self.items: list[str] = []
         self.write_problems: list[str] = []  # what KeyedWriter.check found
         self.holder: subprocess.Popen[str] | None = None  # the session holding a row lock
@@ -476,6 +492,29 @@ class Stack:
     def auth_header(self) -> str:
         """The key as a header line, for the load's raw requests."""
         return f"X-API-Key: {self.api_key}\r\n"
+
+    def issuer(self, *args: str) -> str:
+        """scripts/dev_issuer.py, run in the issuer's container (its keys are there)."""
+        return self.compose(
+            "exec", "-T", "issuer", "python", ISSUER_SCRIPT, "--keys", "/keys",
+            "--issuer", ISSUER_URL, *args, timeout=60,
+        ).strip()  # fmt: skip
+
+    def issue_token(self) -> None:
+        """A token signed by the issuer's newest key, valid far longer than a run."""
+        scopes = "items:read items:write orders:read orders:write"
+        self.token = self.issuer(
+            "token", "--audience", ISSUER_AUDIENCE, "--scopes", scopes, "--sub", "chaos",
+            "--ttl", "7200",
+        )  # fmt: skip
+
+    @property
+    def bearer_header(self) -> str:
+        return f"Authorization: Bearer {self.token}\r\n"
+
+    def credential(self, kind: str) -> str:
+        """The header line for a fault's credential: "api-key" or "bearer"."""
+        return self.bearer_header if kind == "bearer" else self.auth_header
 
     def seed(self) -> None:
         tag = secrets.token_hex(3)
@@ -904,6 +943,70 @@ def listeners_back(stack: Stack) -> list[str]:
         time.sleep(0.2)
 
 
+# Runs inside an api container: requests to that container's own server with a token
+# whose `kid` the issuer does not publish. Each makes the worker that answers it try
+# to refresh its keys (at most once per 10 s), so the outage is met, not just waited out.
+UNKNOWN_KID = """
+import base64, json, sys, urllib.error, urllib.request
+part = lambda d: base64.urlsafe_b64encode(json.dumps(d).encode()).rstrip(b"=").decode()
+header = part({"alg": "RS256", "kid": "chaos-unknown", "typ": "JWT"})
+signature = base64.urlsafe_b64encode(bytes(256)).rstrip(b"=").decode()  # well-formed, wrong
+token = header + "." + part({"sub": "chaos"}) + "." + signature
+answers = []
+for _ in range(int(sys.argv[1])):
+    request = urllib.request.Request(
+        "http://127.0.0.1:8000/api/v1/items?limit=1",
+        headers={"Authorization": "Bearer " + token},
+    )
+    try:
+        answers.append(urllib.request.urlopen(request, timeout=5).status)
+    except urllib.error.HTTPError as error:
+        answers.append(error.code)
+print(" ".join(map(str, answers)))
+"""
+UNKNOWN_KID_REQUESTS = 8  # per api container: its workers each get some, most likely
+REFRESH_FAILED = "jwks refresh failed"  # app/core/auth/tokens.py's log event
+
+
+def stop_issuer(stack: Stack) -> None:
+    stack.compose("stop", "issuer")
+    for service in stack.api_services:
+        out = stack.compose(
+            "exec", "-T", service, "python", "-c", UNKNOWN_KID, str(UNKNOWN_KID_REQUESTS)
+        )
+        log(f"{service}: a token with an unknown kid, issuer down: {out.strip()}")
+
+
+def start_issuer(stack: Stack) -> None:
+    stack.compose("up", "--detach", "--wait", "--no-deps", "issuer", timeout=120)
+
+
+def refresh_failed(stack: Stack) -> list[str]:
+    """The app tried to refresh its keys while the issuer was down, and kept serving
+    (the load's bar says so): otherwise the fault tested nothing."""
+    logs = stack.compose("logs", "--no-color", *stack.api_services, check=False)
+    failed = logs.count(REFRESH_FAILED)
+    log(f"{failed} key refreshes failed while the issuer was down ({REFRESH_FAILED!r})")
+    return [] if failed else [f"no {REFRESH_FAILED!r} in the api logs: no refresh was tried"]
+
+
+def kid_of(token: str) -> str:
+    header = token.split(".", 1)[0]
+    return str(json.loads(base64.urlsafe_b64decode(header + "=" * (-len(header) % 4)))["kid"])
+
+
+def rotate_key(stack: Stack) -> None:
+    """A new signing key (the old one stays published, as providers keep it while its
+    tokens live); from now on the load sends a token the new key signed, whose kid the
+    api has never seen."""
+    old = kid_of(stack.token)
+    new = stack.issuer("rotate")
+    stack.issue_token()
+    log(f"signing key rotated: {old} -> {new}; the load's token now names {kid_of(stack.token)}")
+    if kid_of(stack.token) != new:
+        raise RuntimeError(f"the new token names {kid_of(stack.token)}, not the new key {new}")
+
+
 def restart_proxy(stack: Stack) -> None:
     stack.compose("restart", "proxy", timeout=120)
 
@@ -987,6 +1090,9 @@ class Fault:
     recover: Callable[[Stack], None]  # returns once the dependency is back
     bar: Bar
     hold_s: float = 10.0  # how long the fault lasts between inject and recover
+    credential: str = "api-key"  # what the load sends: "api-key" or "bearer" (Stack.credential)
+    # At least this long before the fault, whatever the phases say (see the issuer's faults).
+    min_before_s: float = 0.0
     # Checks made once the dependency is back, during the after phase; each miss in words.
     verify: Callable[[Stack], list[str]] | None = None
 
@@ -1100,6 +1206,31 @@ FAULTS = [
         bar=Bar(),  # zero failed requests
         hold_s=0,
     ),
+    # The load sends bearer tokens. Each worker fetches the issuer's keys when it first
+    # sees a token, and then at most once per 10 s (app/core/auth/tokens.py): the faults
+    # begin 12 s into the load, so that a worker may fetch again when the fault needs it.
+    Fault(
+        name="jwks-down",
+        summary="the issuer (its JWKS) stopped; unknown kids make workers refetch (bearer reads)",
+        workload=cached_read,
+        inject=stop_issuer,
+        recover=start_issuer,
+        bar=Bar(),  # zero failed requests: the cached keys keep verifying
+        credential="bearer",
+        min_before_s=12,
+        verify=refresh_failed,
+    ),
+    Fault(
+        name="key-rotated",
+        summary="the signing key rotated; the load then sends tokens naming its kid (bearer reads)",
+        workload=cached_read,
+        inject=rotate_key,
+        recover=nothing,
+        bar=Bar(),  # zero failed requests: an unknown kid fetches the keys at once
+        hold_s=10,
+        credential="bearer",
+        min_before_s=12,
+    ),
     Fault(
         name="deploy",
         summary="a deploy of a new build (cached item reads)",
@@ -1177,14 +1308,16 @@ async def readiness_in(port: int, delay: float) -> str:
 async def run_fault(stack: Stack, fault: Fault, phases: Phases) -> Result:
     """Load before, during and after the fault; the samples and the fault's timeline."""
     await asyncio.to_thread(stack.warm)
-    load = Load(HTTP_PORT, lambda: fault.workload(stack), stack.auth_header)
+    load = Load(
+        HTTP_PORT, lambda: fault.workload(stack), lambda: stack.credential(fault.credential)
+    )
     clients = asyncio.create_task(load.run())
     hold = fault.hold_s * phases.hold_scale
     error = readiness = None
     verified: list[str] = []
     containers = await asyncio.to_thread(stack.api_containers)
     try:
-        await asyncio.sleep(phases.before_s)
+        await asyncio.sleep(max(phases.before_s, fault.min_before_s))
         inject_at = injected_at = load.now()
         try:
             await asyncio.to_thread(fault.inject, stack)
@@ -1458,6 +1591,7 @@ def main() -> int:
         stack.build(stack.revision)
         stack.up()
         stack.create_api_key()
+        stack.issue_token()
         stack.seed()
         results = asyncio.run(run_all(stack, faults, SHORT if args.short else FULL))
     finally:

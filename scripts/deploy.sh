@@ -17,7 +17,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-COMPOSE=(docker compose -f docker-compose.prod.yml)
+# COMPOSE_FILE, when set, names the files instead (make chaos adds its overrides: a
+# deploy must not drop them from the containers it replaces).
+COMPOSE=(docker compose)
+[ -n "${COMPOSE_FILE:-}" ] || COMPOSE+=(-f docker-compose.prod.yml)
 [ -z "${ENV_FILE:-}" ] || COMPOSE+=(--env-file "$ENV_FILE")
 APIS=(api-a api-b)
 # Seconds for the proxy to notice an api stopped or started: twice its health

@@ -4,6 +4,7 @@ a 500, and no response echoes the credential it refused."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -210,6 +211,14 @@ async def test_a_rotated_key_works_without_a_restart(
     issuer.rotate()
     response = await client.get(READ, headers=bearer(issuer.token("probes:read")))
     assert response.status_code == 200, response.text
+
+
+async def test_requests_during_a_key_fetch_wait_for_it(make_auth_client: Maker) -> None:
+    """A worker's first tokens (or the first ones a rotated key signed) arrive together:
+    one fetches the keys, and the others wait for them instead of being refused."""
+    client = await make_auth_client()
+    responses = await asyncio.gather(*(client.get(READ) for _ in range(10)))
+    assert [r.status_code for r in responses] == [200] * 10
 
 
 async def test_cached_keys_keep_serving_while_the_issuer_is_down(

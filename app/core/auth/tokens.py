@@ -7,7 +7,8 @@ locally, against the keys it publishes (its JWKS). No call to the provider per r
   `exp`, `nbf` and `iat`, with LEEWAY_SECONDS for clocks that disagree a little.
 - Keys are cached per worker. An unknown `kid` refreshes them at once (a rotated key
   works without a restart), but at most once per REFRESH_MIN_INTERVAL_SECONDS, so
-  forged `kid`s cannot make the service fetch per request. Keys older than
+  forged `kid`s cannot make the service fetch per request. Requests that arrive while
+  a fetch is under way wait for it (make chaos's key-rotated fault). Keys older than
   KEYS_MAX_AGE_SECONDS are refreshed in the background, so a key the provider
   withdrew stops working. A failed refresh keeps the keys it had: tokens keep
   verifying while the provider is down.
@@ -87,6 +88,12 @@ class KeySet:
             return found
         if self._may_fetch(now):
             await self.refresh()
+        elif self._lock.locked():
+            # A fetch is under way, most likely for this very kid: a rotated key (or a
+            # worker's first token) reaches many requests at once, and each waits for
+            # that fetch's keys rather than being refused before they arrive.
+            async with self._lock:
+                pass
         return self._keys.get(kid)
 
     def _may_fetch(self, now: float) -> bool:

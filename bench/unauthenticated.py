@@ -1,0 +1,65 @@
+"""The app as the image serves it, with credential verification taken out: the bench's
+reference for what checking a credential costs (the "bearer read >= 0.8 x
+unauthenticated" bar, scripts/bench.py).
+
+The same application, middleware and dependencies: `authenticate` still runs (the
+per-address block check, the principal in the request scope for the access line and
+the rate limiter) and `requires("items:read")` still checks the scope. Only the
+worker's Authenticator, which verifies the credential (app/core/auth/verifier.py), is
+swapped in the lifespan state for one that returns a fixed principal.
+
+Not FastAPI's `app.dependency_overrides`: while that dict is not empty, FastAPI builds
+every dependency of every request afresh from its signature (`get_dependant` in
+`solve_dependencies`), which made this server slower than the one verifying tokens.
+It is for tests, not for measuring. Never served outside the bench (bench/compose.yml
+mounts this file); no route of the app changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import cast
+
+from fastapi import FastAPI
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.core.principal import Principal
+from app.core.state import AppState
+from app.main import app
+
+PRINCIPAL = Principal(subject="bench", scopes=frozenset({"items:read"}), kind="token")
+
+
+class NoVerification:
+    """An Authenticator (app/core/principal.py) that believes every request."""
+
+    def __init__(self) -> None:
+        self.blocked_until: dict[str, float] = {}
+
+    async def principal(
+        self,
+        authorization: str | None,
+        api_key: str | None,
+        sessions: async_sessionmaker[AsyncSession],
+    ) -> Principal:
+        return PRINCIPAL
+
+    async def aclose(self) -> None:
+        pass
+
+
+own_lifespan = app.router.lifespan_context
+
+
+@asynccontextmanager
+async def lifespan(application: FastAPI) -> AsyncIterator[AppState]:
+    # The app's own lifespan (engine, Redis, its verifiers, closed on the way out),
+    # with the authenticator replaced in the state each request reads.
+    async with own_lifespan(application) as state:
+        yield {**cast("AppState", state), "auth": NoVerification()}
+
+
+app.router.lifespan_context = lifespan
+
+__all__ = ["app"]
