@@ -304,3 +304,23 @@ async def test_guessing_is_slowed_per_address(make_auth_client: Maker) -> None:
     ]
     assert statuses[:3] == [401, 401, 401]
     assert statuses[3:] == [429, 429]
+
+
+async def test_a_withdrawn_key_stops_its_tokens_even_once_verified(
+    make_auth_client: Maker, issuer: Issuer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Verified tokens are remembered, but not past a refresh of the keys."""
+    client = await make_auth_client()
+    assert (await client.get(READ)).status_code == 200  # verified, and remembered
+    monkeypatch.setattr(tokens, "KEYS_MAX_AGE_SECONDS", 0.0)
+    monkeypatch.setattr(tokens, "REFRESH_MIN_INTERVAL_SECONDS", 0.0)
+    issuer.rotate(only=True)  # the client's key is gone from the JWKS
+    statuses = []
+    for _ in range(20):
+        statuses.append((await client.get(READ)).status_code)
+        if statuses[-1] == 401:
+            break
+        await asyncio.sleep(0.05)  # the refresh runs in the background
+    assert statuses[-1] == 401, statuses
+    fresh = issuer.token("probes:read")
+    assert (await client.get(READ, headers=bearer(fresh))).status_code == 200

@@ -12,6 +12,9 @@ locally, against the keys it publishes (its JWKS). No call to the provider per r
   KEYS_MAX_AGE_SECONDS are refreshed in the background, so a key the provider
   withdrew stops working. A failed refresh keeps the keys it had: tokens keep
   verifying while the provider is down.
+- A verified token is remembered per worker until its `exp` or the next refresh of
+  the keys, whichever comes first: a client's next requests cost a lookup, not a
+  signature check.
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ MAX_TOKEN_LENGTH = 8 * 1024
 REFRESH_MIN_INTERVAL_SECONDS = 10.0
 KEYS_MAX_AGE_SECONDS = 300.0
 FETCH_TIMEOUT_SECONDS = 2.0
+# Verified tokens each worker remembers; past it the memory starts over.
+VERIFIED_TOKENS_MAX = 10_000
 DISCOVERY_PATH = "/.well-known/openid-configuration"
 REQUIRED_CLAIMS = ["exp", "iat", "iss", "aud", "sub"]
 
@@ -77,15 +82,21 @@ class KeySet:
         self._tried_at = float("-inf")  # the last attempt, successful or not
         self._lock = asyncio.Lock()
         self._background: asyncio.Task[None] | None = None
+        self.generation = 0  # counts successful fetches: what was verified before may not hold
+
+    def keep_fresh(self) -> None:
+        """Refresh in the background once the keys are older than KEYS_MAX_AGE_SECONDS."""
+        now = time.monotonic()
+        if now - self._fetched_at > KEYS_MAX_AGE_SECONDS and self._may_fetch(now):
+            self._refresh_in_background()
 
     async def key(self, kid: str) -> SigningKey | None:
         """The key named `kid`, refreshing the set first if it is unknown (rate-limited)."""
-        now = time.monotonic()
         found = self._keys.get(kid)
         if found is not None:
-            if now - self._fetched_at > KEYS_MAX_AGE_SECONDS and self._may_fetch(now):
-                self._refresh_in_background()
+            self.keep_fresh()
             return found
+        now = time.monotonic()
         if self._may_fetch(now):
             await self.refresh()
         elif self._lock.locked():
@@ -120,6 +131,7 @@ class KeySet:
                 return
             self._keys = keys
             self._fetched_at = time.monotonic()
+            self.generation += 1
             logger.info("jwks refreshed", keys=len(self._keys))
 
     async def _discover(self, client: httpx.AsyncClient) -> str:
@@ -148,8 +160,28 @@ class TokenVerifier:
         self.audience = audience
         self.algorithms = algorithms
         self.keys = KeySet(issuer, jwks_url)
+        # token -> (principal, exp, key generation): see verify.
+        self._verified: dict[str, tuple[Principal, float, int]] = {}
 
     async def verify(self, token: str) -> Principal:
+        """A client sends the same token on every request until it expires: its
+        signature and claims are checked once per worker, and the result is kept until
+        the token's `exp`, or until the keys are next refreshed (so a key the issuer
+        withdrew stops its tokens within KEYS_MAX_AGE_SECONDS, as without the cache)."""
+        self.keys.keep_fresh()
+        cached = self._verified.get(token)
+        if cached is not None:
+            principal, expires, generation = cached
+            if time.time() < expires and generation == self.keys.generation:
+                return principal
+            del self._verified[token]
+        principal, expires = await self._verify(token)
+        if len(self._verified) >= VERIFIED_TOKENS_MAX:
+            self._verified.clear()
+        self._verified[token] = (principal, expires, self.keys.generation)
+        return principal
+
+    async def _verify(self, token: str) -> tuple[Principal, float]:
         algorithm, kid = self._header(token)
         key = await self.keys.key(kid)
         if key is None:
@@ -176,7 +208,8 @@ class TokenVerifier:
             raise _refused("is from another issuer") from None
         except jwt.PyJWTError:
             raise _refused("could not be verified") from None
-        return Principal(subject=str(claims["sub"]), scopes=scopes_of(claims), kind="token")
+        principal = Principal(subject=str(claims["sub"]), scopes=scopes_of(claims), kind="token")
+        return principal, float(claims["exp"])
 
     def _header(self, token: str) -> tuple[str, str]:
         """The token's algorithm and key id, once the token looks like one we accept."""
