@@ -85,9 +85,11 @@ class KeySet:
         self.generation = 0  # counts successful fetches: what was verified before may not hold
 
     def keep_fresh(self) -> None:
-        """Refresh in the background once the keys are older than KEYS_MAX_AGE_SECONDS."""
+        """Refresh in the background once the keys are older than KEYS_MAX_AGE_SECONDS
+        (before the first fetch, `key` fetches on demand)."""
         now = time.monotonic()
-        if now - self._fetched_at > KEYS_MAX_AGE_SECONDS and self._may_fetch(now):
+        stale = self._keys and now - self._fetched_at > KEYS_MAX_AGE_SECONDS
+        if stale and self._may_fetch(now):
             self._refresh_in_background()
 
     async def key(self, kid: str) -> SigningKey | None:
