@@ -7,33 +7,20 @@ dedupe keys of its own and deletes its rows afterwards."""
 from __future__ import annotations
 
 import asyncio
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from functools import partial
 from typing import Any
 
 import pgqueuer
-import pytest
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.core.config import Settings
+from app.core.jobs.cleanup import register_cleanup
 from app.core.jobs.enqueue import enqueue
 from app.core.jobs.worker import Jobs, build_worker
 from tests.conftest import with_overrides
-
-
-@pytest.fixture
-async def job_name(engine: AsyncEngine) -> AsyncIterator[str]:
-    """A job name of this test's own; its rows are deleted when the test ends."""
-    name = f"probe_{uuid.uuid4().hex[:8]}"
-    yield name
-    async with engine.begin() as connection:
-        await connection.execute(text("DELETE FROM pgqueuer WHERE entrypoint = :n"), {"n": name})
-        await connection.execute(
-            text("DELETE FROM pgqueuer_log WHERE entrypoint = :n"), {"n": name}
-        )
 
 
 async def jobs_named(engine: AsyncEngine, name: str) -> list[dict[str, Any]]:
@@ -139,3 +126,26 @@ async def test_a_job_that_keeps_failing_is_kept_as_failed_with_its_error(
             {"n": job_name},
         )
     assert error == "poisoned, try 2"
+
+
+async def test_the_nightly_cleanup_drops_old_log_rows_and_expired_keys(
+    settings: Settings, session_factory: async_sessionmaker[AsyncSession], job_name: str
+) -> None:
+    jobs = Jobs()
+    register_cleanup(jobs, settings)
+    cron, cleanup = jobs.periodic["cleanup"]
+    assert cron == "15 3 * * *"
+    async with session_factory() as session, session.begin():
+        await session.execute(
+            text(
+                "INSERT INTO pgqueuer_log (created, job_id, status, priority, entrypoint)"
+                " VALUES (now() - interval '30 days', 1, 'successful', 0, :n),"
+                " (now(), 2, 'successful', 0, :n)"
+            ),
+            {"n": job_name},
+        )
+        await cleanup(session)
+        left = await session.scalar(
+            text("SELECT count(*) FROM pgqueuer_log WHERE entrypoint = :n"), {"n": job_name}
+        )
+    assert left == 1  # the recent row stays

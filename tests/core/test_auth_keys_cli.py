@@ -1,0 +1,59 @@
+"""`python -m app.core.auth.keys`: create, list and revoke, against the run's database
+(these commit: each test uses names of its own and deletes its rows)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.core.auth.api_keys import KEY_FORMAT
+from app.core.auth.keys import main
+from app.core.config import Settings
+
+
+@pytest.fixture
+async def key_name(
+    engine: AsyncEngine, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[str]:
+    monkeypatch.setenv("DATABASE_URL", settings.sqlalchemy_url)
+    name = f"cli-{uuid.uuid4().hex[:8]}"
+    yield name
+    async with engine.begin() as connection:
+        await connection.execute(text("DELETE FROM api_keys WHERE name = :n"), {"n": name})
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    status = main(list(argv))
+    out, err = capsys.readouterr()
+    return status, out.strip(), err.strip()
+
+
+def test_create_list_revoke(key_name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    status, key, _ = run(capsys, "create", key_name, "items:read", "--expires-in-days", "30")
+    assert status == 0
+    assert KEY_FORMAT.fullmatch(key)  # printed once, alone on stdout
+    status, listing, _ = run(capsys, "list")
+    [line] = [row for row in listing.splitlines() if row.startswith(f"{key_name}\t")]
+    assert "\tactive\tscopes=items:read\t" in line
+    assert key[21:] not in listing  # never the secret
+    assert run(capsys, "revoke", key_name)[0] == 0
+    _, listing, _ = run(capsys, "list")
+    assert f"{key_name}\trevoked" in listing
+
+
+def test_refusals_say_why(key_name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(capsys, "create", key_name, "items:read")[0] == 0
+    status, _, error = run(capsys, "create", key_name)
+    assert (status, error) == (
+        1,
+        f"error: a key named {key_name!r} exists; revoke it or pick another name",
+    )
+    status, _, error = run(capsys, "create", f"{key_name}-2", "not a scope")
+    assert status == 1
+    assert "scope 'not a scope' does not match" in error
+    status, _, error = run(capsys, "revoke", f"{key_name}-never-made")
+    assert (status, error) == (1, f"error: no active key named '{key_name}-never-made'")
