@@ -4,7 +4,7 @@ stay until someone retries or deletes them."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import structlog
 from sqlalchemy import text
@@ -22,14 +22,12 @@ logger = structlog.get_logger(__name__)
 def register_cleanup(jobs: Jobs, settings: Settings) -> None:
     @jobs.every("cleanup", NIGHTLY)
     async def cleanup(session: AsyncSession) -> None:
-        retention = timedelta(days=settings.jobs_retention_days)
+        cutoff = datetime.now(UTC) - timedelta(days=settings.jobs_retention_days)
         logs = await session.execute(
-            text("DELETE FROM pgqueuer_log WHERE created < now() - :retention"),
-            {"retention": retention},
+            text("DELETE FROM pgqueuer_log WHERE created < :cutoff"), {"cutoff": cutoff}
         )
         await session.execute(
-            text("DELETE FROM pgqueuer_statistics WHERE created < now() - :retention"),
-            {"retention": retention},
+            text("DELETE FROM pgqueuer_statistics WHERE created < :cutoff"), {"cutoff": cutoff}
         )
         keys = await delete_expired_keys(session, settings.idempotency_key_ttl_seconds)
         logger.info(
