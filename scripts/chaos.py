@@ -1077,7 +1077,11 @@ class Bar:
         return "; ".join(parts)
 
 
-REDIS_OPTIONAL = Bar(min_ratio=0.5, added_p99_ms=100, readiness="warn")
+# Redis gone, every cached read becomes a Postgres read, and `make bench` holds cached
+# reads at >= 2x uncached ones: 0.5x is the most a healthy stack can keep, so the bar
+# sits below it. The calls made before the breaker opens each wait the 100 ms socket
+# timeout: the latency bar is that, plus what queues behind it.
+REDIS_OPTIONAL = Bar(min_ratio=0.4, added_p99_ms=150, readiness="warn")
 DB_UNAVAILABLE = Bar(statuses=frozenset({200, 503}), settle_s=5, retry_after=True)
 
 
