@@ -7,6 +7,8 @@ from typing import Literal, Protocol
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+# The longest subject stored (orders.owner, idempotency_keys.principal hold 200 or more).
+MAX_SUBJECT_LENGTH = 200
 # Held by a principal that may read and change what others own (orders, for one).
 ADMIN_SUFFIX = ":admin"
 

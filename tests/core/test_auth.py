@@ -155,6 +155,7 @@ ATTACKS: dict[str, Callable[[Issuer], str]] = {
     "a nested token": lambda issuer: issuer.token("probes:read", headers={"cty": "JWT"}),
     "a 100 kB token": lambda issuer: issuer.token("probes:read", padding="x" * 100_000),
     "garbage": lambda issuer: "not-a-jwt",
+    "a subject too long to record": lambda issuer: issuer.token("probes:read", sub="x" * 201),
 }
 
 

@@ -30,7 +30,7 @@ import jwt
 import structlog
 
 from app.core.auth.errors import NotAuthenticated
-from app.core.principal import Principal
+from app.core.principal import MAX_SUBJECT_LENGTH, Principal
 
 LEEWAY_SECONDS = 30
 # Real access tokens are a few kB; anything far larger is refused before it is parsed.
@@ -210,7 +210,10 @@ class TokenVerifier:
             raise _refused("is from another issuer") from None
         except jwt.PyJWTError:
             raise _refused("could not be verified") from None
-        principal = Principal(subject=str(claims["sub"]), scopes=scopes_of(claims), kind="token")
+        subject = str(claims["sub"])
+        if not subject or len(subject) > MAX_SUBJECT_LENGTH:
+            raise _refused("names no subject, or one too long to record")
+        principal = Principal(subject=subject, scopes=scopes_of(claims), kind="token")
         return principal, float(claims["exp"])
 
     def _header(self, token: str) -> tuple[str, str]:
