@@ -144,6 +144,8 @@ class Settings(LoggingSettings):
     jobs_heartbeat_timeout: float = Field(default=30, ge=2)
     # Days the finished jobs' log is kept; the nightly cleanup drops older rows.
     jobs_retention_days: int = Field(default=7, ge=1)
+    # Where each worker serves its metrics (docs/metrics.md), with METRICS_ENABLED.
+    jobs_metrics_port: int = Field(default=9000, ge=1, le=65535)
 
     # Prometheus metrics (docs/metrics.md): the Gunicorn master serves them on METRICS_PORT.
     metrics_enabled: bool = True

@@ -15,6 +15,8 @@ the library gives, and what this module only wires:
 - on SIGTERM the worker takes no new job and finishes those it runs; what the
   orchestrator kills after its grace period comes back through the heartbeat;
 - a periodic job runs once per period across every worker (a row lock decides).
+What it adds (executor.py): every run counts as an attempt, even one that took its
+worker down, and each run is measured (metrics.py).
 """
 
 from __future__ import annotations
@@ -34,18 +36,21 @@ import asyncpg
 import orjson
 import pgqueuer
 import structlog
-from pgqueuer import AsyncpgDriver, DatabaseRetryEntrypointExecutor, Job, PgQueuer, Queries
+from pgqueuer import AsyncpgDriver, Job, PgQueuer, Queries
 from pgqueuer.models import Schedule
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.core.config import Settings
 from app.core.db import create_engine, create_session_factory
+from app.core.jobs import metrics
+from app.core.jobs.executor import JobExecutor
 
 Handler = Callable[[AsyncSession, dict[str, Any]], Awaitable[None]]
 Periodic = Callable[[AsyncSession], Awaitable[None]]
 
 # Touched while the worker's database connection answers; the healthcheck reads its age.
 ALIVE_FILE = Path("/tmp/worker-alive")  # noqa: S108  # the container's own tmpfs
+# Also how often the queue gauges are sampled: finer than any scrape interval.
 ALIVE_EVERY_SECONDS = 5.0
 ALIVE_WITHIN_SECONDS = 30.0
 
@@ -99,12 +104,14 @@ def _periodic(
     return run
 
 
-async def _keep_alive(driver: AsyncpgDriver) -> None:
-    """Touch ALIVE_FILE while the worker's connection answers. Through the driver:
-    it serializes the connection's users (a second query at once is an error)."""
+async def _keep_alive(driver: AsyncpgDriver, jobs: Jobs) -> None:
+    """Sample the queue for the gauges, and touch ALIVE_FILE while that works. Through
+    the driver: it serializes the connection's users (a second query at once is an
+    error)."""
     while True:
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(driver.fetch("SELECT 1"), ALIVE_EVERY_SECONDS)
+            rows = await asyncio.wait_for(driver.fetch(metrics.QUEUE_SAMPLE), ALIVE_EVERY_SECONDS)
+            metrics.record_queue(rows, jobs.handlers)
             ALIVE_FILE.touch()  # noqa: ASYNC240  # a tmpfs inode: no disk to wait for
         await asyncio.sleep(ALIVE_EVERY_SECONDS)
 
@@ -126,10 +133,12 @@ async def build_worker(settings: Settings, jobs: Jobs) -> AsyncIterator[PgQueuer
     driver = AsyncpgDriver(connection)
     worker = PgQueuer(driver)
     retries = partial(
-        DatabaseRetryEntrypointExecutor,
+        JobExecutor,
         max_attempts=settings.jobs_max_attempts,
         initial_delay=timedelta(seconds=1),
         max_delay=timedelta(minutes=5),
+        sessions=sessions,
+        heartbeat_timeout=settings.jobs_heartbeat_timeout,
     )
     for name, handler in jobs.handlers.items():
         worker.entrypoint(name, on_failure="hold", executor_factory=retries)(
@@ -137,7 +146,7 @@ async def build_worker(settings: Settings, jobs: Jobs) -> AsyncIterator[PgQueuer
         )
     for name, (cron, periodic) in jobs.periodic.items():
         worker.schedule(name, cron)(_periodic(sessions, periodic))
-    alive = asyncio.create_task(_keep_alive(driver))
+    alive = asyncio.create_task(_keep_alive(driver, jobs))
     logger.info("worker started", jobs=sorted(jobs.handlers), periodic=sorted(jobs.periodic))
     try:
         yield worker
@@ -160,6 +169,8 @@ async def queries_for(settings: Settings) -> AsyncIterator[Queries]:
 
 def run(settings: Settings, jobs: Jobs) -> None:
     """Run the worker until SIGTERM or SIGINT (PgQueuer handles both)."""
+    if settings.metrics_enabled:
+        metrics.serve(settings.jobs_metrics_port)
     asyncio.run(
         pgqueuer.run(
             partial(build_worker, settings, jobs),

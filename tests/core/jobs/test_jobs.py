@@ -17,6 +17,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.core.config import Settings
+from app.core.jobs import metrics
 from app.core.jobs.cleanup import register_cleanup
 from app.core.jobs.enqueue import enqueue
 from app.core.jobs.worker import Jobs, build_worker
@@ -94,6 +95,19 @@ async def test_a_committed_job_runs_in_a_transaction_of_its_own(
     await run_worker_until(settings, jobs, ran)
     assert seen == [{"order": "A-1"}]
     assert await jobs_named(engine, job_name) == []  # done: gone from the queue
+    assert runs(job_name) == {"success": 1, "retry": 0, "failed": 0}
+    assert metrics.REGISTRY.get_sample_value("job_wait_seconds_count", {"job": job_name}) == 1
+
+
+def runs(job: str) -> dict[str, float]:
+    """The worker's metrics: its runs of `job` by outcome."""
+    return {
+        outcome: metrics.REGISTRY.get_sample_value(
+            "job_duration_seconds_count", {"job": job, "outcome": outcome}
+        )
+        or 0
+        for outcome in ("success", "retry", "failed")
+    }
 
 
 async def test_a_job_that_keeps_failing_is_kept_as_failed_with_its_error(
@@ -126,6 +140,38 @@ async def test_a_job_that_keeps_failing_is_kept_as_failed_with_its_error(
             {"n": job_name},
         )
     assert error == "poisoned, try 2"
+    assert runs(job_name) == {"success": 0, "retry": 1, "failed": 1}
+
+
+async def test_the_queue_gauges_count_each_jobs_waiting_and_its_oldest_due(
+    engine: AsyncEngine, job_name: str
+) -> None:
+    async with AsyncSession(engine) as session, session.begin():
+        for n in range(3):
+            await enqueue(session, job_name, {"n": n})
+        await session.execute(
+            text(
+                "UPDATE pgqueuer SET execute_after = now() - interval '90 seconds'"
+                " WHERE id = (SELECT min(id) FROM pgqueuer WHERE entrypoint = :n)"
+            ),
+            {"n": job_name},
+        )
+    async with engine.connect() as connection:
+        rows = [
+            dict(row) for row in (await connection.execute(text(metrics.QUEUE_SAMPLE))).mappings()
+        ]
+    idle = f"{job_name}_idle"
+    metrics.record_queue(rows, [job_name, idle])
+
+    def gauge(name: str, job: str) -> float | None:
+        return metrics.REGISTRY.get_sample_value(name, {"job": job})
+
+    assert gauge("jobs_queued", job_name) == 3
+    assert gauge("jobs_running", job_name) == 0
+    assert 90 <= (gauge("jobs_oldest_waiting_seconds", job_name) or 0) < 120
+    # A job this worker runs that has nothing waiting reads 0, not "no data".
+    assert gauge("jobs_queued", idle) == 0
+    assert gauge("jobs_oldest_waiting_seconds", idle) == 0
 
 
 async def test_the_nightly_cleanup_drops_old_log_rows_and_expired_keys(

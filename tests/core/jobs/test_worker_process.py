@@ -69,18 +69,25 @@ async def probe(engine: AsyncEngine, tmp_path: Path) -> AsyncIterator[Probe]:
 
 
 @contextmanager
-def worker(settings: Settings, probe: Probe, output: Path) -> Iterator[subprocess.Popen[bytes]]:
+def worker(
+    settings: Settings, probe: Probe, output: Path, **settings_env: str
+) -> Iterator[subprocess.Popen[bytes]]:
     """`python -m tests.core.jobs.slow_worker` on the run's database; killed if still
     running when the block ends."""
-    env = os.environ | {
-        "DATABASE_URL": settings.sqlalchemy_url,
-        "ENVIRONMENT": "test",
-        "JOBS_HEARTBEAT_TIMEOUT": str(HEARTBEAT_TIMEOUT),
-        "JOBS_CONCURRENCY": "2",
-        "SLOW_JOB_NAME": probe.name,
-        "SLOW_JOB_SECONDS": str(JOB_SECONDS),
-        "SLOW_JOB_LOG": str(probe.log),
-    }
+    env = (
+        os.environ
+        | settings_env
+        | {
+            "DATABASE_URL": settings.sqlalchemy_url,
+            "ENVIRONMENT": "test",
+            "JOBS_HEARTBEAT_TIMEOUT": str(HEARTBEAT_TIMEOUT),
+            "JOBS_CONCURRENCY": "2",
+            "METRICS_ENABLED": "false",  # several workers at once: no port to share
+            "SLOW_JOB_NAME": probe.name,
+            "SLOW_JOB_SECONDS": str(JOB_SECONDS),
+            "SLOW_JOB_LOG": str(probe.log),
+        }
+    )
     with (
         output.open("ab") as sink,
         subprocess.Popen(  # our own interpreter and module
@@ -162,6 +169,42 @@ async def test_a_job_whose_worker_was_killed_runs_again_on_another_worker(
 
         await eventually(gone, 5, "A is still in the queue", output)
     assert len(probe.of("started", "A")) == 2  # at least once: twice here, once finished
+
+
+async def test_a_job_that_keeps_killing_its_worker_is_kept_as_failed(
+    engine: AsyncEngine, settings: Settings, probe: Probe, tmp_path: Path
+) -> None:
+    """Every run counts as an attempt, even one that took its worker down: with
+    JOBS_MAX_ATTEMPTS=1 (two runs), the third worker keeps the job as failed instead of
+    running it a third time (an OOM-killing job would take down worker after worker)."""
+    output = tmp_path / "workers.log"
+    await enqueue_one(engine, probe.name, "A")
+    for run in (1, 2):
+        with worker(settings, probe, output, JOBS_MAX_ATTEMPTS="1") as process:
+
+            def started(run: int = run) -> bool:
+                return len(probe.of("started", "A")) == run
+
+            await eventually(started, 12, f"run {run} never started", output)
+            process.send_signal(signal.SIGKILL)
+            process.wait(5)
+        await asyncio.sleep(HEARTBEAT_TIMEOUT / 2)  # as above: stale when the next looks
+
+    async def failed() -> bool:
+        return await statuses(engine, probe.name) == ["failed"]
+
+    with worker(settings, probe, output, JOBS_MAX_ATTEMPTS="1"):
+        await eventually(failed, 12, "A was not kept as failed", output)
+    assert len(probe.of("started", "A")) == 2
+    async with engine.connect() as connection:
+        error = await connection.scalar(
+            text(
+                "SELECT traceback->>'exception_message' FROM pgqueuer_log"
+                " WHERE entrypoint = :n AND traceback IS NOT NULL ORDER BY id DESC LIMIT 1"
+            ),
+            {"n": probe.name},
+        )
+    assert "2 of them never finished" in error
 
 
 async def test_on_sigterm_the_worker_finishes_its_job_takes_no_new_one_and_exits_0(

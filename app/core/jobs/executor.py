@@ -1,0 +1,74 @@
+"""How the worker runs each job: PgQueuer's retrying executor, plus the job's metrics
+and a stop for a job that keeps taking its worker down.
+
+PgQueuer counts an attempt when a job raises. A job that kills its worker instead (it
+exhausts the memory limit, crashes the interpreter) raises nothing: its heartbeat goes
+stale, another worker takes it, and that one dies too, without end. So every run
+counts here, finished or not: a job already run more than JOBS_MAX_ATTEMPTS times is
+kept as failed without running again. Runs are counted from PgQueuer's log, where each
+pick is a row; only for a job older than the heartbeat timeout, since a younger one
+cannot have been abandoned yet (the common case pays no query).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from datetime import UTC, datetime
+
+from pgqueuer import DatabaseRetryEntrypointExecutor, Job
+from pgqueuer.errors import RetryRequested
+from pgqueuer.models import Context
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.core.jobs.metrics import DURATION, RERUNS, WAIT
+
+# Picks since the job was last queued afresh (enqueued, or retried by hand: a retry
+# after a failure logs 'queued' with its error, and does not restart the count).
+RUNS = text("""
+SELECT count(*) FROM pgqueuer_log
+WHERE job_id = :id AND status = 'picked' AND created >= (
+    SELECT coalesce(max(created), '-infinity') FROM pgqueuer_log
+    WHERE job_id = :id AND status = 'queued' AND traceback IS NULL)
+""")
+
+
+class JobKeepsDyingError(Exception):
+    """A job whose runs took their worker down more often than it may be tried."""
+
+
+@dataclasses.dataclass
+class JobExecutor(DatabaseRetryEntrypointExecutor):
+    sessions: async_sessionmaker[AsyncSession] | None = None
+    heartbeat_timeout: float = 30.0
+
+    async def execute(self, job: Job, context: Context) -> None:
+        name = job.entrypoint
+        await self._refuse_a_job_that_keeps_dying(job)
+        WAIT.labels(name).observe(max(0.0, time.time() - job.execute_after.timestamp()))
+        started = time.perf_counter()
+        try:
+            await super().execute(job, context)
+        except RetryRequested:
+            DURATION.labels(name, "retry").observe(time.perf_counter() - started)
+            raise
+        except Exception:
+            DURATION.labels(name, "failed").observe(time.perf_counter() - started)
+            raise
+        DURATION.labels(name, "success").observe(time.perf_counter() - started)
+
+    async def _refuse_a_job_that_keeps_dying(self, job: Job) -> None:
+        age = (datetime.now(UTC) - job.created).total_seconds()
+        if self.sessions is None or age < self.heartbeat_timeout:
+            return
+        async with self.sessions() as session:
+            runs = int(await session.scalar(RUNS, {"id": job.id}) or 0)
+        earlier = runs - 1  # this run's pick is logged too
+        if earlier > job.attempts:  # more runs than raised attempts: one never ended
+            RERUNS.labels(job.entrypoint).inc()
+        if earlier > self.max_attempts:
+            raise JobKeepsDyingError(
+                f"{earlier} runs, {earlier - job.attempts} of them never finished (their "
+                f"worker died): kept as failed, as JOBS_MAX_ATTEMPTS={self.max_attempts} says"
+            )
