@@ -157,6 +157,15 @@ until request GET "/api/v1/orders/$order_id" && [ -n "$(json_field confirmed_at)
   sleep 0.2
 done
 log "jobs: the worker confirmed the order $((SECONDS - ordered_at)) s after it was placed"
+# The worker's own metrics (JOBS_METRICS_PORT, never published) counted that run.
+worker_metrics=$("${COMPOSE[@]}" exec -T worker python -c \
+  'import urllib.request; print(urllib.request.urlopen("http://127.0.0.1:9000/metrics", timeout=5).read().decode())') ||
+  fail "the worker serves no metrics on 9000" worker
+grep -qE '^job_duration_seconds_count\{job_name="confirm_order",outcome="success"\} [1-9]' <<<"$worker_metrics" ||
+  fail "the worker's metrics count no confirm_order run: $(grep '^job' <<<"$worker_metrics")" worker
+grep -q '^jobs_oldest_waiting_seconds{job_name="confirm_order"}' <<<"$worker_metrics" ||
+  fail "the worker's metrics lack the queue gauges" worker
+log "jobs: the worker's metrics count the run and sample the queue"
 
 # Without a credential, reads and writes alike are refused at the api, and the 401
 # reaches the client through the proxy as RFC 6750 asks: WWW-Authenticate, problem+json.

@@ -45,7 +45,11 @@ class JobExecutor(DatabaseRetryEntrypointExecutor):
 
     async def execute(self, job: Job, context: Context) -> None:
         name = job.entrypoint
-        await self._refuse_a_job_that_keeps_dying(job)
+        try:
+            await self._refuse_a_job_that_keeps_dying(job)
+        except JobKeepsDyingError:
+            DURATION.labels(name, "failed").observe(0)
+            raise
         WAIT.labels(name).observe(max(0.0, time.time() - job.execute_after.timestamp()))
         started = time.perf_counter()
         try:

@@ -8,7 +8,8 @@ as it is: each worker is a scrape target, as each api container is (docs/metrics
 - What the queue holds, read from Postgres every few seconds by each worker. Every
   worker reports the same queue: aggregate these with max, not sum.
 
-The alert is `jobs_oldest_waiting_seconds` (docs/jobs.md#watching-it).
+The alert is `jobs_oldest_waiting_seconds` (docs/jobs.md#watching-it). The label is
+`job_name`: Prometheus's own `job` label names the scrape target.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ _DURATION_BUCKETS = (0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0)
 WAIT = Histogram(
     "job_wait_seconds",
     "From when a job was due (enqueued, or its retry's time) to when a worker started it.",
-    ("job",),
+    ("job_name",),
     buckets=_WAIT_BUCKETS,
     registry=REGISTRY,
 )
@@ -35,33 +36,35 @@ DURATION = Histogram(
     "job_duration_seconds",
     "Runs by job and outcome (success; retry: failed, tried again later; failed: "
     "every attempt used), and how long each took.",
-    ("job", "outcome"),
+    ("job_name", "outcome"),
     buckets=_DURATION_BUCKETS,
     registry=REGISTRY,
 )
 RERUNS = Counter(
     "job_reruns",
     "Runs of a job an earlier run of which never finished (its worker was killed or lost).",
-    ("job",),
+    ("job_name",),
     registry=REGISTRY,
 )
 QUEUED = Gauge(
     "jobs_queued",
     "Jobs waiting, due now or later (a retry waits out its backoff), all workers.",
-    ("job",),
+    ("job_name",),
     registry=REGISTRY,
 )
-RUNNING = Gauge("jobs_running", "Jobs taken by a worker, all workers.", ("job",), registry=REGISTRY)
+RUNNING = Gauge(
+    "jobs_running", "Jobs taken by a worker, all workers.", ("job_name",), registry=REGISTRY
+)
 FAILED = Gauge(
     "jobs_failed",
     "Jobs kept as failed after their last attempt, until retried or deleted.",
-    ("job",),
+    ("job_name",),
     registry=REGISTRY,
 )
 OLDEST = Gauge(
     "jobs_oldest_waiting_seconds",
     "How long the oldest job due and not yet started has waited (0: none waits).",
-    ("job",),
+    ("job_name",),
     registry=REGISTRY,
 )
 

@@ -96,14 +96,14 @@ async def test_a_committed_job_runs_in_a_transaction_of_its_own(
     assert seen == [{"order": "A-1"}]
     assert await jobs_named(engine, job_name) == []  # done: gone from the queue
     assert runs(job_name) == {"success": 1, "retry": 0, "failed": 0}
-    assert metrics.REGISTRY.get_sample_value("job_wait_seconds_count", {"job": job_name}) == 1
+    assert metrics.REGISTRY.get_sample_value("job_wait_seconds_count", {"job_name": job_name}) == 1
 
 
 def runs(job: str) -> dict[str, float]:
     """The worker's metrics: its runs of `job` by outcome."""
     return {
         outcome: metrics.REGISTRY.get_sample_value(
-            "job_duration_seconds_count", {"job": job, "outcome": outcome}
+            "job_duration_seconds_count", {"job_name": job, "outcome": outcome}
         )
         or 0
         for outcome in ("success", "retry", "failed")
@@ -164,7 +164,7 @@ async def test_the_queue_gauges_count_each_jobs_waiting_and_its_oldest_due(
     metrics.record_queue(rows, [job_name, idle])
 
     def gauge(name: str, job: str) -> float | None:
-        return metrics.REGISTRY.get_sample_value(name, {"job": job})
+        return metrics.REGISTRY.get_sample_value(name, {"job_name": job})
 
     assert gauge("jobs_queued", job_name) == 3
     assert gauge("jobs_running", job_name) == 0
