@@ -133,6 +133,25 @@ def backups(stanza: dict[str, object]) -> list[dict[str, object]]:
     return found if isinstance(found, list) else []
 
 
+def current_backups(stanza: dict[str, object]) -> list[dict[str, object]]:
+    """The backups of the stanza's current database. After a major-version upgrade
+    (`pgbackrest stanza-upgrade`, docs/backups.md) the stanza lists the older version's
+    backups too: they restore only with that version's image, and the new version's
+    data needs a full backup of its own."""
+    dbs = stanza.get("db", [])
+    ids = [d.get("id", 0) for d in dbs if isinstance(d, dict)] if isinstance(dbs, list) else []
+    current = max((i for i in ids if isinstance(i, int)), default=None)
+    if current is None:
+        return backups(stanza)
+    return [b for b in backups(stanza) if database_id(b) == current]
+
+
+def database_id(backup: dict[str, object]) -> int:
+    database = backup.get("database", {})
+    found = database.get("id", 0) if isinstance(database, dict) else 0
+    return found if isinstance(found, int) else 0
+
+
 def stop_time(backup: dict[str, object]) -> float:
     stamp = backup.get("timestamp", {})
     return float(stamp["stop"]) if isinstance(stamp, dict) else 0.0
@@ -153,7 +172,7 @@ def wal_timeline(backup: dict[str, object]) -> int:
 
 def due_type(stanza: dict[str, object], settings: Settings, now: float) -> str | None:
     """The type of backup the schedule wants now, or None."""
-    done = backups(stanza)
+    done = current_backups(stanza)
     fulls = [b for b in done if b.get("type") == "full"]
     if not fulls:
         return "full"
@@ -229,8 +248,8 @@ def measure(settings: Settings) -> tuple[dict[str, float], list[str]]:
     values["pgbackup_backup_running"] = 1 if running else 0
     try:
         stanza = info()
-        done = backups(stanza)
-        values["pgbackup_backups"] = len(done)
+        values["pgbackup_backups"] = len(backups(stanza))
+        done = current_backups(stanza)
         if done:
             values["pgbackup_last_backup_age_seconds"] = now - stop_time(done[-1])
             values["pgbackup_last_backup_size_bytes"] = repository_delta(done[-1])
@@ -397,7 +416,7 @@ def list_backups() -> int:
     if done.returncode != 0:
         return done.returncode
     stanza = info()
-    found = backups(stanza)
+    found = current_backups(stanza)
     if found:
         fmt = "%Y-%m-%d %H:%M:%S+00"
         start = time.strftime(fmt, time.gmtime(stop_time(found[0])))
@@ -410,6 +429,9 @@ def list_backups() -> int:
         print(f"\nrecovery window: from {start} (the end of the oldest backup)")
         print(f"                 to {end or '?'} (the newest archived WAL segment, {newest})")
         print("restore to a time inside it: make restore at='YYYY-MM-DD HH:MM:SS+00'")
+    if len(found) < len(backups(stanza)):
+        print("the backups under 'db (prior)' are an older PostgreSQL version's: they")
+        print("restore only with that version's images (docs/backups.md, upgrading)")
     return 0
 
 
