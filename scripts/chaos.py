@@ -1213,6 +1213,7 @@ def job_storm(stack: Stack) -> None:
     an api container), the worker killed twice, each time while at work, Postgres
     restarted once between; returns once JOB_STREAM orders have been acknowledged."""
     storm = stack.jobs
+    wait_worker_healthy(stack)  # after an earlier fault, it may be restarting still
     concurrency, attempts, heartbeat = stack.compose(
         "exec", "-T", "worker", "python", "-c", WORKER_SETTINGS
     ).split()
