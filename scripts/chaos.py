@@ -37,6 +37,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -68,10 +69,15 @@ FAILED_PAUSE = 0.1  # how long a client waits after FAILED before its next reque
 
 
 # The stack's settings: throw-away secrets, and the write rate limit off, since one
-# client (this script) sends every write and the limit is per client. `--set NAME=VALUE`
-# adds app settings (for instance CACHE_LOCAL_TTL_SECONDS=5, the near cache on).
+# client (this script) sends every write and the limit is per client. The jobs fault's
+# poison job reaches `failed` within the fault with few retries, and a killed worker's
+# jobs run again within it with a short heartbeat timeout; `--set` may change both.
+# `--set NAME=VALUE` adds app settings (for instance CACHE_LOCAL_TTL_SECONDS=5, the
+# near cache on).
 def stack_settings(extra: dict[str, str] | None = None) -> dict[str, str]:
     return {
+        "JOBS_MAX_ATTEMPTS": "3",
+        "JOBS_HEARTBEAT_TIMEOUT": "10",
         **(extra or {}),
         "DOMAIN": "http://localhost",
         "POSTGRES_PASSWORD": secrets.token_hex(16),
@@ -207,14 +213,20 @@ async def send(
 class Load:
     """CLIENTS closed-loop clients, each sending its next request when the last is answered.
     `headers` is asked for each request's credential: a fault may change it mid-run (a
-    token signed by a rotated key)."""
+    token signed by a rotated key). `answered`, if given, sees each answer (the jobs
+    fault keeps the ids of the orders it created)."""
 
     def __init__(
-        self, port: int, next_request: Callable[[], Request], headers: Callable[[], str]
+        self,
+        port: int,
+        next_request: Callable[[], Request],
+        headers: Callable[[], str],
+        answered: Callable[[int, bytes], None] | None = None,
     ) -> None:
         self.port = port
         self.next_request = next_request
         self.headers = headers
+        self.answered = answered  # told each answer's status and body
         self.samples: list[Sample] = []
         self.resent = 0  # requests sent again on a new connection (see send)
         self.t0 = time.monotonic()
@@ -227,8 +239,10 @@ class Load:
         conn = Connection(self.port)
         while not self._stop.is_set():
             start = self.now()
-            status, headers, _ = await send(conn, self.next_request(), self.headers())
+            status, headers, body = await send(conn, self.next_request(), self.headers())
             self.samples.append(Sample(start, self.now() - start, status, "retry-after" in headers))
+            if self.answered is not None:
+                self.answered(status, body)
         conn.close()
         self.resent += conn.resent
 
@@ -378,6 +392,7 @@ class Stack:
         self.holder: subprocess.Popen[str] | None = None  # the session holding a row lock
         self.slowloris: SlowClients | None = None
         self.listeners_before: dict[str, list[float]] = {}  # near-cache listener gauges
+        self.jobs = JobStorm()  # what the jobs fault did, for its audit
         self.revision = (
             self.run("git", "rev-parse", "--short", "HEAD", check=False).strip() or "unknown"
         )
@@ -1028,6 +1043,382 @@ def proxy_back(stack: Stack) -> None:
     stack.wait_until("the proxy", stack.api_ready)
 
 
+# --- Jobs: a stream of orders, each enqueueing confirm_order, through worker kills ------
+
+JOB_STREAM = 2_000  # orders the jobs fault creates through the API, at least (short too)
+ROLLED_BACK = 50  # transactions that enqueue a job and roll back
+# When, as a share of JOB_STREAM acknowledged, each blow falls: spread over the stream.
+KILL_AT = (0.25, 0.75)
+PG_RESTART_AT = 0.5
+# How long every job committed before the stream ended may take to be done: beyond the
+# heartbeat timeout (after which a killed worker's jobs run again), time for a restarted
+# worker to work through the backlog on a busy machine.
+DRAIN_MARGIN_S = 30.0
+ROLLBACK_OWNER = "chaos-rollback"  # the owner of every order the rolled-back transactions insert
+
+
+@dataclass
+class JobStorm:
+    """What the jobs fault did and saw, for its audit."""
+
+    acknowledged: list[str] = field(default_factory=list)  # ids of the orders answered 201
+    concurrency: int = 0  # the worker's settings, read from its container
+    max_attempts: int = 0
+    heartbeat_timeout: float = 0.0
+    kills: int = 0  # kill -9s of the worker's process
+    pg_restarts: int = 0
+    worker_restarts: int = 0  # its container's restarts (kills, and any exit of its own)
+    rolled_back: list[dict[str, Any]] = field(default_factory=list)  # {"order", "job"} each
+    poison_key: str = ""
+
+
+def create_order(stack: Stack) -> Request:
+    return "POST", "/api/v1/orders", b'{"item_id": "%s", "quantity": 1}' % stack.items[0].encode()
+
+
+def order_created(stack: Stack, status: int, body: bytes) -> None:
+    if status == 201:
+        stack.jobs.acknowledged.append(json.loads(body)["id"])
+
+
+def sql(stack: Stack, query: str, **values: str) -> list[list[str]]:
+    """Rows of `query`, run by psql in the db container as the superuser; each :'name'
+    in it is `values[name]`, quoted by psql."""
+    variables = [arg for name, value in values.items() for arg in ("-v", f"{name}={value}")]
+    out = stack.compose(
+        "exec", "-T", "db", *PSQL, "-tAq", "-v", "ON_ERROR_STOP=1", *variables,
+        stdin=query, timeout=60,
+    )  # fmt: skip
+    return [line.split("|") for line in out.splitlines() if line]
+
+
+# Runs inside an api container, with the app's own code: the poison job (committed, its
+# payload no handler can read), then transactions that create an order as the API does
+# (create_order: the order and its confirm_order job) and then fail, as a request that
+# raises after the service returned: the session is left uncommitted, so it rolls back.
+# Each prints its order's id and its job's id, read inside the transaction.
+ROLL_BACK_ORDERS = """
+import asyncio, json, sys
+from sqlalchemy import text
+from app.core.config import load_settings
+from app.core.db import create_engine, create_session_factory
+from app.core.jobs.enqueue import enqueue
+from app.orders.jobs import CONFIRM_ORDER
+from app.orders.schemas import OrderCreate
+from app.orders.service import create_order
+
+class RequestFailed(Exception):
+    pass
+
+async def main(item_id, count, poison_key, owner):
+    engine = create_engine(load_settings())
+    sessions = create_session_factory(engine)
+    async with sessions() as session, session.begin():
+        await enqueue(session, CONFIRM_ORDER, {"order_id": "not-a-uuid"}, dedupe_key=poison_key)
+    for _ in range(count):
+        try:
+            async with sessions() as session:
+                data = OrderCreate(item_id=item_id, quantity=1)
+                order = await create_order(session, data, owner=owner)
+                job = await session.scalar(
+                    text("SELECT id FROM pgqueuer WHERE dedupe_key = :key"),
+                    {"key": f"confirm:{order.id}"},
+                )
+                print(json.dumps({"order": str(order.id), "job": job}), flush=True)
+                await asyncio.sleep(0.05)  # open while the worker dequeues, then fails
+                raise RequestFailed
+        except RequestFailed:
+            pass
+    await engine.dispose()
+
+asyncio.run(main(sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]))
+"""
+
+# Runs inside the worker container, which has no ps: `python -m app.worker`, by its
+# command line (docker-init is PID 1, its parent; the healthcheck is another module).
+KILL_JOBS_WORKER = """
+import os, signal
+for entry in filter(str.isdigit, os.listdir("/proc")):
+    try:
+        with open(f"/proc/{entry}/cmdline", "rb") as f:
+            args = f.read().split(b"\\0")
+    except OSError:
+        continue
+    if args[1:3] == [b"-m", b"app.worker"] and int(entry) != os.getpid():
+        os.kill(int(entry), signal.SIGKILL)
+        print(f"killed python -m app.worker, pid {entry}")
+"""
+
+WORKER_SETTINGS = (
+    "from app.core.config import load_settings; s = load_settings(); "
+    "print(s.jobs_concurrency, s.jobs_max_attempts, s.jobs_heartbeat_timeout)"
+)
+
+
+def worker_state(stack: Stack) -> tuple[int, str]:
+    """The worker container's restart count and health ("healthy", "starting", ...)."""
+    ids = stack.compose("ps", "--all", "--quiet", "worker", check=False).split()
+    if not ids:
+        return 0, "absent"
+    health = "{{if .State.Health}}{{.State.Health.Status}}{{else}}{{.State.Status}}{{end}}"
+    out = stack.run(
+        "docker", "inspect", "--format", "{{.RestartCount}} " + health, ids[0], check=False
+    ).split()
+    return (int(out[0]), out[1]) if len(out) == 2 else (0, "unknown")
+
+
+def wait_worker_healthy(stack: Stack) -> None:
+    stack.wait_until("the jobs worker", lambda: worker_state(stack)[1] == "healthy", timeout=90)
+
+
+def kill_jobs_worker(stack: Stack) -> None:
+    """kill -9 of the worker's process; its container's restart policy brings it back."""
+    restarts, _ = worker_state(stack)
+    killed = stack.compose("exec", "-T", "worker", "python", "-c", KILL_JOBS_WORKER, check=False)
+    if "killed" not in killed:
+        raise RuntimeError("no python -m app.worker to kill in the worker container")
+    stack.jobs.kills += 1
+    started = time.monotonic()
+    stack.wait_until("the worker's restart", lambda: worker_state(stack)[0] > restarts, timeout=60)
+    waited = time.monotonic() - started
+    log(f"worker: {killed.strip()}; restarted by its restart policy in {waited:.1f} s")
+
+
+def db_now(stack: Stack) -> str:
+    return sql(stack, "SELECT now()")[0][0]
+
+
+def worker_working(stack: Stack, since: str) -> float:
+    """Wait until the worker has finished a job since `since` (the database's time): a
+    kill then meets a worker at work, not one still starting. Returns the seconds waited."""
+    done = "SELECT count(*) FROM pgqueuer_log WHERE status = 'successful' AND created > :'since'"
+    started = time.monotonic()
+    stack.wait_until(
+        "the jobs worker at work", lambda: sql(stack, done, since=since) != [["0"]], timeout=90
+    )
+    return time.monotonic() - started
+
+
+def acknowledged_reach(stack: Stack, share: float) -> None:
+    """Wait until `share` of JOB_STREAM orders have been answered 201."""
+    stack.wait_until(
+        f"{share:.0%} of the job stream",
+        lambda: len(stack.jobs.acknowledged) >= share * JOB_STREAM,
+        timeout=300,
+    )
+
+
+def job_storm(stack: Stack) -> None:
+    """During the stream of orders: the poison job and the rolled-back transactions (in
+    an api container), the worker killed twice, each time while at work, Postgres
+    restarted once between; returns once JOB_STREAM orders have been acknowledged."""
+    storm = stack.jobs
+    wait_worker_healthy(stack)  # after an earlier fault, it may be restarting still
+    concurrency, attempts, heartbeat = stack.compose(
+        "exec", "-T", "worker", "python", "-c", WORKER_SETTINGS
+    ).split()
+    storm.concurrency, storm.max_attempts = int(concurrency), int(attempts)
+    storm.heartbeat_timeout = float(heartbeat)
+    storm.worker_restarts = -worker_state(stack)[0]
+    storm.poison_key = f"chaos-poison-{secrets.token_hex(4)}"
+    rollbacks = subprocess.Popen(  # noqa: S603  # fixed command, no shell
+        stack.compose_command(
+            "exec", "-T", stack.api_services[0], "python", "-c", ROLL_BACK_ORDERS,
+            stack.items[1], str(ROLLED_BACK), storm.poison_key, ROLLBACK_OWNER,
+        ),
+        cwd=ROOT, env=stack.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    acknowledged_reach(stack, KILL_AT[0])
+    worker_working(stack, db_now(stack))
+    kill_jobs_worker(stack)
+    out, err = rollbacks.communicate(timeout=120)
+    storm.rolled_back = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    if rollbacks.returncode != 0 or len(storm.rolled_back) != ROLLED_BACK:
+        raise RuntimeError(f"the rolled-back transactions: {err.strip()[-300:]}")
+    log(f"{ROLLED_BACK} transactions rolled back after enqueueing; poison {storm.poison_key}")
+    acknowledged_reach(stack, PG_RESTART_AT)
+    log(f"restarting Postgres at {len(storm.acknowledged)} orders")
+    restart_db(stack)
+    storm.pg_restarts += 1
+    stack.wait_db()
+    back = db_now(stack)
+    # The worker's own connection ends with Postgres's restart: it exits, and its
+    # container's restart policy starts it again.
+    log(f"Postgres back; the worker at work again {worker_working(stack, back):.1f} s later")
+    acknowledged_reach(stack, KILL_AT[1])
+    worker_working(stack, db_now(stack))
+    kill_jobs_worker(stack)
+    acknowledged_reach(stack, 1.0)
+
+
+def jobs_back(stack: Stack) -> None:
+    stack.wait_db()
+    wait_worker_healthy(stack)
+
+
+# The audit's queries. psql fills in each :'name' from `sql(stack, query, name=value)`,
+# quoted: the values (the database's own times, ids this run made) never become SQL.
+PENDING = """
+SELECT (SELECT count(*) FROM orders WHERE confirmed_at IS NULL AND created_at < :'end'),
+       (SELECT coalesce(max(status::text), 'absent') FROM pgqueuer WHERE dedupe_key = :'poison')
+"""
+STREAM_ORDERS = "SELECT id, confirmed_at IS NOT NULL FROM orders WHERE item_id = :'item'"
+ORDERS_BEFORE = """
+SELECT count(*), count(*) FILTER (WHERE confirmed_at IS NULL) FROM orders WHERE created_at < :'end'
+"""
+ROLLED_BACK_LEFT = """
+SELECT (SELECT count(*) FROM orders WHERE id = ANY(:'orders'::uuid[])),
+       (SELECT count(*) FROM orders WHERE owner = :'owner'),
+       (SELECT count(*) FROM pgqueuer WHERE id = ANY(:'jobs'::bigint[])
+          OR dedupe_key = ANY(SELECT 'confirm:' || o FROM unnest(:'orders'::uuid[]) AS o)
+          OR convert_from(payload, 'UTF8')::jsonb ->> 'order_id'
+             = ANY(SELECT o::text FROM unnest(:'orders'::uuid[]) AS o)),
+       (SELECT count(*) FROM pgqueuer_log WHERE job_id = ANY(:'jobs'::bigint[]))
+"""
+# Per job queued since the stream's first order: its picks, whether it ever raised (a
+# retry is logged as 'queued' with the error), whether it succeeded.
+STREAM_JOBS = """
+WITH jobs AS (
+  SELECT job_id, count(*) FILTER (WHERE status = 'picked') AS picks,
+    bool_or(status IN ('exception', 'failed')
+            OR (status = 'queued' AND traceback IS NOT NULL)) AS raised,
+    bool_or(status = 'successful') AS succeeded
+  FROM pgqueuer_log WHERE entrypoint = 'confirm_order' GROUP BY job_id
+  HAVING min(created) >= (SELECT min(created_at) FROM orders WHERE item_id = :'item')
+    AND min(created) < :'end')
+SELECT count(*), count(*) FILTER (WHERE succeeded), count(*) FILTER (WHERE raised),
+  coalesce(sum(picks - 1) FILTER (WHERE NOT raised), 0),
+  count(*) FILTER (WHERE NOT raised AND picks > 1),
+  coalesce(max(picks) FILTER (WHERE NOT raised), 0)
+FROM jobs
+"""
+QUEUED_BEFORE = "SELECT count(*) FROM pgqueuer WHERE created < :'end' AND status <> 'failed'"
+POISON = "SELECT id, status, attempts FROM pgqueuer WHERE dedupe_key = :'poison'"
+POISON_LOG = """
+SELECT count(*) FILTER (WHERE status = 'picked'),
+  count(*) FILTER (WHERE status = 'queued' AND traceback IS NOT NULL),
+  (SELECT (traceback ->> 'exception_type') || ': ' || (traceback ->> 'exception_message')
+     FROM pgqueuer_log WHERE job_id = :'job'::bigint AND status = 'failed'
+     ORDER BY id DESC LIMIT 1),
+  (SELECT count(*) FROM pgqueuer WHERE status = 'failed' AND created < :'end')
+FROM pgqueuer_log WHERE job_id = :'job'::bigint
+"""
+
+
+def job_audit(stack: Stack) -> list[str]:
+    """Once the stream has stopped: every job committed before its end done within the
+    heartbeat timeout + DRAIN_MARGIN_S, none from a rolled-back transaction, duplicate
+    runs within (kills + Postgres restarts) x JOBS_CONCURRENCY, and the poison job held
+    as failed after its retries while every other job succeeded."""
+    storm, problems = stack.jobs, []
+    end, item = db_now(stack), stack.items[0]
+    bound = storm.heartbeat_timeout + DRAIN_MARGIN_S
+    started = time.monotonic()
+    while True:
+        ((pending, poison_status),) = sql(stack, PENDING, end=end, poison=storm.poison_key)
+        if int(pending) == 0 and poison_status == "failed":
+            break
+        if time.monotonic() - started > bound:
+            problems.append(
+                f"{pending} orders unconfirmed, the poison job {poison_status}, {bound:.0f} s "
+                "after the stream ended"
+            )
+            break
+        time.sleep(0.5)
+    drained = time.monotonic() - started
+
+    # Every order answered 201, and every order committed before the stream ended, confirmed.
+    confirmed = {order: flag == "t" for order, flag in sql(stack, STREAM_ORDERS, item=item)}
+    acknowledged = set(storm.acknowledged)
+    missing = acknowledged - confirmed.keys()
+    unconfirmed = {order for order in acknowledged if confirmed.get(order) is False}
+    ((orders, unconfirmed_all),) = sql(stack, ORDERS_BEFORE, end=end)
+    log(
+        f"jobs: {len(acknowledged)} orders answered 201 ({len(confirmed)} committed for the "
+        f"stream's item: {len(confirmed) - len(acknowledged)} without a 201 seen); "
+        f"{orders} orders in the database before the stream ended, {unconfirmed_all} "
+        f"unconfirmed; done {drained:.1f} s after the stream ended (bound {bound:.0f} s)"
+    )
+    if missing:
+        problems.append(f"{len(missing)} orders answered 201 and missing: {sorted(missing)[:5]}")
+    if unconfirmed or int(unconfirmed_all):
+        problems.append(f"lost jobs: {max(len(unconfirmed), int(unconfirmed_all))} unconfirmed")
+
+    # The rolled-back transactions left nothing: no order, no job, no log of one.
+    ((orders_left, owners_left, jobs_left, logged),) = sql(
+        stack,
+        ROLLED_BACK_LEFT,
+        orders="{" + ",".join(str(uuid.UUID(r["order"])) for r in storm.rolled_back) + "}",
+        jobs="{" + ",".join(str(int(r["job"])) for r in storm.rolled_back) + "}",
+        owner=ROLLBACK_OWNER,
+    )
+    log(
+        f"jobs: {len(storm.rolled_back)} transactions rolled back after enqueueing: "
+        f"{orders_left} of their orders ({owners_left} by their owner), {jobs_left} of "
+        f"their jobs, {logged} log rows of their jobs (picked, run or queued) remain"
+    )
+    if leftovers := int(orders_left) + int(owners_left) + int(jobs_left) + int(logged):
+        problems.append(f"rolled-back transactions left {leftovers} rows behind")
+
+    # Duplicate runs: picks beyond the first of the jobs that never raised. A worker holds
+    # at most JOBS_CONCURRENCY picked jobs (PgQueuer's cap, counting those whose outcome
+    # it has not written yet), and each loss of it can leave them all to run again: a
+    # kill, or Postgres's restart (the worker exits with its connection).
+    ((jobs, succeeded, raised, extra_picks, picked_again, most_picks),) = sql(
+        stack, STREAM_JOBS, item=item, end=end
+    )
+    storm.worker_restarts += worker_state(stack)[0]
+    allowed = (storm.kills + storm.pg_restarts) * storm.concurrency
+    log(
+        f"jobs: {jobs} confirm_order jobs since the stream began, {succeeded} successful, "
+        f"{raised} raised at least once (the poison among them); {extra_picks} duplicate "
+        f"runs ({picked_again} jobs picked more than once, at most {most_picks} times) "
+        f"after {storm.kills} kills and {storm.pg_restarts} Postgres restart, "
+        f"JOBS_CONCURRENCY={storm.concurrency}: bar ≤ {allowed}; the worker's container "
+        f"restarted {storm.worker_restarts} times"
+    )
+    if int(extra_picks) > allowed:
+        problems.append(f"{extra_picks} duplicate runs (bar ≤ {allowed})")
+    if int(succeeded) != int(jobs) - 1:
+        problems.append(f"{int(jobs) - 1 - int(succeeded)} jobs besides the poison unsuccessful")
+    ((held,),) = sql(stack, QUEUED_BEFORE, end=end)
+    if int(held):
+        problems.append(f"{held} jobs still in the queue")
+    return problems + poison_audit(stack, end)
+
+
+def poison_audit(stack: Stack, end: str) -> list[str]:
+    """The poison job: kept as failed, its attempts JOBS_MAX_ATTEMPTS (a first run, then
+    that many retries), its last error kept, the CLI lists it; the only failed job."""
+    storm, problems = stack.jobs, []
+    rows = sql(stack, POISON, poison=storm.poison_key)
+    if not rows:
+        return ["the poison job is not in the queue"]
+    ((job_id, status, attempts),) = rows
+    ((picks, retries, last_error, failed_jobs),) = sql(stack, POISON_LOG, job=job_id, end=end)
+    listed = stack.compose("exec", "-T", "worker", "python", "-m", "app.core.jobs.cli", "failed")
+    in_cli = any(line.split("\t")[0] == job_id for line in listed.splitlines())
+    log(
+        f"jobs: poison job {job_id} {status}, attempts={attempts} (JOBS_MAX_ATTEMPTS="
+        f"{storm.max_attempts}), run {picks} times, retried {retries} times, last error "
+        f"{last_error!r}; {'listed' if in_cli else 'NOT listed'} by `cli failed`; "
+        f"{failed_jobs} failed jobs in all"
+    )
+    if status != "failed" or int(attempts) != storm.max_attempts:
+        problems.append(
+            f"poison job {status}, attempts={attempts} (bar: failed, {storm.max_attempts})"
+        )
+    if int(retries) != storm.max_attempts:
+        problems.append(f"poison job retried {retries} times (bar: {storm.max_attempts})")
+    if not last_error.startswith("ValueError"):
+        problems.append(f"poison job's last error not kept: {last_error!r}")
+    if not in_cli:
+        problems.append("poison job missing from `python -m app.core.jobs.cli failed`")
+    if int(failed_jobs) != 1:
+        problems.append(f"{failed_jobs} failed jobs (bar: the poison alone)")
+    return problems
+
+
 # --- Bars: what each fault may cost (issue 7's "must be" column) -----------------------
 
 
@@ -1036,7 +1427,9 @@ class Bar:
     """What a fault may cost at most. A check left None is not made. A timeout or a failed
     connection is never an allowed answer."""
 
-    # Answers allowed from the fault until `settle_s` after recovery; 200 only after that.
+    # The answer a healthy stack gives the workload: 201 for a create.
+    ok: int = 200
+    # Answers allowed from the fault until `settle_s` after recovery; `ok` only after that.
     statuses: frozenset[int] = frozenset({200})
     settle_s: float = 0.0
     retry_after: bool = False  # every 503 carries Retry-After
@@ -1065,7 +1458,7 @@ class Bar:
         if self.max_latency_s is not None:
             parts.append(f"each ≤ {self.max_latency_s:.0f} s")
         if self.settle_s:
-            parts.append(f"all 200 {self.settle_s:.0f} s after")
+            parts.append(f"all {self.ok} {self.settle_s:.0f} s after")
         if self.readiness:
             parts.append(f"ready: {self.readiness}")
         if self.cut_short_s is not None:
@@ -1099,6 +1492,11 @@ class Fault:
     min_before_s: float = 0.0
     # Checks made once the dependency is back, during the after phase; each miss in words.
     verify: Callable[[Stack], list[str]] | None = None
+    # Told each answer of the load: its status and body (the orders the jobs fault made).
+    on_answer: Callable[[Stack, int, bytes], None] | None = None
+    # Checks made once the load has stopped: what its requests left behind. Not made when
+    # the fault could not be injected.
+    audit: Callable[[Stack], list[str]] | None = None
 
 
 FAULTS = [
@@ -1162,6 +1560,21 @@ FAULTS = [
         # response it had begun to forward (the same rule as make deploy-check's).
         bar=Bar(cut_short_s=1.0),
         hold_s=5,
+    ),
+    Fault(
+        name="jobs",
+        summary=(
+            f"{JOB_STREAM:,} orders, each enqueueing a job; the jobs worker killed twice, "
+            f"Postgres restarted, {ROLLED_BACK} enqueueing transactions rolled back, a poison job"
+        ),
+        workload=create_order,
+        inject=job_storm,  # returns when the stream has JOB_STREAM orders
+        recover=jobs_back,
+        # Order POSTs while Postgres restarts: 503 with Retry-After, as for the reads.
+        bar=replace(DB_UNAVAILABLE, ok=201, statuses=frozenset({201, 503})),
+        hold_s=0,
+        on_answer=order_created,
+        audit=job_audit,
     ),
     Fault(
         name="tmpfs-fill",
@@ -1312,8 +1725,12 @@ async def readiness_in(port: int, delay: float) -> str:
 async def run_fault(stack: Stack, fault: Fault, phases: Phases) -> Result:
     """Load before, during and after the fault; the samples and the fault's timeline."""
     await asyncio.to_thread(stack.warm)
+    on_answer = fault.on_answer
     load = Load(
-        HTTP_PORT, lambda: fault.workload(stack), lambda: stack.credential(fault.credential)
+        HTTP_PORT,
+        lambda: fault.workload(stack),
+        lambda: stack.credential(fault.credential),
+        (lambda status, body: on_answer(stack, status, body)) if on_answer else None,
     )
     clients = asyncio.create_task(load.run())
     hold = fault.hold_s * phases.hold_scale
@@ -1341,6 +1758,8 @@ async def run_fault(stack: Stack, fault: Fault, phases: Phases) -> Result:
     finally:
         load.stop()
         await clients
+    if fault.audit is not None and error is None:
+        verified += await asyncio.to_thread(fault.audit, stack)
     restarts = restarts_between(containers, await asyncio.to_thread(stack.api_containers))
     if load.resent:
         log(f"{load.resent} GETs sent again on a new connection: their kept-alive one closed")
@@ -1364,7 +1783,7 @@ def restarts_between(
 
 def gap(result: Result) -> float:
     """From the first answer other than 200 to the end of the last one, in seconds."""
-    failed = [s for s in result.fault_on if s.status != 200]
+    failed = [s for s in result.fault_on if s.status != result.fault.bar.ok]
     return max(s.end for s in failed) - min(s.start for s in failed) if failed else 0.0
 
 
@@ -1395,7 +1814,7 @@ def judge(result: Result) -> list[str]:
     bar, misses = result.fault.bar, []
     if result.error:
         misses.append(result.error)
-    if not result.before or any(s.status != 200 for s in result.before):
+    if not result.before or any(s.status != bar.ok for s in result.before):
         misses.append(f"the stack was not healthy before the fault: {tally(result.before)}")
     settled = result.back_at + bar.settle_s
     fault_on = result.fault_on
@@ -1403,7 +1822,7 @@ def judge(result: Result) -> list[str]:
     wrong = [
         s
         for s in fault_on
-        if s.status not in (bar.statuses if s.start < settled else {200})
+        if s.status not in (bar.statuses if s.start < settled else {bar.ok})
         and not (bar.cut_short_s is not None and s.status == CUT_SHORT and s.end <= cut_short_until)
     ]
     if wrong:
@@ -1464,7 +1883,7 @@ def summary_row(result: Result) -> list[str]:
     during = result.rate(result.inject_at, result.back_at)
     after = result.rate(result.back_at, result.end_at)
     fault_on = result.fault_on
-    non_200 = [s for s in fault_on if s.status not in (200, TIMEOUT)]
+    non_200 = [s for s in fault_on if s.status not in (result.fault.bar.ok, TIMEOUT)]
     worst = max((s.latency for s in fault_on), default=0.0)
     return [
         result.fault.name,
@@ -1579,6 +1998,8 @@ def main() -> int:
     if args.list:
         for fault in FAULTS:
             print(f"{fault.name:<14} {fault.summary}\n{'':<14} bar: {fault.bar.describe()}")
+            if fault.audit is not None and fault.audit.__doc__:
+                print(f"{'':<14} and: {' '.join(fault.audit.__doc__.split())}")
         return 0
     faults = [f for f in FAULTS if not args.faults or f.name in args.faults]
     # `docker compose down` must run on SIGTERM too (CI cancelling a job), not only on Ctrl-C.
