@@ -232,12 +232,10 @@ async def test_concurrent_duplicates_whose_handlers_all_succeed_write_once(
     """Nothing in the handler's write conflicts: the key's own insert does, and every
     request but the first is rolled back."""
     client = await make_core_client(settings, isolated=False)
-    body = widget()
+    body, fresh, key = widget(), {"fresh": "true"}, {HEADER: "k-cf"}
     responses = await asyncio.gather(
         *(
-            client.post(
-                "/probe/keyed-widgets", params={"fresh": "true"}, json=body, headers={HEADER: "k-cf"}
-            )
+            client.post("/probe/keyed-widgets", params=fresh, json=body, headers=key)
             for _ in range(5)
         )
     )
