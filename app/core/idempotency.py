@@ -27,6 +27,7 @@ expired key is stored afresh, and `delete_expired_keys` removes old ones.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -35,18 +36,8 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Header, Request, Response
 from fastapi.routing import APIRoute
-from sqlalchemy import (
-    DateTime,
-    Integer,
-    Interval,
-    LargeBinary,
-    String,
-    bindparam,
-    delete,
-    func,
-    select,
-)
-from sqlalchemy.dialects.postgresql import JSONB, insert
+from sqlalchemy import DateTime, Integer, LargeBinary, String, delete, func, select
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
@@ -161,20 +152,21 @@ async def _read_key(
 # scope="function": the request's own session, committed after IdempotentRoute stores the key.
 idempotent = Depends(_read_key, scope="function")
 
-_new_key = insert(IdempotencyKey)
-# The key with its response; over an expired key only. Built once: each request only
-# binds its values, and the compiled SQL is cached.
-_STORE = _new_key.on_conflict_do_update(
-    index_elements=[IdempotencyKey.principal, IdempotencyKey.key],
-    set_={
-        "fingerprint": _new_key.excluded.fingerprint,
-        "created_at": func.now(),
-        "status_code": _new_key.excluded.status_code,
-        "headers": _new_key.excluded.headers,
-        "body": _new_key.excluded.body,
-    },
-    where=IdempotencyKey.created_at < func.now() - bindparam("ttl", type_=Interval()),
-).returning(IdempotencyKey.key)
+# The key with its response, over an expired key only: RETURNING nothing means the key
+# is taken. Plain SQL on the session's connection (still wrapped, so errors classify as
+# any other): the one statement a keyed request adds has nothing to compile.
+_STORE = """
+INSERT INTO idempotency_keys AS stored (principal, key, fingerprint, status_code, headers, body)
+VALUES ($1, $2, $3, $4, $5, $6)
+ON CONFLICT (principal, key) DO UPDATE SET
+    fingerprint = excluded.fingerprint,
+    created_at = now(),
+    status_code = excluded.status_code,
+    headers = excluded.headers,
+    body = excluded.body
+WHERE stored.created_at < now() - $7::interval
+RETURNING true
+"""
 
 
 async def _store(keyed: _Keyed, response: Response) -> bool:
@@ -185,17 +177,17 @@ async def _store(keyed: _Keyed, response: Response) -> bool:
     headers = {name: response.headers[name] for name in STORED_HEADERS if name in response.headers}
     connection = await keyed.session.connection()
     try:
-        result = await connection.execute(
+        result = await connection.exec_driver_sql(
             _STORE,
-            {
-                "principal": keyed.principal,
-                "key": keyed.key,
-                "fingerprint": keyed.fingerprint,
-                "status_code": response.status_code,
-                "headers": headers,
-                "body": bytes(response.body),
-                "ttl": keyed.ttl,
-            },
+            (
+                keyed.principal,
+                keyed.key,
+                keyed.fingerprint,
+                response.status_code,
+                json.dumps(headers),
+                bytes(response.body),
+                keyed.ttl,
+            ),
         )
     except DBAPIError as exc:
         if sqlstate(exc) in STILL_RUNNING_SQLSTATES:
