@@ -107,6 +107,14 @@ def after_commit(session: AsyncSession, hook: AfterCommit) -> None:
     session.info.setdefault(_AFTER_COMMIT, []).append(hook)
 
 
+async def discard(session: AsyncSession) -> None:
+    """Roll back the request's transaction so far, and drop its after-commit hooks: for
+    plumbing that answers without the handler's writes (a replayed idempotent request).
+    The session stays usable; `get_session` still owns the commit."""
+    await session.rollback()
+    session.info.pop(_AFTER_COMMIT, None)
+
+
 async def _run_after_commit(session: AsyncSession) -> None:
     hooks: list[AfterCommit] = session.info.pop(_AFTER_COMMIT, [])
     for hook in hooks:

@@ -7,21 +7,27 @@ A route opts in with one line, `dependencies=[idempotent]`, on a router made wit
 the first; a key sent to a route without the second is a 500 that says so).
 
 How it stays correct without a second store or a lock service:
-1. Before the handler runs, the key is claimed in the request's own transaction
-   (`INSERT ... ON CONFLICT`). A concurrent request with the same key waits on that
-   row until the first transaction ends, at most DB_LOCK_TIMEOUT, then gets 409.
-2. After the handler, its response (status, Location, body) is written to the same
-   row, still before the commit: a stored response exists if and only if the write
-   committed. A failed request rolls back its claim too, so a retry runs it again.
-3. A retry finds the stored response and gets it again, marked `Idempotent-Replayed:
-   true`. The same key with another request (method, path, query or body) is a 422.
+1. The handler runs first. Its response (status, Location, body) is stored with the key
+   in one `INSERT ... ON CONFLICT`, in the request's own transaction, just before the
+   commit: a stored response exists if and only if the write committed. A failed
+   request stores nothing, so its retry runs again.
+2. If the key is taken, the handler's work is rolled back and the stored response is
+   sent again, marked `Idempotent-Replayed: true`. The same key with another request
+   (method, path, query or body) is a 422.
+3. A retry whose handler fails with a domain error (the unique name its first attempt
+   wrote: 409) gets the first attempt's response instead, or the 422, the same way.
+4. Concurrent duplicates: the second waits on the first's uncommitted row (its key, or
+   a row the handler writes) until the first commits, then replays it; never two
+   writes. A wait on the key past DB_LOCK_TIMEOUT is a 409 with Retry-After (one on a
+   row the handler writes, a 503 like any other lock wait).
 Keys are scoped to the caller (the principal) and expire after IDEMPOTENCY_KEY_TTL_SECONDS; an
-expired key is claimed afresh, and `delete_expired_keys` removes old ones.
+expired key is stored afresh, and `delete_expired_keys` removes old ones.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -30,13 +36,13 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Header, Request, Response
 from fastapi.routing import APIRoute
-from sqlalchemy import DateTime, Integer, LargeBinary, String, delete, func, select, update
-from sqlalchemy.dialects.postgresql import JSONB, insert
+from sqlalchemy import DateTime, Integer, LargeBinary, String, delete, func, select
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.core.db import Base, SessionDep
+from app.core.db import Base, SessionDep, discard
 from app.core.db_errors import sqlstate
 from app.core.errors import AppError
 from app.core.principal import Principal
@@ -50,16 +56,16 @@ KEY_MAX_LENGTH = 255
 KEY_PATTERN = r"^[!-~]([ -~]*[!-~])?$"
 # The response headers a replay must repeat; the others are per-attempt (request id).
 STORED_HEADERS = ("content-type", "location")
-# The claim waited for a concurrent request's transaction past lock_timeout, or past
-# statement_timeout when that fires first: the claim itself is one indexed insert.
+# Storing the key waited for a concurrent request's transaction past lock_timeout, or
+# past statement_timeout when that fires first: the store itself is one indexed insert.
 STILL_RUNNING_SQLSTATES = frozenset({"55P03", "57014"})
 # The key space of a request without an identity (a route outside /api/v1).
 ANONYMOUS = "anonymous"
-_CLAIM = "app.idempotency.claim"
+_KEYED = "app.idempotency.key"
 
 
 class IdempotencyKey(Base):
-    """A claimed key and, once its request committed, the response to replay."""
+    """A key whose request committed, and the response to replay."""
 
     __tablename__ = "idempotency_keys"
 
@@ -91,15 +97,12 @@ class IdempotencyKeyInUse(AppError):
 
 
 @dataclass(frozen=True, slots=True)
-class _Claim:
+class _Keyed:
     session: AsyncSession
     principal: str
     key: str
-
-
-class _Replay(Exception):  # control flow, never reaches a handler
-    def __init__(self, response: Response) -> None:
-        self.response = response
+    fingerprint: str
+    ttl: timedelta
 
 
 def _fingerprint(request: Request, body: bytes) -> str:
@@ -115,7 +118,7 @@ def _parse_key(raw: str) -> str:
     return raw[1:-1] if len(raw) > 2 and raw[0] == raw[-1] == '"' else raw
 
 
-async def _claim(
+async def _read_key(
     request: Request,
     session: SessionDep,
     settings: SettingsDep,
@@ -137,65 +140,97 @@ async def _claim(
     if not isinstance(request.scope.get("route"), IdempotentRoute):
         raise RuntimeError(f"{request.url.path}: idempotent needs route_class=IdempotentRoute")
     principal = request.scope.get("auth")  # set by authentication, which runs first
-    owner = principal.subject if isinstance(principal, Principal) else ANONYMOUS
-    claim = _Claim(session, owner, _parse_key(key))
-    fingerprint = _fingerprint(request, await request.body())
-    expired = func.now() - timedelta(seconds=settings.idempotency_key_ttl_seconds)
-    fresh = {"fingerprint": fingerprint, "created_at": func.now()}
-    statement = (
-        insert(IdempotencyKey)
-        .values(principal=claim.principal, key=claim.key, **fresh)
-        .on_conflict_do_update(
-            index_elements=[IdempotencyKey.principal, IdempotencyKey.key],
-            set_={**fresh, "status_code": None, "headers": None, "body": None},
-            where=IdempotencyKey.created_at < expired,
-        )
-        .returning(IdempotencyKey.key)
+    request.scope[_KEYED] = _Keyed(
+        session=session,
+        principal=principal.subject if isinstance(principal, Principal) else ANONYMOUS,
+        key=_parse_key(key),
+        fingerprint=_fingerprint(request, await request.body()),
+        ttl=timedelta(seconds=settings.idempotency_key_ttl_seconds),
     )
+
+
+# scope="function": the request's own session, committed after IdempotentRoute stores the key.
+idempotent = Depends(_read_key, scope="function")
+
+# The key with its response, over an expired key only: RETURNING nothing means the key
+# is taken. Plain SQL on the session's connection (still wrapped, so errors classify as
+# any other): the one statement a keyed request adds has nothing to compile.
+_STORE = """
+INSERT INTO idempotency_keys AS stored (principal, key, fingerprint, status_code, headers, body)
+VALUES ($1, $2, $3, $4, $5, $6)
+ON CONFLICT (principal, key) DO UPDATE SET
+    fingerprint = excluded.fingerprint,
+    created_at = now(),
+    status_code = excluded.status_code,
+    headers = excluded.headers,
+    body = excluded.body
+WHERE stored.created_at < now() - $7::interval
+RETURNING true
+"""
+
+
+async def _store(keyed: _Keyed, response: Response) -> bool:
+    """Store the key and `response`; False if the key is taken (after waiting for a
+    concurrent request that holds it to commit or roll back)."""
+    if not hasattr(response, "body"):
+        raise RuntimeError("an idempotent route must return a response with a body to replay")
+    headers = {name: response.headers[name] for name in STORED_HEADERS if name in response.headers}
+    connection = await keyed.session.connection()
     try:
-        claimed = (await session.execute(statement)).first() is not None
+        result = await connection.exec_driver_sql(
+            _STORE,
+            (
+                keyed.principal,
+                keyed.key,
+                keyed.fingerprint,
+                response.status_code,
+                json.dumps(headers),
+                bytes(response.body),
+                keyed.ttl,
+            ),
+        )
     except DBAPIError as exc:
         if sqlstate(exc) in STILL_RUNNING_SQLSTATES:
             raise IdempotencyKeyInUse from None
         raise
-    if claimed:
-        request.scope[_CLAIM] = claim
-        return
+    return result.first() is not None
+
+
+async def _stored_response(keyed: _Keyed) -> Response | None:
+    """The response stored for the key, to send again; None if there is none (or it
+    expired). IdempotencyKeyReused if the key was stored for another request."""
     stored = (
-        await session.execute(
-            select(IdempotencyKey).where(
-                IdempotencyKey.principal == claim.principal, IdempotencyKey.key == claim.key
+        await keyed.session.execute(
+            select(
+                IdempotencyKey.fingerprint,
+                IdempotencyKey.status_code,
+                IdempotencyKey.headers,
+                IdempotencyKey.body,
+            ).where(
+                IdempotencyKey.principal == keyed.principal,
+                IdempotencyKey.key == keyed.key,
+                IdempotencyKey.created_at >= func.now() - keyed.ttl,
             )
         )
-    ).scalar_one()
-    if stored.fingerprint != fingerprint:
+    ).first()
+    if stored is None:
+        return None
+    if stored.fingerprint != keyed.fingerprint:
         raise IdempotencyKeyReused
-    if stored.status_code is None:  # committed without a response: never, but never replay None
+    if stored.status_code is None:  # a key stored without a response: never, but never replay None
         raise IdempotencyKeyInUse
     replay = Response(stored.body, status_code=stored.status_code, headers=stored.headers)
     replay.headers[REPLAYED_HEADER] = "true"
-    raise _Replay(replay)
-
-
-# scope="function": the claim runs on the request's session, before its commit.
-idempotent = Depends(_claim, scope="function")
-
-
-async def _store(claim: _Claim, response: Response) -> None:
-    headers = {name: response.headers[name] for name in STORED_HEADERS if name in response.headers}
-    await claim.session.execute(
-        update(IdempotencyKey)
-        .where(IdempotencyKey.principal == claim.principal, IdempotencyKey.key == claim.key)
-        .values(status_code=response.status_code, headers=headers, body=bytes(response.body))
-    )
+    return replay
 
 
 class IdempotentRoute(APIRoute):
-    """Stores a claimed request's response in its transaction, and sends replays.
+    """Stores a keyed request's response with its key, in its transaction, and sends
+    replays.
 
     FastAPI builds the whole response inside the handler this wraps, before the
     function-scoped SessionDep commits: so the response is written in the same
-    transaction as the data."""
+    transaction as the data, and a replay can still discard the handler's writes."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handle = super().get_route_handler()
@@ -203,12 +238,25 @@ class IdempotentRoute(APIRoute):
         async def handle_idempotently(request: Request) -> Response:
             try:
                 response = await handle(request)
-            except _Replay as replay:
-                return replay.response
-            claim = request.scope.get(_CLAIM)
-            if isinstance(claim, _Claim) and hasattr(response, "body"):
-                await _store(claim, response)
-            return response
+            except AppError:
+                keyed = request.scope.get(_KEYED)
+                if not isinstance(keyed, _Keyed):
+                    raise
+                # A retry may fail where its first attempt succeeded (the name it wrote is
+                # taken now): the first response wins. The failed transaction goes first.
+                await discard(keyed.session)
+                replay = await _stored_response(keyed)
+                if replay is None:
+                    raise
+                return replay
+            keyed = request.scope.get(_KEYED)
+            if not isinstance(keyed, _Keyed) or await _store(keyed, response):
+                return response
+            replay = await _stored_response(keyed)
+            await discard(keyed.session)  # the key was taken: none of this request is kept
+            if replay is None:  # deleted since the insert: retryable
+                raise IdempotencyKeyInUse
+            return replay
 
         return handle_idempotently
 

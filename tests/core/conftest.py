@@ -120,10 +120,20 @@ idempotent_router = APIRouter(prefix="/probe", route_class=IdempotentRoute)
 
 @idempotent_router.post("/keyed-widgets", status_code=201, dependencies=[idempotent])
 async def create_widget(
-    body: WidgetRead, session: SessionDep, response: Response, fail: bool = False
+    body: WidgetRead,
+    session: SessionDep,
+    response: Response,
+    fail: bool = False,
+    fresh: bool = False,
 ) -> WidgetRead:
-    """Writes a widget; `fail` raises after the write, so the transaction rolls back."""
-    widget = Widget(id=body.id, name=body.name)
+    """Writes a widget; `fail` raises after the write, so the transaction rolls back.
+    `fresh` writes a new one each time (its own id and name), as a create without a
+    unique field does: a retry's handler then succeeds again."""
+    widget = (
+        Widget(id=uuid.uuid4(), name=f"{body.name}-{uuid.uuid4().hex[:8]}")
+        if fresh
+        else Widget(id=body.id, name=body.name)
+    )
     session.add(widget)
     await flush_or_raise(session, {UNIQUE_VIOLATION: lambda: WidgetNameTaken("taken")})
     if fail:

@@ -17,7 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.core.config import Settings
-from app.core.db import after_commit, create_engine
+from app.core.db import after_commit, create_engine, discard
 from app.core.db_errors import UNIQUE_VIOLATION, constraint_name, flush_or_raise, sqlstate
 from app.core.errors import AppError
 from tests.conftest import with_overrides
@@ -139,6 +139,29 @@ async def test_after_commit_hooks_run_only_after_a_commit(
     with pytest.raises(RuntimeError):
         await rolled_back.athrow(RuntimeError("the handler failed"))
     assert ran == ["hook"]
+
+
+async def test_discard_drops_the_hooks_of_the_work_it_rolls_back(
+    session_factory: async_sessionmaker[AsyncSession],
+) -> None:
+    from app.core.db import get_session  # noqa: PLC0415
+
+    ran: list[str] = []
+
+    async def discarded() -> None:
+        ran.append("discarded")
+
+    async def kept() -> None:
+        ran.append("kept")
+
+    committed = cast("AsyncGenerator[AsyncSession]", get_session(session_factory))
+    session = await anext(committed)
+    after_commit(session, discarded)
+    await discard(session)
+    after_commit(session, kept)  # the session stays usable, and commits what follows
+    with pytest.raises(StopAsyncIteration):
+        await anext(committed)
+    assert ran == ["kept"]
 
 
 async def test_a_failing_after_commit_hook_leaves_the_commit_standing(

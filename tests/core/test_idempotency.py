@@ -68,6 +68,38 @@ async def test_the_same_key_with_another_body_is_refused(
     assert await count_widgets(connection) == 1
 
 
+async def test_a_retry_whose_handler_succeeds_again_keeps_none_of_it(
+    core_client: AsyncClient, connection: AsyncConnection
+) -> None:
+    body, fresh = widget(), {"fresh": "true"}
+    first = await core_client.post(
+        "/probe/keyed-widgets", params=fresh, json=body, headers={HEADER: "k-f"}
+    )
+    again = await core_client.post(
+        "/probe/keyed-widgets", params=fresh, json=body, headers={HEADER: "k-f"}
+    )
+
+    assert first.status_code == again.status_code == 201
+    assert again.content == first.content
+    assert again.headers[REPLAYED_HEADER] == "true"
+    assert await count_widgets(connection) == 1
+
+
+async def test_an_expired_keys_retry_gets_its_own_outcome(
+    core_client: AsyncClient, connection: AsyncConnection
+) -> None:
+    body = widget()
+    await core_client.post("/probe/keyed-widgets", json=body, headers={HEADER: "k-e"})
+    await connection.execute(
+        update(IdempotencyKey).values(created_at=func.now() - text("interval '2 days'"))
+    )
+    # The expired response is not replayed: the retry hits the name its first attempt wrote.
+    again = await core_client.post("/probe/keyed-widgets", json=body, headers={HEADER: "k-e"})
+
+    assert again.status_code == 409
+    assert REPLAYED_HEADER not in again.headers
+
+
 async def test_without_a_key_nothing_changes(
     core_client: AsyncClient, connection: AsyncConnection
 ) -> None:
@@ -184,6 +216,28 @@ async def test_concurrent_duplicates_write_once(
     body = widget()
     responses = await asyncio.gather(
         *(client.post("/probe/keyed-widgets", json=body, headers={HEADER: "k-c"}) for _ in range(5))
+    )
+
+    assert [r.status_code for r in responses] == [201] * 5
+    assert len({r.content for r in responses}) == 1
+    assert sum(REPLAYED_HEADER not in r.headers for r in responses) == 1
+    async with engine.connect() as connection:
+        assert await count_widgets(connection) == 1
+
+
+@pytest.mark.usefixtures("committed_widgets")
+async def test_concurrent_duplicates_whose_handlers_all_succeed_write_once(
+    make_core_client: CoreClientMaker, settings: Settings, engine: AsyncEngine
+) -> None:
+    """Nothing in the handler's write conflicts: the key's own insert does, and every
+    request but the first is rolled back."""
+    client = await make_core_client(settings, isolated=False)
+    body, fresh, key = widget(), {"fresh": "true"}, {HEADER: "k-cf"}
+    responses = await asyncio.gather(
+        *(
+            client.post("/probe/keyed-widgets", params=fresh, json=body, headers=key)
+            for _ in range(5)
+        )
     )
 
     assert [r.status_code for r in responses] == [201] * 5
