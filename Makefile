@@ -33,7 +33,7 @@ TEST := docker compose -p $(PROJECT)-test -f docker-compose.test.yml
 # (k8s_*.py run in a venv of their own: make k8s-validate). One module name per run.
 MYPY_SCRIPTS := $(filter-out scripts/k8s_%,$(wildcard scripts/*.py)) deploy/backup/pgbackup.py
 LINT := status=0; \
-	for check in "ruff check ." "ruff format --check ." "mypy" "mypy $(MYPY_SCRIPTS)" "mypy bench/floors.py" "mypy bench/unauthenticated.py" \
+	for check in "ruff check ." "ruff format --check ." "mypy" "mypy $(MYPY_SCRIPTS)" "mypy bench/floors.py" "mypy bench/unauthenticated.py" "mypy bench/jobs.py" \
 	  "hadolint Dockerfile Dockerfile.dev" "python -m scripts.check_settings" "lint-imports --no-cache"; do \
 	  echo "--- $$check"; $$check || { status=1; failed="$$failed\n  $$check"; }; \
 	done; \

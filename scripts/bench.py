@@ -10,12 +10,16 @@ same network. Rows are interleaved round by round (in reverse order every other 
 so a noisy neighbour slows all of them alike, and each row keeps its best round. The
 bars are ratios to the floors (bench/floors.py: what plain FastAPI serves here), which
 hold from one machine to another; absolute figures do not. docs/benchmarks.md has them.
+The job rows run bench/jobs.py in the `jobs` container instead of wrk: a no-op job's
+throughput through the app's worker, and the orders service's create transaction with
+and without its enqueue (alternating rounds, medians kept).
 
 Settings (environment): BENCH_SHORT=1 (a few seconds a row), BENCH_ROWS=health,page
 (only those rows), BENCH_STRICT=0 (report missed bars without failing; over 1 % errors
 always fails), BENCH_ROUNDS, BENCH_SECONDS, BENCH_WARMUP_SECONDS, BENCH_CPUS (each
 server's CPU limit, default 2), BENCH_IMAGE (an image built elsewhere; skips the build),
-BENCH_KEEP=1 (leave the stack running). Standard library only: runs on the host's python3.
+BENCH_KEEP=1 (leave the stack running), BENCH_JOBS (no-op jobs a round), BENCH_WRITE_ROUNDS,
+BENCH_WRITE_SECONDS (the order write rows). Standard library only: runs on the host's python3.
 """
 
 from __future__ import annotations
@@ -53,6 +57,11 @@ ROUNDS = env_int("BENCH_ROUNDS", 2 if SHORT else 3)
 SECONDS = env_int("BENCH_SECONDS", 3 if SHORT else 10)
 WARMUP_SECONDS = env_int("BENCH_WARMUP_SECONDS", 2 if SHORT else 5)
 SEED_ITEMS = env_int("BENCH_SEED_ITEMS", 1000)
+JOBS = env_int("BENCH_JOBS", 5_000 if SHORT else 20_000)
+# Two variants of one transaction, close in cost: more, shorter rounds, and the median.
+WRITE_ROUNDS = env_int("BENCH_WRITE_ROUNDS", 7 if SHORT else 9)
+WRITE_SECONDS = env_int("BENCH_WRITE_SECONDS", 3 if SHORT else 5)
+JOBS_DRIVER = ("exec", "-T", "jobs", "python", "/bench/jobs.py")
 
 
 @dataclass(frozen=True)
@@ -60,10 +69,12 @@ class Row:
     key: str
     label: str
     server: str  # the compose service that answers
-    path: str  # {id} is replaced by a seeded item's id
+    path: str = ""  # {id} is replaced by a seeded item's id
     script: str | None = None  # a wrk Lua script in bench/
     script_args: tuple[str, ...] = ()  # given to the script after the run's prefix
     credential: str = "api-key"  # what wrk sends: "api-key" (X-API-Key) or "bearer" (a JWT)
+    driver: str | None = None  # instead of wrk: bench/jobs.py's command (drain, live, write)
+    keep: str = "best"  # the round a row is judged by: "best", or "median" for close pairs
 
 
 @dataclass(frozen=True)
@@ -110,6 +121,17 @@ ROWS = (
         script="create.lua",
         script_args=("keyed",),
     ),
+    # Jobs/s of a no-op job through the app's worker (bench/jobs.py): a backlog drained,
+    # and jobs enqueued one per transaction while the worker runs.
+    Row("jobs-drain", "no-op jobs/s, a backlog drained", "jobs", driver="drain"),
+    Row("jobs-live", "no-op jobs/s, enqueued as it runs", "jobs", driver="live"),
+    # The orders service's create transaction, with its confirm_order enqueue and without.
+    Row(
+        "order-write", "order write, its job enqueued (tx/s)", "jobs", driver="write", keep="median"
+    ),
+    Row(
+        "order-write-bare", "order write, no enqueue (tx/s)", "jobs", driver="write", keep="median"
+    ),
 )
 BARS = (
     Bar("/health >= 0.85 x minimal FastAPI", "health", "floor-health", 0.85),
@@ -118,6 +140,7 @@ BARS = (
     Bar("metrics on >= 0.9 x metrics off", "metrics", "health", 0.9),
     Bar("a keyed create >= 0.9 x a create", "create-keyed", "create", 0.9),
     Bar("bearer read >= 0.8 x unauthenticated", "item-bearer", "item-open", 0.8),
+    Bar("order + its job >= 0.9 x order alone", "order-write", "order-write-bare", 0.9),
 )
 # A floor must answer what its app row answers, byte for byte, or the rows are not
 # comparable (and the floor would silently drift from the app).
@@ -126,11 +149,11 @@ SAME_BODY = (("floor-page", "page"), ("floor-read", "item"))
 
 @dataclass
 class Measurement:
-    rps: float
-    p50_ms: float
-    p99_ms: float
+    rps: float  # requests, jobs or transactions a second
+    p50_ms: float | None  # None: a drained backlog, where latency means nothing
+    p99_ms: float | None
     requests: int
-    errors: int  # socket errors and non-2xx/3xx responses
+    errors: int  # socket errors and non-2xx/3xx responses; failed jobs or transactions
 
 
 @dataclass
@@ -139,8 +162,10 @@ class RowResult:
     rounds: list[Measurement] = field(default_factory=list)
 
     @property
-    def best(self) -> Measurement:
-        return max(self.rounds, key=lambda m: m.rps)
+    def kept(self) -> Measurement:
+        """The best round, or for a "median" row the round of median rate."""
+        ordered = sorted(self.rounds, key=lambda m: m.rps)
+        return ordered[-1] if self.row.keep == "best" else ordered[(len(ordered) - 1) // 2]
 
 
 def log(message: str) -> None:
@@ -311,8 +336,9 @@ def header_lines(api_key: str, token: str) -> dict[str, str]:
 
 def measure(rows: list[Row], item_id: str, credentials: dict[str, str]) -> dict[str, RowResult]:
     results = {row.key: RowResult(row) for row in rows}
-    reads, writes = [r for r in rows if not r.script], [r for r in rows if r.script]
-    for group in (reads, writes):
+    loaded = [r for r in rows if not r.driver]
+    reads, writes = [r for r in loaded if not r.script], [r for r in loaded if r.script]
+    for group in (group for group in (reads, writes) if group):
         log(f"warm-up, {WARMUP_SECONDS} s a row: {', '.join(r.key for r in group)}")
         for row in group:
             wrk(row, item_id, credentials, WARMUP_SECONDS)
@@ -322,7 +348,53 @@ def measure(rows: list[Row], item_id: str, credentials: dict[str, str]) -> dict[
                 measurement = wrk(row, item_id, credentials, SECONDS)
                 results[row.key].rounds.append(measurement)
                 log(f"round {number} {row.key:12} {measurement.rps:9,.0f} requests/s")
+    measure_jobs(rows, results, item_id)
     return results
+
+
+def jobs_driver(*args: str) -> list[dict[str, Any]]:
+    """bench/jobs.py's results: one line `bench-result {json}` each."""
+    lines = compose(*JOBS_DRIVER, *args).splitlines()
+    return [json.loads(line.split(" ", 1)[1]) for line in lines if line.startswith("bench-result ")]
+
+
+def from_driver(result: dict[str, Any]) -> Measurement:
+    return Measurement(
+        rps=result["rate"],
+        p50_ms=result.get("p50_ms"),
+        p99_ms=result.get("p99_ms"),
+        requests=result["count"],
+        errors=result["errors"],
+    )
+
+
+def measure_jobs(rows: list[Row], results: dict[str, RowResult], item_id: str) -> None:
+    """The job rows: throughput rounds in turn, then the write pair's alternating rounds."""
+    throughput = [r for r in rows if r.driver in ("drain", "live")]
+    for number in range(1, ROUNDS + 1 if throughput else 1):
+        for row in throughput if number % 2 else reversed(throughput):
+            [result] = jobs_driver(str(row.driver), str(JOBS))
+            results[row.key].rounds.append(from_driver(result))
+            extra = (
+                f", enqueued at {result['enqueue_rate']:,.0f}/s" if "enqueue_rate" in result else ""
+            )
+            log(f"round {number} {row.key:12} {result['rate']:9,.0f} jobs/s{extra}")
+    if any(r.driver == "write" for r in rows):
+        log(
+            f"order writes: {WRITE_ROUNDS} rounds x {WRITE_SECONDS} s, with and without the enqueue"
+        )
+        args = ("write", item_id, str(WRITE_ROUNDS), str(WRITE_SECONDS))
+        for result in jobs_driver(*args):
+            key = "order-write" if result["row"] == "on" else "order-write-bare"
+            if key in results:
+                results[key].rounds.append(from_driver(result))
+            log(f"round {result['round']} {key:16} {result['rate']:9,.0f} transactions/s")
+        if "order-write" in results and "order-write-bare" in results:
+            pairs = zip(
+                results["order-write"].rounds, results["order-write-bare"].rounds, strict=True
+            )
+            ratios = ", ".join(f"{with_job.rps / bare.rps:.3f}" for with_job, bare in pairs)
+            log(f"order writes, with over without, round by round: {ratios}")
 
 
 def check_bars(best: dict[str, Measurement]) -> list[dict[str, Any]]:
@@ -338,11 +410,11 @@ def check_bars(best: dict[str, Measurement]) -> list[dict[str, Any]]:
 def print_table(results: dict[str, RowResult], bars: list[dict[str, Any]]) -> None:
     print(f"\n{'':40} {'requests/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}")
     for result in results.values():
-        best = result.best
-        print(
-            f"{result.row.label:40} {best.rps:10,.0f} {best.p50_ms:8.2f} {best.p99_ms:8.2f} "
-            f"{best.errors:6}"
+        kept = result.kept
+        p50, p99 = (
+            f"{ms:8.2f}" if ms is not None else f"{'-':>8}" for ms in (kept.p50_ms, kept.p99_ms)
         )
+        print(f"{result.row.label:40} {kept.rps:10,.0f} {p50} {p99} {kept.errors:6}")
     print()
     for bar in bars:
         if bar["met"] is None:
@@ -351,6 +423,11 @@ def print_table(results: dict[str, RowResult], bars: list[dict[str, Any]]) -> No
             mark = "ok  " if bar["met"] else "MISS"
             print(f"  {mark}  {bar['label']:36} {bar['ratio']:.3f} (bar {bar['at_least']:.2f})")
     print(f"\n  {ROUNDS} rounds x {SECONDS} s, best kept; rev {revision()}")
+    if any(r.row.driver for r in results.values()):
+        print(
+            f"  jobs/s: {JOBS:,} no-op jobs a round, best kept; order writes: tx/s, "
+            f"{WRITE_ROUNDS} alternating rounds x {WRITE_SECONDS} s, median kept"
+        )
 
 
 def revision() -> str:
@@ -375,7 +452,7 @@ def bench() -> int:
         failed = False
     finally:
         stop_stack(failed)
-    bars = check_bars({key: result.best for key, result in results.items()})
+    bars = check_bars({key: result.kept for key, result in results.items()})
     RESULTS.mkdir(exist_ok=True)
     summary = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -388,9 +465,9 @@ def bench() -> int:
     # More than 1 % errors means a broken server, not a slow one: fail even when
     # BENCH_STRICT=0 only reports the ratio bars.
     errors = [
-        f"{key}: {r.best.errors} errors"
+        f"{key}: {r.kept.errors} errors"
         for key, r in results.items()
-        if r.best.errors > r.best.requests / 100
+        if r.kept.errors > r.kept.requests / 100
     ]
     if errors:
         print(f"\nbench: errors: {'; '.join(errors)}")

@@ -167,17 +167,22 @@ async def queries_for(settings: Settings) -> AsyncIterator[Queries]:
         await connection.close()
 
 
+async def work(settings: Settings, jobs: Jobs, shutdown: asyncio.Event | None = None) -> None:
+    """Run the worker until `shutdown` is set; without one, until SIGTERM or SIGINT
+    (PgQueuer handles both)."""
+    await pgqueuer.run(
+        partial(build_worker, settings, jobs),
+        heartbeat_timeout=timedelta(seconds=settings.jobs_heartbeat_timeout),
+        # Woken by NOTIFY when a job is enqueued; the timeout only bounds a missed one.
+        dequeue_timeout=timedelta(seconds=5),
+        batch_size=max(1, settings.jobs_concurrency // 2),
+        max_concurrent_tasks=settings.jobs_concurrency,
+        shutdown=shutdown,
+    )
+
+
 def run(settings: Settings, jobs: Jobs) -> None:
     """Run the worker until SIGTERM or SIGINT (PgQueuer handles both)."""
     if settings.metrics_enabled:
         metrics.serve(settings.jobs_metrics_port)
-    asyncio.run(
-        pgqueuer.run(
-            partial(build_worker, settings, jobs),
-            heartbeat_timeout=timedelta(seconds=settings.jobs_heartbeat_timeout),
-            # Woken by NOTIFY when a job is enqueued; the timeout only bounds a missed one.
-            dequeue_timeout=timedelta(seconds=5),
-            batch_size=max(1, settings.jobs_concurrency // 2),
-            max_concurrent_tasks=settings.jobs_concurrency,
-        )
-    )
+    asyncio.run(work(settings, jobs))
