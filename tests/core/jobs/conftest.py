@@ -21,3 +21,16 @@ async def job_name(engine: AsyncEngine) -> AsyncIterator[str]:
         await connection.execute(
             text("DELETE FROM pgqueuer_log WHERE entrypoint = :n"), {"n": name}
         )
+
+
+async def last_error(engine: AsyncEngine, name: str) -> str | None:
+    """The newest error PgQueuer's log keeps for the jobs named `name`."""
+    async with engine.connect() as connection:
+        error: str | None = await connection.scalar(
+            text(
+                "SELECT traceback->>'exception_message' FROM pgqueuer_log"
+                " WHERE entrypoint = :n AND traceback IS NOT NULL ORDER BY id DESC LIMIT 1"
+            ),
+            {"n": name},
+        )
+    return error

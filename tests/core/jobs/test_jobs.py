@@ -22,6 +22,7 @@ from app.core.jobs.cleanup import register_cleanup
 from app.core.jobs.enqueue import enqueue
 from app.core.jobs.worker import Jobs, build_worker
 from tests.conftest import with_overrides
+from tests.core.jobs.conftest import last_error
 
 
 async def jobs_named(engine: AsyncEngine, name: str) -> list[dict[str, Any]]:
@@ -131,14 +132,7 @@ async def test_a_job_that_keeps_failing_is_kept_as_failed_with_its_error(
     # Two attempts: the first try, then one retry a second later (the backoff's start).
     await run_worker_until(with_overrides(settings, jobs_max_attempts=1), jobs, failed)
     assert tries == 2
-    async with engine.connect() as connection:
-        error = await connection.scalar(
-            text(
-                "SELECT traceback->>'exception_message' FROM pgqueuer_log"
-                " WHERE entrypoint = :n AND traceback IS NOT NULL ORDER BY id DESC LIMIT 1"
-            ),
-            {"n": job_name},
-        )
+    error = await last_error(engine, job_name)
     assert error == "poisoned, try 2"
     assert runs(job_name) == {"success": 0, "retry": 1, "failed": 1}
 

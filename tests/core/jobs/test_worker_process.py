@@ -33,6 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from app.core.config import Settings
 from app.core.jobs.enqueue import enqueue
+from tests.core.jobs.conftest import last_error
 
 ROOT = Path(__file__).resolve().parents[3]
 # The smallest the settings allow: a killed worker's job is taken again within seconds.
@@ -196,14 +197,8 @@ async def test_a_job_that_keeps_killing_its_worker_is_kept_as_failed(
     with worker(settings, probe, output, JOBS_MAX_ATTEMPTS="1"):
         await eventually(failed, 12, "A was not kept as failed", output)
     assert len(probe.of("started", "A")) == 2
-    async with engine.connect() as connection:
-        error = await connection.scalar(
-            text(
-                "SELECT traceback->>'exception_message' FROM pgqueuer_log"
-                " WHERE entrypoint = :n AND traceback IS NOT NULL ORDER BY id DESC LIMIT 1"
-            ),
-            {"n": probe.name},
-        )
+    error = await last_error(engine, probe.name)
+    assert error is not None
     assert "2 of them never finished" in error
 
 
