@@ -10,7 +10,7 @@ provider. Never for production: the settings refuse an http:// issuer there.
 
 Keys are PEM files in --keys (a volume in the dev stack), made on first use and
 never committed. The JWKS is read from that directory on every request, so a rotation
-is live at once. The tests run it as a real process (tests/auth.py).
+is live at once. The tests run it as a real process (tests/issuer.py).
 """
 
 from __future__ import annotations
@@ -41,19 +41,19 @@ DEFAULT_KEYS = Path(os.environ.get("DEV_ISSUER_KEYS", "/keys"))
 DEFAULT_AUDIENCE = os.environ.get("AUTH_AUDIENCE", "api")
 
 
+def private_pem(private: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) -> bytes:
+    return private.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
 def new_key(keys: Path) -> str:
     """Write a new RSA key as <kid>.pem and return its kid."""
     keys.mkdir(parents=True, exist_ok=True)
     # Named by creation time (nanoseconds, fixed width), so names sort oldest first.
     kid = f"dev-{time.time_ns()}-{secrets.token_hex(2)}"
-    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = private.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
     path = keys / f"{kid}.pem"
-    path.write_bytes(pem)
+    path.write_bytes(private_pem(rsa.generate_private_key(public_exponent=65537, key_size=2048)))
     path.chmod(0o600)
     return kid
 
@@ -119,13 +119,7 @@ def self_signed_certificate(tls_dir: Path, hostname: str) -> tuple[Path, Path]:
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .sign(private, hashes.SHA256())
     )
-    key.write_bytes(
-        private.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
+    key.write_bytes(private_pem(private))
     certificate.write_bytes(built.public_bytes(serialization.Encoding.PEM))
     return certificate, key
 
@@ -188,16 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         serve(args.keys, args.issuer, args.port, args.tls_dir)
     elif args.command == "token":
-        print(
-            token(
-                args.keys,
-                issuer=args.issuer,
-                audience=args.audience,
-                subject=args.sub,
-                scopes=args.scopes,
-                ttl=args.ttl,
-            )
-        )
+        claims = {"audience": args.audience, "subject": args.sub, "scopes": args.scopes}
+        print(token(args.keys, issuer=args.issuer, ttl=args.ttl, **claims))
     else:
         older = key_files(args.keys)
         print(new_key(args.keys))
