@@ -23,6 +23,7 @@ Standard library only, so it runs on any host with Python 3.11+.
 from __future__ import annotations
 
 import argparse
+import functools
 import http.client
 import itertools
 import json
@@ -34,8 +35,9 @@ import threading
 import time
 import uuid
 from collections import Counter
+from contextlib import closing
 from dataclasses import dataclass, field
-from types import FrameType
+from typing import Any
 from urllib.parse import urlsplit
 
 TIMEOUT_SECONDS = 10.0
@@ -83,9 +85,9 @@ class Client:
 
     def send(
         self, method: str, path: str, body: dict[str, object] | None, key: str | None = None
-    ) -> tuple[int | str, bool]:
-        """The response's status (or the kind of error that stopped the request), and
-        whether it was a replay of an earlier attempt with the same key."""
+    ) -> tuple[int | str, bool, bytes]:
+        """The response's status (or the kind of error that stopped the request), whether
+        it was a replay of an earlier attempt with the same key, and its body."""
         if self.connection is None:
             self.connection = http.client.HTTPConnection(
                 self.host, self.port, timeout=TIMEOUT_SECONDS
@@ -100,16 +102,30 @@ class Client:
                 method, path, json.dumps(body) if body is not None else None, headers
             )
             response = self.connection.getresponse()
-            response.read()
+            payload = response.read()
         except TimeoutError:
             self.close()
-            return "timeout", False
+            return "timeout", False, b""
         except (OSError, http.client.HTTPException) as exc:
             self.close()
-            return type(exc).__name__, False
+            return type(exc).__name__, False, b""
         if response.will_close:
             self.close()
-        return response.status, response.getheader("Idempotent-Replayed") == "true"
+        return response.status, response.getheader("Idempotent-Replayed") == "true", payload
+
+    def fetch(
+        self,
+        what: str,
+        method: str,
+        path: str,
+        expected: int,
+        body: dict[str, object] | None = None,
+    ) -> Any:
+        """The JSON answer to a request that must succeed; exits, naming `what`, if not."""
+        status, _, payload = self.send(method, path, body)
+        if status != expected:
+            sys.exit(f"{what} failed: {method} {path.split('?', maxsplit=1)[0]} answered {status}")
+        return json.loads(payload)
 
     def close(self) -> None:
         if self.connection is not None:
@@ -117,23 +133,16 @@ class Client:
             self.connection = None
 
 
-def create_seed_items(base: tuple[str, int], auth: dict[str, str]) -> list[str]:
-    """Create SEED_ITEMS items and return their ids (read from each 201's body)."""
-    connection = http.client.HTTPConnection(*base, timeout=TIMEOUT_SECONDS)
-    ids = []
-    try:
-        for _ in range(SEED_ITEMS):
-            body = json.dumps({"name": f"load-{uuid.uuid4().hex[:12]}"})
-            headers = {**auth, "Content-Type": "application/json"}
-            connection.request("POST", "/api/v1/items", body, headers)
-            response = connection.getresponse()
-            payload = response.read()
-            if response.status != 201:
-                sys.exit(f"seeding failed: POST /api/v1/items answered {response.status}")
-            ids.append(str(json.loads(payload)["id"]))
-    finally:
-        connection.close()
-    return ids
+def create_seed_items(client: Client) -> list[str]:
+    """Create SEED_ITEMS items and return their ids."""
+    return [
+        str(client.fetch("seeding", "POST", "/api/v1/items", 201, new_item())["id"])
+        for _ in range(SEED_ITEMS)
+    ]
+
+
+def new_item() -> dict[str, object]:
+    return {"name": f"load-{uuid.uuid4().hex[:12]}"}
 
 
 Request = tuple[str, str, str, dict[str, object] | None, int]
@@ -144,7 +153,7 @@ def pick_request(rng: random.Random, ids: list[str], writes: float, tally: Tally
     order), an item or a page."""
     roll = rng.random()
     if roll < writes / 2:
-        return ("create", "POST", "/api/v1/items", {"name": f"load-{uuid.uuid4().hex[:12]}"}, 201)
+        return ("create", "POST", "/api/v1/items", new_item(), 201)
     if roll < writes:
         item_id = rng.choice(ids)
         with tally.lock:
@@ -160,16 +169,14 @@ def pick_request(rng: random.Random, ids: list[str], writes: float, tally: Tally
 
 
 def run_client(
-    base: tuple[str, int],
-    ids: list[str],
+    client: Client,
     *,
-    auth: dict[str, str],
+    ids: list[str],
     interval: float,
     writes: float,
     stop: threading.Event,
     tally: Tally,
 ) -> None:
-    client = Client(*base, auth)
     rng = random.Random()  # noqa: S311  # picks a request mix, not a secret
     next_at = time.monotonic() + rng.uniform(0, interval)
     while not stop.is_set():
@@ -180,13 +187,13 @@ def run_client(
         what, method, path, body, expected = pick_request(rng, ids, writes, tally)
         key = str(uuid.uuid4()) if method == "POST" else None
         started = time.perf_counter()
-        status, replayed = client.send(method, path, body, key)
+        status, replayed, _ = client.send(method, path, body, key)
         for _ in range(RETRIES if key else 0):
             if status not in RETRY_AFTER or stop.wait(RETRY_PAUSE_SECONDS):
                 break
             with tally.lock:
                 tally.retries += 1
-            status, replayed = client.send(method, path, body, key)
+            status, replayed, _ = client.send(method, path, body, key)
         if replayed:
             with tally.lock:
                 tally.replayed += 1
@@ -194,26 +201,16 @@ def run_client(
     client.close()
 
 
-def count_duplicate_orders(base: tuple[str, int], auth: dict[str, str], tally: Tally) -> int:
+def count_duplicate_orders(client: Client, tally: Tally) -> int:
     """Orders this run created more than once: each was sent with its own quantity."""
     seen: Counter[int] = Counter()
-    connection = http.client.HTTPConnection(*base, timeout=TIMEOUT_SECONDS)
-    try:
-        for item_id in sorted(set(tally.ordered.values())):
-            cursor: str | None = ""
-            while cursor is not None:
-                query = f"item_id={item_id}&limit=100" + (f"&cursor={cursor}" if cursor else "")
-                connection.request("GET", f"/api/v1/orders?{query}", headers=auth)
-                response = connection.getresponse()
-                page = json.loads(response.read())
-                if response.status != 200:
-                    sys.exit(
-                        f"counting orders failed: GET /api/v1/orders answered {response.status}"
-                    )
-                seen.update(int(order["quantity"]) for order in page["items"])
-                cursor = page["next_cursor"]
-    finally:
-        connection.close()
+    for item_id in sorted(set(tally.ordered.values())):
+        cursor: str | None = ""
+        while cursor is not None:
+            query = f"item_id={item_id}&limit=100" + (f"&cursor={cursor}" if cursor else "")
+            page = client.fetch("counting orders", "GET", f"/api/v1/orders?{query}", 200)
+            seen.update(int(order["quantity"]) for order in page["items"])
+            cursor = page["next_cursor"]
     return sum(n - 1 for quantity, n in seen.items() if quantity in tally.ordered and n > 1)
 
 
@@ -238,33 +235,20 @@ def main() -> None:
 
     url = urlsplit(args.base_url)
     base = (url.hostname or "localhost", url.port or 80)
-    ids = create_seed_items(base, auth)
+    with closing(Client(*base, auth)) as client:
+        ids = create_seed_items(client)
 
     stop = threading.Event()
-
-    def on_signal(_signum: int, _frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: stop.set())
+    signal.signal(signal.SIGINT, lambda _signum, _frame: stop.set())
 
     tally = Tally()
     interval = args.clients / args.rate
-    threads = [
-        threading.Thread(
-            target=run_client,
-            args=(base, ids),
-            kwargs={
-                "auth": auth,
-                "interval": interval,
-                "writes": args.writes,
-                "stop": stop,
-                "tally": tally,
-            },
-            daemon=True,
-        )
-        for _ in range(args.clients)
-    ]
+    run = functools.partial(
+        run_client, ids=ids, interval=interval, writes=args.writes, stop=stop, tally=tally
+    )
+    clients = [Client(*base, auth) for _ in range(args.clients)]
+    threads = [threading.Thread(target=run, args=(client,), daemon=True) for client in clients]
     started = time.monotonic()
     for thread in threads:
         thread.start()
@@ -273,13 +257,16 @@ def main() -> None:
     stop.set()
     for thread in threads:
         thread.join(TIMEOUT_SECONDS + 1)
+    seconds = round(time.monotonic() - started, 1)
+    with closing(Client(*base, auth)) as client:
+        duplicates = count_duplicate_orders(client, tally)
 
     summary = {
-        "seconds": round(time.monotonic() - started, 1),
+        "seconds": seconds,
         "requests": tally.requests,
         "retries": tally.retries,
         "replayed": tally.replayed,
-        "duplicates": count_duplicate_orders(base, auth, tally),
+        "duplicates": duplicates,
         "failed": sum(tally.failures.values()),
         "failures": dict(tally.failures),
         "statuses": dict(sorted(tally.statuses.items())),
