@@ -11,7 +11,6 @@
 # Needs Docker with Compose v2, python3 and free ports DEPLOY_HTTP_PORT/DEPLOY_HTTPS_PORT.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-SERVICE_NAME=${SERVICE_NAME:-$(sed -n 's/^name = "\(.*\)"$/\1/p' pyproject.toml | head -n 1)}  # pyproject.toml: the one place
 # shellcheck source=scripts/lib/throwaway-env.sh
 . scripts/lib/throwaway-env.sh
 
@@ -22,12 +21,10 @@ IMAGE=$SERVICE_NAME:deploy-check
 WORK=$(mktemp -d)
 export ENV_FILE="$WORK/env"
 COMPOSE=(docker compose -f docker-compose.prod.yml --env-file "$ENV_FILE")
-started=$SECONDS
 load_pid=""
 images=()
 failed=()
 
-log() { printf 'deploy-check [%3ds] %s\n' $((SECONDS - started)) "$*"; }
 fail() {
   printf '\ndeploy-check FAILED: %s\n' "$*" >&2
   "${COMPOSE[@]}" ps -a >&2 || true
@@ -127,4 +124,4 @@ sleep 5
 stop_load kill IncompleteRead
 
 [ ${#failed[@]} -eq 0 ] || fail "requests failed in: ${failed[*]}"
-log "passed in $((SECONDS - started)) s"
+log "passed in $SECONDS s"

@@ -10,20 +10,17 @@
 # Needs Docker with Compose v2, curl, and free ports E2E_HTTP_PORT/E2E_HTTPS_PORT.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-SERVICE_NAME=${SERVICE_NAME:-$(sed -n 's/^name = "\(.*\)"$/\1/p' pyproject.toml | head -n 1)}  # pyproject.toml: the one place
 # shellcheck source=scripts/lib/throwaway-env.sh
 . scripts/lib/throwaway-env.sh
 
 export COMPOSE_PROJECT_NAME=${E2E_PROJECT:-$SERVICE_NAME-e2e}
 HTTP_PORT=${E2E_HTTP_PORT:-18080}
 BASE="http://localhost:${HTTP_PORT}"
+WORK=$(mktemp -d)
 # One file for Compose's variables and the app's settings (the api's env_file).
-export ENV_FILE
-ENV_FILE=$(mktemp)
+export ENV_FILE="$WORK/env"
 COMPOSE=(docker compose -f docker-compose.prod.yml --env-file "$ENV_FILE")
-started=$SECONDS
 
-log() { printf 'e2e [%3ds] %s\n' $((SECONDS - started)) "$*"; }
 fail() { # fail MESSAGE [SERVICE]: "api" means both api services
   local service=${2:-} services
   [ "$service" != api ] || service="api-a api-b"
@@ -40,11 +37,10 @@ fail() { # fail MESSAGE [SERVICE]: "api" means both api services
 }
 cleanup() {
   remove_stack "${COMPOSE[@]}"
-  rm -f "$ENV_FILE"
+  rm -rf "$WORK"
 }
 trap cleanup EXIT
 
-# Throw-away secrets, and a subnet apart from a real deployment's default.
 write_throwaway_env "$ENV_FILE" "$HTTP_PORT" "${E2E_HTTPS_PORT:-18443}" \
   "${E2E_SUBNET:-172.30.251.0/24}" "${E2E_PROXY_IP:-172.30.251.10}" "$SERVICE_NAME:e2e"
 remove_stack "${COMPOSE[@]}" # what a killed earlier run left
@@ -53,20 +49,18 @@ remove_stack "${COMPOSE[@]}" # what a killed earlier run left
 # API_KEY, once the stack has made it; `API_KEY= request ...` sends no credential.
 API_KEY=""
 request() {
-  local headers_file
-  headers_file=$(mktemp)
-  local args=(-sS -X "$1" -o /dev/stdout -D "$headers_file" -w '\n%{http_code}' --max-time 20)
+  local args=(-sS -X "$1" -o /dev/stdout -D "$WORK/headers" -w '\n%{http_code}' --max-time 20)
   [ -z "$API_KEY" ] || args+=(-H "X-API-Key: $API_KEY")
   [ $# -ge 3 ] && args+=(-H 'content-type: application/json' --data "$3")
   local out
   out=$(curl "${args[@]}" "$BASE$2") || fail "curl $1 $2 could not connect" proxy
   STATUS=${out##*$'\n'}
   BODY=${out%$'\n'*}
-  HEADERS=$(tr -d '\r' <"$headers_file" | tr '[:upper:]' '[:lower:]')
-  rm -f "$headers_file"
+  HEADERS=$(tr -d '\r' <"$WORK/headers" | tr '[:upper:]' '[:lower:]')
 }
-expect() { # expect STATUS "what" [service]
-  [ "$STATUS" = "$1" ] || fail "$2: expected $1, got $STATUS: $BODY" "${3:-api}"
+expect() { # expect STATUS "what" METHOD PATH [BODY]: request, and fail unless it answered STATUS
+  request "${@:3}"
+  [ "$STATUS" = "$1" ] || fail "$2: expected $1, got $STATUS: $BODY" api
 }
 contains() { # contains "needle" "what"
   [[ "$BODY" == *"$1"* ]] || fail "$2: body lacks $1: $BODY" api
@@ -84,12 +78,12 @@ wait_healthy() { # wait_healthy SERVICE SECONDS
 }
 
 log "building the image"
-"${COMPOSE[@]}" build --build-arg REVISION="$(git rev-parse HEAD 2>/dev/null || echo unknown)" migrate \
-  >/dev/null || fail "image build failed"
+head_revision=$(git rev-parse HEAD 2>/dev/null || echo unknown)
+"${COMPOSE[@]}" build --build-arg REVISION="$head_revision" migrate >/dev/null || fail "image build failed"
 
 image=$SERVICE_NAME:e2e
 revision=$(docker image inspect -f '{{index .Config.Labels "org.opencontainers.image.revision"}}' "$image")
-[ "$revision" = "$(git rev-parse HEAD 2>/dev/null || echo unknown)" ] || fail "revision label is '$revision'"
+[ "$revision" = "$head_revision" ] || fail "revision label is '$revision'"
 docker run --rm --entrypoint sh "$image" -c '
   for path in /app/tests /app/.git /app/.env /app/uv.lock; do
     [ ! -e "$path" ] || { echo "image contains $path"; exit 1; }
@@ -110,41 +104,30 @@ log "migrate exited 0"
 # provider, so the checks use an API key, made the way an operator would.
 API_KEY=$(make_api_key api-a e2e items:read items:write orders:read orders:write -- "${COMPOSE[@]}") || fail "could not make an API key" api-a
 
-request GET /health
-expect 200 "liveness"
+expect 200 "liveness" GET /health
 contains '"status":"pass"' "liveness"
-request GET /health/ready
-expect 200 "readiness"
+expect 200 "readiness" GET /health/ready
 contains '"status":"pass"' "readiness"
 log "health and readiness pass through the proxy"
 
-request POST /api/v1/items '{"name":"e2e","description":"through the proxy"}'
-expect 201 "create item"
+expect 201 "create item" POST /api/v1/items '{"name":"e2e","description":"through the proxy"}'
 item_id=$(json_field id)
 location=$(sed -nE 's/^location: (.*)$/\1/p' <<<"$HEADERS")
 [ "$location" = "$BASE/api/v1/items/$item_id" ] || fail "Location is '$location'" api
-request GET "/api/v1/items/$item_id"
-expect 200 "get item"
-request PATCH "/api/v1/items/$item_id" '{"description":"patched"}'
-expect 200 "patch item"
+expect 200 "get item" GET "/api/v1/items/$item_id"
+expect 200 "patch item" PATCH "/api/v1/items/$item_id" '{"description":"patched"}'
 contains '"description":"patched"' "patch item"
-request GET "/api/v1/items?limit=10"
-expect 200 "list items"
+expect 200 "list items" GET "/api/v1/items?limit=10"
 contains "\"id\":\"$item_id\"" "list items"
-request POST /api/v1/items '{"name":"e2e"}'
-expect 409 "duplicate name"
+expect 409 "duplicate name" POST /api/v1/items '{"name":"e2e"}'
 [[ "$HEADERS" == *"content-type: application/problem+json"* ]] || fail "409 is not problem+json" api
-request DELETE "/api/v1/items/$item_id"
-expect 204 "delete item"
-request GET "/api/v1/items/$item_id"
-expect 404 "deleted item"
+expect 204 "delete item" DELETE "/api/v1/items/$item_id"
+expect 404 "deleted item" GET "/api/v1/items/$item_id"
 log "items API works through the proxy"
 
 # Background jobs: an order is answered at once, and the worker confirms it after.
-request POST /api/v1/items '{"name":"e2e-ordered"}'
-expect 201 "create the ordered item"
-request POST /api/v1/orders "{\"item_id\":\"$(json_field id)\",\"quantity\":1}"
-expect 201 "create order"
+expect 201 "create the ordered item" POST /api/v1/items '{"name":"e2e-ordered"}'
+expect 201 "create order" POST /api/v1/orders "{\"item_id\":\"$(json_field id)\",\"quantity\":1}"
 order_id=$(sed -nE 's/^\{"id":"([^"]*)".*/\1/p' <<<"$BODY") # its own id: the item's comes later
 ordered_at=$SECONDS
 until request GET "/api/v1/orders/$order_id" && [ -n "$(json_field confirmed_at)" ]; do
@@ -170,8 +153,7 @@ log "jobs: the worker's metrics count the run and sample the queue"
 # Without a credential, reads and writes alike are refused at the api, and the 401
 # reaches the client through the proxy as RFC 6750 asks: WWW-Authenticate, problem+json.
 unauthenticated() { # unauthenticated METHOD [BODY]
-  API_KEY="" request "$1" /api/v1/items "${@:2}"
-  expect 401 "$1 /api/v1/items without a credential"
+  API_KEY="" expect 401 "$1 /api/v1/items without a credential" "$1" /api/v1/items "${@:2}"
   [[ "$HEADERS" == *"www-authenticate: bearer"* ]] || fail "$1's 401 lacks WWW-Authenticate: Bearer: $HEADERS" api
   [[ "$HEADERS" == *"content-type: application/problem+json"* ]] || fail "$1's 401 is not problem+json" api
 }
@@ -183,24 +165,23 @@ log "no credential: GET and POST /api/v1/items answer 401, WWW-Authenticate: Bea
 request GET /health
 [[ "$HEADERS" == *"x-content-type-options: nosniff"* ]] || fail "no X-Content-Type-Options" proxy
 [[ "$HEADERS" != *"strict-transport-security"* ]] || fail "HSTS sent over plain HTTP" proxy
-big=$(mktemp)
-printf '{"name":"big","description":"%s"}' "$(head -c 1100000 /dev/zero | tr '\0' x)" >"$big"
+printf '{"name":"big","description":"%s"}' "$(head -c 1100000 /dev/zero | tr '\0' x)" >"$WORK/big.json"
+post_big() { # post_big [CURL_OPTION...]: POST /api/v1/items that 1.1 MB body
+  curl -sS --max-time 20 "$@" -H "X-API-Key: $API_KEY" -H 'content-type: application/json' \
+    --data-binary "@$WORK/big.json" "$BASE/api/v1/items"
+}
 for encoding in content-length chunked; do
   extra=()
   [ "$encoding" = content-length ] || extra=(-H 'Transfer-Encoding: chunked')
-  status=$(curl -sS -o /dev/null -w '%{http_code}' --max-time 20 "${extra[@]}" -H "X-API-Key: $API_KEY" \
-    -H 'content-type: application/json' --data-binary "@$big" "$BASE/api/v1/items")
-  [ "$status" = 413 ] || { rm -f "$big"; fail "1.1 MB body ($encoding): expected 413, got $status" proxy; }
+  status=$(post_big -o /dev/null -w '%{http_code}' "${extra[@]}")
+  [ "$status" = 413 ] || fail "1.1 MB body ($encoding): expected 413, got $status" proxy
 done
 # The proxy's own 413 carries a request id, in its header and in its body, like the api's errors.
-refused=$(curl -sS -D - --max-time 20 -H "X-API-Key: $API_KEY" -H 'content-type: application/json' --data-binary "@$big" \
-  "$BASE/api/v1/items" | tr -d '\r')
-rm -f "$big"
+refused=$(post_big -D - | tr -d '\r')
 rid=$(sed -nE 's/^[Xx]-[Rr]equest-[Ii][Dd]: (.+)$/\1/p' <<<"$refused")
 [ -n "$rid" ] && [[ "$refused" == *"\"request_id\":\"$rid\""* ]] ||
   fail "the proxy's 413 lacks a request id in its header and body: $refused" proxy
-request GET "/api/v1/items?limit=1"
-expect 200 "a request after the refused bodies"
+expect 200 "a request after the refused bodies" GET "/api/v1/items?limit=1"
 log "proxy: nosniff, no HSTS over HTTP, 1.1 MB bodies refused with 413 (sized and chunked), with a request id"
 
 # Request ids from the edge: the proxy gives a request without one its UUID, which the
@@ -257,13 +238,10 @@ clients=$("${COMPOSE[@]}" logs --no-color api-a api-b | { grep -E '"path": ?"/ap
 log "forwarded client address applied (client: $(head -1 <<<"$clients"), proxy: $proxy_ip)"
 
 "${COMPOSE[@]}" stop redis >/dev/null 2>&1
-request GET /health/ready
-expect 200 "readiness without redis"
+expect 200 "readiness without redis" GET /health/ready
 contains '"status":"warn"' "readiness without redis"
-request POST /api/v1/items '{"name":"no-redis"}'
-expect 201 "create item without redis"
-request GET "/api/v1/items/$(json_field id)"
-expect 200 "get item without redis"
+expect 201 "create item without redis" POST /api/v1/items '{"name":"no-redis"}'
+expect 200 "get item without redis" GET "/api/v1/items/$(json_field id)"
 "${COMPOSE[@]}" start redis >/dev/null 2>&1
 wait_healthy redis 30
 request GET /health/ready
@@ -273,8 +251,7 @@ log "redis down: readiness warns, items still work; back: pass"
 # One api down, the other serves: the proxy's health checks and retries route around it.
 "${COMPOSE[@]}" stop api-a >/dev/null 2>&1
 for _ in 1 2 3 4 5; do
-  request GET "/api/v1/items?limit=1"
-  expect 200 "items with api-a stopped"
+  expect 200 "items with api-a stopped" GET "/api/v1/items?limit=1"
 done
 "${COMPOSE[@]}" start api-a >/dev/null 2>&1
 wait_healthy api-a 30
@@ -283,15 +260,14 @@ log "api-a stopped: api-b served every request"
 # Graceful shutdown: a slow upload is in flight when both apis get SIGTERM.
 payload=$(printf '{"name":"in-flight","description":"%s"}' "$(head -c 6000 /dev/zero | tr '\0' x)")
 curl -sS -o /dev/null -w '%{http_code}' --max-time 60 --limit-rate 1500 -H "X-API-Key: $API_KEY" \
-  -H 'content-type: application/json' --data "$payload" "$BASE/api/v1/items" >"$ENV_FILE.inflight" &
+  -H 'content-type: application/json' --data "$payload" "$BASE/api/v1/items" >"$WORK/inflight" &
 upload=$!
 sleep 1.5
 kill -0 "$upload" 2>/dev/null || fail "the slow upload finished before the shutdown began" api
 stop_started=$SECONDS
 "${COMPOSE[@]}" stop api-a api-b >/dev/null 2>&1
 wait "$upload" || true
-inflight=$(cat "$ENV_FILE.inflight")
-rm -f "$ENV_FILE.inflight"
+inflight=$(cat "$WORK/inflight")
 [ "$inflight" = 201 ] || fail "in-flight request got '$inflight' during shutdown" api
 for service in api-a api-b; do
   api_exit=$(docker inspect -f '{{.State.ExitCode}}' "$("${COMPOSE[@]}" ps -aq "$service")")
@@ -304,7 +280,6 @@ start_ns=$(date +%s%N)
 wait_healthy api-a 30
 wait_healthy api-b 30
 log "api-a and api-b start to healthy: $(( ($(date +%s%N) - start_ns) / 1000000 )) ms"
-request GET "/api/v1/items?limit=1"
-expect 200 "items after restart"
+expect 200 "items after restart" GET "/api/v1/items?limit=1"
 
-log "passed in $((SECONDS - started)) s"
+log "passed in $SECONDS s"

@@ -8,13 +8,9 @@
 # restarted or was OOM-killed during the run. Removes everything it made, volumes included.
 #
 # Needs Docker with Compose v2, curl, python3, and free ports FUZZ_HTTP_PORT/FUZZ_HTTPS_PORT.
-# Knobs: FUZZ_MAX_EXAMPLES (cases per operation and phase), FUZZ_SEED (same seed,
-# same cases), FUZZ_REPORT_DIR (the JUnit report, the cassette of every request and
-# the crash files `st replay` reads; emptied at the start, kept after), FUZZ_KEEP=1 (leave the stack up, to
-# reproduce a finding by hand), FUZZ_TIMEOUT (seconds for the Schemathesis run, 600).
+# The FUZZ_* knobs below are described, with their defaults, in docs/fuzz.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-SERVICE_NAME=${SERVICE_NAME:-$(sed -n 's/^name = "\(.*\)"$/\1/p' pyproject.toml | head -n 1)}  # pyproject.toml: the one place
 # shellcheck source=scripts/lib/throwaway-env.sh
 . scripts/lib/throwaway-env.sh
 
@@ -32,9 +28,7 @@ FUZZER_CONTAINER="$COMPOSE_PROJECT_NAME-schemathesis"
 export ENV_FILE
 ENV_FILE=$(mktemp)
 COMPOSE=(docker compose -f docker-compose.prod.yml --env-file "$ENV_FILE")
-started=$SECONDS
 
-log() { printf 'fuzz [%3ds] %s\n' $((SECONDS - started)) "$*"; }
 fail() { # fail "why" [--logs]: with --logs, the stack's state and recent logs too
   printf '\nfuzz FAILED: %s\n' "$1" >&2
   if [ "${2:-}" = --logs ]; then
@@ -48,10 +42,9 @@ cleanup() {
   if [ "${FUZZ_KEEP:-0}" = 1 ]; then
     log "FUZZ_KEEP=1: the stack is still up at $BASE (project $COMPOSE_PROJECT_NAME)."
     log "remove it with: docker compose -p $COMPOSE_PROJECT_NAME down --volumes"
-    rm -f "$ENV_FILE"
-    return
+  else
+    remove_stack "${COMPOSE[@]}"
   fi
-  remove_stack "${COMPOSE[@]}"
   rm -f "$ENV_FILE"
 }
 trap cleanup EXIT
@@ -74,14 +67,9 @@ log "starting the stack"
 "${COMPOSE[@]}" up --detach --wait --wait-timeout 120 >/dev/null 2>&1 ||
   fail "stack did not become healthy" --logs
 
-# The api's containers, however many services the compose file runs it as.
-api_containers() {
-  local id
-  for id in $("${COMPOSE[@]}" ps --quiet); do
-    [ "$(docker inspect -f '{{.Config.Image}}' "$id")" != "$API_IMAGE" ] || echo "$id"
-  done
-}
-mapfile -t apis < <(api_containers)
+# The api's containers, however many services the compose file runs its image as.
+mapfile -t apis < <(docker ps --quiet --filter "label=com.docker.compose.project=$COMPOSE_PROJECT_NAME" \
+  --filter "ancestor=$API_IMAGE")
 [ "${#apis[@]}" -gt 0 ] || fail "no running api container" --logs
 
 # The run is only meaningful with the limits off: otherwise writes turn into 429s.
@@ -177,4 +165,4 @@ for api in "${apis[@]}"; do
 done
 [ "$fuzz_status" != 124 ] || fail "schemathesis did not finish within $TIMEOUT s (FUZZ_TIMEOUT)"
 [ "$fuzz_status" = 0 ] || fail "schemathesis reported findings (exit $fuzz_status); report in $REPORT_DIR"
-log "passed in $((SECONDS - started)) s: no findings, api never restarted"
+log "passed in $SECONDS s: no findings, api never restarted"

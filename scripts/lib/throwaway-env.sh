@@ -1,15 +1,18 @@
-# Sourced by the scripts that start docker-compose.prod.yml as a throw-away project
-# (e2e.sh, fuzz.sh, deploy-check.sh, ...): one place that writes its settings file,
-# and makes the API key their requests send.
-#
-#   write_throwaway_env FILE HTTP_PORT HTTPS_PORT SUBNET PROXY_IP IMAGE [SETTING=value ...]
-#
-# Fresh random database passwords, plain HTTP on localhost, the proxy on a subnet of
-# its own (apart from a real deployment's and from the other scripts'), and any
-# extra app settings given.
+# shellcheck shell=bash
+# Sourced, from the checkout's root, by the scripts that start docker-compose.prod.yml
+# as a throw-away project (e2e.sh, fuzz.sh, deploy-check.sh, ...): what they share.
+
+SERVICE_NAME=${SERVICE_NAME:-$(sed -n 's/^name = "\(.*\)"$/\1/p' pyproject.toml | head -n 1)} # pyproject.toml: the one place
+
+# log MESSAGE: "<script> [ 12s] MESSAGE", the seconds since the script began.
+log() { printf '%s [%3ds] %s\n' "$(basename "$0" .sh)" "$SECONDS" "$*"; }
 
 random_secret() { head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n'; }
 
+# write_throwaway_env FILE HTTP_PORT HTTPS_PORT SUBNET PROXY_IP IMAGE [SETTING=value ...]:
+# fresh random database passwords, plain HTTP on localhost, the proxy on a subnet of
+# its own (apart from a real deployment's and from the other scripts'), and any extra
+# app settings given.
 write_throwaway_env() {
   local file=$1 http_port=$2 https_port=$3 subnet=$4 proxy_ip=$5 image=$6
   shift 6
