@@ -1,23 +1,19 @@
 #!/usr/bin/env python3
 """Steady load through the proxy while a deploy runs (scripts/deploy-check.sh).
 
-Each client thread holds one keep-alive HTTP/1.1 connection and sends, at a fixed
-pace, a mix of writes (create an item or an order; --writes of them) and reads (an
-item, or a page of items). Each write carries an Idempotency-Key and is retried with
-it, as a careful client would, after an answer that leaves its outcome unknown (a
-connection error, a timeout, 502, 503, 504). Any final answer but the expected
-status is a failed request. It runs until SIGTERM or SIGINT (or --seconds), then
-checks that no order was created twice (each order's quantity is unique to this
-run) and prints one JSON summary on stdout: requests, retries, duplicates, failures
-by kind, worst and 99th-percentile latency.
+Each client thread holds one keep-alive HTTP/1.1 connection and sends, at a fixed pace,
+writes (an item or an order; --writes of them) and reads (an item, or a page). A write
+carries an Idempotency-Key and is retried with it after an answer that leaves its outcome
+unknown (a connection error, a timeout, 502, 503, 504); any other final answer but the
+expected status is a failed request. On SIGTERM or SIGINT (or after --seconds) it checks
+that no order was created twice (each order's quantity is unique to the run) and prints
+one JSON summary on stdout.
 
-Every request sends the API key in LOAD_API_KEY (docs/auth.md), in the environment
-rather than an argument so that it stays out of the process list; it needs
-items:read items:write orders:read orders:write.
+The API key comes from LOAD_API_KEY, not an argument, to stay out of the process list;
+it needs items:read items:write orders:read orders:write (docs/auth.md). Standard library
+only, so it runs on any host with Python 3.11+:
 
     LOAD_API_KEY=sak_... python3 scripts/deploy_load.py http://localhost:18090 --clients 8 --rate 80
-
-Standard library only, so it runs on any host with Python 3.11+.
 """
 
 from __future__ import annotations

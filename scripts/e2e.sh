@@ -68,10 +68,9 @@ contains() { # contains "needle" "what"
 json_field() { # json_field NAME: a top-level string field of BODY
   sed -nE "s/.*\"$1\":\"([^\"]*)\".*/\1/p" <<<"$BODY"
 }
-health_of() { docker inspect -f '{{.State.Health.Status}}' "$("${COMPOSE[@]}" ps -q "$1")"; }
 wait_healthy() { # wait_healthy SERVICE SECONDS
   local deadline=$((SECONDS + $2))
-  until [ "$(health_of "$1")" = healthy ]; do
+  until [ "$(docker inspect -f '{{.State.Health.Status}}' "$("${COMPOSE[@]}" ps -q "$1")")" = healthy ]; do
     [ $SECONDS -lt $deadline ] || fail "$1 not healthy after $2 s" "$1"
     sleep 0.2
   done
