@@ -49,11 +49,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# Throw-away secrets; a subnet apart from a real deployment's and from make e2e's.
-# The write rate limit is off: the fuzzer sends thousands of writes from one address.
-# So is the one on failed authentications: the unauthenticated pass below, and
-# Schemathesis' ignored_auth check (each operation sent again without the key, and
-# with a wrong one), fail to authenticate on purpose, far more than 20 times a minute.
+# Both rate limits off: the fuzzer sends thousands of writes from one address, and the
+# unauthenticated pass below and Schemathesis' ignored_auth check fail to authenticate
+# on purpose, far more than 20 times a minute.
 write_throwaway_env "$ENV_FILE" "$HTTP_PORT" "${FUZZ_HTTPS_PORT:-18643}" \
   "${FUZZ_SUBNET:-172.30.253.0/24}" "${FUZZ_PROXY_IP:-172.30.253.10}" "$API_IMAGE" \
   RATE_LIMIT_WRITES=0 RATE_LIMIT_AUTH_FAILURES=0
@@ -128,13 +126,10 @@ report_path=$(cd "$REPORT_DIR" && pwd)  # absolute, whether FUZZ_REPORT_DIR was 
 (cd "$REPORT_DIR" && rm -rf junit-*.xml vcr-*.yaml .schemathesis .hypothesis)
 log "schemathesis: all checks, phases examples,coverage,fuzzing,stateful," \
   "$MAX_EXAMPLES examples per operation, seed $SEED"
-# On the host's network, so it reaches the proxy's published port as any client would.
-# Every request carries the key, and no credential of Schemathesis' making: it would
-# fill in an Authorization header too (the schema lists both schemes), and the API
-# refuses a request with two credentials (401), so most cases would never reach a
-# route. Its ignored_auth check still sends each operation without the key.
-# Bounded: a stack that answers slowly (every request a 503 after the proxy's retry
-# window) would otherwise stretch the run to many minutes.
+# On the host's network, to reach the proxy's published port as any client would. Only
+# the key, no credential of Schemathesis' making: the schema lists both schemes, and the
+# API refuses a request with two (401). Bounded: a stack that answers slowly (every
+# request a 503 after the proxy's retry window) would stretch the run to many minutes.
 fuzz_status=0
 timeout "$TIMEOUT" docker run --rm --name "$FUZZER_CONTAINER" --network host --user "$(id -u):$(id -g)" \
   --volume "$report_path:/report" --workdir /report \
