@@ -333,10 +333,10 @@ def measure(rows: list[Row], target: Target) -> dict[str, RowResult]:
         for number in range(1, ROUNDS + 1):
             # Every other round in reverse: no row always runs right after the same one.
             for row in group if number % 2 else reversed(group):
-                kept = one_round(row, target, SECONDS)
-                results[row.key].rounds.append(kept)
+                measured = one_round(row, target, SECONDS)
+                results[row.key].rounds.append(measured)
                 unit = "jobs/s" if row.driver else "requests/s"
-                log(f"round {number} {row.key:12} {kept.rps:9,.0f} {unit}")
+                log(f"round {number} {row.key:12} {measured.rps:9,.0f} {unit}")
     if any(r.driver == "write" for r in rows):
         measure_writes(results, target.item_id)
     return results
