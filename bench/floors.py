@@ -1,13 +1,10 @@
-"""The floors `make bench` holds the app to: what plain FastAPI serves on this machine.
-
-Served with the same image, gunicorn_conf.py, worker class and worker count as the app:
+"""The floors `make bench` holds the app to: what plain FastAPI serves on this machine,
+with the app's image and Gunicorn configuration (docs/benchmarks.md):
 - `health`: one route answering /health's body and headers, no middleware;
-- `data`: a page of items and one item by id, as a FastAPI + SQLAlchemy async tutorial
-  writes them: a session per request, the same query and pool size as the app, a
-  pydantic response model, nothing else (no cache, no error handling, no middleware).
+- `data`: a page of items and one item by id as a FastAPI + SQLAlchemy tutorial writes
+  them: a session per request, the app's query and pool size, a pydantic response model.
 
-A row of the app against its floor says what the template's plumbing costs, or saves.
-The bodies are the app's byte for byte (scripts/bench.py checks it before measuring).
+Their bodies are the app's byte for byte (scripts/bench.py checks it before measuring).
 """
 
 from __future__ import annotations

@@ -1,26 +1,13 @@
-"""The job rows of `make bench` (scripts/bench.py), run in the production image with the
-app's settings (bench/compose.yml's `jobs` service):
+"""The job rows of `make bench` (scripts/bench.py), run in bench/compose.yml's `jobs`
+service: the production image with the app's settings. docs/benchmarks.md says what
+each row measures.
 
-    python /bench/jobs.py drain JOBS           # a backlog of JOBS no-op jobs, then a worker
-    python /bench/jobs.py live JOBS            # a worker first, then JOBS enqueued
+    python /bench/jobs.py drain JOBS                 # a backlog of no-op jobs, then a worker
+    python /bench/jobs.py live JOBS                  # a worker first, then the jobs enqueued
     python /bench/jobs.py write ITEM ROUNDS SECONDS  # an order with and without its job
 
-- `drain`: JOBS no-op jobs committed in bulk, then the app's worker (`work` in
-  app/core/jobs/worker.py, its JOBS_CONCURRENCY settings, PgQueuer as production runs
-  it) started; jobs/s from its start until the queue holds none of them.
-- `live`: the worker started and idle first; then WEB_CONCURRENCY other processes (the
-  api's shape) enqueue JOBS no-op jobs between them, each in a transaction of its own
-  through the app's `enqueue` (as a request does), DB_POOL_SIZE at a time; jobs/s from
-  the first enqueue until the queue holds none, and each job's latency from its
-  enqueue to its completion (PgQueuer's log).
-- `write`: the orders service's create transaction (insert, flush, enqueue
-  confirm_order, commit: `create_order` in the session `get_session` commits), and the
-  same with `enqueue` replaced in the service module by a function that does nothing.
-  WEB_CONCURRENCY processes, DB_POOL_SIZE transactions in flight in each (the api's
-  shape); the two variants alternate round by round, in reverse every other round.
-
-Each result is a line `bench-result {json}` on stdout. Never part of the app: the bench
-mounts this file.
+Each result is a line `bench-result {json}` on stdout, with the fields of
+scripts/bench.py's Measurement. Never part of the app: the bench mounts this file.
 """
 
 from __future__ import annotations
@@ -47,15 +34,13 @@ from app.core.jobs.enqueue import enqueue
 from app.core.jobs.worker import Jobs, work
 from app.core.logging import configure_logging
 
-RESULT = "bench-result"
+type Connection = asyncpg.Connection[asyncpg.Record]
 ENQUEUE_BATCH = 1_000  # jobs per statement when filling the drain's backlog
-POLL_SECONDS = 0.01
-DONE_WITHIN_SECONDS = 300.0
-OWNER = "bench"
+PROCESSES = int(os.environ.get("WEB_CONCURRENCY", "2"))  # the api's shape
 
 
 def report(result: dict[str, Any]) -> None:
-    print(RESULT, json.dumps(result), flush=True)
+    print("bench-result", json.dumps(result), flush=True)
 
 
 def job_name() -> str:
@@ -63,21 +48,17 @@ def job_name() -> str:
     return f"bench_noop_{uuid.uuid4().hex[:8]}"
 
 
-def no_op_jobs(name: str) -> Jobs:
+@asynccontextmanager
+async def running_worker(settings: Settings, name: str) -> AsyncIterator[None]:
+    """The app's worker (PgQueuer as production runs it) with the no-op job `name`."""
     jobs = Jobs()
 
     @jobs.job(name)
     async def no_op(session: AsyncSession, payload: dict[str, Any]) -> None:
         pass
 
-    return jobs
-
-
-@asynccontextmanager
-async def running_worker(settings: Settings, name: str) -> AsyncIterator[None]:
-    """The app's worker with the no-op job `name`, stopped on the way out."""
     shutdown = asyncio.Event()
-    worker = asyncio.create_task(work(settings, no_op_jobs(name), shutdown))
+    worker = asyncio.create_task(work(settings, jobs, shutdown))
     try:
         yield
     finally:
@@ -85,17 +66,17 @@ async def running_worker(settings: Settings, name: str) -> AsyncIterator[None]:
         await asyncio.wait_for(worker, 30)
 
 
-async def until_done(connection: asyncpg.Connection[asyncpg.Record], name: str) -> None:
+async def until_done(connection: Connection, name: str) -> None:
     """Until the queue holds no job `name`: PgQueuer deletes a job once it logged it done."""
     query = "SELECT count(*) FROM pgqueuer WHERE entrypoint = $1"
-    async with asyncio.timeout(DONE_WITHIN_SECONDS):
+    async with asyncio.timeout(300):
         while True:  # polled: a NOTIFY would add to what is measured
             if not await connection.fetchval(query, name):
                 return
-            await asyncio.sleep(POLL_SECONDS)
+            await asyncio.sleep(0.01)
 
 
-async def failed(connection: asyncpg.Connection[asyncpg.Record], name: str) -> int:
+async def failed(connection: Connection, name: str) -> int:
     query = (
         "SELECT count(*) FROM pgqueuer_log"
         " WHERE entrypoint = $1 AND status IN ('exception', 'failed')"
@@ -104,6 +85,7 @@ async def failed(connection: asyncpg.Connection[asyncpg.Record], name: str) -> i
 
 
 async def drain(settings: Settings, count: int) -> None:
+    """`count` jobs committed in bulk, then the worker started: jobs/s until none is left."""
     name = job_name()
     connection = await asyncpg.connect(settings.postgres_dsn)
     try:
@@ -118,12 +100,10 @@ async def drain(settings: Settings, count: int) -> None:
         errors = await failed(connection, name)
     finally:
         await connection.close()
-    report({"rate": count / seconds, "count": count, "seconds": seconds, "errors": errors})
+    report({"rps": count / seconds, "requests": count, "errors": errors})
 
 
-async def latencies_ms(
-    connection: asyncpg.Connection[asyncpg.Record], name: str
-) -> tuple[float, float]:
+async def latencies_ms(connection: Connection, name: str) -> tuple[float, float]:
     """The median and 99th percentile of enqueue-to-done, from PgQueuer's log (a job's
     'queued' row is written in its enqueuing transaction, 'successful' once it ran)."""
     row = await connection.fetchrow(
@@ -141,24 +121,21 @@ async def latencies_ms(
 
 
 async def live(settings: Settings, count: int) -> None:
+    """The worker started and idle, then PROCESSES producers enqueue `count` jobs: jobs/s
+    from the first enqueue until none is left."""
     name = job_name()
-    processes = int(os.environ.get("WEB_CONCURRENCY", "2"))
     connection = await asyncpg.connect(settings.postgres_dsn)
     try:
         async with running_worker(settings, name):
             # One job through first: the worker is listening and warm.
             await Queries(AsyncpgDriver(connection)).enqueue(name, None)
             await until_done(connection, name)
-            shares = [count // processes + (n < count % processes) for n in range(processes)]
-            producers = [await start_producer(name, share) for share in shares]
+            shares = [count // PROCESSES + (n < count % PROCESSES) for n in range(PROCESSES)]
+            producers = [await spawn("produce", name, str(share)) for share in shares]
             for producer in producers:
                 await read_line(producer)  # "ready": imported, its connections open
             started = time.perf_counter()
-            for producer in producers:
-                assert producer.stdin  # noqa: S101  # a pipe
-                producer.stdin.write(b"go\n")
-                await producer.stdin.drain()
-            enqueued = [json.loads(await read_line(producer)) for producer in producers]
+            enqueued = await ask(producers, "go")
             for producer in producers:
                 await producer.wait()
             await until_done(connection, name)
@@ -169,9 +146,8 @@ async def live(settings: Settings, count: int) -> None:
         await connection.close()
     report(
         {
-            "rate": count / seconds,
-            "count": count,
-            "seconds": seconds,
+            "rps": count / seconds,
+            "requests": count,
             "errors": errors,
             "p50_ms": p50,
             "p99_ms": p99,
@@ -180,11 +156,11 @@ async def live(settings: Settings, count: int) -> None:
     )
 
 
-async def start_producer(name: str, count: int) -> asyncio.subprocess.Process:
+async def spawn(*args: str) -> asyncio.subprocess.Process:
+    """This script in a process of its own (one of the api's), spoken to over its pipes."""
+    pipe = asyncio.subprocess.PIPE
     return await asyncio.create_subprocess_exec(
-        *(sys.executable, __file__, "produce", name, str(count)),
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
+        sys.executable, __file__, *args, stdin=pipe, stdout=pipe
     )
 
 
@@ -193,17 +169,26 @@ async def read_line(process: asyncio.subprocess.Process) -> bytes:
     return await process.stdout.readline()
 
 
+async def ask(processes: list[asyncio.subprocess.Process], line: str) -> list[dict[str, Any]]:
+    """`line` to each process at once, then each one's answer, a line of JSON."""
+    for process in processes:
+        assert process.stdin  # noqa: S101  # a pipe
+        process.stdin.write(f"{line}\n".encode())
+        await process.stdin.drain()
+    return [json.loads(await read_line(process)) for process in processes]
+
+
 async def in_flight(
-    count: int, step: Callable[[], Awaitable[None]], until: float | None = None
+    tasks: int, step: Callable[[], Awaitable[None]], until: float
 ) -> tuple[list[float], int]:
-    """Run `step` from `count` tasks at once, until `until` (perf_counter) or, without
-    one, once per task; the latency (ms) of each success, and the failures."""
+    """`step` run from `tasks` tasks at once until `until` (perf_counter): the latency
+    (ms) of each success, and the number of failures."""
     latencies: list[float] = []
     errors = 0
 
     async def loop() -> None:
         nonlocal errors
-        while True:
+        while time.perf_counter() < until:
             started = time.perf_counter()
             try:
                 await step()
@@ -211,17 +196,14 @@ async def in_flight(
                 errors += 1
             else:
                 latencies.append((time.perf_counter() - started) * 1000)
-            if until is None or time.perf_counter() >= until:
-                return
 
-    await asyncio.gather(*(loop() for _ in range(count)))
+    await asyncio.gather(*(loop() for _ in range(tasks)))
     return latencies, errors
 
 
-async def produce(name: str, count: int) -> None:
-    """The live row's producer: `count` jobs, each enqueued in a transaction of its own,
-    DB_POOL_SIZE at a time; prints "ready" once connected, starts on a line on stdin."""
-    settings = load_settings()
+async def produce(settings: Settings, name: str, count: int) -> None:
+    """A producer of the live row: `count` jobs, each in a transaction of its own through
+    the app's `enqueue` (as a request does), DB_POOL_SIZE at a time."""
     engine = create_engine(settings)
     sessions = create_session_factory(engine)
     numbers = iter(range(count))
@@ -240,13 +222,14 @@ async def produce(name: str, count: int) -> None:
                 errors += 1
         return errors
 
-    await in_flight(settings.db_pool_size, connect)  # the pool full before the clock starts
+    # The pool full before the clock starts.
+    await asyncio.gather(*(connect() for _ in range(settings.db_pool_size)))
     print("ready", flush=True)
     await asyncio.to_thread(sys.stdin.readline)
     started = time.perf_counter()
     errors = await asyncio.gather(*(enqueue_all() for _ in range(settings.db_pool_size)))
-    print(json.dumps({"seconds": time.perf_counter() - started, "errors": sum(errors)}))
-    sys.stdout.flush()
+    seconds = time.perf_counter() - started
+    print(json.dumps({"seconds": seconds, "errors": sum(errors)}), flush=True)
     await engine.dispose()
 
 
@@ -256,13 +239,12 @@ async def skip_enqueue(
     """`enqueue` switched off: the write row's reference."""
 
 
-async def write_worker(item_id: uuid.UUID) -> None:
-    """One process of the write rows: reads `on|off SECONDS` lines, answers each with
-    the transactions it committed in that time, with the job enqueued or not."""
-    # Imported here, by name: the orders example is the one write this row measures, and
-    # `make init examples=no` removes it (the other rows do not need it).
+async def write_worker(settings: Settings, item_id: uuid.UUID) -> None:
+    """One process of the write rows: reads `on|off SECONDS` lines, answers each with the
+    transactions it committed in that time, DB_POOL_SIZE in flight, its job enqueued or not."""
+    # Imported here, by name: `make init examples=no` removes the orders example, and the
+    # other rows do not need it.
     service: Any = importlib.import_module("app.orders.service")
-    settings = load_settings()
     engine = create_engine(settings)
     sessions = create_session_factory(engine)
     data = service.OrderCreate(item_id=item_id, quantity=1)
@@ -270,7 +252,7 @@ async def write_worker(item_id: uuid.UUID) -> None:
     async def create_order() -> None:
         # The session as a request gets it: get_session commits, the one owner of the commit.
         async with asynccontextmanager(get_session)(sessions) as session:
-            await service.create_order(session, data, owner=OWNER)
+            await service.create_order(session, data, owner="bench")
 
     while line := await asyncio.to_thread(sys.stdin.readline):
         variant, seconds = line.split()
@@ -294,26 +276,15 @@ def percentile(values: list[float], share: float) -> float:
 
 
 async def write(item_id: str, rounds: int, seconds: float) -> None:
-    processes = int(os.environ.get("WEB_CONCURRENCY", "2"))
-    workers = [
-        await asyncio.create_subprocess_exec(
-            *(sys.executable, __file__, "write-worker", item_id),
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-        )
-        for _ in range(processes)
-    ]
+    """PROCESSES write workers; the two variants alternate, in reverse every other round."""
+    workers = [await spawn("write-worker", item_id) for _ in range(PROCESSES)]
 
     async def measure(variant: str, length: float) -> dict[str, Any]:
-        for worker in workers:
-            assert worker.stdin  # noqa: S101  # a pipe
-            worker.stdin.write(f"{variant} {length}\n".encode())
-            await worker.stdin.drain()
-        answers = [json.loads(await read_line(worker)) for worker in workers]
+        answers = await ask(workers, f"{variant} {length}")
         latencies = [ms for answer in answers for ms in answer["latencies"]]
         return {
-            "rate": sum(len(a["latencies"]) / a["seconds"] for a in answers),
-            "count": len(latencies),
+            "rps": sum(len(a["latencies"]) / a["seconds"] for a in answers),
+            "requests": len(latencies),
             "errors": sum(a["errors"] for a in answers),
             "p50_ms": percentile(latencies, 0.5),
             "p99_ms": percentile(latencies, 0.99),
@@ -322,10 +293,8 @@ async def write(item_id: str, rounds: int, seconds: float) -> None:
     for variant in ("on", "off"):  # warm-up: connections, prepared statements
         await measure(variant, min(seconds, 2.0))
     for number in range(1, rounds + 1):
-        order = ("on", "off") if number % 2 else ("off", "on")
-        for variant in order:
-            result = await measure(variant, seconds)
-            report({"row": variant, "round": number, **result})
+        for variant in ("on", "off") if number % 2 else ("off", "on"):
+            report({"row": variant, "round": number, **await measure(variant, seconds)})
     for worker in workers:
         assert worker.stdin  # noqa: S101  # a pipe
         worker.stdin.close()
@@ -335,20 +304,20 @@ async def write(item_id: str, rounds: int, seconds: float) -> None:
 def main(argv: list[str]) -> int:
     settings = load_settings()
     configure_logging("WARNING", settings.effective_log_format)
-    command, *args = argv
-    if command == "drain":
-        asyncio.run(drain(settings, int(args[0])))
-    elif command == "live":
-        asyncio.run(live(settings, int(args[0])))
-    elif command == "produce":
-        asyncio.run(produce(args[0], int(args[1])))
-    elif command == "write":
-        asyncio.run(write(args[0], int(args[1]), float(args[2])))
-    elif command == "write-worker":
-        asyncio.run(write_worker(uuid.UUID(args[0])))
-    else:
-        print(__doc__, file=sys.stderr)
-        return 2
+    match argv:
+        case ["drain", count]:
+            asyncio.run(drain(settings, int(count)))
+        case ["live", count]:
+            asyncio.run(live(settings, int(count)))
+        case ["produce", name, count]:
+            asyncio.run(produce(settings, name, int(count)))
+        case ["write", item_id, rounds, seconds]:
+            asyncio.run(write(item_id, int(rounds), float(seconds)))
+        case ["write-worker", item_id]:
+            asyncio.run(write_worker(settings, uuid.UUID(item_id)))
+        case _:
+            print(__doc__, file=sys.stderr)
+            return 2
     return 0
 
 

@@ -1,8 +1,6 @@
-"""Create N items through the API and print the id of the first: `python - N KEY < seed.py`,
-KEY an API key with items:write (every /api/v1 route needs one; docs/auth.md).
-
-Run inside the API container (its image has Python, not curl), against 127.0.0.1:8000.
-Only the HTTP API is used, so it works whatever the app's schema becomes.
+"""`python - N KEY < seed.py` in the app's container (Python, no curl): N items created
+through the HTTP API, whatever the app's schema becomes, with KEY (items:write); prints
+the first one's id.
 """
 
 from __future__ import annotations
@@ -18,7 +16,6 @@ from concurrent.futures import ThreadPoolExecutor
 BASE = "http://127.0.0.1:8000"
 RUN = uuid.uuid4().hex[:8]
 ATTEMPTS = 30
-API_KEY = sys.argv[2] if len(sys.argv) > 2 else ""
 
 
 def call(request: urllib.request.Request) -> bytes:
@@ -39,7 +36,7 @@ def call(request: urllib.request.Request) -> bytes:
 
 def create(number: int) -> str:
     body = json.dumps({"name": f"seed-{RUN}-{number}", "description": "x" * 100}).encode()
-    headers = {"Content-Type": "application/json", "X-API-Key": API_KEY}
+    headers = {"Content-Type": "application/json", "X-API-Key": sys.argv[2]}
     request = urllib.request.Request(  # noqa: S310  # a fixed http URL
         f"{BASE}/api/v1/items", body, headers, method="POST"
     )
@@ -47,10 +44,9 @@ def create(number: int) -> str:
 
 
 def main() -> None:
-    count = int(sys.argv[1]) if len(sys.argv) > 1 else 1000
     call(urllib.request.Request(f"{BASE}/health/ready"))  # noqa: S310  # Postgres and Redis answer
     with ThreadPoolExecutor(max_workers=8) as pool:
-        ids = list(pool.map(create, range(count)))
+        ids = list(pool.map(create, range(int(sys.argv[1]))))
     print(ids[0])
 
 

@@ -1,18 +1,11 @@
-"""The app as the image serves it, with credential verification taken out: the bench's
-reference for what checking a credential costs (the "bearer read >= 0.8 x
-unauthenticated" bar, scripts/bench.py).
+"""The app as the image serves it, with credential verification taken out: the
+reference of the "bearer read >= 0.8 x unauthenticated" bar (scripts/bench.py).
 
-The same application, middleware and dependencies: `authenticate` still runs (the
-per-address block check, the principal in the request scope for the access line and
-the rate limiter) and `requires("items:read")` still checks the scope. Only the
-worker's Authenticator, which verifies the credential (app/core/auth/verifier.py), is
-swapped in the lifespan state for one that returns a fixed principal.
-
-Not FastAPI's `app.dependency_overrides`: while that dict is not empty, FastAPI builds
-every dependency of every request afresh from its signature (`get_dependant` in
-`solve_dependencies`), which made this server slower than the one verifying tokens.
-It is for tests, not for measuring. Never served outside the bench (bench/compose.yml
-mounts this file); no route of the app changes.
+Only the worker's Authenticator (app/core/auth/verifier.py) is swapped, in the lifespan
+state, for one returning a fixed principal; `authenticate` and the scope check still run.
+Not FastAPI's `app.dependency_overrides`: while any is set, FastAPI rebuilds every
+dependency of every request from its signature, which made this server slower than the
+one verifying tokens. Never served outside the bench (bench/compose.yml mounts it).
 """
 
 from __future__ import annotations

@@ -12,5 +12,5 @@ profile: ## Flame graph of the app under load: make profile [on=health|item|item
 
 .PHONY: bench-down
 bench-down: ## Remove the bench stack (after BENCH_KEEP=1) and its images
-	docker compose -f bench/compose.yml --profile tools down -v -t 5
+	docker compose -f bench/compose.yml down -v -t 5
 	docker image rm -f $(SERVICE_NAME):bench fsbench-wrk:local fsbench-py-spy:local
