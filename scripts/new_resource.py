@@ -121,29 +121,21 @@ def render(template: str, names: Names, **extra: str) -> str:
 def sort_app_imports(source: str) -> str:
     """Sort each run of consecutive `from app.… import …` statements by module, as
     ruff's isort does: where the new package goes among app.core's depends on its name."""
-    lines = source.splitlines(keepends=True)
     out: list[str] = []
-    run: list[list[str]] = []
-    index = 0
-    while index <= len(lines):
-        line = lines[index] if index < len(lines) else ""
+    run: list[list[str]] = []  # the current run's statements, each as its lines
+    lines = iter([*source.splitlines(keepends=True), ""])  # "": the end ends the last run
+    for line in lines:
         if line.startswith("from app."):
             statement = [line]
             if line.rstrip().endswith("("):  # a parenthesised import, up to its ")"
-                while not lines[index].startswith(")"):
-                    index += 1
-                    statement.append(lines[index])
+                while not statement[-1].startswith(")"):
+                    statement.append(next(lines))
             run.append(statement)
         else:
-            out += [part for statement in sorted(run, key=_module) for part in statement]
+            run.sort(key=lambda statement: statement[0].split()[1])  # by module
+            out += [part for statement in run for part in statement] + [line]
             run = []
-            out.append(line)
-        index += 1
     return "".join(out)
-
-
-def _module(statement: list[str]) -> str:
-    return statement[0].split()[1]
 
 
 def current_head(versions: Path) -> str | None:
