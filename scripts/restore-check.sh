@@ -1,18 +1,10 @@
 #!/usr/bin/env bash
-# The backup drill (`make restore-check`, docs/backups.md): on a throw-away production
-# stack, prove that a lost database volume costs at most the archive_timeout of data
-# and that a point-in-time restore is exact.
-#   1. wait for the first full backup; write items through the proxy, one after another,
-#      recording each one's send and answer times;
-#   2. take the time T, keep writing past one archive_timeout, then SIGKILL Postgres and
-#      delete its volume (the backup repository volume stays: the VM's disk survived);
-#   3. restore the latest state (scripts/restore.sh, as `make restore` does), timing it
-#      (RTO), and count the acknowledged rows lost (RPO);
-#   4. lose the volume again and restore to T: every row acknowledged before T must be
-#      there, and none sent after T.
-# Bars: RPO <= 60 s, 0 rows missing at T, 0 rows after T. Removes all it made.
-#
-# Needs Docker with Compose v2, curl, and free ports RESTORE_HTTP_PORT/RESTORE_HTTPS_PORT.
+# The backup drill (`make restore-check`; its steps: docs/backups.md, "The drill"): on a
+# throw-away production stack, prove that a lost database volume (the backup repository
+# volume stays: the VM's disk survived) costs at most the archive_timeout of data, and
+# that a point-in-time restore is exact. Bars: RPO <= 60 s, 0 rows missing at T, 0 rows
+# after T. Removes all it made. Needs Docker with Compose v2, curl, and free ports
+# RESTORE_HTTP_PORT/RESTORE_HTTPS_PORT.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SERVICE_NAME=${SERVICE_NAME:-$(sed -n 's/^name = "\(.*\)"$/\1/p' pyproject.toml | head -n 1)}  # pyproject.toml: the one place
