@@ -1,18 +1,10 @@
 """`make resource name=widgets [singular=widget]`: scaffold a new resource.
 
-Writes, from the templates in scripts/resource_template/ (the shape of app/items):
-- app/<name>/: models, schemas, service, router, exceptions (create, list, get,
-  patch and delete of rows with a unique `name`);
-- tests/<name>/test_router.py: every operation and its errors;
-- alembic/versions/<date>-<rev>_create_<name>.py, on top of the current head;
-and wires it in: the router into app/main.py, the packages into the import-linter
-contract in pyproject.toml. The result passes `make lint` and `make test` as is;
-then give the resource its own fields (docs/adding-a-resource.md).
-
-The name is a plural, lowercase identifier; the singular is the name without its
-final "s" unless given (`--singular category` for `categories`).
-
-Standard library only, Python 3.11 or newer: it runs on the host, before any image.
+Writes app/<name>/, tests/<name>/ and a migration from scripts/resource_template/ (the
+shape of app/items), and wires the router into app/main.py and the packages into the
+import-linter contract in pyproject.toml. What each file holds, and what to do next:
+docs/adding-a-resource.md. Standard library only, Python 3.11 or newer: it runs on the
+host, before any image.
 """
 
 from __future__ import annotations
@@ -56,29 +48,19 @@ class Names:
     plural: str  # order_lines: package, table, test folder
     singular: str  # order_line: variables, functions, path parameters
 
-    @property
-    def cls(self) -> str:  # OrderLine
-        return "".join(part.capitalize() for part in self.singular.split("_"))
-
-    @property
-    def words(self) -> str:  # order line
-        return self.singular.replace("_", " ")
-
-    @property
-    def article(self) -> str:  # an order line, a widget
-        return "an" if self.words[0] in "aeiou" else "a"
-
     def substitutions(self) -> dict[str, str]:
+        words = self.singular.replace("_", " ")  # order line
+        article = "an" if words[0] in "aeiou" else "a"  # an order line, a widget
         return {
             "plural": self.plural,
             "singular": self.singular,
-            "Singular": self.cls,
+            "Singular": "".join(part.capitalize() for part in self.singular.split("_")),
             "SINGULAR": self.singular.upper(),  # module constants: ORDER_LINE_PAGES
-            "words": self.words,
-            "a_words": f"{self.article} {self.words}",
-            "A_words": f"{self.article.capitalize()} {self.words}",
+            "words": words,
+            "a_words": f"{article} {words}",
+            "A_words": f"{article.capitalize()} {words}",
             "plural_words": self.plural.replace("_", " "),
-            "Title": self.words.capitalize(),
+            "Title": words.capitalize(),
             # URLs use hyphens: /api/v1/order-lines.
             "path": self.plural.replace("_", "-"),
         }

@@ -1,19 +1,10 @@
 """`make update [ref=<tag or commit>] [from=<url>]`: merge the template's newer changes.
 
-.template.toml (written by `make init`) records the template's address and the
-revision this service was made from, or last updated to. This fetches the template
-into refs/template/*, then merges, file by file, what it changed between that revision
-and `ref` (default: its default branch) into the working tree with `git merge-file`;
-where both sides changed the same lines, the file gets conflict markers. The
-template's name and README heading are first replaced by this service's in both
-template versions, so the lines `make init` changed never conflict; the template's
-own paths and those `make init` removed (`removed` in .template.toml) are left out.
-Nothing is committed. It runs the template's newer copy of this script first (unless
-the fork changed it), and joins two alembic heads with an empty merge migration.
-
-Why not `git merge`: a fork made from a copy of the template ("Use this template")
-shares no history with it, and a merge would bring back every file init deleted and
-conflict on every line init renamed. Standard library and git only.
+It merges, file by file with `git merge-file`, what the template changed since the
+revision .template.toml records; what it does and why not `git merge`:
+docs/development.md, "Keeping up with the template". The template's name and README
+heading are first replaced by this service's in both template versions, so the lines
+`make init` changed never conflict. Nothing is committed. Standard library and git only.
 """
 
 from __future__ import annotations
