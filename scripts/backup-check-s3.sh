@@ -1,13 +1,7 @@
 #!/usr/bin/env bash
 # Off-VM backups, proven (`make backup-check-s3`, docs/backups.md): the production
-# stack's db and backup services with BACKUP_REPO=s3, against a real S3-compatible
-# server (Moto's, deploy/backup/s3-check.yml) and a repository passphrase:
-#   1. the first full backup and the WAL go to the bucket, encrypted;
-#   2. write rows, lose the database volume AND the local pgbackrest volume (the
-#      whole disk);
-#   3. restore from the bucket alone: every row archived is back;
-#   4. stop the S3 server and write on: the backup service turns unhealthy, and its
-#      metrics show the archive failing and the WAL backlog.
+# stack's db and backup services with BACKUP_REPO=s3 and a repository passphrase,
+# against Moto's S3 server (deploy/backup/s3-check.yml). Each step logs what it proved.
 # Removes all it made.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,18 +1,10 @@
 """`make resource name=widgets [singular=widget]`: scaffold a new resource.
 
-Writes, from the templates in scripts/resource_template/ (the shape of app/items):
-- app/<name>/: models, schemas, service, router, exceptions (create, list, get,
-  patch and delete of rows with a unique `name`);
-- tests/<name>/test_router.py: every operation and its errors;
-- alembic/versions/<date>-<rev>_create_<name>.py, on top of the current head;
-and wires it in: the router into app/main.py, the packages into the import-linter
-contract in pyproject.toml. The result passes `make lint` and `make test` as is;
-then give the resource its own fields (docs/adding-a-resource.md).
-
-The name is a plural, lowercase identifier; the singular is the name without its
-final "s" unless given (`--singular category` for `categories`).
-
-Standard library only, Python 3.11 or newer: it runs on the host, before any image.
+Writes app/<name>/, tests/<name>/ and a migration from scripts/resource_template/ (the
+shape of app/items), and wires the router into app/main.py and the packages into the
+import-linter contract in pyproject.toml. What each file holds, and what to do next:
+docs/adding-a-resource.md. Standard library only, Python 3.11 or newer: it runs on the
+host, before any image.
 """
 
 from __future__ import annotations
@@ -56,29 +48,19 @@ class Names:
     plural: str  # order_lines: package, table, test folder
     singular: str  # order_line: variables, functions, path parameters
 
-    @property
-    def cls(self) -> str:  # OrderLine
-        return "".join(part.capitalize() for part in self.singular.split("_"))
-
-    @property
-    def words(self) -> str:  # order line
-        return self.singular.replace("_", " ")
-
-    @property
-    def article(self) -> str:  # an order line, a widget
-        return "an" if self.words[0] in "aeiou" else "a"
-
     def substitutions(self) -> dict[str, str]:
+        words = self.singular.replace("_", " ")  # order line
+        article = "an" if words[0] in "aeiou" else "a"  # an order line, a widget
         return {
             "plural": self.plural,
             "singular": self.singular,
-            "Singular": self.cls,
+            "Singular": "".join(part.capitalize() for part in self.singular.split("_")),
             "SINGULAR": self.singular.upper(),  # module constants: ORDER_LINE_PAGES
-            "words": self.words,
-            "a_words": f"{self.article} {self.words}",
-            "A_words": f"{self.article.capitalize()} {self.words}",
+            "words": words,
+            "a_words": f"{article} {words}",
+            "A_words": f"{article.capitalize()} {words}",
             "plural_words": self.plural.replace("_", " "),
-            "Title": self.words.capitalize(),
+            "Title": words.capitalize(),
             # URLs use hyphens: /api/v1/order-lines.
             "path": self.plural.replace("_", "-"),
         }
@@ -121,29 +103,21 @@ def render(template: str, names: Names, **extra: str) -> str:
 def sort_app_imports(source: str) -> str:
     """Sort each run of consecutive `from app.… import …` statements by module, as
     ruff's isort does: where the new package goes among app.core's depends on its name."""
-    lines = source.splitlines(keepends=True)
     out: list[str] = []
-    run: list[list[str]] = []
-    index = 0
-    while index <= len(lines):
-        line = lines[index] if index < len(lines) else ""
+    run: list[list[str]] = []  # the current run's statements, each as its lines
+    lines = iter([*source.splitlines(keepends=True), ""])  # "": the end ends the last run
+    for line in lines:
         if line.startswith("from app."):
             statement = [line]
             if line.rstrip().endswith("("):  # a parenthesised import, up to its ")"
-                while not lines[index].startswith(")"):
-                    index += 1
-                    statement.append(lines[index])
+                while not statement[-1].startswith(")"):
+                    statement.append(next(lines))
             run.append(statement)
         else:
-            out += [part for statement in sorted(run, key=_module) for part in statement]
+            run.sort(key=lambda statement: statement[0].split()[1])  # by module
+            out += [part for statement in run for part in statement] + [line]
             run = []
-            out.append(line)
-        index += 1
     return "".join(out)
-
-
-def _module(statement: list[str]) -> str:
-    return statement[0].split()[1]
 
 
 def current_head(versions: Path) -> str | None:

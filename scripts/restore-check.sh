@@ -1,18 +1,10 @@
 #!/usr/bin/env bash
-# The backup drill (`make restore-check`, docs/backups.md): on a throw-away production
-# stack, prove that a lost database volume costs at most the archive_timeout of data
-# and that a point-in-time restore is exact.
-#   1. wait for the first full backup; write items through the proxy, one after another,
-#      recording each one's send and answer times;
-#   2. take the time T, keep writing past one archive_timeout, then SIGKILL Postgres and
-#      delete its volume (the backup repository volume stays: the VM's disk survived);
-#   3. restore the latest state (scripts/restore.sh, as `make restore` does), timing it
-#      (RTO), and count the acknowledged rows lost (RPO);
-#   4. lose the volume again and restore to T: every row acknowledged before T must be
-#      there, and none sent after T.
-# Bars: RPO <= 60 s, 0 rows missing at T, 0 rows after T. Removes all it made.
-#
-# Needs Docker with Compose v2, curl, and free ports RESTORE_HTTP_PORT/RESTORE_HTTPS_PORT.
+# The backup drill (`make restore-check`; its steps: docs/backups.md, "The drill"): on a
+# throw-away production stack, prove that a lost database volume (the backup repository
+# volume stays: the VM's disk survived) costs at most the archive_timeout of data, and
+# that a point-in-time restore is exact. Bars: RPO <= 60 s, 0 rows missing at T, 0 rows
+# after T. Removes all it made. Needs Docker with Compose v2, curl, and free ports
+# RESTORE_HTTP_PORT/RESTORE_HTTPS_PORT.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SERVICE_NAME=${SERVICE_NAME:-$(sed -n 's/^name = "\(.*\)"$/\1/p' pyproject.toml | head -n 1)}  # pyproject.toml: the one place
@@ -64,14 +56,16 @@ writer() {
     echo "rc-$n $sent $(now) $status" >>"$1"
   done
 }
-rows() { # the drill's rows in the database, one name a line
-  "${COMPOSE[@]}" exec -T db psql -X -t -A -U postgres -d app -c "SELECT name FROM items WHERE name LIKE 'rc-%'"
-}
+psql_app() { "${COMPOSE[@]}" exec -T db psql -X -t -A -U postgres -d app -c "$1"; }
+rows() { psql_app "SELECT name FROM items WHERE name LIKE 'rc-%'"; } # the drill's, one name a line
 lose_the_database() {
   "${COMPOSE[@]}" kill -s SIGKILL db >/dev/null 2>&1
   lost_at=$(now)
   "${COMPOSE[@]}" rm --force --stop db backup >/dev/null 2>&1
   docker volume rm "${COMPOSE_PROJECT_NAME}_pgdata" >/dev/null || fail "could not delete the database volume"
+}
+restore() { # restore LOG WHAT [TIME]: scripts/restore.sh, as `make restore` does
+  scripts/restore.sh "${@:3}" >"$WORK/$1" 2>&1 || { cat "$WORK/$1" >&2; fail "restore to $2 failed"; }
 }
 
 log "building and starting the stack"
@@ -91,7 +85,7 @@ log "first full backup taken"
 
 # WAL generated (pg_stat_wal; not the LSN, which skips the unused end of each segment
 # that archive_timeout closes early).
-wal_generated() { "${COMPOSE[@]}" exec -T db psql -X -t -A -U postgres -d app -c "SELECT wal_bytes FROM pg_stat_wal"; }
+wal_generated() { psql_app "SELECT wal_bytes FROM pg_stat_wal"; }
 archived() { "${COMPOSE[@]}" exec -T backup du -sb /var/lib/pgbackrest/archive | cut -f1; }
 wal_before=$(wal_generated)
 archived_before=$(archived)
@@ -114,10 +108,7 @@ rate=$(awk -v s="$WRITE_BEFORE_T" -v a="$WRITE_AFTER_T" '$4 == 201 {n++} END {pr
 log "database killed and its volume deleted; $acked writes acknowledged (~$rate/s)"
 
 restore_started=$(now)
-ENV_FILE="$ENV_FILE" scripts/restore.sh >"$WORK/restore-latest.log" 2>&1 || {
-  cat "$WORK/restore-latest.log" >&2
-  fail "restore to the latest state failed"
-}
+restore restore-latest.log "the latest state"
 status=$(curl -sS -o /dev/null -w '%{http_code}' --max-time 10 -H "X-API-Key: $API_KEY" "$BASE/api/v1/items?limit=1") || status=000
 [ "$status" = 200 ] || fail "the api answered $status after the restore"
 rto=$(awk -v a="$restore_started" -v b="$(now)" 'BEGIN {printf "%.1f", b - a}')
@@ -136,10 +127,7 @@ read -r wal_per_write kept_per_write kept_per_day < <(awk -v w="$wal_bytes" -v k
 log "WAL: $wal_per_write bytes written per create, $kept_per_write kept in the repository; a day at ${RESTORE_DAY_RATE:-1127} creates/s: $kept_per_day GiB"
 
 lose_the_database
-ENV_FILE="$ENV_FILE" scripts/restore.sh "$T_SQL" >"$WORK/restore-t.log" 2>&1 || {
-  cat "$WORK/restore-t.log" >&2
-  fail "restore to T failed"
-}
+restore restore-t.log T "$T_SQL"
 rows >"$WORK/rows-t" || fail "cannot read the rows restored to T"
 read -r before missing after < <(awk -v t="$T" '
   NR == FNR { present[$1] = 1; next }

@@ -1,16 +1,9 @@
 #!/usr/bin/env bash
-# Restore the production stack's database (`make restore [at=TIME]`, docs/backups.md):
-#   1. stop the services that write (every one but db, redis, proxy and backup), then
-#      the backup service and the database;
-#   2. pgBackRest restores the newest backup before the target into the data volume;
-#   3. Postgres replays the archived WAL up to TIME (or to its end) and is promoted;
-#   4. the migrate service brings the schema to head, `alembic check` confirms it;
-#   5. everything starts again. The backup service starts a new full backup on its
-#      own: the restored database runs on a new timeline.
-#
+# Restore the production stack's database (`make restore [at=TIME]`; each step, and
+# how to run it by hand: docs/backups.md). The writers are every service but db, redis,
+# proxy and backup.
 #   scripts/restore.sh                              the latest state
 #   scripts/restore.sh "2026-12-06 10:00:00+00"     the state at that time
-#
 # Reads ENV_FILE (default .env) like the stack; COMPOSE_PROJECT_NAME picks another project.
 set -euo pipefail
 cd "$(dirname "$0")/.."

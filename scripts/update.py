@@ -1,28 +1,10 @@
 """`make update [ref=<tag or commit>] [from=<url>]`: merge the template's newer changes.
 
-.template.toml (written by `make init`) records the template's address and the
-revision this service was made from, or last updated to. This fetches the template
-(into refs/template/*, apart from this repository's own branches and tags), then
-merges, file by file, what the template changed between that revision and `ref`
-(default: the template's default branch) into the working tree, with `git merge-file`:
-the revision is the common base, the template at `ref` is theirs, this checkout ours.
-A file the service did not change takes the template's change as it is; where both
-changed the same lines, the file gets conflict markers, as `git merge` leaves them.
-
-Before merging, the template's name (pyproject.toml's [project] name) is replaced by
-this service's in both template versions, and the README's first heading by this
-README's, so the lines `make init` changed never conflict. Paths that prove only the
-template and those `make init` removed on purpose (`removed` in .template.toml) are
-left out. Nothing is committed: review `git diff`, resolve any conflict, then commit.
-
-It runs the template's newer copy of this script first (unless the fork changed it),
-so a fork always merges with the newest rules. When the template's new migrations and
-the fork's own follow the same revision, it joins the two heads with an empty merge
-migration, as `alembic merge heads` does.
-
-Why not `git merge`: a fork made from a copy of the template ("Use this template")
-shares no history with it, and a merge would bring back every file init deleted and
-conflict on every line init renamed. Standard library and git only.
+It merges, file by file with `git merge-file`, what the template changed since the
+revision .template.toml records; what it does and why not `git merge`:
+docs/development.md, "Keeping up with the template". The template's name and README
+heading are first replaced by this service's in both template versions, so the lines
+`make init` changed never conflict. Nothing is committed. Standard library and git only.
 """
 
 from __future__ import annotations
@@ -37,10 +19,12 @@ import subprocess
 import sys
 import tempfile
 import tomllib
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+GIT = shutil.which("git") or "git"
 RECORD = ROOT / ".template.toml"
 # Never part of a fork (template/make_fork.py: TEMPLATE_ONLY), whatever the template adds there.
 TEMPLATE_ONLY = [
@@ -53,10 +37,9 @@ TEMPLATE_ONLY = [
 ]
 
 
-def git(*args: str, check: bool = True, text: bool = True) -> subprocess.CompletedProcess[str]:
-    program = shutil.which("git") or "git"
+def git(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(  # noqa: S603  # git, with arguments built here
-        [program, *args], cwd=ROOT, capture_output=True, text=text, check=False
+        [GIT, *args], cwd=ROOT, capture_output=True, text=True, check=False
     )
     if check and result.returncode != 0:
         sys.exit(f"update: git {' '.join(args)} failed:\n{result.stderr.strip()}")
@@ -65,9 +48,8 @@ def git(*args: str, check: bool = True, text: bool = True) -> subprocess.Complet
 
 def show(revision: str, path: str) -> bytes | None:
     """A file's bytes at a revision, or None where it does not exist."""
-    program = shutil.which("git") or "git"
     result = subprocess.run(  # noqa: S603  # git, with arguments built here
-        [program, "show", f"{revision}:{path}"], cwd=ROOT, capture_output=True, check=False
+        [GIT, "show", f"{revision}:{path}"], cwd=ROOT, capture_output=True, check=False
     )
     return result.stdout if result.returncode == 0 else None
 
@@ -82,72 +64,62 @@ def name_at(revision: str) -> str:
     return str(tomllib.loads(pyproject.decode())["project"]["name"])
 
 
-def heading(text: str) -> str | None:
-    match = re.search(r"^# .*$", text, re.MULTILINE)
-    return match.group(0) if match else None
-
-
-class Renamer:
+def renamer(template_name: str, name: str) -> Callable[[str, bytes | None], bytes | None]:
     """Rewrites a template version of a file as `make init` left this service's."""
+    pairs = [(template_name, name)]
+    if "-" in template_name:
+        pairs.append((template_name.replace("-", "_"), name.replace("-", "_")))
+    readme = ROOT / "README.md"
+    readme_text = readme.read_text(encoding="utf-8") if readme.is_file() else ""
+    heading = re.search(r"^# .*$", readme_text, re.MULTILINE)
+    title = heading.group(0) if heading else ""
 
-    def __init__(self, template_name: str, name: str) -> None:
-        self.pairs = [(template_name, name)]
-        if "-" in template_name:
-            self.pairs.append((template_name.replace("-", "_"), name.replace("-", "_")))
-        readme = ROOT / "README.md"
-        self.title = heading(readme.read_text(encoding="utf-8")) if readme.is_file() else None
-
-    def __call__(self, path: str, data: bytes) -> bytes:
+    def rename(path: str, data: bytes | None) -> bytes | None:
+        if data is None:
+            return None
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError:
             return data
-        for old, new in self.pairs:
+        for old, new in pairs:
             text = text.replace(old, new)
-        if path == "README.md" and self.title:
-            text = re.sub(r"^# .*$", lambda _: str(self.title), text, count=1, flags=re.MULTILINE)
+        if path == "README.md" and title:
+            text = re.sub(r"^# .*$", lambda _: title, text, count=1, flags=re.MULTILINE)
         return text.encode("utf-8")
+
+    return rename
 
 
 def excluded(path: str, removed: list[str]) -> bool:
     return any(path == p or path.startswith(p.rstrip("/") + "/") for p in TEMPLATE_ONLY + removed)
 
 
-def take(target: Path, data: bytes, their_mode: str) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_bytes(data)
-    target.chmod(0o755 if their_mode == "100755" else 0o644)
-
-
-def trivial(target: Path, base: bytes | None, theirs: bytes | None, their_mode: str) -> str | None:
-    """What happens to a file one side did not change (or deleted); None: a real merge."""
-    ours = target.read_bytes() if target.is_file() else None
-    if ours == theirs:
-        outcome = "same"
-    elif theirs is None:  # the template deleted it
-        outcome = "kept (changed here, deleted in the template)"
-        if ours == base:
-            target.unlink()
-            outcome = "deleted"
-    elif ours is None and base is not None:
-        outcome = "skipped (deleted here, changed in the template)"
-    elif ours is None or ours == base:
-        take(target, theirs, their_mode)
-        outcome = "added" if ours is None else "updated"
-    else:
-        return None
-    return outcome
-
-
 def merge(path: str, base: bytes | None, theirs: bytes | None, their_mode: str) -> str:
     """Merge one file into the working tree; return what happened."""
     target = ROOT / path
-    outcome = trivial(target, base, theirs, their_mode)
-    if outcome is not None or theirs is None:
-        return outcome or "same"
+    ours = target.read_bytes() if target.is_file() else None
+    if ours == theirs:
+        return "same"
+    if theirs is None:  # the template deleted it
+        if ours != base:
+            return "kept (changed here, deleted in the template)"
+        target.unlink()
+        return "deleted"
+    if ours is None and base is not None:
+        return "skipped (deleted here, changed in the template)"
+    if ours is None or ours == base:  # only the template changed it: take its version
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(theirs)
+        target.chmod(0o755 if their_mode == "100755" else 0o644)
+        return "added" if ours is None else "updated"
+    return merge_file(target, base or b"", theirs)
+
+
+def merge_file(target: Path, base: bytes, theirs: bytes) -> str:
+    """Both sides changed the file: merge the template's change into it, line by line."""
     with tempfile.TemporaryDirectory() as scratch:
         base_file, their_file = Path(scratch, "base"), Path(scratch, "theirs")
-        base_file.write_bytes(base or b"")
+        base_file.write_bytes(base)
         their_file.write_bytes(theirs)
         labels = ["-L", "yours", "-L", "template (base)", "-L", "template"]
         files = [str(target), str(base_file), str(their_file)]
@@ -193,12 +165,8 @@ def self_update(base_revision: str, target: str) -> None:
     """Run the template's newer updater: it may merge better than this one. Only while
     this file is as the recorded revision had it (a fork's own changes win)."""
     me = Path(__file__).resolve()
-    newer = show(target, "scripts/update.py")
-    if (
-        newer is None
-        or newer == me.read_bytes()
-        or me.read_bytes() != show(base_revision, "scripts/update.py")
-    ):
+    mine, newer = me.read_bytes(), show(target, "scripts/update.py")
+    if newer is None or newer == mine or mine != show(base_revision, "scripts/update.py"):
         return
     me.write_bytes(newer)
     print("update: running the template's newer scripts/update.py")
@@ -226,9 +194,8 @@ def merge_heads() -> str | None:
         return None
     revision, now = secrets.token_hex(6), datetime.now(UTC)
     parents = "(" + ", ".join(f'"{head}"' for head in heads) + ")"
-    path = (
-        ROOT / "alembic" / "versions" / f"{now:%Y_%m_%d_%H%M}-{revision}_merge_template_update.py"
-    )
+    versions = ROOT / "alembic" / "versions"
+    path = versions / f"{now:%Y_%m_%d_%H%M}-{revision}_merge_template_update.py"
     path.write_text(
         f'''"""merge the template's migrations with this service's
 
@@ -261,7 +228,7 @@ def merge_all(
     base_revision: str, target: str, removed: list[str]
 ) -> tuple[dict[str, list[str]], int]:
     """Merge every file the template changed; the outcomes, and how many were left out."""
-    rename = Renamer(name_at(base_revision), name_at("HEAD"))
+    rename = renamer(name_at(base_revision), name_at("HEAD"))
     changed = git("diff", "--name-only", "--no-renames", "-z", base_revision, target).stdout
     outcomes: dict[str, list[str]] = {}
     left_out = 0
@@ -269,9 +236,7 @@ def merge_all(
         if excluded(path, removed):
             left_out += 1
             continue
-        base, theirs = show(base_revision, path), show(target, path)
-        base = rename(path, base) if base is not None else None
-        theirs = rename(path, theirs) if theirs is not None else None
+        base, theirs = rename(path, show(base_revision, path)), rename(path, show(target, path))
         outcome = merge(path, base, theirs, mode(target, path))
         outcomes.setdefault(outcome, []).append(path)
     return outcomes, left_out

@@ -30,13 +30,22 @@ import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 SOCKET_DIR = os.environ.get("PGBACKREST_PG1_SOCKET_PATH", "/var/run/postgresql")
 # The container's own in-memory /tmp: the scheduler's last result, for `pgbackup check`.
 STATE_FILE = Path("/tmp/pgbackup-state.json")  # noqa: S108
+# The scheduler's two threads (backups, measurements) both update the state.
+STATE_LOCK = threading.Lock()
 TICK_SECONDS = 15.0
 RETRY_SECONDS = 300.0
 INFO_TIMEOUT_SECONDS = 30.0
+# A stanza or a backup as `pgbackrest info --output=json` describes it.
+Json = dict[str, Any]
+
+
+def log(message: str, *, error: bool = False) -> None:
+    print(f"pgbackup: {message}", file=sys.stderr if error else sys.stdout, flush=True)
 
 
 def seconds(text: str) -> float:
@@ -119,58 +128,37 @@ def sql(query: str) -> str:
     return done.stdout.strip()
 
 
-def info() -> dict[str, object]:
+def info() -> Json:
     """pgBackRest's view of the stanza: its backups and its WAL archive."""
     done = pgbackrest("info", "--output=json", timeout=INFO_TIMEOUT_SECONDS)
     if done.returncode != 0:
         raise RuntimeError(done.stderr.strip() or done.stdout.strip())
-    stanzas = json.loads(done.stdout)
+    stanzas: list[Json] = json.loads(done.stdout)
     return stanzas[0] if stanzas else {}
 
 
-def backups(stanza: dict[str, object]) -> list[dict[str, object]]:
-    found = stanza.get("backup", [])
-    return found if isinstance(found, list) else []
-
-
-def current_backups(stanza: dict[str, object]) -> list[dict[str, object]]:
+def current_backups(stanza: Json) -> list[Json]:
     """The backups of the stanza's current database. After a major-version upgrade
     (`pgbackrest stanza-upgrade`, docs/backups.md) the stanza lists the older version's
     backups too: they restore only with that version's image, and the new version's
     data needs a full backup of its own."""
-    dbs = stanza.get("db", [])
-    ids = [d.get("id", 0) for d in dbs if isinstance(d, dict)] if isinstance(dbs, list) else []
-    current = max((i for i in ids if isinstance(i, int)), default=None)
+    backups: list[Json] = stanza.get("backup", [])
+    current = max((db.get("id", 0) for db in stanza.get("db", [])), default=None)
     if current is None:
-        return backups(stanza)
-    return [b for b in backups(stanza) if database_id(b) == current]
+        return backups
+    return [b for b in backups if b.get("database", {}).get("id", 0) == current]
 
 
-def database_id(backup: dict[str, object]) -> int:
-    database = backup.get("database", {})
-    found = database.get("id", 0) if isinstance(database, dict) else 0
-    return found if isinstance(found, int) else 0
+def stop_time(backup: Json) -> float:
+    return float(backup["timestamp"]["stop"])
 
 
-def stop_time(backup: dict[str, object]) -> float:
-    stamp = backup.get("timestamp", {})
-    return float(stamp["stop"]) if isinstance(stamp, dict) else 0.0
-
-
-def repository_delta(backup: dict[str, object]) -> float:
-    """Bytes the backup added to the repository (compressed, encrypted)."""
-    about = backup.get("info", {})
-    repository = about.get("repository", {}) if isinstance(about, dict) else {}
-    return float(repository.get("delta", 0)) if isinstance(repository, dict) else 0.0
-
-
-def wal_timeline(backup: dict[str, object]) -> int:
-    archive = backup.get("archive", {})
-    start = archive.get("start") if isinstance(archive, dict) else None
+def wal_timeline(backup: Json) -> int:
+    start = backup.get("archive", {}).get("start")
     return int(str(start)[:8], 16) if start else 0
 
 
-def due_type(stanza: dict[str, object], settings: Settings, now: float) -> str | None:
+def due_type(stanza: Json, settings: Settings, now: float) -> str | None:
     """The type of backup the schedule wants now, or None."""
     done = current_backups(stanza)
     fulls = [b for b in done if b.get("type") == "full"]
@@ -191,15 +179,15 @@ def due_type(stanza: dict[str, object], settings: Settings, now: float) -> str |
 
 
 def take_backup(kind: str, settings: Settings) -> bool:
-    print(f"pgbackup: {kind} backup starting", flush=True)
+    log(f"{kind} backup starting")
     started = time.time()
     update_state(running_since=started)
     done = pgbackrest("backup", f"--type={kind}", settings=settings)
     output = (done.stdout + done.stderr).strip()
     if done.returncode == 0:
-        print(f"pgbackup: {kind} backup done in {time.time() - started:.1f} s", flush=True)
+        log(f"{kind} backup done in {time.time() - started:.1f} s")
     else:
-        print(f"pgbackup: {kind} backup FAILED:\n{output}", file=sys.stderr, flush=True)
+        log(f"{kind} backup FAILED:\n{output}", error=True)
     update_state(
         running_since=None,
         last_attempt=started,
@@ -217,15 +205,9 @@ def read_state() -> dict[str, object]:
     return loaded if isinstance(loaded, dict) else {}
 
 
-# The scheduler's two threads (backups, measurements) both update the state.
-STATE_LOCK = threading.Lock()
-
-
 def update_state(**changes: object) -> None:
     with STATE_LOCK:
-        state = read_state()
-        state.update(changes)
-        write_state(state)
+        write_state(read_state() | changes)
 
 
 def write_state(state: dict[str, object]) -> None:
@@ -248,19 +230,19 @@ def measure(settings: Settings) -> tuple[dict[str, float], list[str]]:
     values["pgbackup_backup_running"] = 1 if running else 0
     try:
         stanza = info()
-        values["pgbackup_backups"] = len(backups(stanza))
+        values["pgbackup_backups"] = len(stanza.get("backup", []))
         done = current_backups(stanza)
         if done:
-            values["pgbackup_last_backup_age_seconds"] = now - stop_time(done[-1])
-            values["pgbackup_last_backup_size_bytes"] = repository_delta(done[-1])
+            last_age = now - stop_time(done[-1])
+            values["pgbackup_last_backup_age_seconds"] = last_age
+            delta = done[-1].get("info", {}).get("repository", {}).get("delta", 0)
+            values["pgbackup_last_backup_size_bytes"] = float(delta)
             values["pgbackup_recovery_window_start_timestamp_seconds"] = stop_time(done[0])
             fulls = [b for b in done if b.get("type") == "full"]
             if fulls:
                 values["pgbackup_last_full_backup_age_seconds"] = now - stop_time(fulls[-1])
-            if now - stop_time(done[-1]) > settings.every + 3600 and not running:
-                problems.append(
-                    f"the last backup is {(now - stop_time(done[-1])) / 3600:.1f} h old"
-                )
+            if last_age > settings.every + 3600 and not running:
+                problems.append(f"the last backup is {last_age / 3600:.1f} h old")
         values["pgbackup_repository_up"] = 1
     except (RuntimeError, ValueError, KeyError, IndexError) as error:
         values["pgbackup_repository_up"] = 0
@@ -310,73 +292,55 @@ HELP = {
 }
 
 
-class Metrics:
-    """The latest measurement, refreshed by the scheduler, served as Prometheus text."""
+class MetricsHandler(BaseHTTPRequestHandler):
+    """Serves the latest measurement as Prometheus text on /metrics."""
 
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.text = ""
+    body = b""  # replaced whole by monitor(): readers see the old or the new one
 
-    def update(self, values: dict[str, float]) -> None:
-        lines = []
-        for name, value in values.items():
-            lines += [
-                f"# HELP {name} {HELP.get(name, name)}",
-                f"# TYPE {name} gauge",
-                f"{name} {value:.3f}",
-            ]
-        with self.lock:
-            self.text = "\n".join(lines) + "\n"
+    def do_GET(self) -> None:
+        if self.path != "/metrics":
+            self.send_error(404)
+            return
+        body = MetricsHandler.body
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
 
-    def serve(self, port: int) -> None:
-        metrics = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                if self.path != "/metrics":
-                    self.send_error(404)
-                    return
-                with metrics.lock:
-                    body = metrics.text.encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass  # one line per scrape would drown the backup log
-
-        server = ThreadingHTTPServer(("0.0.0.0", port), Handler)  # noqa: S104 (the backend network)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
+    def log_message(self, format: str, *args: object) -> None:
+        pass  # one line per scrape would drown the backup log
 
 
-def wait_for_database() -> None:
-    while subprocess.run(["pg_isready", "-q", "-h", SOCKET_DIR], check=False).returncode != 0:
-        time.sleep(2)
+def prometheus_text(values: dict[str, float]) -> bytes:
+    lines = []
+    for name, value in values.items():
+        lines += [
+            f"# HELP {name} {HELP.get(name, name)}",
+            f"# TYPE {name} gauge",
+            f"{name} {value:.3f}",
+        ]
+    return ("\n".join(lines) + "\n").encode()
 
 
 def schedule(settings: Settings) -> None:
-    metrics = Metrics()
-    metrics.serve(settings.metrics_port)
-    print(
-        f"pgbackup: a backup every {settings.every:.0f} s,"
-        f" a full one every {settings.full_every:.0f} s, WAL kept for the newest"
-        f" {settings.archive_retention()} backups ({settings.pitr_days:g} days)",
-        flush=True,
+    address = ("0.0.0.0", settings.metrics_port)  # noqa: S104 (the backend network)
+    server = ThreadingHTTPServer(address, MetricsHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    log(
+        f"a backup every {settings.every:.0f} s, a full one every {settings.full_every:.0f} s,"
+        f" WAL kept for the newest {settings.archive_retention()} backups"
+        f" ({settings.pitr_days:g} days)"
     )
     write_state({"started": time.time()})
     # Measured on a thread of its own, so a backup that runs for hours leaves the
     # metrics and the healthcheck current; started first, so a repository that is
     # unreachable from the start (stanza-create retrying) turns the service unhealthy.
-    threading.Thread(target=monitor, args=(settings, metrics), daemon=True).start()
-    wait_for_database()
+    threading.Thread(target=monitor, args=(settings,), daemon=True).start()
+    while subprocess.run(["pg_isready", "-q", "-h", SOCKET_DIR], check=False).returncode != 0:
+        time.sleep(2)
     while (done := pgbackrest("stanza-create")).returncode != 0:
-        print(
-            f"pgbackup: stanza-create failed, retrying:\n{done.stderr or done.stdout}",
-            file=sys.stderr,
-            flush=True,
-        )
+        log(f"stanza-create failed, retrying:\n{done.stderr or done.stdout}", error=True)
         time.sleep(10)
     while True:
         now = time.time()
@@ -390,22 +354,22 @@ def schedule(settings: Settings) -> None:
             try:
                 kind = due_type(info(), settings, now)
             except RuntimeError as error:
-                print(f"pgbackup: cannot read the repository: {error}", file=sys.stderr, flush=True)
+                log(f"cannot read the repository: {error}", error=True)
                 kind = None
             if kind:
                 take_backup(kind, settings)
         time.sleep(TICK_SECONDS)
 
 
-def monitor(settings: Settings, metrics: Metrics) -> None:
+def monitor(settings: Settings) -> None:
     warned: list[str] = []
     while True:
         values, problems = measure(settings)
-        metrics.update(values)
+        MetricsHandler.body = prometheus_text(values)
         update_state(problems=problems)
         if problems != warned:
             for problem in problems:
-                print(f"pgbackup: WARNING {problem}", file=sys.stderr, flush=True)
+                log(f"WARNING {problem}", error=True)
             warned = problems
         time.sleep(TICK_SECONDS)
 
@@ -421,7 +385,7 @@ def list_backups() -> int:
         fmt = "%Y-%m-%d %H:%M:%S+00"
         start = time.strftime(fmt, time.gmtime(stop_time(found[0])))
         archive = stanza.get("archive", [])
-        newest = archive[-1].get("max") if isinstance(archive, list) and archive else None
+        newest = archive[-1].get("max") if archive else None
         try:
             end = sql("SELECT date_trunc('second', last_archived_time) FROM pg_stat_archiver")
         except RuntimeError:
@@ -429,7 +393,7 @@ def list_backups() -> int:
         print(f"\nrecovery window: from {start} (the end of the oldest backup)")
         print(f"                 to {end or '?'} (the newest archived WAL segment, {newest})")
         print("restore to a time inside it: make restore at='YYYY-MM-DD HH:MM:SS+00'")
-    if len(found) < len(backups(stanza)):
+    if len(found) < len(stanza.get("backup", [])):
         print("the backups under 'db (prior)' are an older PostgreSQL version's: they")
         print("restore only with that version's images (docs/backups.md, upgrading)")
     return 0
@@ -441,7 +405,7 @@ def restore(target: str | None) -> int:
     args = ["restore", "--delta", "--recovery-option=hot_standby=off"]
     if target:
         args += ["--type=time", f"--target={target}", "--target-action=promote"]
-    print(f"pgbackup: restoring {'to ' + target if target else 'the latest state'}", flush=True)
+    log(f"restoring {'to ' + target if target else 'the latest state'}")
     done = subprocess.run(["pgbackrest", *args], env=pgbackrest_env(), check=False)
     return done.returncode
 
