@@ -244,7 +244,9 @@ def measure(settings: Settings) -> tuple[dict[str, float], list[str]]:
             if last_age > settings.every + 3600 and not running:
                 problems.append(f"the last backup is {last_age / 3600:.1f} h old")
         values["pgbackup_repository_up"] = 1
-    except (RuntimeError, ValueError, KeyError, IndexError) as error:
+    # TypeError, AttributeError: pgBackRest's JSON in a shape not expected; reported as an
+    # unreadable repository rather than stopping the metrics thread.
+    except (RuntimeError, ValueError, KeyError, IndexError, TypeError, AttributeError) as error:
         values["pgbackup_repository_up"] = 0
         problems.append(f"the backup repository cannot be read: {error}")
     if state.get("last_error") and not running:
