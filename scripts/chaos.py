@@ -409,13 +409,10 @@ class Stack:
         """`command`, run in `service`'s container; its stdout."""
         return self.compose("exec", "-T", service, *command, **options)
 
-    def build(self, revision: str) -> None:
-        # Every api service and migrate run this one image.
-        self.compose(
-            "build", "--build-arg", f"REVISION={revision}", self.api_services[0], timeout=900
-        )
-
-    def up(self) -> None:
+    def build_and_up(self) -> None:
+        # Every api service and migrate run one image: the first api service's.
+        build_arg = f"REVISION={self.revision}"
+        self.compose("build", "--build-arg", build_arg, self.api_services[0], timeout=900)
         self.compose("up", "--detach", "--wait", "--wait-timeout", "180", timeout=300)
 
     def down(self) -> None:
@@ -612,24 +609,11 @@ def kill_worker(stack: Stack) -> None:
     log(f"{stack.api_services[0]}: {killed.strip()}")
 
 
-DEPLOY_SCRIPT = ROOT / "scripts" / "deploy.sh"
-
-
 def deploy(stack: Stack) -> None:
-    """Roll the api to a new build: scripts/deploy.sh, or else what `make prod-up` does."""
-    stack.revision += "-redeployed"  # a new image, as a new version would be
-    stack.env["REVISION"] = stack.revision  # scripts/deploy.sh's build argument
-    if DEPLOY_SCRIPT.exists():
-        log("deploying with scripts/deploy.sh")
-        stack.run(str(DEPLOY_SCRIPT), timeout=600)
-    else:
-        log("no scripts/deploy.sh: deploying as `make prod-up` does (build, then up)")
-        stack.build(stack.revision)
-        try:
-            stack.up()
-        except RuntimeError:
-            print(stack.compose("logs", "--no-color", "--tail", "15", "migrate", check=False))
-            raise
+    """Roll the api to a new build with scripts/deploy.sh."""
+    stack.env["REVISION"] = f"{stack.revision}-redeployed"  # a new image, as a new version's
+    log("deploying with scripts/deploy.sh")
+    stack.run(str(ROOT / "scripts" / "deploy.sh"), timeout=600)
 
 
 # Runs inside an api container: fills each writable tmpfs until the kernel says "no space
@@ -1901,8 +1885,7 @@ def main() -> int:
         # initialised with that run's passwords, would refuse this run's migrate.
         stack.down()
         log(f"building {API_IMAGE} and starting project {PROJECT} on port {HTTP_PORT}")
-        stack.build(stack.revision)
-        stack.up()
+        stack.build_and_up()
         stack.create_api_key()
         stack.issue_token()
         stack.seed()
