@@ -243,8 +243,8 @@ class Load:
 class KeyedWriter:
     """A client beside the load, through every fault: it creates orders, each with an
     Idempotency-Key, and sends a write again with its key until the answer is definite
-    (UNKNOWN leave the outcome unknown). Each order gets a quantity of its own, so that one
-    written twice shows when they are counted."""
+    (a lost connection, a timeout, 502, 503 or 504 leave the outcome unknown). Each order
+    gets a quantity of its own, so that one written twice shows when they are counted."""
 
     UNKNOWN = frozenset({TIMEOUT, FAILED, CUT_SHORT, 502, 503, 504})
     PAUSE = 0.1  # between orders: a trickle, not a share of the load that the bars measure
