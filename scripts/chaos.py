@@ -1,16 +1,13 @@
 #!/usr/bin/env python3
 """Fault injection on the production stack (`make chaos`): does the service keep serving?
 
-Starts docker-compose.prod.yml as a Compose project of its own with throw-away secrets,
-drives steady load through the proxy (16 keep-alive HTTP/1.1 clients, 5 s timeout, each
-request with an API key made for the run, or for the issuer's faults a bearer token from
-the development issuer that deploy/issuer-check.yml adds to the stack), and
-injects each fault in turn: a steady phase before, the fault, a steady phase after. For
-each fault it prints a per-second ledger and a summary, checks the figures against the
-fault's bar (issue 7's table, encoded in FAULTS below), and at the end prints one table.
-The stack is torn down whatever happens. Exit status 1 when a fault misses its bar.
+Starts docker-compose.prod.yml, with the development issuer of deploy/issuer-check.yml, as
+a Compose project of its own with throw-away secrets; drives steady load through the proxy;
+and injects each fault in turn, between a steady phase before and one after. Each fault's
+figures are checked against its bar (issue 7's table, encoded in FAULTS below), and the
+stack is torn down whatever happens. Exit status 1 when a fault misses its bar.
 
-    python3 scripts/chaos.py                      # every fault, about 5 minutes
+    python3 scripts/chaos.py                      # every fault
     python3 scripts/chaos.py redis-stop pg-stop   # some of them
     python3 scripts/chaos.py --short              # shorter phases (CI)
     python3 scripts/chaos.py --list               # the faults and their bars
@@ -32,6 +29,7 @@ import resource
 import secrets
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -42,7 +40,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -53,7 +51,7 @@ HTTPS_PORT = int(os.environ.get("CHAOS_HTTPS_PORT", "18543"))
 SUBNET = os.environ.get("CHAOS_SUBNET", "172.30.252.0/24")
 PROXY_IP = os.environ.get("CHAOS_PROXY_IP", "172.30.252.10")
 API_IMAGE = f"{os.environ.get('SERVICE_NAME', 'app')}:chaos"  # make: pyproject.toml's name
-# The development issuer the bearer-token faults need, as deploy/issuer-check.yml runs it.
+# The development issuer, as deploy/issuer-check.yml runs it: the bearer-token faults need it.
 ISSUER_OVERRIDE = "deploy/issuer-check.yml"
 ISSUER_SCRIPT = "/issuer/dev_issuer.py"
 ISSUER_URL = "https://issuer:8443"
@@ -62,23 +60,22 @@ ISSUER_AUDIENCE = "issuer-check"
 CLIENTS = 16
 CLIENT_TIMEOUT = 5.0
 ITEMS = 50
-TIMEOUT = 0  # the status of a request with no answer within CLIENT_TIMEOUT
-FAILED = -1  # the status of a request whose connection was refused, reset or closed
-CUT_SHORT = -2  # the status of a response whose head arrived but whose body was cut off
-FAILED_PAUSE = 0.1  # how long a client waits after FAILED before its next request
+# The statuses of requests without a whole HTTP answer.
+TIMEOUT = 0  # no answer within CLIENT_TIMEOUT
+FAILED = -1  # the connection was refused, reset or closed
+CUT_SHORT = -2  # the head arrived, then the body was cut off
+FAILED_PAUSE = 0.1  # a client's wait after FAILED: a refused connection must not busy-loop
 
 
-# The stack's settings: throw-away secrets, and the write rate limit off, since one
-# client (this script) sends every write and the limit is per client. The jobs fault's
-# poison job reaches `failed` within the fault with few retries, and a killed worker's
-# jobs run again within it with a short heartbeat timeout; `--set` may change both.
-# `--set NAME=VALUE` adds app settings (for instance CACHE_LOCAL_TTL_SECONDS=5, the
-# near cache on).
-def stack_settings(extra: dict[str, str] | None = None) -> dict[str, str]:
+def stack_settings(extra: dict[str, str]) -> dict[str, str]:
+    """Throw-away secrets; the write rate limit off, since one client (this script) sends
+    every write and the limit is per client; few job retries and a short heartbeat timeout,
+    so that the jobs fault's poison job fails, and a killed worker's jobs run again, within
+    the fault. `extra` (--set NAME=VALUE) may change the last two and add app settings."""
     return {
         "JOBS_MAX_ATTEMPTS": "3",
         "JOBS_HEARTBEAT_TIMEOUT": "10",
-        **(extra or {}),
+        **extra,
         "DOMAIN": "http://localhost",
         "POSTGRES_PASSWORD": secrets.token_hex(16),
         "APP_DB_PASSWORD": secrets.token_hex(16),
@@ -101,7 +98,7 @@ Request = tuple[str, str, bytes | None]  # method, path, JSON body
 class Sample:
     start: float  # seconds since the load began
     latency: float
-    status: int  # an HTTP status, TIMEOUT or FAILED
+    status: int  # an HTTP status, TIMEOUT, FAILED or CUT_SHORT
     retry_after: bool = False
 
     @property
@@ -118,30 +115,26 @@ class StaleConnectionError(Exception):
     closed it as idle just as the request went out, and never read the request."""
 
 
-# Requests that HTTP clients send again, once, on a new connection after StaleConnectionError
-# (Go's net/http, urllib3, browsers): nothing was answered, and they are safe to repeat.
+# What HTTP clients (Go's net/http, urllib3, browsers) send again, once, on a new connection
+# after StaleConnectionError: nothing was answered, and these are safe to repeat.
 RESENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 class Connection:
-    """One keep-alive HTTP/1.1 connection to the proxy, reopened after any error. `headers`
-    go with every request (a credential: every /api/v1 route needs one)."""
+    """One keep-alive HTTP/1.1 connection to the proxy, reopened after any error."""
 
-    def __init__(self, port: int, headers: str = "") -> None:
-        self.port = port
-        self.headers = headers
+    def __init__(self) -> None:
         self._streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
         self.resent = 0  # requests sent again after StaleConnectionError
 
     async def request(
-        self, method: str, path: str, body: bytes | None, extra_headers: str = ""
+        self, method: str, path: str, body: bytes | None, headers: str
     ) -> tuple[int, dict[str, str], bytes]:
         reused = self._streams is not None
         if self._streams is None:
-            self._streams = await asyncio.open_connection("127.0.0.1", self.port)
+            self._streams = await asyncio.open_connection("127.0.0.1", HTTP_PORT)
         reader, writer = self._streams
-        head = f"{method} {path} HTTP/1.1\r\nHost: localhost:{self.port}\r\n"
-        head += self.headers + extra_headers
+        head = f"{method} {path} HTTP/1.1\r\nHost: localhost:{HTTP_PORT}\r\n{headers}"
         if body is not None:
             head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
         try:
@@ -153,22 +146,22 @@ class Connection:
             if reused and nothing and method in RESENT_METHODS:
                 raise StaleConnectionError from exc
             raise
-        lines = raw_head.decode("latin-1").split("\r\n")
-        status = int(lines[0].split(" ", 2)[1])
-        headers = {}
-        for line in lines[1:]:
+        status_line, *header_lines = raw_head.decode("latin-1").split("\r\n")
+        status = int(status_line.split(" ", 2)[1])
+        answer_headers = {}
+        for line in header_lines:
             name, _, value = line.partition(":")
-            headers[name.strip().lower()] = value.strip()
+            answer_headers[name.strip().lower()] = value.strip()
         try:
-            if headers.get("transfer-encoding", "").lower() == "chunked":
+            if answer_headers.get("transfer-encoding", "").lower() == "chunked":
                 content = await read_chunked(reader)
             else:
-                content = await reader.readexactly(int(headers.get("content-length", "0")))
+                content = await reader.readexactly(int(answer_headers.get("content-length", "0")))
         except (OSError, EOFError, ValueError) as exc:
             raise CutShortError from exc
-        if headers.get("connection", "").lower() == "close":
+        if answer_headers.get("connection", "").lower() == "close":
             self.close()
-        return status, headers, content
+        return status, answer_headers, content
 
     def close(self) -> None:
         if self._streams is not None:
@@ -188,9 +181,10 @@ async def read_chunked(reader: asyncio.StreamReader) -> bytes:
 async def send(
     conn: Connection, request: Request, headers: str = ""
 ) -> tuple[int, dict[str, str], bytes]:
-    """One request within CLIENT_TIMEOUT; (TIMEOUT or FAILED, {}, b"") instead of raising.
-    A safe request that found its kept-alive connection closed unanswered is sent again,
-    once, on a new connection, as HTTP clients do. `headers`: this request's own."""
+    """One request within CLIENT_TIMEOUT, with `headers` (a credential: every /api/v1 route
+    needs one); (TIMEOUT, CUT_SHORT or FAILED, {}, b"") instead of raising. A safe request
+    that found its kept-alive connection closed unanswered is sent again, once, on a new
+    connection."""
     try:
         try:
             return await asyncio.wait_for(conn.request(*request, headers), CLIENT_TIMEOUT)
@@ -206,37 +200,30 @@ async def send(
         return CUT_SHORT, {}, b""
     except (OSError, EOFError, ValueError, IndexError, StaleConnectionError):  # refused, reset
         conn.close()
-        await asyncio.sleep(FAILED_PAUSE)  # a refused connection must not become a busy loop
+        await asyncio.sleep(FAILED_PAUSE)
         return FAILED, {}, b""
 
 
+@dataclass
 class Load:
     """CLIENTS closed-loop clients, each sending its next request when the last is answered.
-    `headers` is asked for each request's credential: a fault may change it mid-run (a
-    token signed by a rotated key). `answered`, if given, sees each answer (the jobs
-    fault keeps the ids of the orders it created)."""
+    `headers` is asked for each request's credential, which a fault may change mid-run (a
+    token signed by a rotated key); `answered`, if given, is told each answer's status and
+    body (the jobs fault keeps the ids of the orders it created)."""
 
-    def __init__(
-        self,
-        port: int,
-        next_request: Callable[[], Request],
-        headers: Callable[[], str],
-        answered: Callable[[int, bytes], None] | None = None,
-    ) -> None:
-        self.port = port
-        self.next_request = next_request
-        self.headers = headers
-        self.answered = answered  # told each answer's status and body
-        self.samples: list[Sample] = []
-        self.resent = 0  # requests sent again on a new connection (see send)
-        self.t0 = time.monotonic()
-        self._stop = asyncio.Event()
+    next_request: Callable[[], Request]
+    headers: Callable[[], str]
+    answered: Callable[[int, bytes], None] | None = None
+    samples: list[Sample] = field(default_factory=list)
+    resent: int = 0  # requests sent again on a new connection (see send)
+    t0: float = field(default_factory=time.monotonic)
+    _stop: asyncio.Event = field(default_factory=asyncio.Event)
 
     def now(self) -> float:
         return time.monotonic() - self.t0
 
     async def _client(self) -> None:
-        conn = Connection(self.port)
+        conn = Connection()
         while not self._stop.is_set():
             start = self.now()
             status, headers, body = await send(conn, self.next_request(), self.headers())
@@ -256,8 +243,8 @@ class Load:
 class KeyedWriter:
     """A client beside the load, through every fault: it creates orders, each with an
     Idempotency-Key, and sends a write again with its key until the answer is definite
-    (a lost connection, a timeout, 502, 503 or 504 leave the outcome unknown). Each
-    order gets a quantity of its own, so one written twice shows when they are counted."""
+    (a lost connection, a timeout, 502, 503 or 504 leave the outcome unknown). Each order
+    gets a quantity of its own, so that one written twice shows when they are counted."""
 
     UNKNOWN = frozenset({TIMEOUT, FAILED, CUT_SHORT, 502, 503, 504})
     PAUSE = 0.1  # between orders: a trickle, not a share of the load that the bars measure
@@ -265,9 +252,10 @@ class KeyedWriter:
     GIVE_UP_AFTER = 60.0  # per order; a fault's outage is far shorter
     MAX_QUANTITY = 10_000  # the API's limit on an order's quantity
 
-    def __init__(self, port: int, item_id: str, headers: str) -> None:
-        self.conn = Connection(port, headers)
+    def __init__(self, item_id: str, credential: str) -> None:
+        self.conn = Connection()
         self.item_id = item_id
+        self.credential = credential
         self.sent = self.retried = self.replayed = 0
         self.acknowledged: set[int] = set()
         self.unknown: list[int] = []  # gave up without a definite answer
@@ -276,29 +264,18 @@ class KeyedWriter:
 
     async def _order(self, quantity: int) -> None:
         body = json.dumps({"item_id": self.item_id, "quantity": quantity}).encode()
-        key = f"Idempotency-Key: chaos-{self.item_id}-{quantity}\r\n"
+        request: Request = ("POST", "/api/v1/orders", body)
+        headers = f"{self.credential}Idempotency-Key: chaos-{self.item_id}-{quantity}\r\n"
         deadline = time.monotonic() + self.GIVE_UP_AFTER
-        while True:
-            try:
-                status, headers, _ = await asyncio.wait_for(
-                    self.conn.request("POST", "/api/v1/orders", body, key), CLIENT_TIMEOUT
-                )
-            except TimeoutError:
-                status, headers = TIMEOUT, {}
-            except CutShortError:
-                status, headers = CUT_SHORT, {}
-            except (OSError, EOFError, ValueError, IndexError):
-                status, headers = FAILED, {}
-            if status in (TIMEOUT, CUT_SHORT, FAILED):
-                self.conn.close()
-            if status not in self.UNKNOWN:
-                break
+        status, answer, _ = await send(self.conn, request, headers)
+        while status in self.UNKNOWN:
             if time.monotonic() > deadline:
                 self.unknown.append(quantity)
                 return
             self.retried += 1
             await asyncio.sleep(self.RETRY_PAUSE)
-        self.replayed += headers.get("idempotent-replayed") == "true"
+            status, answer, _ = await send(self.conn, request, headers)
+        self.replayed += answer.get("idempotent-replayed") == "true"
         if status == 201:
             self.acknowledged.add(quantity)
         else:
@@ -318,8 +295,8 @@ class KeyedWriter:
         self._stop.set()
 
     def check(self, stack: Stack) -> list[str]:
-        """Count the orders the API holds for the writer's item: each quantity once, and
-        every acknowledged one present. Returns what is wrong (nothing, when it held)."""
+        """Each quantity among the API's orders for the writer's item once, and every
+        acknowledged one present; what is wrong, if anything."""
         seen: Counter[int] = Counter()
         cursor: str | None = ""
         while cursor is not None:
@@ -349,11 +326,23 @@ class KeyedWriter:
 # --- The stack -----------------------------------------------------------------------
 
 
+class RunOptions(TypedDict, total=False):
+    """Stack.run's options, which compose and exec pass on."""
+
+    timeout: float
+    check: bool
+    stdin: str | None
+
+
+# The command, run in each service, that succeeds once the service is back for its clients.
+READY_COMMANDS = {"db": ("pg_isready", "-d", "app"), "redis": ("redis-cli", "ping")}
+
+
 class Stack:
     """docker-compose.prod.yml as project PROJECT. Its settings are in an env file of its
     own (ENV_FILE) and exported too, so that scripts/deploy.sh, run from here, sees them."""
 
-    def __init__(self, workdir: Path, extra_settings: dict[str, str] | None = None) -> None:
+    def __init__(self, workdir: Path, extra_settings: dict[str, str]) -> None:
         settings = stack_settings(extra_settings)
         env_file = workdir / "chaos.env"
         env_file.write_text("".join(f"{name}={value}\n" for name, value in settings.items()))
@@ -361,35 +350,27 @@ class Stack:
             **os.environ,
             **settings,
             "COMPOSE_PROJECT_NAME": PROJECT,
-            # The issuer's faults send bearer tokens: the stack gets a development
-            # issuer (deploy/issuer-check.yml), which the API-key load never notices.
             "COMPOSE_FILE": f"{ROOT / 'docker-compose.prod.yml'}:{ROOT / ISSUER_OVERRIDE}",
             "ENV_FILE": str(env_file),
         }
-        # Compose files that do not pass every setting through to the api (env_file)
-        # get them from an override, for each api service.
+        # A compose file may not pass every setting through to the api (env_file): an
+        # override sets them in each api service.
         self.api_services = [
             s for s in self.compose("config", "--services").split() if s.startswith("api")
         ]
+        api_settings = {"RATE_LIMIT_WRITES": "0", **extra_settings}
+        environment = "".join(f"      {name}: '{value}'\n" for name, value in api_settings.items())
         override = workdir / "chaos.override.yml"
         override.write_text(
             "services:\n"
-            + "".join(
-                f"  {s}:\n    environment:\n"
-                + "".join(
-                    f"      {name}: '{value}'\n"
-                    for name, value in {"RATE_LIMIT_WRITES": "0", **(extra_settings or {})}.items()
-                )
-                for s in self.api_services
-            )
+            + "".join(f"  {s}:\n    environment:\n{environment}" for s in self.api_services)
         )
         self.env["COMPOSE_FILE"] += f":{override}"
-        self.base = f"http://127.0.0.1:{HTTP_PORT}"
         self.api_key = ""  # made once the stack is up (create_api_key)
         self.token = ""  # a bearer token from the stack's issuer (issue_token)
         self.items: list[str] = []
         self.write_problems: list[str] = []  # what KeyedWriter.check found
-        self.holder: subprocess.Popen[str] | None = None  # the session holding a row lock
+        self.holder: subprocess.Popen[str] | None = None  # the session holding row locks
         self.slowloris: SlowClients | None = None
         self.listeners_before: dict[str, list[float]] = {}  # near-cache listener gauges
         self.jobs = JobStorm()  # what the jobs fault did, for its audit
@@ -402,37 +383,36 @@ class Stack:
     ) -> str:
         """Run a command in the repository with the stack's environment; its stdout."""
         result = subprocess.run(  # noqa: S603  # fixed commands, no shell
-            args,
-            input=stdin,
-            cwd=ROOT,
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
+            args, input=stdin, cwd=ROOT, env=self.env, capture_output=True, text=True,
+            timeout=timeout, check=False,
+        )  # fmt: skip
         if check and result.returncode != 0:
             command = " ".join(args[:8]) + (" ..." if len(args) > 8 else "")
             last_lines = "\n".join(result.stderr.strip().splitlines()[-3:])
             raise RuntimeError(f"{command} failed:\n{last_lines}")
         return result.stdout if result.returncode == 0 else ""
 
+    def popen(self, *args: str, **options: Any) -> subprocess.Popen[str]:
+        """`docker compose ARGS` in the background; `options` as subprocess.Popen's."""
+        return subprocess.Popen(  # noqa: S603  # fixed commands, no shell
+            self.compose_command(*args), cwd=ROOT, env=self.env, text=True, **options
+        )
+
     def compose_command(self, *args: str) -> list[str]:
         # --env-file: never the checkout's own .env, which may belong to another stack.
         return ["docker", "compose", "-p", PROJECT, "--env-file", self.env["ENV_FILE"], *args]
 
-    def compose(
-        self, *args: str, timeout: float = 300, check: bool = True, stdin: str | None = None
-    ) -> str:
-        return self.run(*self.compose_command(*args), timeout=timeout, check=check, stdin=stdin)
+    def compose(self, *args: str, **options: Unpack[RunOptions]) -> str:
+        return self.run(*self.compose_command(*args), **options)
 
-    def build(self, revision: str) -> None:
-        # Every api service and migrate run this one image.
-        self.compose(
-            "build", "--build-arg", f"REVISION={revision}", self.api_services[0], timeout=900
-        )
+    def exec(self, service: str, *command: str, **options: Unpack[RunOptions]) -> str:
+        """`command`, run in `service`'s container; its stdout."""
+        return self.compose("exec", "-T", service, *command, **options)
 
-    def up(self) -> None:
+    def build_and_up(self) -> None:
+        # Every api service and migrate run one image: the first api service's.
+        build_arg = f"REVISION={self.revision}"
+        self.compose("build", "--build-arg", build_arg, self.api_services[0], timeout=900)
         self.compose("up", "--detach", "--wait", "--wait-timeout", "180", timeout=300)
 
     def down(self) -> None:
@@ -446,7 +426,9 @@ class Stack:
     def http(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         """A request outside the load (setup, readiness); the decoded JSON body."""
         data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(self.base + path, data=data, method=method)  # noqa: S310  # our own http://localhost
+        request = urllib.request.Request(  # our own http://localhost
+            f"http://127.0.0.1:{HTTP_PORT}{path}", data=data, method=method
+        )
         request.add_header("Content-Type", "application/json")
         request.add_header("Host", f"localhost:{HTTP_PORT}")  # the proxy's site is localhost
         if self.api_key:
@@ -463,14 +445,12 @@ class Stack:
             time.sleep(0.2)
 
     def answers(self, service: str, *command: str) -> bool:
-        """Whether `command`, run in `service`, succeeds: the service is back for its clients."""
-        return self.compose("exec", "-T", service, *command, timeout=10, check=False) != ""
+        """Whether `command`, run in `service`, succeeds."""
+        return self.exec(service, *command, timeout=10, check=False) != ""
 
-    def wait_db(self) -> None:
-        self.wait_until("postgres", lambda: self.answers("db", "pg_isready", "-d", "app"))
-
-    def wait_redis(self) -> None:
-        self.wait_until("redis", lambda: self.answers("redis", "redis-cli", "ping"))
+    def wait_back(self, service: str) -> None:
+        """Wait until `service` (db or redis) is back for its clients."""
+        self.wait_until(service, lambda: self.answers(service, *READY_COMMANDS[service]))
 
     def api_ready(self) -> bool:
         try:
@@ -493,26 +473,21 @@ class Stack:
         }
 
     def create_api_key(self) -> None:
-        """The key every request of this script carries (every /api/v1 route needs one),
-        made in an api container as an operator would (docs/auth.md): the stack has no
-        identity provider. None is sent without it: a request that fails to authenticate
-        counts towards the limit per address (RATE_LIMIT_AUTH_FAILURES), which the load shares."""
-        self.api_key = self.compose(
-            "exec", "-T", self.api_services[0], "python", "-m", "app.core.auth.keys", "create",
+        """The key every request of this script carries but the bearer faults' load, made in
+        an api container as an operator would (docs/auth.md): the stack has no identity
+        provider. No request goes without one: a request that fails to authenticate counts
+        towards the limit per address (RATE_LIMIT_AUTH_FAILURES), which the load shares."""
+        self.api_key = self.exec(
+            self.api_services[0], "python", "-m", "app.core.auth.keys", "create",
             f"chaos-{secrets.token_hex(3)}", "items:read", "items:write", "orders:read",
             "orders:write", timeout=60,
         ).strip()  # fmt: skip
 
-    @property
-    def auth_header(self) -> str:
-        """The key as a header line, for the load's raw requests."""
-        return f"X-API-Key: {self.api_key}\r\n"
-
     def issuer(self, *args: str) -> str:
         """scripts/dev_issuer.py, run in the issuer's container (its keys are there)."""
-        return self.compose(
-            "exec", "-T", "issuer", "python", ISSUER_SCRIPT, "--keys", "/keys",
-            "--issuer", ISSUER_URL, *args, timeout=60,
+        return self.exec(
+            "issuer", "python", ISSUER_SCRIPT, "--keys", "/keys", "--issuer", ISSUER_URL,
+            *args, timeout=60,
         ).strip()  # fmt: skip
 
     def issue_token(self) -> None:
@@ -523,13 +498,11 @@ class Stack:
             "--ttl", "7200",
         )  # fmt: skip
 
-    @property
-    def bearer_header(self) -> str:
-        return f"Authorization: Bearer {self.token}\r\n"
-
-    def credential(self, kind: str) -> str:
-        """The header line for a fault's credential: "api-key" or "bearer"."""
-        return self.bearer_header if kind == "bearer" else self.auth_header
+    def credential(self, kind: str = "api-key") -> str:
+        """The header line for a credential: "api-key" or "bearer"."""
+        if kind == "bearer":
+            return f"Authorization: Bearer {self.token}\r\n"
+        return f"X-API-Key: {self.api_key}\r\n"
 
     def seed(self) -> None:
         tag = secrets.token_hex(3)
@@ -574,48 +547,17 @@ def nothing(_: Stack) -> None:
     pass
 
 
-def stop_redis(stack: Stack) -> None:
-    stack.compose("stop", "redis")
+def compose_step(*args: str, wait_back: str = "") -> Callable[[Stack], None]:
+    """A fault's inject or recover: `docker compose ARGS`, then, with `wait_back`, a wait
+    until that service is back for its clients (Stack.wait_back)."""
 
+    def step(stack: Stack) -> None:
+        if args:
+            stack.compose(*args)
+        if wait_back:
+            stack.wait_back(wait_back)
 
-def start_redis(stack: Stack) -> None:
-    stack.compose("start", "redis")
-    stack.wait_redis()
-
-
-def pause_redis(stack: Stack) -> None:
-    stack.compose("pause", "redis")
-
-
-def unpause_redis(stack: Stack) -> None:
-    stack.compose("unpause", "redis")
-    stack.wait_redis()
-
-
-def restart_db(stack: Stack) -> None:
-    stack.compose("restart", "db")
-
-
-def stop_db(stack: Stack) -> None:
-    stack.compose("stop", "db")
-
-
-def start_db(stack: Stack) -> None:
-    stack.compose("start", "db")
-    stack.wait_db()
-
-
-def db_back(stack: Stack) -> None:
-    stack.wait_db()
-
-
-def pause_db(stack: Stack) -> None:
-    stack.compose("pause", "db")
-
-
-def unpause_db(stack: Stack) -> None:
-    stack.compose("unpause", "db")
-    stack.wait_db()
+    return step
 
 
 # psql as the database's superuser, whichever name the compose file gives it.
@@ -623,16 +565,9 @@ PSQL = ["sh", "-c", 'exec psql -U "$POSTGRES_USER" -d app "$@"', "psql"]
 
 
 def lock_items(stack: Stack) -> None:
-    """Hold a lock on every item's row, from a psql session of our own. Every item: the
-    clients patch random ones, so that they do not queue behind each other's locks."""
-    stack.holder = subprocess.Popen(  # noqa: S603  # fixed command, no shell
-        stack.compose_command("exec", "-T", "db", *PSQL, "-q"),
-        cwd=ROOT,
-        env=stack.env,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        text=True,
-    )
+    """Hold a lock on every item's row from a psql session of our own. Every item: the
+    clients patch random ones, and must not queue behind each other's locks."""
+    stack.holder = stack.popen("exec", "-T", "db", *PSQL, "-q", stdin=subprocess.PIPE)
     assert stack.holder.stdin is not None  # noqa: S101  # stdin=PIPE
     # Exempt from any idle-in-transaction timeout the database may set for the app.
     lock = "SELECT count(*) FROM (SELECT id FROM items FOR UPDATE) AS locked;"
@@ -670,35 +605,22 @@ print(f"killed worker {workers[0]} of {len(workers)}")
 
 
 def kill_worker(stack: Stack) -> None:
-    killed = stack.compose("exec", "-T", stack.api_services[0], "python", "-c", KILL_A_WORKER)
+    killed = stack.exec(stack.api_services[0], "python", "-c", KILL_A_WORKER)
     log(f"{stack.api_services[0]}: {killed.strip()}")
 
 
-DEPLOY_SCRIPT = ROOT / "scripts" / "deploy.sh"
-
-
 def deploy(stack: Stack) -> None:
-    """Roll the api to a new build: scripts/deploy.sh, or else what `make prod-up` does."""
-    stack.revision += "-redeployed"  # a new image, as a new version would be
-    stack.env["REVISION"] = stack.revision  # scripts/deploy.sh's build argument
-    if DEPLOY_SCRIPT.exists():
-        log("deploying with scripts/deploy.sh")
-        stack.run(str(DEPLOY_SCRIPT), timeout=600)
-    else:
-        log("no scripts/deploy.sh: deploying as `make prod-up` does (build, then up)")
-        stack.build(stack.revision)
-        try:
-            stack.up()
-        except RuntimeError:
-            print(stack.compose("logs", "--no-color", "--tail", "15", "migrate", check=False))
-            raise
+    """Roll the api to a new build with scripts/deploy.sh."""
+    stack.env["REVISION"] = f"{stack.revision}-redeployed"  # a new image, as a new version's
+    log("deploying with scripts/deploy.sh")
+    stack.run(str(ROOT / "scripts" / "deploy.sh"), timeout=600)
 
 
-# Runs inside an api container: fills each tmpfs the app may write to until the kernel
-# says "no space left" (ENOSPC), and prints what it wrote. A tmpfs with no sensible
-# bound is not filled past 1 GiB, so as not to take the host's memory: that is a miss.
-# The metric files' own tmpfs is left alone: prometheus_client alone writes there,
-# through mmap, where a full tmpfs is SIGBUS rather than an error (docker-compose.prod.yml).
+# Runs inside an api container: fills each writable tmpfs until the kernel says "no space
+# left" (ENOSPC), and prints what it wrote. A tmpfs is not filled past 1 GiB, so as not to
+# take the host's memory: no ENOSPC by then is a miss. The tmpfs given as arguments is left
+# alone: the metric files', where prometheus_client alone writes, through mmap, and a full
+# tmpfs is SIGBUS rather than an error (docker-compose.prod.yml).
 FILL_MOUNTS = """
 import errno, os, sys
 skip, cap = set(sys.argv[1:]), (1 << 30) + (1 << 20)
@@ -718,6 +640,12 @@ for line in open("/proc/mounts"):
         outcome = "ENOSPC" if exc.errno == errno.ENOSPC else repr(exc)
     print(f"{target} {written >> 20} {outcome}")
 """
+FREE_MOUNTS = """
+import contextlib, os
+for line in open("/proc/mounts"):
+    with contextlib.suppress(OSError):
+        os.remove(os.path.join(line.split()[1], "chaos-fill"))
+"""
 METRICS_MOUNT = "/dev/shm/prometheus"  # noqa: S108  # the metric files' own tmpfs
 
 
@@ -725,9 +653,7 @@ def fill_mounts(stack: Stack) -> None:
     """Fill every writable tmpfs of every api container, until ENOSPC."""
     problems = []
     for service in stack.api_services:
-        out = stack.compose(
-            "exec", "-T", service, "python", "-c", FILL_MOUNTS, METRICS_MOUNT, timeout=60
-        )
+        out = stack.exec(service, "python", "-c", FILL_MOUNTS, METRICS_MOUNT, timeout=60)
         for line in out.splitlines():
             target, mib, outcome = line.split(" ", 2)
             log(f"{service}: {target} filled with {mib} MiB, then {outcome}")
@@ -740,33 +666,21 @@ def fill_mounts(stack: Stack) -> None:
         raise RuntimeError("; ".join(problems))
 
 
-FREE_MOUNTS = """
-import contextlib, os
-for line in open("/proc/mounts"):
-    with contextlib.suppress(OSError):
-        os.remove(os.path.join(line.split()[1], "chaos-fill"))
-"""
-
-
 def free_mounts(stack: Stack) -> None:
     for service in stack.api_services:
-        stack.compose("exec", "-T", service, "python", "-c", FREE_MOUNTS)
+        stack.exec(service, "python", "-c", FREE_MOUNTS)
 
 
 SLOW_CLIENTS = 1000
 
 
 class SlowClients:
-    """`scripts/chaos.py --slowloris N` in a process of its own (so it takes nothing from
-    the load generator's event loop): N connections to the proxy, each sending its
-    request head one header line every 2 to 5 s, never finishing it. A connection the
-    proxy closes is opened again at once."""
+    """The slow clients (see slowloris) in a process of their own, `scripts/chaos.py
+    --slowloris N`, so that they take nothing from the load generator's event loop."""
 
     def __init__(self, count: int) -> None:
         self.process = subprocess.Popen(  # noqa: S603  # this script, no shell
-            [sys.executable, __file__, "--slowloris", str(count)],
-            stdout=subprocess.PIPE,
-            text=True,
+            [sys.executable, __file__, "--slowloris", str(count)], stdout=subprocess.PIPE, text=True
         )
         assert self.process.stdout is not None  # noqa: S101  # stdout=PIPE
         self.last: dict[str, Any] = {}
@@ -806,8 +720,8 @@ def stop_slowloris(stack: Stack) -> None:
 async def slow_client(
     address: tuple[str, int], n: int, count: int, stats: Counter[str], lives: list[float]
 ) -> None:
-    """One of the slow clients: a request head that never ends, one line every 2 to 5 s,
-    on a connection opened again whenever the proxy closes it."""
+    """A request head that never ends, one header line every 2 to 5 s, on a connection
+    opened again whenever the proxy closes it."""
     await asyncio.sleep(2 * n / count)  # the connections opened over two seconds
     while True:
         try:
@@ -842,8 +756,8 @@ async def slow_client(
 
 async def proxy_address() -> tuple[str, int]:
     """The proxy's own address when this machine can reach it (Linux), as a client on
-    the internet would: not through the published port, whose userland proxy on
-    127.0.0.1 would spend two more sockets and the CPU to copy every byte."""
+    the internet would: not the published port, whose userland proxy on 127.0.0.1 would
+    spend two more sockets, and the CPU to copy every byte, per connection."""
     try:
         _, writer = await asyncio.wait_for(asyncio.open_connection(PROXY_IP, 80), 1)
     except (OSError, TimeoutError):
@@ -853,8 +767,8 @@ async def proxy_address() -> tuple[str, int]:
 
 
 async def slowloris(count: int) -> None:
-    """The slow clients' process (see SlowClients): runs until SIGINT, prints its
-    figures as one JSON line a second, and once more at the end."""
+    """The slow clients' process: `count` of them until SIGINT; prints its figures as one
+    JSON line a second, and once more at the end."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 4 * count)), hard))
     stats = Counter[str]()
@@ -862,15 +776,13 @@ async def slowloris(count: int) -> None:
     address = await proxy_address()
 
     def figures() -> str:
-        ordered = sorted(lives)
-        median = ordered[len(ordered) // 2] if ordered else 0.0
         keys = ("open", "max_open", "opened", "closed", "answered", "refused")
-        cpu_s = resource.getrusage(resource.RUSAGE_SELF)
+        usage = resource.getrusage(resource.RUSAGE_SELF)
         return json.dumps(
             {
                 **{k: stats[k] for k in keys},
-                "median_life_s": median,
-                "cpu_s": cpu_s.ru_utime + cpu_s.ru_stime,
+                "median_life_s": statistics.median(lives) if lives else 0.0,
+                "cpu_s": usage.ru_utime + usage.ru_stime,
                 "address": ":".join(map(str, address)),
             }
         )
@@ -890,8 +802,8 @@ async def slowloris(count: int) -> None:
         print(figures(), flush=True)
 
 
-# Every `app` backend terminated every 200 ms for 10 s: pool connections, the near
-# cache's listener, all of them. Each statement is a transaction of its own, so each
+# Every `app` backend terminated every STORM_EVERY_S for STORM_S: pool connections, the
+# near cache's listener, all of them. Each statement is a transaction of its own, so each
 # sees the connections opened since the last one.
 STORM_S, STORM_EVERY_S = 10.0, 0.2  # TERMINATE_APP sleeps STORM_EVERY_S
 TERMINATE_APP = (
@@ -909,10 +821,10 @@ SCRAPE = (
 
 
 def listener_gauges(stack: Stack) -> dict[str, list[float]]:
-    """Each api service's app_near_cache_listener_live samples (one per worker)."""
+    """Each api service's LISTENER_METRIC samples (one per worker)."""
     gauges = {}
     for service in stack.api_services:
-        text = stack.compose("exec", "-T", service, "python", "-c", SCRAPE, timeout=15, check=False)
+        text = stack.exec(service, "python", "-c", SCRAPE, timeout=15, check=False)
         gauges[service] = [
             float(line.rsplit(" ", 1)[1])
             for line in text.splitlines()
@@ -924,9 +836,7 @@ def listener_gauges(stack: Stack) -> dict[str, list[float]]:
 def terminate_storm(stack: Stack) -> None:
     stack.listeners_before = listener_gauges(stack)
     rounds = int(STORM_S / STORM_EVERY_S)
-    out = stack.compose(
-        "exec", "-T", "db", *PSQL, "-qtA", stdin=TERMINATE_APP * rounds, timeout=STORM_S + 60
-    )
+    out = stack.exec("db", *PSQL, "-qtA", stdin=TERMINATE_APP * rounds, timeout=STORM_S + 60)
     killed = sum(int(line) for line in out.split() if line.isdigit())
     log(f"{rounds} rounds of pg_terminate_backend: {killed} backends of role app terminated")
 
@@ -986,19 +896,13 @@ REFRESH_FAILED = "jwks refresh failed"  # app/core/auth/tokens.py's log event
 def stop_issuer(stack: Stack) -> None:
     stack.compose("stop", "issuer")
     for service in stack.api_services:
-        out = stack.compose(
-            "exec", "-T", service, "python", "-c", UNKNOWN_KID, str(UNKNOWN_KID_REQUESTS)
-        )
+        out = stack.exec(service, "python", "-c", UNKNOWN_KID, str(UNKNOWN_KID_REQUESTS))
         log(f"{service}: a token with an unknown kid, issuer down: {out.strip()}")
 
 
-def start_issuer(stack: Stack) -> None:
-    stack.compose("up", "--detach", "--wait", "--no-deps", "issuer", timeout=120)
-
-
 def refresh_failed(stack: Stack) -> list[str]:
-    """The app tried to refresh its keys while the issuer was down, and kept serving
-    (the load's bar says so): otherwise the fault tested nothing."""
+    """The app tried to refresh its keys while the issuer was down (and kept serving: the
+    load's bar says so); otherwise the fault tested nothing."""
     logs = stack.compose("logs", "--no-color", *stack.api_services, check=False)
     failed = logs.count(REFRESH_FAILED)
     log(f"{failed} key refreshes failed while the issuer was down ({REFRESH_FAILED!r})")
@@ -1022,10 +926,6 @@ def rotate_key(stack: Stack) -> None:
         raise RuntimeError(f"the new token names {kid_of(stack.token)}, not the new key {new}")
 
 
-def restart_proxy(stack: Stack) -> None:
-    stack.compose("restart", "proxy", timeout=120)
-
-
 PROXY_RELOADS = 3
 
 
@@ -1036,7 +936,7 @@ def reload_proxy(stack: Stack) -> None:
     caddyfile = (ROOT / "deploy" / "Caddyfile").read_text()
     for n in range(PROXY_RELOADS):
         time.sleep(n and 1)  # a second apart
-        stack.compose("exec", "-T", "proxy", "sh", "-c", reload + " --force", stdin=caddyfile)
+        stack.exec("proxy", "sh", "-c", reload + " --force", stdin=caddyfile)
 
 
 def proxy_back(stack: Stack) -> None:
@@ -1082,21 +982,20 @@ def order_created(stack: Stack, status: int, body: bytes) -> None:
 
 
 def sql(stack: Stack, query: str, **values: str) -> list[list[str]]:
-    """Rows of `query`, run by psql in the db container as the superuser; each :'name'
-    in it is `values[name]`, quoted by psql."""
+    """Rows of `query`, run by psql in the db container as the superuser. psql fills in
+    each :'name' with `values[name]`, quoted: a value never becomes SQL."""
     variables = [arg for name, value in values.items() for arg in ("-v", f"{name}={value}")]
-    out = stack.compose(
-        "exec", "-T", "db", *PSQL, "-tAq", "-v", "ON_ERROR_STOP=1", *variables,
-        stdin=query, timeout=60,
-    )  # fmt: skip
+    out = stack.exec(
+        "db", *PSQL, "-tAq", "-v", "ON_ERROR_STOP=1", *variables, stdin=query, timeout=60
+    )
     return [line.split("|") for line in out.splitlines() if line]
 
 
 # Runs inside an api container, with the app's own code: the poison job (committed, its
 # payload no handler can read), then transactions that create an order as the API does
-# (create_order: the order and its confirm_order job) and then fail, as a request that
-# raises after the service returned: the session is left uncommitted, so it rolls back.
-# Each prints its order's id and its job's id, read inside the transaction.
+# (the order and its confirm_order job) and then fail, as a request that raises after the
+# service returned: the session is left uncommitted, so it rolls back. Each prints its
+# order's id and its job's id, read inside the transaction.
 ROLL_BACK_ORDERS = """
 import asyncio, json, sys
 from sqlalchemy import text
@@ -1174,7 +1073,7 @@ def wait_worker_healthy(stack: Stack) -> None:
 def kill_jobs_worker(stack: Stack) -> None:
     """kill -9 of the worker's process; its container's restart policy brings it back."""
     restarts, _ = worker_state(stack)
-    killed = stack.compose("exec", "-T", "worker", "python", "-c", KILL_JOBS_WORKER, check=False)
+    killed = stack.exec("worker", "python", "-c", KILL_JOBS_WORKER, check=False)
     if "killed" not in killed:
         raise RuntimeError("no python -m app.worker to kill in the worker container")
     stack.jobs.kills += 1
@@ -1188,11 +1087,11 @@ def db_now(stack: Stack) -> str:
     return sql(stack, "SELECT now()")[0][0]
 
 
-def worker_working(stack: Stack, since: str) -> float:
-    """Wait until the worker has finished a job since `since` (the database's time): a
-    kill then meets a worker at work, not one still starting. Returns the seconds waited."""
+def worker_working(stack: Stack) -> float:
+    """Wait until the worker has finished a job from now on (the database's time): a kill
+    then meets a worker at work, not one still starting. Returns the seconds waited."""
     done = "SELECT count(*) FROM pgqueuer_log WHERE status = 'successful' AND created > :'since'"
-    started = time.monotonic()
+    since, started = db_now(stack), time.monotonic()
     stack.wait_until(
         "the jobs worker at work", lambda: sql(stack, done, since=since) != [["0"]], timeout=90
     )
@@ -1214,22 +1113,18 @@ def job_storm(stack: Stack) -> None:
     restarted once between; returns once JOB_STREAM orders have been acknowledged."""
     storm = stack.jobs
     wait_worker_healthy(stack)  # after an earlier fault, it may be restarting still
-    concurrency, attempts, heartbeat = stack.compose(
-        "exec", "-T", "worker", "python", "-c", WORKER_SETTINGS
-    ).split()
+    concurrency, attempts, heartbeat = stack.exec("worker", "python", "-c", WORKER_SETTINGS).split()
     storm.concurrency, storm.max_attempts = int(concurrency), int(attempts)
     storm.heartbeat_timeout = float(heartbeat)
     storm.worker_restarts = -worker_state(stack)[0]
     storm.poison_key = f"chaos-poison-{secrets.token_hex(4)}"
-    rollbacks = subprocess.Popen(  # noqa: S603  # fixed command, no shell
-        stack.compose_command(
-            "exec", "-T", stack.api_services[0], "python", "-c", ROLL_BACK_ORDERS,
-            stack.items[1], str(ROLLED_BACK), storm.poison_key, ROLLBACK_OWNER,
-        ),
-        cwd=ROOT, env=stack.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    rollbacks = stack.popen(
+        "exec", "-T", stack.api_services[0], "python", "-c", ROLL_BACK_ORDERS,
+        stack.items[1], str(ROLLED_BACK), storm.poison_key, ROLLBACK_OWNER,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
     acknowledged_reach(stack, KILL_AT[0])
-    worker_working(stack, db_now(stack))
+    worker_working(stack)
     kill_jobs_worker(stack)
     out, err = rollbacks.communicate(timeout=120)
     storm.rolled_back = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
@@ -1238,26 +1133,25 @@ def job_storm(stack: Stack) -> None:
     log(f"{ROLLED_BACK} transactions rolled back after enqueueing; poison {storm.poison_key}")
     acknowledged_reach(stack, PG_RESTART_AT)
     log(f"restarting Postgres at {len(storm.acknowledged)} orders")
-    restart_db(stack)
+    stack.compose("restart", "db")
     storm.pg_restarts += 1
-    stack.wait_db()
-    back = db_now(stack)
+    stack.wait_back("db")
     # The worker's own connection ends with Postgres's restart: it exits, and its
     # container's restart policy starts it again.
-    log(f"Postgres back; the worker at work again {worker_working(stack, back):.1f} s later")
+    log(f"Postgres back; the worker at work again {worker_working(stack):.1f} s later")
     acknowledged_reach(stack, KILL_AT[1])
-    worker_working(stack, db_now(stack))
+    worker_working(stack)
     kill_jobs_worker(stack)
     acknowledged_reach(stack, 1.0)
 
 
 def jobs_back(stack: Stack) -> None:
-    stack.wait_db()
+    stack.wait_back("db")
     wait_worker_healthy(stack)
 
 
-# The audit's queries. psql fills in each :'name' from `sql(stack, query, name=value)`,
-# quoted: the values (the database's own times, ids this run made) never become SQL.
+# The audit's queries: :'end' is the database's time when the stream ended, :'item' the
+# stream's item.
 PENDING = """
 SELECT (SELECT count(*) FROM orders WHERE confirmed_at IS NULL AND created_at < :'end'),
        (SELECT coalesce(max(status::text), 'absent') FROM pgqueuer WHERE dedupe_key = :'poison')
@@ -1396,7 +1290,7 @@ def poison_audit(stack: Stack, end: str) -> list[str]:
         return ["the poison job is not in the queue"]
     ((job_id, status, attempts),) = rows
     ((picks, retries, last_error, failed_jobs),) = sql(stack, POISON_LOG, job=job_id, end=end)
-    listed = stack.compose("exec", "-T", "worker", "python", "-m", "app.core.jobs.cli", "failed")
+    listed = stack.exec("worker", "python", "-m", "app.core.jobs.cli", "failed")
     in_cli = any(line.split("\t")[0] == job_id for line in listed.splitlines())
     log(
         f"jobs: poison job {job_id} {status}, attempts={attempts} (JOBS_MAX_ATTEMPTS="
@@ -1446,13 +1340,16 @@ class Bar:
     cut_short_s: float | None = None
     max_restarts: int | None = None  # api container restarts (or OOM kills) allowed
 
+    @property
+    def baseline_name(self) -> str:
+        return "without it" if self.ratio_to_before_and_after else "before"
+
     def describe(self) -> str:
         parts = ["/".join(map(status_name, sorted(self.statuses))) + " only"]
         if self.retry_after:
             parts[0] += ", 503s with Retry-After"
         if self.min_ratio is not None:
-            without = "without it" if self.ratio_to_before_and_after else "before"
-            parts.append(f"≥ {self.min_ratio}x the throughput {without}")
+            parts.append(f"≥ {self.min_ratio}x the throughput {self.baseline_name}")
         if self.added_p99_ms is not None:
             parts.append(f"p99 ≤ +{self.added_p99_ms:.0f} ms")
         if self.max_latency_s is not None:
@@ -1484,8 +1381,8 @@ class Fault:
     summary: str
     workload: Callable[[Stack], Request]
     inject: Callable[[Stack], None]
-    recover: Callable[[Stack], None]  # returns once the dependency is back
     bar: Bar
+    recover: Callable[[Stack], None] = nothing  # returns once the dependency is back
     hold_s: float = 10.0  # how long the fault lasts between inject and recover
     credential: str = "api-key"  # what the load sends: "api-key" or "bearer" (Stack.credential)
     # At least this long before the fault, whatever the phases say (see the issuer's faults).
@@ -1494,8 +1391,8 @@ class Fault:
     verify: Callable[[Stack], list[str]] | None = None
     # Told each answer of the load: its status and body (the orders the jobs fault made).
     on_answer: Callable[[Stack, int, bytes], None] | None = None
-    # Checks made once the load has stopped: what its requests left behind. Not made when
-    # the fault could not be injected.
+    # Checks made once the load has stopped, of what its requests left behind; not made
+    # when the fault could not be injected.
     audit: Callable[[Stack], list[str]] | None = None
 
 
@@ -1504,8 +1401,8 @@ FAULTS = [
         name="redis-stop",
         summary="Redis stopped (cached item reads)",
         workload=cached_read,
-        inject=stop_redis,
-        recover=start_redis,
+        inject=compose_step("stop", "redis"),
+        recover=compose_step("start", "redis", wait_back="redis"),
         bar=REDIS_OPTIONAL,
         hold_s=12,
     ),
@@ -1513,16 +1410,16 @@ FAULTS = [
         name="redis-pause",
         summary="Redis paused: alive but silent (cached item reads)",
         workload=cached_read,
-        inject=pause_redis,
-        recover=unpause_redis,
+        inject=compose_step("pause", "redis"),
+        recover=compose_step("unpause", "redis", wait_back="redis"),
         bar=REDIS_OPTIONAL,
     ),
     Fault(
         name="pg-restart",
         summary="Postgres restarted (list)",
         workload=list_read,
-        inject=restart_db,
-        recover=db_back,
+        inject=compose_step("restart", "db"),
+        recover=compose_step(wait_back="db"),
         bar=DB_UNAVAILABLE,
         hold_s=0,
     ),
@@ -1530,16 +1427,16 @@ FAULTS = [
         name="pg-stop",
         summary="Postgres stopped for 10 s (list)",
         workload=list_read,
-        inject=stop_db,
-        recover=start_db,
+        inject=compose_step("stop", "db"),
+        recover=compose_step("start", "db", wait_back="db"),
         bar=replace(DB_UNAVAILABLE, max_latency_s=2),
     ),
     Fault(
         name="pg-pause",
         summary="Postgres paused: alive but silent (list)",
         workload=list_read,
-        inject=pause_db,
-        recover=unpause_db,
+        inject=compose_step("pause", "db"),
+        recover=compose_step("unpause", "db", wait_back="db"),
         bar=DB_UNAVAILABLE,
     ),
     Fault(
@@ -1554,8 +1451,7 @@ FAULTS = [
         name="worker-kill",
         summary="a Gunicorn worker killed with SIGKILL (cached item reads)",
         workload=cached_read,
-        inject=kill_worker,
-        recover=nothing,  # Gunicorn's master starts a new worker by itself
+        inject=kill_worker,  # Gunicorn's master starts a new worker by itself
         # The proxy retries the killed worker's idempotent requests, except those whose
         # response it had begun to forward (the same rule as make deploy-check's).
         bar=Bar(cut_short_s=1.0),
@@ -1599,7 +1495,6 @@ FAULTS = [
         summary="every app backend terminated every 200 ms for 10 s (reads, lists, PATCH)",
         workload=mixed,
         inject=terminate_storm,  # returns when the storm is over
-        recover=nothing,
         bar=replace(DB_UNAVAILABLE, settle_s=3),
         hold_s=0,
         verify=listeners_back,
@@ -1608,7 +1503,7 @@ FAULTS = [
         name="proxy-restart",
         summary="`docker compose restart proxy`, as after a Caddyfile change (cached item reads)",
         workload=cached_read,
-        inject=restart_proxy,
+        inject=compose_step("restart", "proxy"),
         recover=proxy_back,
         # Connections refused or dropped while Caddy is down: the gap is printed.
         bar=Bar(statuses=frozenset({200, FAILED}), settle_s=1),
@@ -1619,7 +1514,6 @@ FAULTS = [
         summary=f"`make proxy-reload` x{PROXY_RELOADS}: caddy reload, admin API (cached reads)",
         workload=cached_read,
         inject=reload_proxy,
-        recover=nothing,
         bar=Bar(),  # zero failed requests
         hold_s=0,
     ),
@@ -1631,7 +1525,7 @@ FAULTS = [
         summary="the issuer (its JWKS) stopped; unknown kids make workers refetch (bearer reads)",
         workload=cached_read,
         inject=stop_issuer,
-        recover=start_issuer,
+        recover=compose_step("up", "--detach", "--wait", "--no-deps", "issuer"),
         bar=Bar(),  # zero failed requests: the cached keys keep verifying
         credential="bearer",
         min_before_s=12,
@@ -1642,9 +1536,7 @@ FAULTS = [
         summary="the signing key rotated; the load then sends tokens naming its kid (bearer reads)",
         workload=cached_read,
         inject=rotate_key,
-        recover=nothing,
         bar=Bar(),  # zero failed requests: an unknown kid fetches the keys at once
-        hold_s=10,
         credential="bearer",
         min_before_s=12,
     ),
@@ -1653,7 +1545,6 @@ FAULTS = [
         summary="a deploy of a new build (cached item reads)",
         workload=cached_read,
         inject=deploy,
-        recover=nothing,
         bar=Bar(),  # zero failed requests
         hold_s=0,
     ),
@@ -1682,13 +1573,14 @@ class Result:
     injected_at: float  # when `inject` returned: the fault has happened by then
     back_at: float  # when `recover` returned: the dependency is back
     end_at: float
-    readiness: str | None = None
+    readiness: str | None = None  # /health/ready's status in the middle of the fault
     error: str | None = None
     restarts: int = 0  # api container restarts and OOM kills during the fault
     verified: list[str] = field(default_factory=list)  # the fault's own checks' misses
     misses: list[str] = field(default_factory=list)
 
     def window(self, start: float, end: float) -> list[Sample]:
+        """The requests started between `start` and `end`."""
         return [s for s in self.samples if start <= s.start < end]
 
     def rate(self, start: float, end: float) -> float:
@@ -1712,10 +1604,22 @@ class Result:
     def after(self) -> list[Sample]:
         return self.window(self.back_at, self.end_at)
 
+    def baseline(self) -> float:
+        """The rate the fault's throughput is compared with: before it, or before and after."""
+        if not self.fault.bar.ratio_to_before_and_after:
+            return self.rate(0, self.inject_at)
+        quiet = len(self.window(0, self.inject_at)) + len(self.after)
+        return quiet / max(self.inject_at + self.end_at - self.back_at, 1e-9)
 
-async def readiness_in(port: int, delay: float) -> str:
+    def gap(self) -> float:
+        """From the first answer other than `ok` to the end of the last one, in seconds."""
+        failed = [s for s in self.fault_on if s.status != self.fault.bar.ok]
+        return max(s.end for s in failed) - min(s.start for s in failed) if failed else 0.0
+
+
+async def readiness_in(delay: float) -> str:
     await asyncio.sleep(delay)
-    status, _, body = await send(Connection(port), ("GET", "/health/ready", None))
+    status, _, body = await send(Connection(), ("GET", "/health/ready", None))
     try:
         return str(json.loads(body)["status"])
     except (ValueError, KeyError, TypeError):
@@ -1727,7 +1631,6 @@ async def run_fault(stack: Stack, fault: Fault, phases: Phases) -> Result:
     await asyncio.to_thread(stack.warm)
     on_answer = fault.on_answer
     load = Load(
-        HTTP_PORT,
         lambda: fault.workload(stack),
         lambda: stack.credential(fault.credential),
         (lambda status, body: on_answer(stack, status, body)) if on_answer else None,
@@ -1743,7 +1646,7 @@ async def run_fault(stack: Stack, fault: Fault, phases: Phases) -> Result:
         try:
             await asyncio.to_thread(fault.inject, stack)
             injected_at = load.now()
-            probe = asyncio.create_task(readiness_in(HTTP_PORT, hold / 2))
+            probe = asyncio.create_task(readiness_in(hold / 2))
             await asyncio.sleep(hold)
             readiness = await probe
         except (RuntimeError, subprocess.SubprocessError) as exc:
@@ -1781,12 +1684,6 @@ def restarts_between(
     )
 
 
-def gap(result: Result) -> float:
-    """From the first answer other than 200 to the end of the last one, in seconds."""
-    failed = [s for s in result.fault_on if s.status != result.fault.bar.ok]
-    return max(s.end for s in failed) - min(s.start for s in failed) if failed else 0.0
-
-
 def p99(samples: list[Sample]) -> float:
     latencies = sorted(s.latency for s in samples)
     return latencies[int(0.99 * (len(latencies) - 1))] if latencies else 0.0
@@ -1799,14 +1696,6 @@ def status_name(status: int) -> str:
 def tally(samples: list[Sample]) -> str:
     counts = Counter(status_name(s.status) for s in samples)
     return " ".join(f"{name}x{n}" for name, n in sorted(counts.items())) or "none"
-
-
-def baseline(result: Result) -> float:
-    """The rate the fault's throughput is compared with: before it, or before and after."""
-    if not result.fault.bar.ratio_to_before_and_after:
-        return result.rate(0, result.inject_at)
-    quiet = len(result.window(0, result.inject_at)) + len(result.after)
-    return quiet / max(result.inject_at + result.end_at - result.back_at, 1e-9)
 
 
 def judge(result: Result) -> list[str]:
@@ -1829,12 +1718,11 @@ def judge(result: Result) -> list[str]:
         misses.append(f"answers outside the bar: {tally(wrong)}")
     if bar.retry_after and (bare := [s for s in fault_on if s.status == 503 and not s.retry_after]):
         misses.append(f"{len(bare)} x 503 without Retry-After")
-    during_rate = result.rate(result.inject_at, result.back_at)
-    base = baseline(result)
+    during_rate, base = result.rate(result.inject_at, result.back_at), result.baseline()
     if bar.min_ratio is not None and during_rate < bar.min_ratio * base:
-        without = "without it" if bar.ratio_to_before_and_after else "before"
         misses.append(
-            f"throughput {during_rate / base:.2f}x the rate {without} (bar ≥ {bar.min_ratio}x)"
+            f"throughput {during_rate / base:.2f}x the rate {bar.baseline_name} "
+            f"(bar ≥ {bar.min_ratio}x)"
         )
     added_ms = (p99(result.during) - p99(result.before)) * 1000
     if bar.added_p99_ms is not None and added_ms > bar.added_p99_ms:
@@ -1853,24 +1741,18 @@ def judge(result: Result) -> list[str]:
 
 
 def print_ledger(result: Result) -> None:
-    """One line per second: requests started that second, their answers and latencies."""
+    """One line per whole second: requests started that second, their answers, latencies."""
     names = sorted(
         {status_name(s.status) for s in result.samples}, key=lambda n: (not n.isdigit(), n)
     )
-    print(
-        f"{'t':>4} {'phase':<6} {'req':>5} "
-        + " ".join(f"{n:>7}" for n in names)
-        + "   p50 ms   max ms"
-    )
-    for second in range(int(result.end_at)):  # whole seconds only
+    cells = " ".join(f"{n:>7}" for n in names)
+    print(f"{'t':>4} {'phase':<6} {'req':>5} {cells}   p50 ms   max ms")
+    for second in range(int(result.end_at)):
+        if second < int(result.inject_at):
+            phase = "before"
+        else:
+            phase = "fault" if second < result.back_at else "after"
         samples = result.window(second, second + 1)
-        phase = (
-            "before"
-            if second < int(result.inject_at)
-            else "fault"
-            if second < result.back_at
-            else "after"
-        )
         counts = Counter(status_name(s.status) for s in samples)
         latencies = sorted(s.latency for s in samples) or [float("nan")]  # none started
         p50, worst = latencies[len(latencies) // 2] * 1000, latencies[-1] * 1000
@@ -1878,45 +1760,35 @@ def print_ledger(result: Result) -> None:
         print(f"{second:>4} {phase:<6} {len(samples):>5} {cells} {p50:>8.0f} {worst:>8.0f}")
 
 
+HEADER = [
+    "fault", "before r/s", "during r/s", "after r/s", "fault lasted",
+    "non-200 (during + after)", "timeouts", "slowest", "gap", "restarts", "bar",
+]  # fmt: skip
+
+
 def summary_row(result: Result) -> list[str]:
     before = result.rate(0, result.inject_at)
     during = result.rate(result.inject_at, result.back_at)
-    after = result.rate(result.back_at, result.end_at)
+    base = result.baseline()
     fault_on = result.fault_on
     non_200 = [s for s in fault_on if s.status not in (result.fault.bar.ok, TIMEOUT)]
-    worst = max((s.latency for s in fault_on), default=0.0)
     return [
         result.fault.name,
         f"{before:.0f}",
-        f"{during:.0f} ({during / base:.2f}x)" if (base := baseline(result)) else f"{during:.0f}",
-        f"{after:.0f}",
+        f"{during:.0f} ({during / base:.2f}x)" if base else f"{during:.0f}",
+        f"{result.rate(result.back_at, result.end_at):.0f}",
         f"{result.back_at - result.inject_at:.1f} s",
         tally(non_200) if non_200 else "-",
         str(sum(s.status == TIMEOUT for s in fault_on)),
-        f"{worst:.2f} s",
-        f"{gap(result):.2f} s",
+        f"{max((s.latency for s in fault_on), default=0.0):.2f} s",
+        f"{result.gap():.2f} s",
         str(result.restarts),
         "PASS" if not result.misses else "MISS",
     ]
 
 
-HEADER = [
-    "fault",
-    "before r/s",
-    "during r/s",
-    "after r/s",
-    "fault lasted",
-    "non-200 (during + after)",
-    "timeouts",
-    "slowest",
-    "gap",
-    "restarts",
-    "bar",
-]
-
-
 def print_table(results: list[Result]) -> None:
-    """A Markdown table, ready to paste into docs/chaos.md."""
+    """A Markdown table, ready to paste into docs/chaos.md, then each miss."""
     rows = [HEADER, *(summary_row(r) for r in results)]
     widths = [max(len(row[i]) for row in rows) for i in range(len(HEADER))]
     for n, row in enumerate(rows):
@@ -1936,13 +1808,13 @@ def log(message: str) -> None:
 
 
 async def run_all(stack: Stack, faults: list[Fault], phases: Phases) -> list[Result]:
-    """Each fault in turn. A stack that does not recover stops the run: later faults
-    would measure the wreck of an earlier one."""
+    """Each fault in turn, the keyed writer throughout. A stack that does not recover
+    stops the run: later faults would measure the wreck of an earlier one."""
     results = []
     item = await asyncio.to_thread(
         stack.http, "POST", "/api/v1/items", {"name": f"chaos-orders-{secrets.token_hex(3)}"}
     )
-    writer = KeyedWriter(HTTP_PORT, item["id"], stack.auth_header)
+    writer = KeyedWriter(item["id"], stack.credential())
     writing = asyncio.create_task(writer.run())
     for fault in faults:
         log(f"{fault.name}: {fault.summary}; bar: {fault.bar.describe()}")
@@ -2013,8 +1885,7 @@ def main() -> int:
         # initialised with that run's passwords, would refuse this run's migrate.
         stack.down()
         log(f"building {API_IMAGE} and starting project {PROJECT} on port {HTTP_PORT}")
-        stack.build(stack.revision)
-        stack.up()
+        stack.build_and_up()
         stack.create_api_key()
         stack.issue_token()
         stack.seed()
@@ -2031,12 +1902,10 @@ def main() -> int:
     print()
     print_table(results)
     passed = sum(not r.misses for r in results)
-    elapsed = time.monotonic() - started
-    log(f"{passed}/{len(faults)} faults within their bars ({elapsed:.0f} s)")
-    problems = stack.write_problems if stack is not None else []
-    for problem in problems:
+    log(f"{passed}/{len(faults)} faults within their bars ({time.monotonic() - started:.0f} s)")
+    for problem in stack.write_problems:
         log(f"keyed writes: {problem}")
-    return 0 if passed == len(faults) and not problems else 1
+    return 0 if passed == len(faults) and not stack.write_problems else 1
 
 
 if __name__ == "__main__":
