@@ -609,11 +609,20 @@ def kill_worker(stack: Stack) -> None:
     log(f"{stack.api_services[0]}: {killed.strip()}")
 
 
+DEPLOY_SCRIPT = ROOT / "scripts" / "deploy.sh"
+
+
 def deploy(stack: Stack) -> None:
-    """Roll the api to a new build with scripts/deploy.sh."""
-    stack.env["REVISION"] = f"{stack.revision}-redeployed"  # a new image, as a new version's
-    log("deploying with scripts/deploy.sh")
-    stack.run(str(ROOT / "scripts" / "deploy.sh"), timeout=600)
+    """Roll the api to a new build: scripts/deploy.sh, or, in a fork made without the VM
+    target (`make init targets=k8s` removes the script), what `make prod-up` does."""
+    stack.revision += "-redeployed"  # a new image, as a new version's
+    stack.env["REVISION"] = stack.revision  # scripts/deploy.sh's build argument
+    if DEPLOY_SCRIPT.exists():
+        log("deploying with scripts/deploy.sh")
+        stack.run(str(DEPLOY_SCRIPT), timeout=600)
+    else:
+        log("no scripts/deploy.sh: deploying as `make prod-up` does (build, then up)")
+        stack.build_and_up()
 
 
 # Runs inside an api container: fills each writable tmpfs until the kernel says "no space
