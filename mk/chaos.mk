@@ -1,4 +1,4 @@
-# Fault injection on the production stack under load: issue 7's table, measured.
+# Fault injection on the production stack under load, each fault against its bar (docs/chaos.md).
 # scripts/chaos.py needs only Docker (Compose v2) and Python 3.11+ on this machine.
 PYTHON ?= python3
 

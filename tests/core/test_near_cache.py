@@ -220,7 +220,7 @@ def listener_live() -> float | None:
 async def test_the_listener_comes_back_after_a_storm_of_terminations(
     start_worker: WorkerMaker, settings: Settings, engine: AsyncEngine
 ) -> None:
-    """The chaos fault of issue 21: its backend terminated again and again, the listener
+    """The chaos fault pg-terminate: its backend terminated again and again, the listener
     reconnects each time, and is live again soon after the storm ends."""
     worker = await start_worker(settings)
     assert listener_live() == 1
