@@ -30,6 +30,6 @@ prod-logs: .env ## Follow the production stack's logs
 	@exit 1
 
 .PHONY: deploy-check
-deploy-check: ## Deploy a new build under steady load through the proxy; fail on any failed request
-	scripts/deploy-check.sh
+deploy-check: ## Kill a worker, then deploy a new build, under load through the proxy; fail on any failed request
+	$(PYTHON) scripts/chaos.py worker-kill deploy
 

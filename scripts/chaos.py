@@ -621,6 +621,22 @@ def deploy(stack: Stack) -> None:
     stack.run(str(DEPLOY_SCRIPT), timeout=600)
 
 
+def runs_new_build(stack: Stack) -> list[str]:
+    """Each api service runs one container, of the new build (its OCI revision label)."""
+    misses = []
+    for service in stack.api_services:
+        ids = stack.compose("ps", "--quiet", service, check=False).split()
+        labels = stack.run(
+            "docker", "inspect", "--format",
+            '{{index .Config.Labels "org.opencontainers.image.revision"}}', *ids, check=False,
+        ).split()  # fmt: skip
+        if labels != [stack.env["REVISION"]]:
+            misses.append(f"{service} runs {labels or 'nothing'}, not {stack.env['REVISION']}")
+    if not misses:
+        log(f"{', '.join(stack.api_services)}: one container each, of {stack.env['REVISION']}")
+    return misses
+
+
 # Runs inside an api container: fills each writable tmpfs until the kernel says "no space
 # left" (ENOSPC), and prints what it wrote. A tmpfs is not filled past 1 GiB, so as not to
 # take the host's memory: no ENOSPC by then is a miss. The tmpfs given as arguments is left
@@ -1458,7 +1474,7 @@ FAULTS = [
         workload=cached_read,
         inject=kill_worker,  # Gunicorn's master starts a new worker by itself
         # The proxy retries the killed worker's idempotent requests, except those whose
-        # response it had begun to forward (the same rule as make deploy-check's).
+        # response it had begun to forward: no one can send those again.
         bar=Bar(cut_short_s=1.0),
         hold_s=5,
     ),
@@ -1555,6 +1571,7 @@ if DEPLOY_SCRIPT.exists():
             inject=deploy,
             bar=Bar(),  # zero failed requests
             hold_s=0,
+            verify=runs_new_build,
         )
     )
 

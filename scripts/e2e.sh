@@ -5,7 +5,7 @@
 # and body limit, the Postgres roles (the api's cannot CREATE TABLE), the hardening,
 # Redis down, one api down, a graceful SIGTERM. Removes everything it made, volumes
 # included. On failure it prints the failing service's logs. Zero-downtime deploys:
-# scripts/deploy-check.sh.
+# `make deploy-check`.
 #
 # Needs Docker with Compose v2, curl, and free ports E2E_HTTP_PORT/E2E_HTTPS_PORT.
 set -euo pipefail

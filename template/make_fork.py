@@ -45,8 +45,6 @@ TARGETS = {
     "vm": [
         "mk/vm.mk",
         "scripts/deploy.sh",
-        "scripts/deploy-check.sh",
-        "scripts/deploy_load.py",
         "docs/deploy.md",
         ".github/workflows/vm.yml",
     ],

@@ -1,6 +1,6 @@
 # shellcheck shell=bash
 # Sourced, from the checkout's root, by the scripts that start docker-compose.prod.yml
-# as a throw-away project (e2e.sh, fuzz.sh, deploy-check.sh, ...): what they share.
+# as a throw-away project (e2e.sh, fuzz.sh, restore-check.sh, ...): what they share.
 
 SERVICE_NAME=${SERVICE_NAME:-$(sed -n 's/^name = "\(.*\)"$/\1/p' pyproject.toml | head -n 1)} # pyproject.toml: the one place
 
