@@ -117,8 +117,21 @@ print("\n".join(failures) or f"{count} operations, each 401 with WWW-Authenticat
 sys.exit(1 if failures or not count else 0)
 ' "$BASE" || fail "an /api/v1 operation answered without a credential, or not with 401"
 
-log "making the fuzzer's API key"
-api_key=$(make_api_key api-a "fuzz" items:read items:write orders:read orders:write -- "${COMPOSE[@]}") &&
+# The fuzzer's key holds every scope an operation of the schema asks for: without its
+# scope, an operation answers every case 403, which passes and proves nothing.
+read -ra scopes < <(curl -sS --max-time 10 "$BASE/openapi.json" | python3 -c '
+import json, sys
+operations = [op for item in json.load(sys.stdin)["paths"].values() for op in item.values()]
+print(" ".join(sorted({
+    scope
+    for operation in operations if isinstance(operation, dict)
+    for requirement in operation.get("security", [])
+    for scopes in requirement.values()
+    for scope in scopes
+})))')
+[ ${#scopes[@]} -gt 0 ] || fail "no scopes in the schema's security requirements" --logs
+log "making the fuzzer's API key: ${scopes[*]}"
+api_key=$(make_api_key api-a "fuzz" "${scopes[@]}" -- "${COMPOSE[@]}") &&
   [ -n "$api_key" ] || fail "could not make an API key" --logs
 
 mkdir -p "$REPORT_DIR"
