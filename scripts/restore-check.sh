@@ -1,13 +1,8 @@
 #!/usr/bin/env bash
-# The backup drill (`make restore-check`; its steps and bars: docs/backups.md, "The
-# drill"): on a throw-away production stack under writes, lose the database volume,
-# then restore the latest state (RPO, RTO) and the state at a time T (exact).
-#   scripts/restore-check.sh      the repository in its volume, which survives the loss
-#   scripts/restore-check.sh s3   `make backup-check-s3`: the repository in an encrypted
-#                                 bucket (deploy/backup/s3-check.yml), its volume lost too;
-#                                 then the S3 server stopped under writes
-# Removes all it made. Needs Docker with Compose v2, curl, and free ports
-# RESTORE_HTTP_PORT/RESTORE_HTTPS_PORT.
+# The backup drill, `make restore-check` (its steps and bars: docs/backups.md, "The
+# drill"), and with `s3` as its argument `make backup-check-s3`: the repository in an
+# encrypted bucket (deploy/backup/s3-check.yml). Removes all it made. Needs Docker with
+# Compose v2, curl, and free ports RESTORE_HTTP_PORT/RESTORE_HTTPS_PORT.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib/throwaway-env.sh
