@@ -21,5 +21,5 @@ restore-check: ## Drill: write under load, lose the database volume, restore to 
 	scripts/restore-check.sh
 
 .PHONY: backup-check-s3
-backup-check-s3: ## Back up to an S3-compatible server (encrypted), lose the disk, restore from the bucket
-	scripts/backup-check-s3.sh
+backup-check-s3: ## The same drill with the backups in an encrypted S3 bucket, the disk lost; then the bucket down
+	scripts/restore-check.sh s3

@@ -1,34 +1,46 @@
 #!/usr/bin/env bash
-# The backup drill (`make restore-check`; its steps: docs/backups.md, "The drill"): on a
-# throw-away production stack, prove that a lost database volume (the backup repository
-# volume stays: the VM's disk survived) costs at most the archive_timeout of data, and
-# that a point-in-time restore is exact. Bars: RPO <= 60 s, 0 rows missing at T, 0 rows
-# after T. Removes all it made. Needs Docker with Compose v2, curl, and free ports
-# RESTORE_HTTP_PORT/RESTORE_HTTPS_PORT.
+# The backup drill, `make restore-check` (its steps and bars: docs/backups.md, "The
+# drill"), and with `s3` as its argument `make backup-check-s3`: the repository in an
+# encrypted bucket (deploy/backup/s3-check.yml). Removes all it made. Needs Docker with
+# Compose v2, curl, and free ports RESTORE_HTTP_PORT/RESTORE_HTTPS_PORT.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-SERVICE_NAME=${SERVICE_NAME:-$(sed -n 's/^name = "\(.*\)"$/\1/p' pyproject.toml | head -n 1)}  # pyproject.toml: the one place
 # shellcheck source=scripts/lib/throwaway-env.sh
 . scripts/lib/throwaway-env.sh
 
-export COMPOSE_PROJECT_NAME=${RESTORE_PROJECT:-fsrestore}
-HTTP_PORT=${RESTORE_HTTP_PORT:-18110}
-BASE="http://localhost:${HTTP_PORT}"
+REPO=${1:-local}
 WORK=$(mktemp -d)
 export ENV_FILE="$WORK/env"
-COMPOSE=(docker compose -f docker-compose.prod.yml --env-file "$ENV_FILE")
+files=(-f docker-compose.prod.yml)
+settings=(RATE_LIMIT_WRITES=0)
+services=(migrate db backup) # the images to build, and the logs shown on a failure
+case $REPO in
+  local) project=fsrestore http_port=18110 https_port=18473 net=172.30.246 ;;
+  s3)
+    project=fsbackups3 http_port=18120 https_port=18483 net=172.30.245
+    files+=(-f deploy/backup/s3-check.yml)
+    services+=(s3)
+    settings+=(BACKUP_REPO=s3 BACKUP_REPO_PATH=/app BACKUP_S3_BUCKET=backups BACKUP_S3_ENDPOINT=s3
+      BACKUP_S3_PORT=9000 BACKUP_S3_REGION=us-east-1 BACKUP_S3_URI_STYLE=path BACKUP_S3_VERIFY_TLS=n
+      BACKUP_S3_KEY=check BACKUP_S3_KEY_SECRET="$(random_secret)" BACKUP_CIPHER_PASS="$(random_secret)"
+      BACKUP_WAL_MAX_AGE=5s)
+    ;;
+  *) echo "usage: $0 [s3]" >&2; exit 2 ;;
+esac
+export COMPOSE_PROJECT_NAME=${RESTORE_PROJECT:-$project}
+HTTP_PORT=${RESTORE_HTTP_PORT:-$http_port}
+BASE="http://localhost:${HTTP_PORT}"
+COMPOSE=(docker compose "${files[@]}" --env-file "$ENV_FILE")
 RPO_BAR=60
 WRITE_BEFORE_T=${RESTORE_WRITE_BEFORE_T:-15}
 # Past one archive_timeout (30 s): the segment holding T is archived, with commits after T.
 WRITE_AFTER_T=${RESTORE_WRITE_AFTER_T:-45}
-started=$SECONDS
 writer_pid=""
 
-log() { printf 'restore-check [%3ds] %s\n' $((SECONDS - started)) "$*"; }
 fail() {
   printf '\nrestore-check FAILED: %s\n' "$*" >&2
   "${COMPOSE[@]}" ps -a >&2 || true
-  "${COMPOSE[@]}" logs --no-color --tail=40 db backup >&2 || true
+  "${COMPOSE[@]}" logs --no-color --tail=40 "${services[@]}" >&2 || true
   exit 1
 }
 cleanup() {
@@ -38,9 +50,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-write_throwaway_env "$ENV_FILE" "$HTTP_PORT" "${RESTORE_HTTPS_PORT:-18473}" \
-  "${RESTORE_SUBNET:-172.30.246.0/24}" "${RESTORE_PROXY_IP:-172.30.246.10}" "$SERVICE_NAME":restore-check \
-  RATE_LIMIT_WRITES=0
+write_throwaway_env "$ENV_FILE" "$HTTP_PORT" "${RESTORE_HTTPS_PORT:-$https_port}" \
+  "${RESTORE_SUBNET:-$net.0/24}" "${RESTORE_PROXY_IP:-$net.10}" "$SERVICE_NAME:restore-check" "${settings[@]}"
 remove_stack "${COMPOSE[@]}" # what a killed earlier run left
 
 now() { date +%s.%N; }
@@ -56,37 +67,67 @@ writer() {
     echo "rc-$n $sent $(now) $status" >>"$1"
   done
 }
-psql_app() { "${COMPOSE[@]}" exec -T db psql -X -t -A -U postgres -d app -c "$1"; }
+psql_app() { "${COMPOSE[@]}" exec -T db psql -X -q -t -A -v ON_ERROR_STOP=1 -U postgres -d app -c "$1"; }
 rows() { psql_app "SELECT name FROM items WHERE name LIKE 'rc-%'"; } # the drill's, one name a line
+s3() { # s3 PYTHON: boto3 (Moto's dependency) against the S3 server, in its container
+  "${COMPOSE[@]}" exec -T s3 python -c "import boto3, urllib3; urllib3.disable_warnings()
+s3 = boto3.client('s3', endpoint_url='https://localhost:9000', verify=False, region_name='us-east-1',
+                  aws_access_key_id='check', aws_secret_access_key='check')
+$1"
+}
+# WAL generated (pg_stat_wal; not the LSN, which skips the unused end of each segment
+# that archive_timeout closes early), and the bytes of it the repository keeps.
+wal_generated() { psql_app "SELECT wal_bytes FROM pg_stat_wal"; }
+archived() {
+  if [ "$REPO" = s3 ]; then
+    s3 "print(sum(o['Size'] for page in s3.get_paginator('list_objects_v2').paginate(
+        Bucket='backups', Prefix='app/archive/') for o in page.get('Contents', [])))"
+  else
+    "${COMPOSE[@]}" exec -T backup du -sb /var/lib/pgbackrest/archive | cut -f1
+  fi
+}
 lose_the_database() {
   "${COMPOSE[@]}" kill -s SIGKILL db >/dev/null 2>&1
   lost_at=$(now)
   "${COMPOSE[@]}" rm --force --stop db backup >/dev/null 2>&1
-  docker volume rm "${COMPOSE_PROJECT_NAME}_pgdata" >/dev/null || fail "could not delete the database volume"
+  local volumes=("${COMPOSE_PROJECT_NAME}_pgdata")
+  [ "$REPO" = local ] || volumes+=("${COMPOSE_PROJECT_NAME}_pgbackrest")
+  docker volume rm "${volumes[@]}" >/dev/null || fail "could not delete ${volumes[*]}"
 }
 restore() { # restore LOG WHAT [TIME]: scripts/restore.sh, as `make restore` does
   scripts/restore.sh "${@:3}" >"$WORK/$1" 2>&1 || { cat "$WORK/$1" >&2; fail "restore to $2 failed"; }
 }
+# until_within SECONDS WHAT COMMAND...: run COMMAND until it succeeds, or fail after SECONDS.
+until_within() {
+  local deadline=$((SECONDS + $1)) what=$2
+  shift 2
+  until "$@"; do
+    [ $SECONDS -lt $deadline ] || fail "$what"
+    sleep 1
+  done
+}
 
-log "building and starting the stack"
-"${COMPOSE[@]}" build --quiet migrate db backup >/dev/null || fail "image build failed"
+log "building and starting the stack ($REPO repository)"
+"${COMPOSE[@]}" build --quiet "${services[@]}" >/dev/null || fail "image build failed"
+if [ "$REPO" = s3 ]; then
+  "${COMPOSE[@]}" up --detach --wait s3 >/dev/null 2>&1 || fail "the S3 server did not start"
+  s3 "s3.create_bucket(Bucket='backups')" || fail "could not create the bucket"
+fi
 "${COMPOSE[@]}" up --detach --wait --wait-timeout 180 >/dev/null 2>&1 || fail "stack did not become healthy"
 # The writer's credential (every /api/v1 route needs one), made before anything else:
 # a key lives in the database, so a restore to T keeps only the keys made before T.
-# Made before the writes, so before T, it is in both states the drill restores.
 API_KEY=$(make_api_key api-a restore-check items:read items:write -- "${COMPOSE[@]}") ||
   fail "could not make an API key"
-deadline=$((SECONDS + 120))
-until "${COMPOSE[@]}" exec -T backup pgbackup list 2>/dev/null | grep -q 'full backup'; do
-  [ $SECONDS -lt $deadline ] || fail "no full backup after 120 s"
-  sleep 1
-done
+full_backup() { "${COMPOSE[@]}" exec -T backup pgbackup list 2>/dev/null | grep -q 'full backup'; }
+until_within 120 "no full backup after 120 s" full_backup
 log "first full backup taken"
+if [ "$REPO" = s3 ]; then
+  "${COMPOSE[@]}" exec -T backup pgbackup list | grep -q 'cipher: aes-256-cbc' || fail "the repository is not encrypted"
+  head=$(s3 "print(s3.get_object(Bucket='backups', Key='app/backup/app/backup.info')['Body'].read()[:8])")
+  [ "$head" = "b'Salted__'" ] || fail "backup.info in the bucket is not encrypted (it begins $head)"
+  log "the bucket's files are encrypted (backup.info begins $head)"
+fi
 
-# WAL generated (pg_stat_wal; not the LSN, which skips the unused end of each segment
-# that archive_timeout closes early).
-wal_generated() { psql_app "SELECT wal_bytes FROM pg_stat_wal"; }
-archived() { "${COMPOSE[@]}" exec -T backup du -sb /var/lib/pgbackrest/archive | cut -f1; }
 wal_before=$(wal_generated)
 archived_before=$(archived)
 writer "$WORK/writes" &
@@ -105,7 +146,7 @@ wait "$writer_pid" 2>/dev/null || true
 writer_pid=""
 acked=$(awk '$4 == 201' "$WORK/writes" | wc -l)
 rate=$(awk -v s="$WRITE_BEFORE_T" -v a="$WRITE_AFTER_T" '$4 == 201 {n++} END {printf "%.0f", n / (s + a)}' "$WORK/writes")
-log "database killed and its volume deleted; $acked writes acknowledged (~$rate/s)"
+log "database killed and its volume deleted$([ "$REPO" = local ] || echo ', the local repository volume too'); $acked writes acknowledged (~$rate/s)"
 
 restore_started=$(now)
 restore restore-latest.log "the latest state"
@@ -120,8 +161,8 @@ read -r lost rpo < <(awk -v lost_at="$lost_at" '
   $4 == 201 { if ($1 in present) { if ($3 > newest) newest = $3 } else lost++ }
   END { printf "%d %.1f\n", lost, lost_at - newest }' "$WORK/rows-latest" "$WORK/writes")
 log "restored the latest state in $rto s (RTO); $lost acknowledged rows lost, RPO $rpo s"
-# The WAL's disk cost: what Postgres wrote, and what the repository keeps of it
-# (zstd-compressed), per restored write (the rows whose WAL was archived) and per day at the bench's peak write rate.
+# The WAL's disk cost: what Postgres wrote, and what the repository keeps of it (zstd),
+# per restored write (the rows whose WAL was archived) and per day at the bench's peak rate.
 read -r wal_per_write kept_per_write kept_per_day < <(awk -v w="$wal_bytes" -v k="$archived_bytes" -v n="$((acked - lost))" \
   -v r="${RESTORE_DAY_RATE:-1127}" 'BEGIN { printf "%.0f %.0f %.1f\n", w / n, k / n, k / n * r * 86400 / 2^30 }')
 log "WAL: $wal_per_write bytes written per create, $kept_per_write kept in the repository; a day at ${RESTORE_DAY_RATE:-1127} creates/s: $kept_per_day GiB"
@@ -142,4 +183,26 @@ awk -v r="$rpo" -v b="$RPO_BAR" 'BEGIN { exit !(r <= b) }' || fail "RPO $rpo s i
 [ "$missing" = 0 ] || fail "$missing rows acknowledged before T are missing"
 [ "$after" = 0 ] || fail "$after rows sent after T were restored"
 [ "$before" -gt 0 ] || fail "no row was written before T"
+
+if [ "$REPO" = s3 ]; then
+  # The bucket unreachable under writes: the WAL backlog shows in the metrics, and the
+  # backup service turns unhealthy (BACKUP_WAL_MAX_AGE=5s here).
+  "${COMPOSE[@]}" stop s3 >/dev/null 2>&1
+  psql_app "CREATE TABLE outage AS SELECT generate_series(1, 1000) AS n; SELECT pg_switch_wal()" >/dev/null
+  backlog_reported() { [[ "$("${COMPOSE[@]}" exec -T backup pgbackup check)" == *"WAL segments wait"* ]]; }
+  until_within 120 "pgbackup check did not report the WAL backlog within 120 s" backlog_reported
+  metric() {
+    "${COMPOSE[@]}" exec -T backup python3 -c "import urllib.request
+print(urllib.request.urlopen('http://localhost:9188/metrics').read().decode())" | sed -n "s/^$1 //p"
+  }
+  backlog=$(metric pgbackup_wal_ready_segments)
+  # pgbackup_wal_archive_failing turns 1 only when archive-push gives up: pgBackRest
+  # retries an unreachable bucket for minutes first.
+  failing=$(metric pgbackup_wal_archive_failing)
+  awk -v b="$backlog" 'BEGIN { exit !(b >= 1) }' || fail "metrics: a WAL backlog of '$backlog'"
+  unhealthy() { [ "$(docker inspect -f '{{.State.Health.Status}}' "$("${COMPOSE[@]}" ps -q backup)")" = unhealthy ]; }
+  until_within 150 "the backup service did not turn unhealthy within 150 s" unhealthy
+  log "S3 server stopped: backup unhealthy ($("${COMPOSE[@]}" exec -T backup pgbackup check || true));" \
+    "pgbackup_wal_archive_failing $failing, pgbackup_wal_ready_segments $backlog"
+fi
 log "passed"

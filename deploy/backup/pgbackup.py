@@ -12,7 +12,7 @@
     pgbackup check                 the healthcheck: fails while a backup or the WAL
                                    archive is overdue (the reason is printed)
 
-The runbook is docs/backups.md. Standard library only: it runs on Debian's Python.
+The runbook is docs/backups.md. Debian's Python and prometheus-client: nothing from pip.
 """
 
 # The commands run are the image's own tools (pgbackrest, psql, pg_isready) on its PATH,
@@ -22,30 +22,19 @@ The runbook is docs/backups.md. Standard library only: it runs on Debian's Pytho
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
-SOCKET_DIR = os.environ.get("PGBACKREST_PG1_SOCKET_PATH", "/var/run/postgresql")
-# The container's own in-memory /tmp: the scheduler's last result, for `pgbackup check`.
-STATE_FILE = Path("/tmp/pgbackup-state.json")  # noqa: S108
-# The scheduler's two threads (backups, measurements) both update the state.
-STATE_LOCK = threading.Lock()
-TICK_SECONDS = 15.0
-RETRY_SECONDS = 300.0
-INFO_TIMEOUT_SECONDS = 30.0
-# A stanza or a backup as `pgbackrest info --output=json` describes it.
-Json = dict[str, Any]
-
-
-def log(message: str, *, error: bool = False) -> None:
-    print(f"pgbackup: {message}", file=sys.stderr if error else sys.stdout, flush=True)
+from prometheus_client import REGISTRY, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 
 def seconds(text: str) -> float:
@@ -57,83 +46,69 @@ def seconds(text: str) -> float:
     return float(text)
 
 
-@dataclass(frozen=True)
-class Settings:
-    every: float
-    full_every: float
-    pitr_days: float
-    wal_max_age: float
-    metrics_port: int
+EVERY = seconds(os.environ.get("BACKUP_EVERY") or "1d")
+FULL_EVERY = seconds(os.environ.get("BACKUP_FULL_EVERY") or "7d")
+PITR_DAYS = float(os.environ.get("BACKUP_PITR_DAYS") or "7")
+WAL_MAX_AGE = seconds(os.environ.get("BACKUP_WAL_MAX_AGE") or "5m")
+METRICS_PORT = int(os.environ.get("BACKUP_METRICS_PORT") or "9188")
+# pgBackRest keeps the WAL of the newest N backups (full or differential): N backups,
+# one per BACKUP_EVERY, span BACKUP_PITR_DAYS.
+WAL_RETENTION = max(1, math.ceil(PITR_DAYS * 86400 / EVERY))
+SOCKET_DIR = os.environ.get("PGBACKREST_PG1_SOCKET_PATH", "/var/run/postgresql")
+# The container's own in-memory /tmp: the scheduler's last result, for `pgbackup check`.
+STATE_FILE = Path("/tmp/pgbackup-state.json")  # noqa: S108
+# The scheduler's two threads (backups, measurements) both update the state.
+STATE_LOCK = threading.Lock()
+TICK_SECONDS = 15.0
+RETRY_SECONDS = 300.0
+# A stanza or a backup as `pgbackrest info --output=json` describes it.
+Json = dict[str, Any]
 
-    @classmethod
-    def from_env(cls) -> Settings:
-        env = os.environ
-        return cls(
-            every=seconds(env.get("BACKUP_EVERY") or "1d"),
-            full_every=seconds(env.get("BACKUP_FULL_EVERY") or "7d"),
-            pitr_days=float(env.get("BACKUP_PITR_DAYS") or "7"),
-            wal_max_age=seconds(env.get("BACKUP_WAL_MAX_AGE") or "5m"),
-            metrics_port=int(env.get("BACKUP_METRICS_PORT") or "9188"),
-        )
 
-    def archive_retention(self) -> int:
-        """pgBackRest keeps the WAL of the newest N backups (full or differential):
-        N backups, one per BACKUP_EVERY, span BACKUP_PITR_DAYS."""
-        return max(1, -(-int(self.pitr_days * 86400) // int(self.every)))
+def log(message: str, *, error: bool = False) -> None:
+    print(f"pgbackup: {message}", file=sys.stderr if error else sys.stdout, flush=True)
 
 
 def pgbackrest_env() -> dict[str, str]:
-    """The environment less the PGBACKREST_* settings left empty, as the entrypoint
-    (entrypoint.sh) makes it: `docker compose exec` does not run the entrypoint."""
+    """The environment as the entrypoint (entrypoint.sh) makes it, which `docker compose
+    exec` does not run, with the WAL retention that BACKUP_PITR_DAYS implies."""
     env = {k: v for k, v in os.environ.items() if v or not k.startswith("PGBACKREST_")}
     if env.get("PGBACKREST_REPO1_CIPHER_PASS"):
         env.setdefault("PGBACKREST_REPO1_CIPHER_TYPE", "aes-256-cbc")
+    env.setdefault("PGBACKREST_REPO1_RETENTION_ARCHIVE_TYPE", "diff")
+    env.setdefault("PGBACKREST_REPO1_RETENTION_ARCHIVE", str(WAL_RETENTION))
+    # Differentials older than the window go too: past it, the weekly fulls remain.
+    env.setdefault("PGBACKREST_REPO1_RETENTION_DIFF", str(WAL_RETENTION))
     return env
 
 
-def pgbackrest(
-    *args: str, settings: Settings | None = None, timeout: float | None = None
-) -> subprocess.CompletedProcess[str]:
-    env = pgbackrest_env()
-    if settings is not None:
-        env.setdefault("PGBACKREST_REPO1_RETENTION_ARCHIVE_TYPE", "diff")
-        env.setdefault("PGBACKREST_REPO1_RETENTION_ARCHIVE", str(settings.archive_retention()))
-        # Differentials older than the window go too: past it, the weekly fulls remain.
-        env.setdefault("PGBACKREST_REPO1_RETENTION_DIFF", str(settings.archive_retention()))
+ENV = pgbackrest_env()
+
+
+def run(*command: str, timeout: float | None = None) -> str:
+    """The command's output; RuntimeError with what it printed if it fails."""
     try:
-        return subprocess.run(
-            ["pgbackrest", *args],
-            env=env,
-            text=True,
-            capture_output=True,
-            check=False,
-            timeout=timeout,
+        done = subprocess.run(
+            command, env=ENV, capture_output=True, text=True, check=False, timeout=timeout
         )
-    except subprocess.TimeoutExpired:
+    except subprocess.TimeoutExpired as error:
         # An unreachable bucket makes pgBackRest retry for minutes.
-        return subprocess.CompletedProcess(args, 1, "", f"no answer within {timeout:.0f} s")
+        raise RuntimeError(f"no answer within {timeout:.0f} s") from error
+    if done.returncode != 0:
+        # pgBackRest prints its errors on stdout (PGBACKREST_LOG_LEVEL_STDERR is off).
+        raise RuntimeError((done.stdout + done.stderr).strip() or f"{command[0]} failed")
+    return done.stdout.strip()
 
 
 def sql(query: str) -> str:
     """One value from the database, as the superuser over the shared Unix socket."""
-    psql = ["psql", "-X", "-q", "-t", "-A", "-h", SOCKET_DIR, "-U", "postgres", "-d", "postgres"]
-    try:
-        done = subprocess.run(
-            [*psql, "-c", query], text=True, capture_output=True, check=False, timeout=30
-        )
-    except subprocess.TimeoutExpired as error:
-        raise RuntimeError("no answer within 30 s") from error
-    if done.returncode != 0:
-        raise RuntimeError(done.stderr.strip() or "psql failed")
-    return done.stdout.strip()
+    psql = ("psql", "-X", "-q", "-t", "-A", "-h", SOCKET_DIR, "-U", "postgres", "-d", "postgres")
+    return run(*psql, "-c", query, timeout=30)
 
 
 def info() -> Json:
     """pgBackRest's view of the stanza: its backups and its WAL archive."""
-    done = pgbackrest("info", "--output=json", timeout=INFO_TIMEOUT_SECONDS)
-    if done.returncode != 0:
-        raise RuntimeError(done.stderr.strip() or done.stdout.strip())
-    stanzas: list[Json] = json.loads(done.stdout)
+    stanzas: list[Json] = json.loads(run("pgbackrest", "info", "--output=json", timeout=30))
     return stanzas[0] if stanzas else {}
 
 
@@ -158,7 +133,7 @@ def wal_timeline(backup: Json) -> int:
     return int(str(start)[:8], 16) if start else 0
 
 
-def due_type(stanza: Json, settings: Settings, now: float) -> str | None:
+def due_type(stanza: Json, now: float) -> str | None:
     """The type of backup the schedule wants now, or None."""
     done = current_backups(stanza)
     fulls = [b for b in done if b.get("type") == "full"]
@@ -171,52 +146,49 @@ def due_type(stanza: Json, settings: Settings, now: float) -> str | None:
         timeline = 0
     if timeline and timeline != wal_timeline(done[-1]):
         return "full"
-    if now - stop_time(fulls[-1]) >= settings.full_every:
+    if now - stop_time(fulls[-1]) >= FULL_EVERY:
         return "full"
-    if now - stop_time(done[-1]) >= settings.every:
+    if now - stop_time(done[-1]) >= EVERY:
         return "diff"
     return None
 
 
-def take_backup(kind: str, settings: Settings) -> bool:
+def take_backup(kind: str) -> bool:
     log(f"{kind} backup starting")
     started = time.time()
     update_state(running_since=started)
-    done = pgbackrest("backup", f"--type={kind}", settings=settings)
-    output = (done.stdout + done.stderr).strip()
-    if done.returncode == 0:
+    try:
+        run("pgbackrest", "backup", f"--type={kind}")
         log(f"{kind} backup done in {time.time() - started:.1f} s")
-    else:
-        log(f"{kind} backup FAILED:\n{output}", error=True)
+        error = ""
+    except RuntimeError as failure:
+        log(f"{kind} backup FAILED:\n{failure}", error=True)
+        error = str(failure)[-500:]
     update_state(
         running_since=None,
         last_attempt=started,
         last_duration=time.time() - started,
-        last_error="" if done.returncode == 0 else output[-500:],
+        last_error=error,
     )
-    return done.returncode == 0
+    return not error
 
 
-def read_state() -> dict[str, object]:
+def read_state() -> dict[str, Any]:
     try:
-        loaded = json.loads(STATE_FILE.read_text())
+        state: dict[str, Any] = json.loads(STATE_FILE.read_text())
     except (OSError, ValueError):
         return {}
-    return loaded if isinstance(loaded, dict) else {}
+    return state
 
 
 def update_state(**changes: object) -> None:
     with STATE_LOCK:
-        write_state(read_state() | changes)
+        tmp = STATE_FILE.with_suffix(".tmp")
+        tmp.write_text(json.dumps(read_state() | changes))
+        tmp.replace(STATE_FILE)
 
 
-def write_state(state: dict[str, object]) -> None:
-    tmp = STATE_FILE.with_suffix(".tmp")
-    tmp.write_text(json.dumps(state))
-    tmp.replace(STATE_FILE)
-
-
-def measure(settings: Settings) -> tuple[dict[str, float], list[str]]:
+def measure() -> tuple[dict[str, float], list[str]]:
     """The metrics, and what is overdue (empty when all is well)."""
     now = time.time()
     values: dict[str, float] = {}
@@ -226,8 +198,8 @@ def measure(settings: Settings) -> tuple[dict[str, float], list[str]]:
     # to BACKUP_EVERY) neither is a problem. On Swarm an unhealthy task is replaced,
     # which would kill the backup that a long outage made overdue, again and again.
     running_since = state.get("running_since")
-    running = isinstance(running_since, float) and now - running_since < settings.every
-    values["pgbackup_backup_running"] = 1 if running else 0
+    running = isinstance(running_since, float) and now - running_since < EVERY
+    values["pgbackup_backup_running"] = float(running)
     try:
         stanza = info()
         values["pgbackup_backups"] = len(stanza.get("backup", []))
@@ -241,7 +213,7 @@ def measure(settings: Settings) -> tuple[dict[str, float], list[str]]:
             fulls = [b for b in done if b.get("type") == "full"]
             if fulls:
                 values["pgbackup_last_full_backup_age_seconds"] = now - stop_time(fulls[-1])
-            if last_age > settings.every + 3600 and not running:
+            if last_age > EVERY + 3600 and not running:
                 problems.append(f"the last backup is {last_age / 3600:.1f} h old")
         values["pgbackup_repository_up"] = 1
     # TypeError, AttributeError: pgBackRest's JSON in a shape not expected; reported as an
@@ -264,7 +236,7 @@ def measure(settings: Settings) -> tuple[dict[str, float], list[str]]:
         values["pgbackup_wal_archive_failing"] = failing
         values["pgbackup_wal_ready_segments"] = ready
         # An idle database has nothing to archive: only WAL waiting makes age matter.
-        if ready > 0 and (age < 0 or age > settings.wal_max_age):
+        if ready > 0 and (age < 0 or age > WAL_MAX_AGE):
             problems.append(
                 f"{ready:.0f} WAL segments wait to be archived, the last archived {age:.0f} s ago"
             )
@@ -294,80 +266,21 @@ HELP = {
 }
 
 
-class MetricsHandler(BaseHTTPRequestHandler):
-    """Serves the latest measurement as Prometheus text on /metrics."""
+class LatestMeasurement(Collector):
+    """What a scrape of /metrics reads: a metric not measured (no backup yet) is absent."""
 
-    body = b""  # replaced whole by monitor(): readers see the old or the new one
+    def __init__(self) -> None:
+        self.values: dict[str, float] = {}  # replaced whole: a scrape sees the old or the new
 
-    def do_GET(self) -> None:
-        if self.path != "/metrics":
-            self.send_error(404)
-            return
-        body = MetricsHandler.body
-        self.send_response(200)
-        self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass  # one line per scrape would drown the backup log
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        for name, value in self.values.items():
+            yield GaugeMetricFamily(name, HELP[name], value=value)
 
 
-def prometheus_text(values: dict[str, float]) -> bytes:
-    lines = []
-    for name, value in values.items():
-        lines += [
-            f"# HELP {name} {HELP.get(name, name)}",
-            f"# TYPE {name} gauge",
-            f"{name} {value:.3f}",
-        ]
-    return ("\n".join(lines) + "\n").encode()
-
-
-def schedule(settings: Settings) -> None:
-    address = ("0.0.0.0", settings.metrics_port)  # noqa: S104 (the backend network)
-    server = ThreadingHTTPServer(address, MetricsHandler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    log(
-        f"a backup every {settings.every:.0f} s, a full one every {settings.full_every:.0f} s,"
-        f" WAL kept for the newest {settings.archive_retention()} backups"
-        f" ({settings.pitr_days:g} days)"
-    )
-    write_state({"started": time.time()})
-    # Measured on a thread of its own, so a backup that runs for hours leaves the
-    # metrics and the healthcheck current; started first, so a repository that is
-    # unreachable from the start (stanza-create retrying) turns the service unhealthy.
-    threading.Thread(target=monitor, args=(settings,), daemon=True).start()
-    while subprocess.run(["pg_isready", "-q", "-h", SOCKET_DIR], check=False).returncode != 0:
-        time.sleep(2)
-    while (done := pgbackrest("stanza-create")).returncode != 0:
-        log(f"stanza-create failed, retrying:\n{done.stderr or done.stdout}", error=True)
-        time.sleep(10)
-    while True:
-        now = time.time()
-        state = read_state()
-        last_attempt = state.get("last_attempt")
-        failed_at = (
-            last_attempt if state.get("last_error") and isinstance(last_attempt, float) else 0.0
-        )
-        # After a failed backup, the next try waits RETRY_SECONDS.
-        if now - failed_at >= RETRY_SECONDS:
-            try:
-                kind = due_type(info(), settings, now)
-            except RuntimeError as error:
-                log(f"cannot read the repository: {error}", error=True)
-                kind = None
-            if kind:
-                take_backup(kind, settings)
-        time.sleep(TICK_SECONDS)
-
-
-def monitor(settings: Settings) -> None:
+def monitor(latest: LatestMeasurement) -> NoReturn:
     warned: list[str] = []
     while True:
-        values, problems = measure(settings)
-        MetricsHandler.body = prometheus_text(values)
+        latest.values, problems = measure()
         update_state(problems=problems)
         if problems != warned:
             for problem in problems:
@@ -376,16 +289,53 @@ def monitor(settings: Settings) -> None:
         time.sleep(TICK_SECONDS)
 
 
+def schedule() -> NoReturn:
+    latest = LatestMeasurement()
+    REGISTRY.register(latest)
+    start_http_server(METRICS_PORT)
+    log(
+        f"a backup every {EVERY:.0f} s, a full one every {FULL_EVERY:.0f} s,"
+        f" WAL kept for the newest {WAL_RETENTION} backups ({PITR_DAYS:g} days)"
+    )
+    STATE_FILE.unlink(missing_ok=True)
+    # Measured on a thread of its own, so a backup that runs for hours leaves the
+    # metrics and the healthcheck current; started first, so a repository that is
+    # unreachable from the start (stanza-create retrying) turns the service unhealthy.
+    threading.Thread(target=monitor, args=(latest,), daemon=True).start()
+    while subprocess.run(["pg_isready", "-q", "-h", SOCKET_DIR], check=False).returncode != 0:
+        time.sleep(2)
+    while True:
+        try:
+            run("pgbackrest", "stanza-create")
+            break
+        except RuntimeError as error:
+            log(f"stanza-create failed, retrying:\n{error}", error=True)
+            time.sleep(10)
+    while True:
+        state = read_state()
+        # After a failed backup, the next try waits RETRY_SECONDS.
+        failed_at = state.get("last_attempt", 0.0) if state.get("last_error") else 0.0
+        if time.time() - failed_at >= RETRY_SECONDS:
+            try:
+                kind = due_type(info(), time.time())
+            except RuntimeError as error:
+                log(f"cannot read the repository: {error}", error=True)
+                kind = None
+            if kind:
+                take_backup(kind)
+        time.sleep(TICK_SECONDS)
+
+
 def list_backups() -> int:
-    done = pgbackrest("info")
-    print(done.stdout.strip() or done.stderr.strip())
-    if done.returncode != 0:
-        return done.returncode
-    stanza = info()
+    try:
+        print(run("pgbackrest", "info"))
+        stanza = info()
+    except RuntimeError as error:
+        print(error)
+        return 1
     found = current_backups(stanza)
     if found:
-        fmt = "%Y-%m-%d %H:%M:%S+00"
-        start = time.strftime(fmt, time.gmtime(stop_time(found[0])))
+        start = time.strftime("%Y-%m-%d %H:%M:%S+00", time.gmtime(stop_time(found[0])))
         archive = stanza.get("archive", [])
         newest = archive[-1].get("max") if archive else None
         try:
@@ -401,45 +351,37 @@ def list_backups() -> int:
     return 0
 
 
-def restore(target: str | None) -> int:
+def restore(target: str) -> int:
     # hot_standby off: Postgres accepts no connection, so its healthcheck fails, until
     # the WAL is replayed to the target and the database is promoted.
     args = ["restore", "--delta", "--recovery-option=hot_standby=off"]
     if target:
         args += ["--type=time", f"--target={target}", "--target-action=promote"]
     log(f"restoring {'to ' + target if target else 'the latest state'}")
-    done = subprocess.run(["pgbackrest", *args], env=pgbackrest_env(), check=False)
-    return done.returncode
+    return subprocess.run(["pgbackrest", *args], env=ENV, check=False).returncode
 
 
 def check() -> int:
-    state = read_state()
-    problems = state.get("problems", [])
-    if isinstance(problems, list) and problems:
-        print("; ".join(str(p) for p in problems))
-        return 1
-    print("backups: ok")
-    return 0
+    problems = read_state().get("problems")
+    print("; ".join(map(str, problems)) if problems else "backups: ok")
+    return 1 if problems else 0
 
 
 def main(argv: list[str]) -> int:
-    settings = Settings.from_env()
-    command = argv[0] if argv else "schedule"
+    command, *args = argv or ["schedule"]
+    arg = args[0] if args else ""
     if command == "schedule":
-        schedule(settings)
-    elif command == "now":
-        kind = argv[1] if len(argv) > 1 else due_type(info(), settings, time.time()) or "incr"
-        return 0 if take_backup(kind, settings) else 1
-    elif command == "list":
+        schedule()
+    if command == "now":
+        return 0 if take_backup(arg or due_type(info(), time.time()) or "incr") else 1
+    if command == "list":
         return list_backups()
-    elif command == "restore":
-        return restore(argv[1] if len(argv) > 1 and argv[1] else None)
-    elif command == "check":
+    if command == "restore":
+        return restore(arg)
+    if command == "check":
         return check()
-    else:
-        print(__doc__, file=sys.stderr)
-        return 2
-    return 0
+    print(__doc__, file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

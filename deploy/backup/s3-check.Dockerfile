@@ -1,4 +1,4 @@
-# An S3-compatible server for `make backup-check-s3` (scripts/backup-check-s3.sh): Moto's
+# An S3-compatible server for `make backup-check-s3` (scripts/restore-check.sh s3): Moto's
 # S3, from PyPI, served over TLS by Gunicorn with a self-signed certificate made at
 # build time. Gunicorn rather than `moto_server --ssl`: Werkzeug's development server
 # ends TLS connections without a close_notify, which pgBackRest's client rejects. A
