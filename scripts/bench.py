@@ -157,6 +157,10 @@ class Target:
     item_id: str  # a seeded item
     api_key: str  # every /api/v1 route needs one (docs/auth.md)
     token: str  # for the bearer rows
+    addresses: dict[str, str]  # each service's
+
+    def url(self, row: Row) -> str:
+        return f"http://{self.addresses[row.server]}:8000{row.path.replace('{id}', self.item_id)}"
 
     def header(self, row: Row) -> str:
         # The floors get it too (and ignore it): every row sends the same request bytes.
@@ -201,7 +205,7 @@ def stack(services: list[str]) -> Iterator[Target]:
         log(f"seeding {SEED_ITEMS} items")
         seed = ("exec", "-T", "app", "python", "-", str(SEED_ITEMS), api_key)
         item_id = compose(*seed, stdin=(ROOT / "bench" / "seed.py").read_text()).strip()
-        yield Target(item_id, api_key, make_token())
+        yield Target(item_id, api_key, make_token(), addresses())
         failed = False
     finally:
         if failed:
@@ -214,6 +218,17 @@ def stack(services: list[str]) -> Iterator[Target]:
             log("BENCH_KEEP=1: the stack is left running; `make bench-down` removes it")
         else:
             compose("down", "-v", "-t", "5", check=False)
+
+
+def addresses() -> dict[str, str]:
+    """wrk is given addresses, not names: Docker's DNS, slow on a busy machine, would
+    otherwise fail a run now and then."""
+    template = (
+        '{{index .Config.Labels "com.docker.compose.service"}}'
+        " {{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}"
+    )
+    output = run("docker", "inspect", "-f", template, *compose("ps", "-q").split())
+    return {name: address for name, address in (line.split() for line in output.splitlines())}
 
 
 def make_api_key() -> str:
@@ -245,31 +260,18 @@ def check_same_bodies(rows: list[Row], target: Target) -> None:
     for floor, row in SAME_BODY:
         if floor in measured or row in measured:
             fetch = ("exec", "-T", "app", "python", "-c", FETCH)
-            urls = (url_for(by_key[key], target.item_id) for key in (floor, row))
+            urls = (target.url(by_key[key]) for key in (floor, row))
             bodies = [compose(*fetch, url, target.api_key) for url in urls]
             if bodies[0] != bodies[1]:
                 raise SystemExit(f"bench: {floor} and {row} answer different bodies:\n{bodies}")
             log(f"{floor} answers {row}'s body byte for byte ({len(bodies[0])} bytes)")
 
 
-_addresses: dict[str, str] = {}
-
-
-def url_for(row: Row, item_id: str) -> str:
-    """wrk is given addresses, not names: Docker's DNS, slow on a busy machine, would
-    otherwise fail a run now and then."""
-    if row.server not in _addresses:
-        container = compose("ps", "-q", row.server).strip()
-        template = "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}"
-        _addresses[row.server] = run("docker", "inspect", "-f", template, container).strip()
-    return f"http://{_addresses[row.server]}:8000{row.path.replace('{id}', item_id)}"
-
-
 def wrk_args(row: Row, target: Target, seconds: int) -> list[str]:
     # With a script, wrk keeps -H's headers in wrk.headers, beside the script's own.
     args = ["wrk", "-t2", f"-c{row.connections}", f"-d{seconds}s", "-H", target.header(row)]
     script, *script_args = (row.script or "report.lua").split()
-    args += ["-s", f"/bench/{script}", url_for(row, target.item_id)]
+    args += ["-s", f"/bench/{script}", target.url(row)]
     if row.script:
         prefix = uuid.uuid4().hex[:8]  # create.lua's names: unique to this run
         args += ["--", prefix, *script_args]
@@ -287,8 +289,9 @@ def one_round(row: Row, target: Target, seconds: int) -> Measurement:
     if "enqueue_rate" in result:
         log(f"{row.key}: enqueued at {result['enqueue_rate']:,.0f}/s")
     if "timeouts" in result and result["errors"]:  # wrk's: which errors they were
-        counts = f"{result['non_2xx_3xx']} non-2xx/3xx, {result['timeouts']} timeouts (2 s)"
-        log(f"{row.key}: {result['errors']} errors: {counts}, the rest socket errors")
+        statuses, timeouts = result["non_2xx_3xx"], result["timeouts"]
+        others = result["errors"] - statuses - timeouts
+        log(f"{row.key} errors: {statuses} non-2xx/3xx, {timeouts} timeouts (2 s), {others} other")
     return Measurement(**{f.name: result[f.name] for f in fields(Measurement)})
 
 
