@@ -1,13 +1,11 @@
 -- POST /api/v1/items with a name no other request of this run uses (names are unique);
 -- with "keyed", each also carries an Idempotency-Key of its own (its cost on a write).
 -- Usage: wrk ... -s create.lua URL -- <run-prefix> [keyed]
+dofile("/bench/report.lua")
+local threads, counter, prefix, keyed = 0, 0, "bench", false
+
 -- Each wrk thread has its own Lua state: setup() numbers them from the main state,
 -- thread:set() makes that number a global in the thread's state.
-local threads = 0
-local counter = 0
-local prefix = "bench"
-local keyed = false
-
 function setup(thread)
   threads = threads + 1
   thread:set("thread_number", threads)
@@ -23,9 +21,8 @@ end
 function request()
   counter = counter + 1
   local name = string.format("%s-%d-%d", prefix, thread_number, counter)
-  local body = string.format('{"name":"%s"}', name)
   if keyed then
     wrk.headers["Idempotency-Key"] = name
   end
-  return wrk.format(nil, nil, nil, body)
+  return wrk.format(nil, nil, nil, string.format('{"name":"%s"}', name))
 end

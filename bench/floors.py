@@ -18,7 +18,7 @@ from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import Depends, FastAPI, HTTPException, Response
+from fastapi import Depends, FastAPI, HTTPException, Request, Response
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy import DateTime, String, Text, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
@@ -64,17 +64,13 @@ class Page(BaseModel):
     next_cursor: str | None
 
 
-sessions: async_sessionmaker[AsyncSession] | None = None
-
-
 @asynccontextmanager
-async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-    global sessions  # noqa: PLW0603  # one engine per worker, made after the fork
+async def lifespan(_: FastAPI) -> AsyncIterator[dict[str, async_sessionmaker[AsyncSession]]]:
+    # One engine per worker, made after the fork.
     url = os.environ["DATABASE_URL"].replace("postgresql://", "postgresql+asyncpg://", 1)
     size = int(os.environ.get("DB_POOL_SIZE", "10"))  # the app's default
     engine = create_async_engine(url, pool_size=size, max_overflow=0)
-    sessions = async_sessionmaker(engine, expire_on_commit=False)
-    yield
+    yield {"sessions": async_sessionmaker(engine, expire_on_commit=False)}
     await engine.dispose()
 
 
@@ -82,9 +78,8 @@ data = FastAPI(lifespan=lifespan)
 data.add_api_route("/health", liveness)  # the image's healthcheck; not measured
 
 
-async def get_session() -> AsyncIterator[AsyncSession]:
-    assert sessions is not None  # noqa: S101
-    async with sessions() as session:
+async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
+    async with request.state.sessions() as session:
         yield session
 
 

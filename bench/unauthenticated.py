@@ -54,5 +54,4 @@ async def lifespan(application: FastAPI) -> AsyncIterator[AppState]:
 
 
 app.router.lifespan_context = lifespan
-
 __all__ = ["app"]

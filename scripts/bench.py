@@ -4,27 +4,19 @@
     scripts/bench.py              # build, measure, print the table, check the bars
     scripts/bench.py profile ROW  # py-spy flame graph of the app under load (PROFILE_SECONDS)
 
-Every server runs the production image with the same environment, worker count and CPU
-limit (bench/compose.yml); wrk loads one at a time from a container on the same network.
-Rows take turns round by round (in reverse every other round), so a noisy neighbour
-slows all of them alike. The bars are ratios between rows of one run, which hold from
-one machine to another; absolute figures do not (docs/benchmarks.md). The job rows run
-bench/jobs.py in the `jobs` container instead of wrk.
-
 Settings (environment): BENCH_SHORT=1 (a few seconds a row), BENCH_ROWS=health,page
 (only those rows), BENCH_STRICT=0 (report missed bars without failing; over 1 % errors
 always fails), BENCH_ROUNDS, BENCH_SECONDS, BENCH_WARMUP_SECONDS, BENCH_CPUS (each
 server's CPU limit, default 2), BENCH_IMAGE (an image built elsewhere; skips the build),
 BENCH_KEEP=1 (leave the stack running), BENCH_JOBS (no-op jobs a round),
-BENCH_WRITE_ROUNDS, BENCH_WRITE_SECONDS (the order write rows). Standard library only:
-runs on the host's python3.
+BENCH_WRITE_ROUNDS, BENCH_WRITE_SECONDS (the order write rows). docs/benchmarks.md says
+how it measures. Standard library only: runs on the host's python3.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -39,7 +31,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
-COMPOSE = ["docker", "compose", "-f", str(ROOT / "bench" / "compose.yml")]
+COMPOSE = ("docker", "compose", "-f", str(ROOT / "bench" / "compose.yml"))
 IMAGE = f"{os.environ.get('SERVICE_NAME', 'app')}:bench"  # make: pyproject.toml's name
 PY_SPY_IMAGE = "fsbench-py-spy:local"
 SEED_ITEMS = 1000
@@ -68,9 +60,22 @@ class Row:
     path: str = ""  # {id} is replaced by a seeded item's id
     script: str = ""  # a wrk Lua script in bench/, then its arguments
     bearer: bool = False  # send a JWT (Authorization: Bearer) instead of an X-API-Key
-    driver: str = ""  # instead of wrk: bench/jobs.py's command (drain, live, write)
+    # Instead of wrk: bench/jobs.py's command; {id}, {jobs} and {seconds} are filled in.
+    driver: str = ""
+    connections: int = 64  # wrk's, in flight at once
+
+    @property
+    def writes(self) -> bool:
+        """One of the order write pair, close in cost: more, shorter rounds, the median."""
+        return self.driver.startswith("write")
 
 
+# A create holds a pooled connection for its whole transaction: past the servers' pools
+# (2 workers x DB_POOL_SIZE 10), requests queue for one, and on a busy machine a few wait
+# out DB_POOL_TIMEOUT and get a 503, the app shedding load as designed. The creates keep
+# the pools busy with a short queue instead: their rate, not the shedding, is measured.
+WRITERS = 32
+WRITE_ON, WRITE_OFF = "write on {id} {seconds}", "write off {id} {seconds}"
 PAGE = "/api/v1/items?limit=20"
 ITEM = "/api/v1/items/{id}"
 ITEMS = "/api/v1/items"
@@ -88,13 +93,17 @@ ROWS = (
     # Both send the same token, so they differ only in its check (bench/unauthenticated.py).
     Row("item-open", "cached read, no authentication", "unauthenticated", ITEM, bearer=True),
     Row("item-bearer", "cached read, bearer token", "app", ITEM, bearer=True),
-    Row("create", f"POST {ITEMS}", "app", ITEMS, script="create.lua"),
-    Row("create-keyed", f"POST {ITEMS}, Idempotency-Key", "app", ITEMS, script="create.lua keyed"),
-    Row("jobs-drain", "no-op jobs/s, a backlog drained", "jobs", driver="drain"),
-    Row("jobs-live", "no-op jobs/s, enqueued as it runs", "jobs", driver="live"),
+    Row("create", f"POST {ITEMS}", "app", ITEMS, script="create.lua", connections=WRITERS),
+    Row(
+        *("create-keyed", f"POST {ITEMS}, Idempotency-Key", "app", ITEMS),
+        script="create.lua keyed",
+        connections=WRITERS,
+    ),
+    Row("jobs-drain", "no-op jobs/s, a backlog drained", "jobs", driver="drain {jobs}"),
+    Row("jobs-live", "no-op jobs/s, enqueued as it runs", "jobs", driver="live {jobs}"),
     # The orders service's create transaction, with its confirm_order enqueue and without.
-    Row("order-write", "order write, its job enqueued (tx/s)", "jobs", driver="write"),
-    Row("order-write-bare", "order write, no enqueue (tx/s)", "jobs", driver="write"),
+    Row("order-write", "order write, its job enqueued (tx/s)", "jobs", driver=WRITE_ON),
+    Row("order-write-bare", "order write, no enqueue (tx/s)", "jobs", driver=WRITE_OFF),
 )
 
 
@@ -136,9 +145,9 @@ class RowResult:
 
     @property
     def kept(self) -> Measurement:
-        """The best round; for the write pair, close in cost, the round of median rate."""
+        """The best round; for the write pair, the round of median rate."""
         ordered = sorted(self.rounds, key=lambda m: m.rps)
-        return ordered[(len(ordered) - 1) // 2] if self.row.driver == "write" else ordered[-1]
+        return ordered[(len(ordered) - 1) // 2] if self.row.writes else ordered[-1]
 
 
 @dataclass(frozen=True)
@@ -148,6 +157,10 @@ class Target:
     item_id: str  # a seeded item
     api_key: str  # every /api/v1 route needs one (docs/auth.md)
     token: str  # for the bearer rows
+    addresses: dict[str, str]  # each service's
+
+    def url(self, row: Row) -> str:
+        return f"http://{self.addresses[row.server]}:8000{row.path.replace('{id}', self.item_id)}"
 
     def header(self, row: Row) -> str:
         # The floors get it too (and ignore it): every row sends the same request bytes.
@@ -158,19 +171,19 @@ def log(message: str) -> None:
     print(f"bench: {message}", file=sys.stderr, flush=True)
 
 
-def run(*args: str, stdin: str | None = None) -> str:
-    """Run a command, return its stdout; fail with its stderr."""
+def run(*args: str, stdin: str | None = None, check: bool = True) -> str:
+    """Run a command, return its stdout; fail with its output unless check=False."""
     result = subprocess.run(  # noqa: S603  # fixed docker and git commands, no shell
         args, cwd=ROOT, input=stdin, capture_output=True, text=True, check=False
     )
-    if result.returncode != 0:
+    if check and result.returncode != 0:
         sys.stderr.write(result.stdout + result.stderr)
         raise subprocess.CalledProcessError(result.returncode, args)
     return result.stdout
 
 
-def compose(*args: str, stdin: str | None = None) -> str:
-    return run(*COMPOSE, *args, stdin=stdin)
+def compose(*args: str, stdin: str | None = None, check: bool = True) -> str:
+    return run(*COMPOSE, *args, stdin=stdin, check=check)
 
 
 @contextmanager
@@ -192,24 +205,30 @@ def stack(services: list[str]) -> Iterator[Target]:
         log(f"seeding {SEED_ITEMS} items")
         seed = ("exec", "-T", "app", "python", "-", str(SEED_ITEMS), api_key)
         item_id = compose(*seed, stdin=(ROOT / "bench" / "seed.py").read_text()).strip()
-        yield Target(item_id, api_key, make_token())
+        yield Target(item_id, api_key, make_token(), addresses())
         failed = False
     finally:
         if failed:
             RESULTS.mkdir(exist_ok=True)
             path = RESULTS / "failed-run.log"
-            with path.open("w") as out:
-                for args in (["ps", "-a"], ["logs", "--no-color", "--tail", "200"]):
-                    subprocess.run(  # noqa: S603  # a fixed docker command, no shell
-                        [*COMPOSE, *args], cwd=ROOT, stdout=out, stderr=out, check=False
-                    )
+            logs = ("logs", "--no-color", "--tail", "200")
+            path.write_text(compose("ps", "-a", check=False) + compose(*logs, check=False))
             log(f"the stack's state and logs: {path.relative_to(ROOT)}")
         if os.environ.get("BENCH_KEEP") == "1":
             log("BENCH_KEEP=1: the stack is left running; `make bench-down` removes it")
         else:
-            subprocess.run(  # noqa: S603  # a fixed docker command, no shell
-                [*COMPOSE, "down", "-v", "-t", "5"], cwd=ROOT, capture_output=True, check=False
-            )
+            compose("down", "-v", "-t", "5", check=False)
+
+
+def addresses() -> dict[str, str]:
+    """wrk is given addresses, not names: Docker's DNS, slow on a busy machine, would
+    otherwise fail a run now and then."""
+    template = (
+        '{{index .Config.Labels "com.docker.compose.service"}}'
+        " {{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}"
+    )
+    output = run("docker", "inspect", "-f", template, *compose("ps", "-q").split())
+    return {name: address for name, address in (line.split() for line in output.splitlines())}
 
 
 def make_api_key() -> str:
@@ -222,11 +241,10 @@ def make_api_key() -> str:
 def make_token() -> str:
     """From the stack's issuer, with the bearer rows' scope, valid longer than any run."""
     command = (
-        *("python", "/issuer/dev_issuer.py", "--keys", "/keys", "--issuer", "https://issuer:8443"),
-        *("token", "--audience", "bench", "--scopes", "items:read", "--sub", "bench"),
-        *("--ttl", "14400"),
+        "python /issuer/dev_issuer.py --keys /keys --issuer https://issuer:8443 token"
+        " --audience bench --scopes items:read --sub bench --ttl 14400"
     )
-    return compose("exec", "-T", "issuer", *command).strip()
+    return compose("exec", "-T", "issuer", *command.split()).strip()
 
 
 FETCH = """
@@ -242,118 +260,69 @@ def check_same_bodies(rows: list[Row], target: Target) -> None:
     for floor, row in SAME_BODY:
         if floor in measured or row in measured:
             fetch = ("exec", "-T", "app", "python", "-c", FETCH)
-            urls = (url_for(by_key[key], target.item_id) for key in (floor, row))
+            urls = (target.url(by_key[key]) for key in (floor, row))
             bodies = [compose(*fetch, url, target.api_key) for url in urls]
             if bodies[0] != bodies[1]:
                 raise SystemExit(f"bench: {floor} and {row} answer different bodies:\n{bodies}")
             log(f"{floor} answers {row}'s body byte for byte ({len(bodies[0])} bytes)")
 
 
-UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}
-
-
-def parse_wrk(output: str) -> Measurement:
-    def find(pattern: str) -> str:
-        match = re.search(pattern, output)
-        if match is None:
-            raise ValueError(f"wrk output without {pattern!r}:\n{output}")
-        return match.group(1)
-
-    def ms(pattern: str) -> float:
-        number, unit = re.fullmatch(r"([\d.]+)([a-z]+)", find(pattern)).groups()  # type: ignore[union-attr]
-        return float(number) * UNITS_MS[unit]
-
-    socket_errors = re.search(r"Socket errors: (.*)", output)
-    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
-    errors = sum(int(n) for n in re.findall(r"\d+", socket_errors.group(1))) if socket_errors else 0
-    return Measurement(
-        rps=float(find(r"Requests/sec:\s+([\d.]+)")),
-        p50_ms=ms(r"\s50%\s+(\S+)"),
-        p99_ms=ms(r"\s99%\s+(\S+)"),
-        requests=int(find(r"(\d+) requests in")),
-        errors=errors + (int(non_2xx.group(1)) if non_2xx else 0),
-    )
-
-
-_addresses: dict[str, str] = {}
-
-
-def url_for(row: Row, item_id: str) -> str:
-    """wrk is given addresses, not names: Docker's DNS, slow on a busy machine, would
-    otherwise fail a run now and then."""
-    if row.server not in _addresses:
-        container = compose("ps", "-q", row.server).strip()
-        template = "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}"
-        _addresses[row.server] = run("docker", "inspect", "-f", template, container).strip()
-    return f"http://{_addresses[row.server]}:8000{row.path.replace('{id}', item_id)}"
-
-
 def wrk_args(row: Row, target: Target, seconds: int) -> list[str]:
     # With a script, wrk keeps -H's headers in wrk.headers, beside the script's own.
-    args = ["wrk", "-t2", "-c64", f"-d{seconds}s", "--latency", "-H", target.header(row)]
-    url = url_for(row, target.item_id)
+    args = ["wrk", "-t2", f"-c{row.connections}", f"-d{seconds}s", "-H", target.header(row)]
+    script, *script_args = (row.script or "report.lua").split()
+    args += ["-s", f"/bench/{script}", target.url(row)]
     if row.script:
-        script, *script_args = row.script.split()
         prefix = uuid.uuid4().hex[:8]  # create.lua's names: unique to this run
-        return [*args, "-s", f"/bench/{script}", url, "--", prefix, *script_args]
-    return [*args, url]
-
-
-def jobs_driver(*args: str) -> list[dict[str, Any]]:
-    """bench/jobs.py's results: one line `bench-result {json}` each."""
-    lines = compose("exec", "-T", "jobs", "python", "/bench/jobs.py", *args).splitlines()
-    return [json.loads(line.split(" ", 1)[1]) for line in lines if line.startswith("bench-result ")]
-
-
-def measurement(result: dict[str, Any]) -> Measurement:
-    """A bench/jobs.py result, which leaves out latencies where they mean nothing."""
-    values: dict[str, Any] = {f.name: result.get(f.name) for f in fields(Measurement)}
-    return Measurement(**values)
+        args += ["--", prefix, *script_args]
+    return args
 
 
 def one_round(row: Row, target: Target, seconds: int) -> Measurement:
-    if not row.driver:
-        return parse_wrk(compose("exec", "-T", "wrk", *wrk_args(row, target, seconds)))
-    [result] = jobs_driver(row.driver, str(JOBS))
+    """A round of wrk, or of bench/jobs.py: each prints its result last, after a marker."""
+    if row.driver:
+        command = row.driver.format(id=target.item_id, jobs=JOBS, seconds=seconds).split()
+        output = compose("exec", "-T", "jobs", "python", "/bench/jobs.py", *command)
+    else:
+        output = compose("exec", "-T", "wrk", *wrk_args(row, target, seconds))
+    result = json.loads(output.rsplit("bench-result ", 1)[1])
     if "enqueue_rate" in result:
         log(f"{row.key}: enqueued at {result['enqueue_rate']:,.0f}/s")
-    return measurement(result)
+    if "timeouts" in result and result["errors"]:  # wrk's: which errors they were
+        statuses, timeouts = result["non_2xx_3xx"], result["timeouts"]
+        others = result["errors"] - statuses - timeouts
+        log(f"{row.key} errors: {statuses} non-2xx/3xx, {timeouts} timeouts (2 s), {others} other")
+    return Measurement(**{f.name: result[f.name] for f in fields(Measurement)})
 
 
 def measure(rows: list[Row], target: Target) -> dict[str, RowResult]:
     results = {row.key: RowResult(row) for row in rows}
-    loaded = [row for row in rows if not row.driver]
-    reads, creates = [r for r in loaded if not r.script], [r for r in loaded if r.script]
-    throughput = [r for r in rows if r.driver in ("drain", "live")]
-    for group in (group for group in (reads, creates, throughput) if group):
-        if not group[0].driver:  # the wrk rows, warmed up first
+    reads = [row for row in rows if not row.driver and not row.script]
+    creates = [row for row in rows if row.script]
+    jobs = [row for row in rows if row.driver and not row.writes]
+    writes = [row for row in rows if row.writes]
+    for group, rounds, seconds in (
+        (reads, ROUNDS, SECONDS),
+        (creates, ROUNDS, SECONDS),
+        (jobs, ROUNDS, SECONDS),  # each round a fresh start of its own: no warm-up
+        (writes, WRITE_ROUNDS, WRITE_SECONDS),
+    ):
+        if group and group is not jobs:
             log(f"warm-up, {WARMUP_SECONDS} s a row: {', '.join(r.key for r in group)}")
             for row in group:
                 one_round(row, target, WARMUP_SECONDS)
-        for number in range(1, ROUNDS + 1):
+        for number in range(1, rounds + 1):
             # Every other round in reverse: no row always runs right after the same one.
             for row in group if number % 2 else reversed(group):
-                measured = one_round(row, target, SECONDS)
+                measured = one_round(row, target, seconds)
                 results[row.key].rounds.append(measured)
-                unit = "jobs/s" if row.driver else "requests/s"
-                log(f"round {number} {row.key:12} {measured.rps:9,.0f} {unit}")
-    if any(r.driver == "write" for r in rows):
-        measure_writes(results, target.item_id)
-    return results
-
-
-def measure_writes(results: dict[str, RowResult], item_id: str) -> None:
-    """The write pair: bench/jobs.py alternates them itself, round by round."""
-    log(f"order writes: {WRITE_ROUNDS} rounds x {WRITE_SECONDS} s, with and without the enqueue")
-    for result in jobs_driver("write", item_id, str(WRITE_ROUNDS), str(WRITE_SECONDS)):
-        key = "order-write" if result["row"] == "on" else "order-write-bare"
-        if key in results:
-            results[key].rounds.append(measurement(result))
-        log(f"round {result['round']} {key:16} {result['rps']:9,.0f} transactions/s")
+                unit = "transactions/s" if row.writes else "jobs/s" if row.driver else "requests/s"
+                log(f"round {number} {row.key:16} {measured.rps:9,.0f} {unit}")
     if "order-write" in results and "order-write-bare" in results:
         pairs = zip(results["order-write"].rounds, results["order-write-bare"].rounds, strict=True)
         ratios = ", ".join(f"{with_job.rps / bare.rps:.3f}" for with_job, bare in pairs)
         log(f"order writes, with over without, round by round: {ratios}")
+    return results
 
 
 def check_bars(kept: dict[str, Measurement]) -> list[dict[str, Any]]:
