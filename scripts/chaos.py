@@ -1676,6 +1676,7 @@ async def run_fault(stack: Stack, fault: Fault, phases: Phases) -> Result:
             readiness = await probe
         except (RuntimeError, subprocess.SubprocessError) as exc:
             error = f"inject: {exc}"
+            log(f"{fault.name}: {error}")  # before recover, whose own failure would hide it
         await asyncio.to_thread(fault.recover, stack)
         back_at = load.now()
         after = asyncio.create_task(asyncio.sleep(phases.after_s))
