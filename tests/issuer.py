@@ -42,19 +42,31 @@ class Issuer:
         )
         return done.stdout.strip()
 
-    def start(self) -> None:
-        self._process = subprocess.Popen(  # noqa: S603  # our own interpreter and arguments
-            self._command("serve", "--port", str(self.port)), stdout=subprocess.DEVNULL
-        )
+    def start(self, attempts: int = 3) -> None:
+        """Serve, on a new free port if another process took this one first: between
+        free_port() and the server's bind, any socket of the machine may be given it."""
+        for _ in range(attempts):
+            self._process = subprocess.Popen(  # noqa: S603  # our own interpreter and arguments
+                self._command("serve", "--port", str(self.port)), stdout=subprocess.DEVNULL
+            )
+            if self._serving(self._process):
+                return
+            self.port = free_port()
+            self.url = f"http://127.0.0.1:{self.port}"
+        raise RuntimeError(f"the test issuer could not start in {attempts} attempts")
+
+    def _serving(self, process: subprocess.Popen[bytes]) -> bool:
+        """Whether the server answers within 15 s; False at once if it exited."""
         deadline = time.monotonic() + 15
-        while True:
+        while process.poll() is None:
             try:
                 urllib.request.urlopen(f"{self.url}/jwks.json", timeout=1).close()  # noqa: S310
-                return
+                return True
             except OSError:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.05)
+        return False
 
     def stop(self) -> None:
         if self._process is not None:
