@@ -16,11 +16,12 @@ import importlib.util
 import pkgutil
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Annotated
+from typing import Annotated, Any, cast
 
+import asyncpg
 import structlog
 from fastapi import Depends
-from sqlalchemy import MetaData, event
+from sqlalchemy import MetaData, event, text
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -113,6 +114,20 @@ async def discard(session: AsyncSession) -> None:
     The session stays usable; `get_session` still owns the commit."""
     await session.rollback()
     session.info.pop(_AFTER_COMMIT, None)
+
+
+async def driver_connection(session: AsyncSession) -> asyncpg.Connection[Any]:
+    """The session's own asyncpg connection, inside its transaction: for a library that
+    speaks asyncpg, such as PgQueuer's enqueue. What it writes commits or rolls back with
+    the session. Its errors are asyncpg's, not SQLAlchemy's: app/core/errors.py answers
+    them the same way (a lock or statement timeout, a lost connection: 503)."""
+    connection = await session.connection()
+    raw = cast("asyncpg.Connection[Any]", (await connection.get_raw_connection()).driver_connection)
+    if not raw.is_in_transaction():
+        # SQLAlchemy sends its BEGIN with the session's first statement: send one, or
+        # what goes through `raw` would run outside the transaction.
+        await connection.execute(text("SELECT 1"))
+    return raw
 
 
 async def _run_after_commit(session: AsyncSession) -> None:

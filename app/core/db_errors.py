@@ -57,6 +57,13 @@ def is_transient(exc: DBAPIError) -> bool:
         # No server code: either the driver lost or never had a connection, or it
         # refused the statement itself (a value it cannot encode: a bug, not an outage).
         return isinstance(exc, OperationalError | InterfaceError)
+    return is_transient_sqlstate(code)
+
+
+def is_transient_sqlstate(code: str) -> bool:
+    """is_transient for a bare SQLSTATE: also how asyncpg's own errors are classified,
+    raised by a statement sent on the driver connection (app/core/db.py's
+    driver_connection), where SQLAlchemy does not wrap them."""
     return code in _TRANSIENT_SQLSTATES or code.startswith(_TRANSIENT_SQLSTATE_CLASSES)
 
 

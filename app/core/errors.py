@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from http import HTTPStatus
 from typing import Any
 
+import asyncpg
 import structlog
 from fastapi import FastAPI, Request, status
 from fastapi.exceptions import RequestValidationError
@@ -22,7 +23,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.core.db_errors import is_transient, sqlstate
+from app.core.db_errors import is_transient, is_transient_sqlstate, sqlstate
 from app.core.request_id import REQUEST_ID_HEADER, current_request_id
 
 PROBLEM_JSON = "application/problem+json"
@@ -176,6 +177,16 @@ async def _database_error(request: Request, exc: Exception) -> JSONResponse:
     return unavailable_response(request)
 
 
+async def _driver_error(request: Request, exc: Exception) -> JSONResponse:
+    # asyncpg's own error, from the session's driver connection (app/core/db.py's
+    # driver_connection: a job's enqueue), classified as a DBAPIError is.
+    code = getattr(exc, "sqlstate", None)
+    if not isinstance(code, str) or not is_transient_sqlstate(code):
+        raise exc
+    logger.warning("database unavailable", error=type(exc).__name__, sqlstate=code)
+    return unavailable_response(request)
+
+
 async def _dependency_unavailable(request: Request, exc: Exception) -> JSONResponse:
     logger.warning("dependency unavailable", error=type(exc).__name__)
     return unavailable_response(request)
@@ -202,6 +213,7 @@ def register_exception_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(sa_exc.DBAPIError, _database_error)
+    app.add_exception_handler(asyncpg.PostgresError, _driver_error)
     app.add_exception_handler(OSError, _os_error)
     app.add_exception_handler(sa_exc.TimeoutError, _dependency_unavailable)
     app.add_exception_handler(Exception, _unhandled_error)

@@ -18,7 +18,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from app.core.application import build_app
 from app.core.config import Settings
-from app.core.db import NAMING_CONVENTION, ReadSessionDep, SessionDep
+from app.core.db import NAMING_CONVENTION, ReadSessionDep, SessionDep, driver_connection
 from app.core.db_errors import UNIQUE_VIOLATION, flush_or_raise
 from app.core.errors import AppError
 from app.core.idempotency import IdempotentRoute, idempotent
@@ -89,6 +89,13 @@ async def query_database(session: SessionDep, sql: str = "SELECT 1") -> int | No
 async def read_database(session: ReadSessionDep, sql: str = "SELECT 1") -> int | None:
     """/db through the read-only session."""
     value = await session.scalar(text(sql))
+    return value if isinstance(value, int) else None
+
+
+@router.get("/driver")
+async def query_driver(session: SessionDep, sql: str = "SELECT 1") -> int | None:
+    """/db on the session's asyncpg connection, as a job's enqueue sends its statement."""
+    value = await (await driver_connection(session)).fetchval(sql)
     return value if isinstance(value, int) else None
 
 

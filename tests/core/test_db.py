@@ -24,11 +24,14 @@ from tests.conftest import with_overrides
 from tests.core.conftest import CoreClientMaker, Widget
 from tests.core.problems import assert_problem
 
-# The same probe through SessionDep and through ReadSessionDep: the same failure semantics.
-THROUGH_EITHER_SESSION = pytest.mark.parametrize("route", ["/probe/db", "/probe/read"])
+# The same probe through SessionDep, ReadSessionDep and the session's asyncpg connection
+# (driver_connection, whose errors are asyncpg's own): the same failure semantics.
+THROUGH_EVERY_SESSION = pytest.mark.parametrize(
+    "route", ["/probe/db", "/probe/read", "/probe/driver"]
+)
 
 
-@THROUGH_EITHER_SESSION
+@THROUGH_EVERY_SESSION
 async def test_statement_timeout_is_503(
     make_core_client: CoreClientMaker, settings: Settings, route: str
 ) -> None:
@@ -41,7 +44,7 @@ async def test_statement_timeout_is_503(
     assert time.perf_counter() - started < 2
 
 
-@THROUGH_EITHER_SESSION
+@THROUGH_EVERY_SESSION
 async def test_lock_timeout_is_503_not_a_hang(
     make_core_client: CoreClientMaker, settings: Settings, engine: AsyncEngine, route: str
 ) -> None:
@@ -62,7 +65,7 @@ async def test_lock_timeout_is_503_not_a_hang(
     assert_problem(response, 503)
 
 
-@THROUGH_EITHER_SESSION
+@THROUGH_EVERY_SESSION
 async def test_terminated_backend_is_503_then_recovers(
     make_core_client: CoreClientMaker, settings: Settings, engine: AsyncEngine, route: str
 ) -> None:
@@ -85,7 +88,7 @@ async def test_terminated_backend_is_503_then_recovers(
     assert statuses[-1] == 200  # the dead connection was dropped from the pool
 
 
-@THROUGH_EITHER_SESSION
+@THROUGH_EVERY_SESSION
 async def test_a_bug_in_sql_stays_500(core_client: AsyncClient, route: str) -> None:
     response = await core_client.get(route, params={"sql": "SELECT * FROM nowhere"})
     assert_problem(response, 500)
@@ -190,7 +193,7 @@ async def test_a_failing_after_commit_hook_leaves_the_commit_standing(
         assert list(names) == ["kept"]
 
 
-@THROUGH_EITHER_SESSION
+@THROUGH_EVERY_SESSION
 async def test_pool_wait_is_bounded(
     make_core_client: CoreClientMaker, settings: Settings, route: str
 ) -> None:

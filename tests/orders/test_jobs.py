@@ -6,9 +6,12 @@ from __future__ import annotations
 import orjson
 from httpx import AsyncClient
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
+from app.core.config import Settings
 from app.orders.jobs import CONFIRM_ORDER, confirm_order
+from tests.conftest import AppClientMaker, with_overrides
+from tests.core.problems import assert_problem
 from tests.items.helpers import create
 
 ORDERS = "/api/v1/orders"
@@ -53,3 +56,21 @@ async def test_a_refused_order_enqueues_nothing(
         text("SELECT count(*) FROM pgqueuer WHERE entrypoint = :job"), {"job": CONFIRM_ORDER}
     )
     assert count == 0
+
+
+async def test_a_job_queue_locked_past_the_lock_timeout_is_a_503_and_keeps_no_order(
+    make_client: AppClientMaker, settings: Settings, engine: AsyncEngine
+) -> None:
+    """The enqueue goes through asyncpg, not SQLAlchemy: its lock timeout is still a
+    retryable 503, and the order's own insert is rolled back with it."""
+    client = await make_client(with_overrides(settings, db_lock_timeout=0.2), isolated=False)
+    item = await create(client, "queue locked")
+    async with engine.connect() as holder:
+        await holder.execute(text("LOCK TABLE pgqueuer IN EXCLUSIVE MODE"))
+        try:
+            response = await client.post(ORDERS, json={"item_id": item["id"], "quantity": 1})
+        finally:
+            await holder.rollback()
+    assert_problem(response, 503)
+    assert response.headers["Retry-After"]
+    assert (await client.get(ORDERS, params={"item_id": item["id"]})).json()["items"] == []

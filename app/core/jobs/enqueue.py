@@ -5,20 +5,19 @@ its job. Redis plays no part.
     await enqueue(session, "confirm_order", {"order_id": str(order.id)},
                   dedupe_key=f"confirm_order:{order.id}")
 
-PgQueuer inserts through the session's own asyncpg connection. SQLAlchemy opens the
-transaction lazily, on its first statement, so an enqueue that came first would run
-outside it: `enqueue` makes sure it has begun.
+PgQueuer inserts through the session's own asyncpg connection (`driver_connection`),
+inside its transaction.
 """
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any
 
-import asyncpg
 import orjson
 from pgqueuer import AsyncpgDriver, Queries
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.core.db import driver_connection
 
 
 async def enqueue(
@@ -31,9 +30,5 @@ async def enqueue(
     """Add `job` with its JSON `payload`, committed with the session. With a
     `dedupe_key`, a second enqueue while the first is still waiting or running is
     skipped: handlers still run at least once, so make them idempotent."""
-    connection = await session.connection()
-    raw = cast("asyncpg.Connection[Any]", (await connection.get_raw_connection()).driver_connection)
-    if not raw.is_in_transaction():
-        await connection.execute(text("SELECT 1"))  # SQLAlchemy's BEGIN goes out with it
-    queries = Queries(AsyncpgDriver(raw))
+    queries = Queries(AsyncpgDriver(await driver_connection(session)))
     await queries.enqueue(job, orjson.dumps(payload), dedupe_key=dedupe_key, on_conflict="skip")
