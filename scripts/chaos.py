@@ -887,6 +887,22 @@ def terminate_storm(stack: Stack) -> None:
     log(f"{rounds} rounds of pg_terminate_backend: {killed} backends of role app terminated")
 
 
+CANCEL_S, CANCEL_EVERY_S = 12.0, 0.005  # CANCEL_APP sleeps CANCEL_EVERY_S
+# Every running statement of the app's role cancelled, as pg_cancel_backend or a storm of
+# statement timeouts does: some cancels land on a BEGIN (app/core/db.py says what that did).
+CANCEL_APP = (
+    "SELECT count(pg_cancel_backend(pid)) FROM pg_stat_activity WHERE usename = 'app'"
+    " AND state = 'active' AND pid <> pg_backend_pid(); SELECT pg_sleep(0.005);\n"
+)
+
+
+def cancel_storm(stack: Stack) -> None:
+    rounds = int(CANCEL_S / CANCEL_EVERY_S)
+    out = stack.exec("db", *PSQL, "-qtA", stdin=CANCEL_APP * rounds, timeout=CANCEL_S + 120)
+    cancelled = sum(int(line) for line in out.split() if line.isdigit())
+    log(f"{rounds} rounds of pg_cancel_backend: {cancelled} statements of role app cancelled")
+
+
 def listeners_back(stack: Stack) -> list[str]:
     """Every worker's near-cache listener live again within LISTENER_BACK_S of the storm's
     end, by the metric; skipped, with a note, when no listener was live before it."""
@@ -1544,6 +1560,14 @@ FAULTS = [
         bar=replace(DB_UNAVAILABLE, settle_s=3),
         hold_s=0,
         verify=listeners_back,
+    ),
+    Fault(
+        name="pg-cancel",
+        summary="every running app statement cancelled, every 5 ms for 12 s (reads, lists, PATCH)",
+        workload=mixed,
+        inject=cancel_storm,  # returns when the storm is over
+        bar=replace(DB_UNAVAILABLE, settle_s=3),
+        hold_s=0,
     ),
     Fault(
         name="proxy-restart",

@@ -22,6 +22,7 @@ import asyncpg
 import structlog
 from fastapi import Depends
 from sqlalchemy import MetaData, event, text
+from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -70,7 +71,7 @@ def _milliseconds(seconds: float) -> str:
 def create_engine(settings: Settings) -> AsyncEngine:
     """An engine with the configured pool and timeouts; call once per process (never
     before a fork)."""
-    return create_async_engine(
+    engine = create_async_engine(
         settings.sqlalchemy_url,
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
@@ -95,6 +96,28 @@ def create_engine(settings: Settings) -> AsyncEngine:
             },
         },
     )
+    event.listen(engine.sync_engine, "handle_error", _drop_connection_in_doubt)
+    return engine
+
+
+# A cancel (pg_cancel_backend, statement_timeout) can land on a transaction's BEGIN.
+# asyncpg then believes a transaction is open that the server never began, and every
+# later transaction on that connection sends SAVEPOINT and fails: the connection is
+# broken for good, yet goes back to the pool. So a cancelled statement, or an error about
+# the transaction's state (SQLSTATE class 25), drops its connection instead: the request
+# gets a 503 (app/core/db_errors.py: an invalidated connection is transient), the next
+# one a fresh connection. The rest of the pool is kept.
+_QUERY_CANCELED = "57014"
+_INVALID_TRANSACTION_STATE_CLASS = "25"
+
+
+def _drop_connection_in_doubt(context: ExceptionContext) -> None:
+    code = getattr(context.original_exception, "sqlstate", None)
+    if isinstance(code, str) and (
+        code == _QUERY_CANCELED or code.startswith(_INVALID_TRANSACTION_STATE_CLASS)
+    ):
+        context.is_disconnect = True
+        context.invalidate_pool_on_disconnect = False
 
 
 def create_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

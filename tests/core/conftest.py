@@ -7,7 +7,9 @@ import errno
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import datetime
+from typing import Any, cast
 
+import asyncpg
 import pytest
 from fastapi import APIRouter, FastAPI, Response
 from httpx import AsyncClient
@@ -97,6 +99,16 @@ async def query_driver(session: SessionDep, sql: str = "SELECT 1") -> int | None
     """/db on the session's asyncpg connection, as a job's enqueue sends its statement."""
     value = await (await driver_connection(session)).fetchval(sql)
     return value if isinstance(value, int) else None
+
+
+@router.post("/lose-transaction-state")
+async def lose_transaction_state(session: SessionDep) -> None:
+    """Leaves this request's pooled connection as a cancel that lands on BEGIN does:
+    asyncpg believes a transaction is open, the server has none."""
+    connection = await session.connection()
+    raw = cast("asyncpg.Connection[Any]", (await connection.get_raw_connection()).driver_connection)
+    await raw.transaction().start()
+    await raw.execute("ROLLBACK")
 
 
 @router.post("/limited", dependencies=[rate_limit("writes")])

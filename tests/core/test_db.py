@@ -88,6 +88,19 @@ async def test_terminated_backend_is_503_then_recovers(
     assert statuses[-1] == 200  # the dead connection was dropped from the pool
 
 
+async def test_a_connection_that_lost_track_of_its_transaction_is_dropped(
+    make_core_client: CoreClientMaker, settings: Settings
+) -> None:
+    """A cancel that lands on BEGIN leaves asyncpg sure a transaction is open that the
+    server never began: each later transaction on that connection fails (SAVEPOINT
+    outside a transaction). The connection is dropped at the first failure, not pooled
+    again: one 503, then a fresh connection."""
+    client = await make_core_client(with_overrides(settings, db_pool_size=1), isolated=False)
+    assert (await client.post("/probe/lose-transaction-state")).status_code == 200
+    statuses = [(await client.get("/probe/db")).status_code for _ in range(3)]
+    assert statuses == [503, 200, 200]
+
+
 @THROUGH_EVERY_SESSION
 async def test_a_bug_in_sql_stays_500(core_client: AsyncClient, route: str) -> None:
     response = await core_client.get(route, params={"sql": "SELECT * FROM nowhere"})
