@@ -181,7 +181,12 @@ rid=$(sed -nE 's/^[Xx]-[Rr]equest-[Ii][Dd]: (.+)$/\1/p' <<<"$refused")
 [ -n "$rid" ] && [[ "$refused" == *"\"request_id\":\"$rid\""* ]] ||
   fail "the proxy's 413 lacks a request id in its header and body: $refused" proxy
 expect 200 "a request after the refused bodies" GET "/api/v1/items?limit=1"
-log "proxy: nosniff, no HSTS over HTTP, 1.1 MB bodies refused with 413 (sized and chunked), with a request id"
+# Every request above sent the API key through the proxy: its access log must not hold it.
+proxy_log=$("${COMPOSE[@]}" logs --no-color proxy)
+if [[ "$proxy_log" == *'"X-Api-Key"'* || "$proxy_log" == *"$API_KEY"* ]]; then
+  fail "the proxy's access log holds the X-API-Key header" proxy
+fi
+log "proxy: nosniff, no HSTS over HTTP, 1.1 MB bodies refused with 413 (sized and chunked), with a request id, no API key logged"
 
 # Request ids from the edge: the proxy gives a request without one its UUID, which the
 # api keeps and logs; a well-formed id the client sends is kept as it is.
