@@ -1353,11 +1353,14 @@ def poison_audit(stack: Stack, end: str) -> list[str]:
     ((job_id, status, attempts),) = rows
     ((picks, retries, last_error, failed_jobs),) = sql(stack, POISON_LOG, job=job_id, end=end)
     listed = stack.exec("worker", "python", "-m", "app.core.jobs.cli", "failed")
-    in_cli = any(line.split("\t")[0] == job_id for line in listed.splitlines())
+    # Listed with what it died of: the poison payload's ValueError.
+    in_cli = any(
+        line.split("\t")[0] == job_id and "ValueError" in line for line in listed.splitlines()
+    )
     log(
         f"jobs: poison job {job_id} {status}, attempts={attempts} (JOBS_MAX_ATTEMPTS="
         f"{storm.max_attempts}), run {picks} times, retried {retries} times, last error "
-        f"{last_error!r}; {'listed' if in_cli else 'NOT listed'} by `cli failed`; "
+        f"{last_error!r}; {'listed' if in_cli else 'NOT listed'} with its error by `cli failed`; "
         f"{failed_jobs} failed jobs in all"
     )
     if status != "failed" or int(attempts) != storm.max_attempts:
@@ -1369,7 +1372,9 @@ def poison_audit(stack: Stack, end: str) -> list[str]:
     if not last_error.startswith("ValueError"):
         problems.append(f"poison job's last error not kept: {last_error!r}")
     if not in_cli:
-        problems.append("poison job missing from `python -m app.core.jobs.cli failed`")
+        problems.append(
+            "poison job not listed with its error by `python -m app.core.jobs.cli failed`"
+        )
     if int(failed_jobs) != 1:
         problems.append(f"{failed_jobs} failed jobs (bar: the poison alone)")
     return problems

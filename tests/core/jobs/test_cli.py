@@ -32,9 +32,22 @@ async def test_a_failed_job_is_listed_and_queued_again(
             ),
             {"n": job_name},
         )
+        await connection.execute(
+            text(
+                "INSERT INTO pgqueuer_log (job_id, status, entrypoint, priority, traceback)"
+                " VALUES (:i, 'exception', :n, 0, :t)"
+            ),
+            {
+                "i": job_id,
+                "n": job_name,
+                "t": '{"exception_type": "ValueError", "exception_message": "bad payload"}',
+            },
+        )
     # The CLI runs its own event loop (asyncio.run), so in a thread of its own here.
     assert await asyncio.to_thread(main, ["failed"]) == 0
-    assert f"{job_id}\t{job_name}\tattempts=6" in capsys.readouterr().out
+    listed = capsys.readouterr().out
+    assert f"{job_id}\t{job_name}\tattempts=6" in listed
+    assert "ValueError: bad payload" in listed  # what it died of
     assert await asyncio.to_thread(main, ["retry", str(job_id)]) == 0
     async with engine.connect() as connection:
         status = await connection.scalar(
@@ -56,3 +69,16 @@ def test_alive_reads_the_workers_file(
     stale = time.time() - worker.ALIVE_WITHIN_SECONDS - 1
     os.utime(alive, (stale, stale))
     assert main(["alive"]) == 1
+
+
+async def test_retrying_a_job_that_is_not_failed_says_so_and_fails(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert await asyncio.to_thread(main, ["retry", "999999999"]) == 1
+    assert "not failed jobs (unknown, or not failed): 999999999" in capsys.readouterr().err
+
+
+def test_a_job_id_that_is_not_a_number_is_a_usage_error() -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["retry", "abc"])
+    assert exited.value.code == 2  # argparse: "invalid int value: 'abc'"
