@@ -39,6 +39,9 @@ ROOT = Path(__file__).resolve().parents[3]
 # The smallest the settings allow: a killed worker's job is taken again within seconds.
 HEARTBEAT_TIMEOUT = 2
 JOB_SECONDS = 2.5
+# A worker process imports the app before its first job: seconds on a loaded machine.
+# Each wait ends as soon as what it waits for holds; the bound only fails a stuck one.
+WORKER_START_S = 30
 
 
 @dataclass
@@ -146,7 +149,9 @@ async def test_a_job_whose_worker_was_killed_runs_again_on_another_worker(
     output = tmp_path / "workers.log"
     await enqueue_one(engine, probe.name, "A")
     with worker(settings, probe, output) as first:
-        await eventually(lambda: bool(probe.of("started", "A")), 10, "A never started", output)
+        await eventually(
+            lambda: bool(probe.of("started", "A")), WORKER_START_S, "A never started", output
+        )
         first.send_signal(signal.SIGKILL)
         assert first.wait(5) == -signal.SIGKILL
     killed_at = time.time()
@@ -159,7 +164,9 @@ async def test_a_job_whose_worker_was_killed_runs_again_on_another_worker(
     # earlier look would find it still taken, and the next comes 5 s later).
     await asyncio.sleep(HEARTBEAT_TIMEOUT / 2)
     with worker(settings, probe, output) as second:
-        await eventually(lambda: bool(probe.of("done", "A")), 12, "A never finished", output)
+        await eventually(
+            lambda: bool(probe.of("done", "A")), WORKER_START_S, "A never finished", output
+        )
         [rerun] = [e for e in probe.of("started", "A") if e["pid"] == second.pid]
         assert rerun["at"] >= killed_at + HEARTBEAT_TIMEOUT / 2
         [done] = probe.of("done", "A")
@@ -186,7 +193,7 @@ async def test_a_job_that_keeps_killing_its_worker_is_kept_as_failed(
             def started(run: int = run) -> bool:
                 return len(probe.of("started", "A")) == run
 
-            await eventually(started, 12, f"run {run} never started", output)
+            await eventually(started, WORKER_START_S, f"run {run} never started", output)
             process.send_signal(signal.SIGKILL)
             process.wait(5)
         await asyncio.sleep(HEARTBEAT_TIMEOUT / 2)  # as above: stale when the next looks
@@ -195,7 +202,7 @@ async def test_a_job_that_keeps_killing_its_worker_is_kept_as_failed(
         return await statuses(engine, probe.name) == ["failed"]
 
     with worker(settings, probe, output, JOBS_MAX_ATTEMPTS="1"):
-        await eventually(failed, 12, "A was not kept as failed", output)
+        await eventually(failed, WORKER_START_S, "A was not kept as failed", output)
     assert len(probe.of("started", "A")) == 2
     error = await last_error(engine, probe.name)
     assert error is not None
@@ -208,7 +215,9 @@ async def test_on_sigterm_the_worker_finishes_its_job_takes_no_new_one_and_exits
     output = tmp_path / "workers.log"
     await enqueue_one(engine, probe.name, "A")
     with worker(settings, probe, output) as process:
-        await eventually(lambda: bool(probe.of("started", "A")), 10, "A never started", output)
+        await eventually(
+            lambda: bool(probe.of("started", "A")), WORKER_START_S, "A never started", output
+        )
         process.send_signal(signal.SIGTERM)
         stopped_at = time.monotonic()
         await asyncio.sleep(0.3)  # the signal handled: the worker is stopping
