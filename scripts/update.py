@@ -32,7 +32,6 @@ TEMPLATE_ONLY = [
     ".ci",
     ".github/workflows/template.yml",
     "CHANGELOG.md",
-    "bench/results",
     RECORD.name,
 ]
 

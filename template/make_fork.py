@@ -32,13 +32,11 @@ NAME_MAX_LENGTH = 50
 RECORD = ".template.toml"
 
 # What proves only the template: never part of a fork, never merged by `make update`.
-# (bench/results: the template's own measured runs; a fork's bench writes its own.)
 TEMPLATE_ONLY = [
     "template",
     ".ci",
     ".github/workflows/template.yml",
     "CHANGELOG.md",
-    "bench/results",
 ]
 # Each deploy target: its files, docs, checks and nightly workflow.
 TARGETS = {
