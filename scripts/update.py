@@ -19,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -34,6 +34,39 @@ TEMPLATE_ONLY = [
     "CHANGELOG.md",
     RECORD.name,
 ]
+
+
+# Docs name a deploy target's files only inside its marks, so a fork without that target
+# has no link to a file it lacks: a line ending in ` <!-- only:swarm -->`, or whole lines
+# between `<!-- only:k8s -->` and `<!-- /only:k8s -->`. The marks are invisible in the
+# rendered page. `make init` keeps the marked text of the targets it keeps, without the
+# marks; an update does the same to both template versions of a doc before merging.
+MARKED_BLOCK = re.compile(
+    r"^(\n?)<!-- only:(\w+) -->\n(.*?)^<!-- /only:\2 -->\n(\n?)", re.MULTILINE | re.DOTALL
+)
+MARKED_LINE = re.compile(r"^(.*?) <!-- only:(\w+) -->\n", re.MULTILINE)
+# Each deploy target, by the doc `make init` removes with it (template/make_fork.py).
+TARGET_DOCS = {"vm": "docs/deploy.md", "swarm": "docs/swarm.md", "k8s": "docs/kubernetes.md"}
+
+
+def is_doc(path: str) -> bool:
+    return path == "README.md" or (path.startswith("docs/") and path.endswith(".md"))
+
+
+def keep_marked(text: str, targets: Collection[str]) -> str:
+    """`text` with the marked text of `targets` kept (without its marks), the rest gone."""
+
+    def block(match: re.Match[str]) -> str:
+        before, target, body, after = match.groups()
+        if target in targets:
+            return before + body + after
+        return "\n" if before and after else ""
+
+    def line(match: re.Match[str]) -> str:
+        kept, target = match.groups()
+        return kept + "\n" if target in targets else ""
+
+    return MARKED_LINE.sub(line, MARKED_BLOCK.sub(block, text))
 
 
 def git(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -63,8 +96,11 @@ def name_at(revision: str) -> str:
     return str(tomllib.loads(pyproject.decode())["project"]["name"])
 
 
-def renamer(template_name: str, name: str) -> Callable[[str, bytes | None], bytes | None]:
-    """Rewrites a template version of a file as `make init` left this service's."""
+def renamer(
+    template_name: str, name: str, targets: Collection[str]
+) -> Callable[[str, bytes | None], bytes | None]:
+    """Rewrites a template version of a file as `make init` left this service's: its
+    name, its README heading, and only the kept `targets`' text in the docs."""
     pairs = [(template_name, name)]
     if "-" in template_name:
         pairs.append((template_name.replace("-", "_"), name.replace("-", "_")))
@@ -84,6 +120,8 @@ def renamer(template_name: str, name: str) -> Callable[[str, bytes | None], byte
             text = text.replace(old, new)
         if path == "README.md" and title:
             text = re.sub(r"^# .*$", lambda _: title, text, count=1, flags=re.MULTILINE)
+        if is_doc(path):
+            text = keep_marked(text, targets)
         return text.encode("utf-8")
 
     return rename
@@ -227,7 +265,8 @@ def merge_all(
     base_revision: str, target: str, removed: list[str]
 ) -> tuple[dict[str, list[str]], int]:
     """Merge every file the template changed; the outcomes, and how many were left out."""
-    rename = renamer(name_at(base_revision), name_at("HEAD"))
+    targets = [target for target, doc in TARGET_DOCS.items() if doc not in removed]
+    rename = renamer(name_at(base_revision), name_at("HEAD"), targets)
     changed = git("diff", "--name-only", "--no-renames", "-z", base_revision, target).stdout
     outcomes: dict[str, list[str]] = {}
     left_out = 0
