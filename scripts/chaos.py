@@ -881,10 +881,16 @@ def listener_gauges(stack: Stack) -> dict[str, list[float]]:
 
 def terminate_storm(stack: Stack) -> None:
     stack.listeners_before = listener_gauges(stack)
-    rounds = int(STORM_S / STORM_EVERY_S)
-    out = stack.exec("db", *PSQL, "-qtA", stdin=TERMINATE_APP * rounds, timeout=STORM_S + 60)
-    killed = sum(int(line) for line in out.split() if line.isdigit())
+    rounds, killed = psql_rounds(stack, TERMINATE_APP, STORM_S, STORM_EVERY_S)
     log(f"{rounds} rounds of pg_terminate_backend: {killed} backends of role app terminated")
+
+
+def psql_rounds(stack: Stack, statement: str, seconds: float, every: float) -> tuple[int, int]:
+    """`statement`, which sleeps `every` seconds, again and again for `seconds` in one psql
+    session: how many rounds ran, and the sum of the counts they printed."""
+    rounds = int(seconds / every)
+    out = stack.exec("db", *PSQL, "-qtA", stdin=statement * rounds, timeout=seconds + 120)
+    return rounds, sum(int(line) for line in out.split() if line.isdigit())
 
 
 CANCEL_S, CANCEL_EVERY_S = 12.0, 0.005  # CANCEL_APP sleeps CANCEL_EVERY_S
@@ -897,9 +903,7 @@ CANCEL_APP = (
 
 
 def cancel_storm(stack: Stack) -> None:
-    rounds = int(CANCEL_S / CANCEL_EVERY_S)
-    out = stack.exec("db", *PSQL, "-qtA", stdin=CANCEL_APP * rounds, timeout=CANCEL_S + 120)
-    cancelled = sum(int(line) for line in out.split() if line.isdigit())
+    rounds, cancelled = psql_rounds(stack, CANCEL_APP, CANCEL_S, CANCEL_EVERY_S)
     log(f"{rounds} rounds of pg_cancel_backend: {cancelled} statements of role app cancelled")
 
 
