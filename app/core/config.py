@@ -101,7 +101,9 @@ class Settings(LoggingSettings):
     db_pool_pre_ping: bool = False
     db_connect_timeout: float = Field(default=1.0, gt=0)
     db_statement_timeout: float = Field(default=2.0, gt=0)
-    db_lock_timeout: float = Field(default=2.0, gt=0)
+    # Under the statement timeout, so that a wait for a lock ends as a lock timeout (its
+    # own error: 409 for an Idempotency-Key still in use, app/core/idempotency.py).
+    db_lock_timeout: float = Field(default=1.0, gt=0)
     db_idle_in_transaction_timeout: float = Field(default=10.0, gt=0)
 
     # Redis is a cache and a limiter: tens of milliseconds on a LAN, then it is skipped.

@@ -58,9 +58,12 @@ KEY_MAX_LENGTH = 255
 KEY_PATTERN = r"^[!-~]([ -~]*[!-~])?$"
 # The response headers a replay must repeat; the others are per-attempt (request id).
 STORED_HEADERS = ("content-type", "location")
-# Storing the key waited for a concurrent request's transaction past lock_timeout, or
-# past statement_timeout when that fires first: the store itself is one indexed insert.
-STILL_RUNNING_SQLSTATES = frozenset({"55P03", "57014"})
+# Storing the key waited past lock_timeout: the store is one indexed insert, which waits
+# for a concurrent request that wrote the same key (or, rarely, for a lock on the whole
+# table, a migration's). A cancelled store (57014: a statement timeout, pg_cancel_backend)
+# is not that: a 503 like any other. DB_LOCK_TIMEOUT stays under DB_STATEMENT_TIMEOUT,
+# or the statement's timeout would end the wait first and it would read as a 503.
+STILL_RUNNING_SQLSTATES = frozenset({"55P03"})
 # The key space of a request without an identity (a route outside /api/v1).
 ANONYMOUS = "anonymous"
 _KEYED = "app.idempotency.key"

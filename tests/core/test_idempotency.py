@@ -15,6 +15,7 @@ from app.core.config import Settings
 from app.core.idempotency import HEADER, REPLAYED_HEADER, IdempotencyKey, delete_expired_keys
 from tests.conftest import with_overrides
 from tests.core.conftest import CoreClientMaker, ProbeBase, Widget
+from tests.core.problems import assert_problem
 
 pytestmark = pytest.mark.usefixtures("widgets_table")
 
@@ -262,5 +263,28 @@ async def test_a_retry_while_the_first_still_runs_gets_409(
 
     assert retry.status_code == 409
     assert retry.headers["retry-after"] == "1"
+    async with engine.connect() as connection:
+        assert await count_widgets(connection) == 0
+
+
+@pytest.mark.usefixtures("committed_widgets")
+async def test_a_store_cut_short_by_a_cancel_is_a_503_not_a_409(
+    make_core_client: CoreClientMaker, settings: Settings, engine: AsyncEngine
+) -> None:
+    """Only a lock timeout says another request holds the key: a store cancelled (here by
+    the statement timeout; pg_cancel_backend under load alike) is a 503, and a client
+    that retries on 503 with its key gets its answer."""
+    client = await make_core_client(
+        with_overrides(settings, db_lock_timeout=5, db_statement_timeout=0.2), isolated=False
+    )
+    async with engine.connect() as first:
+        await first.execute(
+            insert(IdempotencyKey).values(principal="anonymous", key="k-slow", fingerprint="0" * 64)
+        )
+        retry = await client.post("/probe/keyed-widgets", json=widget(), headers={HEADER: "k-slow"})
+        await first.rollback()
+
+    assert_problem(retry, 503)
+    assert retry.headers["retry-after"]
     async with engine.connect() as connection:
         assert await count_widgets(connection) == 0
