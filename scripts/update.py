@@ -39,8 +39,8 @@ TEMPLATE_ONLY = [
 # Docs name a deploy target's files only inside its marks, so a fork without that target
 # has no link to a file it lacks: a line ending in ` <!-- only:swarm -->`, or whole lines
 # between `<!-- only:k8s -->` and `<!-- /only:k8s -->`. The marks are invisible in the
-# rendered page. `make init` keeps the marked text of the targets it keeps, without the
-# marks; an update does the same to both template versions of a doc before merging.
+# rendered page. `make init` deletes the marked text of the targets it drops, marks and
+# all; an update does the same to both template versions of a doc before merging.
 MARKED_BLOCK = re.compile(
     r"^(\n?)<!-- only:(\w+) -->\n(.*?)^<!-- /only:\2 -->\n(\n?)", re.MULTILINE | re.DOTALL
 )
@@ -54,17 +54,16 @@ def is_doc(path: str) -> bool:
 
 
 def keep_marked(text: str, targets: Collection[str]) -> str:
-    """`text` with the marked text of `targets` kept (without its marks), the rest gone."""
+    """`text` without the marked text of any target but `targets`: only lines deleted."""
 
     def block(match: re.Match[str]) -> str:
-        before, target, body, after = match.groups()
+        before, target, _, after = match.groups()
         if target in targets:
-            return before + body + after
+            return match.group(0)
         return "\n" if before and after else ""
 
     def line(match: re.Match[str]) -> str:
-        kept, target = match.groups()
-        return kept + "\n" if target in targets else ""
+        return match.group(0) if match.group(2) in targets else ""
 
     return MARKED_LINE.sub(line, MARKED_BLOCK.sub(block, text))
 

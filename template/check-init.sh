@@ -55,11 +55,14 @@ left=$(git grep -n -I -i "$template" -- . ':!.template.toml' || true)
 grep -q "^name = \"$name\"" pyproject.toml || fail "pyproject.toml: name"
 grep -q '^# Acme orders$' README.md || fail "README.md: title"
 grep -q "^name = \"$name\"" uv.lock || fail "uv.lock: the project's own entry"
-# The name is data: init changes pyproject.toml, uv.lock and README.md, nothing else
-# but deleting the template's own files and recording the revision.
-modified=$(git diff --name-only --diff-filter=M | tr '\n' ' ')
-[ -n "${INIT_ARGS:-}" ] || [ "$modified" = "README.md pyproject.toml uv.lock " ] ||
-  fail "init changed more than the name: $modified"
+# The name is data: init changes pyproject.toml, uv.lock and README.md; elsewhere it
+# only deletes: the template's own files, the other targets' files, and the other
+# targets' marked lines in the docs (scripts/update.py, keep_marked).
+modified=$(git diff --name-only --diff-filter=M -- pyproject.toml uv.lock README.md | tr '\n' ' ')
+[ "$modified" = "README.md pyproject.toml uv.lock " ] || fail "init did not rename in all of: $modified"
+added=$(git diff --numstat --diff-filter=M -- . ':!pyproject.toml' ':!uv.lock' ':!README.md' |
+  awk '$1 != 0 || $3 !~ /^docs\/.*\.md$/ { print $3 }' | tr '\n' ' ')
+[ -n "${INIT_ARGS:-}" ] || [ -z "$added" ] || fail "init changed more than the name: $added"
 [ ! -e template ] && [ ! -e .ci ] && [ ! -e .github/workflows/template.yml ] || fail "template files left"
 grep -q "^revision = \"$(git rev-parse HEAD)\"" .template.toml || fail ".template.toml: revision"
 git diff --stat | tail -n 1

@@ -247,17 +247,14 @@ def record(revision: str, url: str, removed: list[str]) -> None:
     (ROOT / RECORD).write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
-def keep_marked_text(targets: list[str]) -> None:
-    """The docs' marked text of the kept targets, without its marks; the rest removed
-    (scripts/update.py's keep_marked, which the fork keeps for its updates)."""
+def drop_marked_text(targets: list[str]) -> None:
+    """Delete the docs' text about the targets not kept (scripts/update.py's keep_marked,
+    which the fork keeps for its updates)."""
     sys.path.insert(0, str(ROOT))
     from scripts.update import keep_marked  # noqa: PLC0415
 
     for page in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
-        text = keep_marked(page.read_text(encoding="utf-8"), targets)
-        if "<!-- only:" in text or "<!-- /only:" in text:
-            sys.exit(f"init: {page.relative_to(ROOT)} has a mark without its pair")
-        page.write_text(text, encoding="utf-8")
+        page.write_text(keep_marked(page.read_text(encoding="utf-8"), targets), encoding="utf-8")
 
 
 def make_fork(name: str, targets: list[str], examples: bool) -> None:
@@ -269,7 +266,7 @@ def make_fork(name: str, targets: list[str], examples: bool) -> None:
     for target, paths in TARGETS.items():
         if target not in targets:
             removed += remove(paths)
-    keep_marked_text(targets)
+    drop_marked_text(targets)
     if not examples:
         removed += drop_examples()
     record(revision, url, removed)
