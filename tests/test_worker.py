@@ -1,7 +1,12 @@
 """app/worker.py: the worker's wiring (its jobs run in tests/core/jobs/ and
-tests/orders/test_jobs.py)."""
+tests/orders/test_jobs.py), and scripts/dev_worker.py, which runs it in `make up`."""
 
 from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -24,3 +29,18 @@ def test_bad_settings_stop_the_worker_naming_the_setting(
     monkeypatch.setenv("JOBS_CONCURRENCY", "1")
     assert main() == 2
     assert "JOBS_CONCURRENCY" in capsys.readouterr().err
+
+
+def test_a_reload_while_the_development_worker_starts_ends_it_without_a_traceback() -> None:
+    # watchfiles interrupts the worker on every change under app/, at any moment: here,
+    # while it is still importing, before the worker handles SIGINT itself.
+    worker = subprocess.Popen(  # our own interpreter and module
+        [sys.executable, "-m", "scripts.dev_worker"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    time.sleep(0.2)
+    worker.send_signal(signal.SIGINT)
+    output, _ = worker.communicate(timeout=30)
+    assert "Traceback" not in output.decode(), output.decode()
+    assert worker.returncode in {128 + signal.SIGINT, 0}  # quiet, or stopped as the worker does
