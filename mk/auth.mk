@@ -5,7 +5,7 @@ KEYS := python -m app.core.auth.keys
 
 ##@ Authentication
 .PHONY: token
-token: ## Print a dev token, valid 1 h: make token [scopes="items:read orders:read"] [sub=alice]
+token: ## Print a dev token, valid 1 h, with every scope the API declares: make token [scopes="items:read"] [sub=alice]
 	@$(DEV) exec -T issuer python scripts/dev_issuer.py --keys /keys --issuer http://issuer:8080 \
 	  token --audience "$(AUTH_AUDIENCE)" $(if $(scopes),--scopes "$(scopes)") $(if $(sub),--sub "$(sub)")
 

@@ -5,7 +5,8 @@ provider. Never for production: the settings refuse an http:// issuer there.
     serve   the discovery document and the JWKS (docker-compose.yml's `issuer` service);
             --tls-dir serves https with a self-signed certificate, for checks that run
             the production settings (which take an https:// issuer only)
-    token   print a signed access token (`make token scopes="items:read" sub=alice`)
+    token   print a signed access token (`make token scopes="items:read" sub=alice`);
+            without --scopes, every scope the API's routes declare (its OpenAPI document)
     rotate  add a new signing key (the newest signs); --only drops the older ones
 
 Keys are PEM files in --keys (a volume in the dev stack), made on first use and
@@ -26,7 +27,9 @@ from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.error import URLError
 from urllib.parse import urlsplit
+from urllib.request import urlopen
 
 import jwt
 from cryptography import x509
@@ -38,6 +41,9 @@ from jwt.algorithms import RSAAlgorithm
 ALGORITHM = "RS256"
 DEFAULT_ISSUER = os.environ.get("DEV_ISSUER_URL", "http://issuer:8080")
 DEFAULT_KEYS = Path(os.environ.get("DEV_ISSUER_KEYS", "/keys"))
+# The dev stack's api, seen from the issuer's container: where a token's default scopes
+# come from.
+DEFAULT_OPENAPI = "http://api:8000/openapi.json"
 DEFAULT_AUDIENCE = os.environ.get("AUTH_AUDIENCE", "api")
 
 
@@ -162,6 +168,31 @@ def serve(keys: Path, issuer: str, port: int, tls_dir: Path | None = None) -> No
     server.serve_forever()
 
 
+def scopes_in(document: dict[str, Any]) -> str:
+    """Every scope an OpenAPI document's operations require, space-separated."""
+    found = {
+        scope
+        for operations in document.get("paths", {}).values()
+        for operation in operations.values()
+        for requirement in operation.get("security", [])
+        for scopes in requirement.values()
+        for scope in scopes
+    }
+    return " ".join(sorted(found))
+
+
+def declared_scopes(openapi_url: str) -> str:
+    """Every scope the API's routes declare, from its OpenAPI document at `openapi_url`."""
+    try:
+        with urlopen(openapi_url, timeout=5) as response:  # noqa: S310  # http(s) or file, ours
+            return scopes_in(json.load(response))
+    except (URLError, OSError, ValueError) as exc:
+        sys.exit(
+            f"token: could not read the API's scopes from {openapi_url} ({exc}); "
+            'name them: make token scopes="items:read"'
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--keys", type=Path, default=DEFAULT_KEYS)
@@ -173,7 +204,10 @@ def main(argv: list[str] | None = None) -> int:
     token_cmd = commands.add_parser("token")
     token_cmd.add_argument("--audience", default=DEFAULT_AUDIENCE)
     token_cmd.add_argument("--sub", default="dev-user")
-    token_cmd.add_argument("--scopes", default="items:read items:write orders:read orders:write")
+    token_cmd.add_argument(
+        "--scopes", help="space-separated (default: every scope the API declares)"
+    )
+    token_cmd.add_argument("--openapi", default=DEFAULT_OPENAPI, help="where to read those")
     token_cmd.add_argument("--ttl", type=int, default=3600, help="seconds")
     rotate_cmd = commands.add_parser("rotate")
     rotate_cmd.add_argument("--only", action="store_true", help="drop the older keys")
@@ -182,7 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         serve(args.keys, args.issuer, args.port, args.tls_dir)
     elif args.command == "token":
-        claims = {"audience": args.audience, "subject": args.sub, "scopes": args.scopes}
+        scopes = declared_scopes(args.openapi) if args.scopes is None else args.scopes
+        claims = {"audience": args.audience, "subject": args.sub, "scopes": scopes}
         print(token(args.keys, issuer=args.issuer, ttl=args.ttl, **claims))
     else:
         older = key_files(args.keys)

@@ -36,36 +36,65 @@ TEMPLATE_ONLY = [
 ]
 
 
-# Docs name a deploy target's files only inside its marks, so a fork without that target
-# has no link to a file it lacks: a line ending in ` <!-- only:swarm -->`, or whole lines
-# between `<!-- only:k8s -->` and `<!-- /only:k8s -->`. The marks are invisible in the
-# rendered page. `make init` deletes the marked text of the targets it drops, marks and
-# all; an update does the same to both template versions of a doc before merging.
-MARKED_BLOCK = re.compile(
-    r"^(\n?)<!-- only:(\w+) -->\n(.*?)^<!-- /only:\2 -->\n(\n?)", re.MULTILINE | re.DOTALL
+# Text about one deploy target, or about the example resources (`examples`), sits inside
+# marks, so a fork without them has no link or check aimed at what it lacks. In the docs:
+# a line ending in ` <!-- only:swarm -->`, or whole lines between `<!-- only:k8s -->` and
+# `<!-- /only:k8s -->`, invisible in the rendered page. In shell scripts: the same with
+# comments, a line ending in ` # only:examples`, or lines between `# only:examples` and
+# `# /only:examples`. `make init` deletes the marked text of what it drops, marks and all;
+# an update does the same to both template versions of a file before merging.
+DOC_MARKS = (
+    re.compile(
+        r"^(\n?)<!-- only:(\w+) -->\n(.*?)^<!-- /only:\2 -->\n(\n?)", re.MULTILINE | re.DOTALL
+    ),
+    re.compile(r"^(.*?) <!-- only:(\w+) -->\n", re.MULTILINE),
 )
-MARKED_LINE = re.compile(r"^(.*?) <!-- only:(\w+) -->\n", re.MULTILINE)
+SCRIPT_MARKS = (
+    re.compile(r"^(\n?)# only:(\w+)\n(.*?)^# /only:\2\n(\n?)", re.MULTILINE | re.DOTALL),
+    re.compile(r"^(.*?) # only:(\w+)\n", re.MULTILINE),
+)
 # Each deploy target, by the doc `make init` removes with it (template/make_fork.py).
 TARGET_DOCS = {"vm": "docs/deploy.md", "swarm": "docs/swarm.md", "k8s": "docs/kubernetes.md"}
+# The example resources' mark, kept while their code is (`make init examples=no` deletes it).
+EXAMPLES = "examples"
+EXAMPLES_CODE = "app/items"
 
 
 def is_doc(path: str) -> bool:
     return path == "README.md" or (path.startswith("docs/") and path.endswith(".md"))
 
 
-def keep_marked(text: str, targets: Collection[str]) -> str:
-    """`text` without the marked text of any target but `targets`: only lines deleted."""
+def marks_of(path: str) -> tuple[re.Pattern[str], re.Pattern[str]] | None:
+    """The marks a file may hold: a doc's, a shell script's, or none."""
+    if is_doc(path):
+        return DOC_MARKS
+    if path.startswith("scripts/") and path.endswith(".sh"):
+        return SCRIPT_MARKS
+    return None
+
+
+def kept_marks(removed: Collection[str]) -> list[str]:
+    """The marks whose text a fork keeps, from what `make init` removed."""
+    kept = [target for target, doc in TARGET_DOCS.items() if doc not in removed]
+    return [*kept, EXAMPLES] if EXAMPLES_CODE not in removed else kept
+
+
+def keep_marked(
+    text: str, kept: Collection[str], marks: tuple[re.Pattern[str], ...] = DOC_MARKS
+) -> str:
+    """`text` without the marked text of any mark but `kept`: only lines deleted."""
+    marked_block, marked_line = marks
 
     def block(match: re.Match[str]) -> str:
-        before, target, _, after = match.groups()
-        if target in targets:
+        before, mark, _, after = match.groups()
+        if mark in kept:
             return match.group(0)
         return "\n" if before and after else ""
 
     def line(match: re.Match[str]) -> str:
-        return match.group(0) if match.group(2) in targets else ""
+        return match.group(0) if match.group(2) in kept else ""
 
-    return MARKED_LINE.sub(line, MARKED_BLOCK.sub(block, text))
+    return marked_line.sub(line, marked_block.sub(block, text))
 
 
 def git(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -96,10 +125,10 @@ def name_at(revision: str) -> str:
 
 
 def renamer(
-    template_name: str, name: str, targets: Collection[str]
+    template_name: str, name: str, kept: Collection[str]
 ) -> Callable[[str, bytes | None], bytes | None]:
     """Rewrites a template version of a file as `make init` left this service's: its
-    name, its README heading, and only the kept `targets`' text in the docs."""
+    name, its README heading, and only the `kept` marks' text (marks_of)."""
     pairs = [(template_name, name)]
     if "-" in template_name:
         pairs.append((template_name.replace("-", "_"), name.replace("-", "_")))
@@ -119,8 +148,9 @@ def renamer(
             text = text.replace(old, new)
         if path == "README.md" and title:
             text = re.sub(r"^# .*$", lambda _: title, text, count=1, flags=re.MULTILINE)
-        if is_doc(path):
-            text = keep_marked(text, targets)
+        marks = marks_of(path)
+        if marks is not None:
+            text = keep_marked(text, kept, marks)
         return text.encode("utf-8")
 
     return rename
@@ -264,8 +294,7 @@ def merge_all(
     base_revision: str, target: str, removed: list[str]
 ) -> tuple[dict[str, list[str]], int]:
     """Merge every file the template changed; the outcomes, and how many were left out."""
-    targets = [target for target, doc in TARGET_DOCS.items() if doc not in removed]
-    rename = renamer(name_at(base_revision), name_at("HEAD"), targets)
+    rename = renamer(name_at(base_revision), name_at("HEAD"), kept_marks(removed))
     changed = git("diff", "--name-only", "--no-renames", "-z", base_revision, target).stdout
     outcomes: dict[str, list[str]] = {}
     left_out = 0

@@ -4,7 +4,8 @@
 # nothing still carries the template's name, that the rename changed only the name's
 # one place (and the lock and README), that .env has fresh secrets, and that
 # init is idempotent and refuses a second, different name. Removes what it created.
-# INIT_ARGS="targets=swarm,k8s examples=no": init's options (`make check-init-options`).
+# INIT_ARGS="targets=swarm,k8s examples=no": init's options (`make check-init-options`);
+# E2E=1: the fork's `make e2e` must pass too (it runs on every pull request of a fork).
 # Optional: CHECK_PREFIX (the clone directory's name, so its Compose project),
 # CHECK_API_PORT, CHECK_POSTGRES_PORT, CHECK_REDIS_PORT, CHECK_DEBUGPY_PORT, KEEP=1.
 set -euo pipefail
@@ -86,5 +87,11 @@ say "make test"
 test=0; make --no-print-directory test || test=$?
 [ "$lint" = 0 ] || fail "make lint failed in the renamed tree"
 [ "$test" = 0 ] || fail "make test failed in the renamed tree"
+passed="make lint and make test"
+if [ "${E2E:-0}" = 1 ]; then
+  say "make e2e"
+  make --no-print-directory e2e || fail "make e2e failed in the renamed tree"
+  passed="make lint, make test and make e2e"
+fi
 
-say "PASS: make init name=$name gives a renamed tree that passes make lint and make test"
+say "PASS: make init name=$name ${INIT_ARGS:-} gives a renamed tree that passes $passed"

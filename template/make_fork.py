@@ -247,14 +247,22 @@ def record(revision: str, url: str, removed: list[str]) -> None:
     (ROOT / RECORD).write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
-def drop_marked_text(targets: list[str]) -> None:
-    """Delete the docs' text about the targets not kept (scripts/update.py's keep_marked,
-    which the fork keeps for its updates)."""
+def drop_marked_text(kept: list[str]) -> None:
+    """Delete the docs' and scripts' text about what is not kept: the other deploy
+    targets, the examples (scripts/update.py's keep_marked, which the fork keeps for its
+    updates)."""
     sys.path.insert(0, str(ROOT))
-    from scripts.update import keep_marked  # noqa: PLC0415
+    from scripts.update import keep_marked, marks_of  # noqa: PLC0415
 
-    for page in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
-        page.write_text(keep_marked(page.read_text(encoding="utf-8"), targets), encoding="utf-8")
+    for path in (
+        sorted(ROOT.glob("*.md"))
+        + sorted(ROOT.glob("docs/*.md"))
+        + sorted(ROOT.glob("scripts/*.sh"))
+    ):
+        marks = marks_of(str(path.relative_to(ROOT)))
+        if marks is not None:
+            text = path.read_text(encoding="utf-8")
+            path.write_text(keep_marked(text, kept, marks), encoding="utf-8")
 
 
 def make_fork(name: str, targets: list[str], examples: bool) -> None:
@@ -266,7 +274,7 @@ def make_fork(name: str, targets: list[str], examples: bool) -> None:
     for target, paths in TARGETS.items():
         if target not in targets:
             removed += remove(paths)
-    drop_marked_text(targets)
+    drop_marked_text([*targets, "examples"] if examples else targets)
     if not examples:
         removed += drop_examples()
     record(revision, url, removed)

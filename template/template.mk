@@ -20,8 +20,8 @@ check-init: ## make init name=… on a throw-away clone, then make lint and make
 	template/check-init.sh
 
 .PHONY: check-init-options
-check-init-options: ## check-init with targets=swarm,k8s examples=no: that fork passes make lint and make test too
-	INIT_ARGS="targets=swarm,k8s examples=no" template/check-init.sh
+check-init-options: ## check-init with targets=swarm,k8s examples=no: that fork passes make lint, make test and make e2e too
+	INIT_ARGS="targets=swarm,k8s examples=no" E2E=1 template/check-init.sh
 
 .PHONY: check-clones
 check-clones: ## Two clones side by side: make up and make test in both at once, nothing shared

@@ -74,6 +74,10 @@ class Issuer:
             self._process.wait()
             self._process = None
 
+    def cli_token(self, *args: str) -> str:
+        """A token from the issuer's own `token` command (`make token`), with `args`."""
+        return self._cli("token", "--audience", AUDIENCE, *args)
+
     def rotate(self, *, only: bool = False) -> str:
         """A new signing key, published at once; returns its kid."""
         return self._cli("rotate", *(["--only"] if only else []))

@@ -3,14 +3,19 @@ list or needs an identity with a declared scope, and refuses a request without o
 
 from __future__ import annotations
 
+import json
 import re
+from pathlib import Path
 
+import jwt
 from fastapi.routing import APIRoute
 from httpx import AsyncClient
 
+from app.core.auth.dependencies import requires
 from app.core.config import Settings
 from app.main import create_app
-from tests.conftest import AppClientMaker
+from tests.conftest import AppClientMaker, declared_scopes
+from tests.issuer import Issuer
 
 # Routes anyone may call: probes and the API's description (the docs only outside
 # production).
@@ -54,3 +59,18 @@ async def test_every_api_route_refuses_a_request_without_credentials(
             response = await anonymous.request(method, path, json={})
             assert response.status_code == 401, f"{method} {route.path}: {response.status_code}"
             assert response.headers["www-authenticate"] == "Bearer"
+
+
+def test_a_dev_token_that_names_no_scope_holds_every_scope_the_routes_declare(
+    settings: Settings, issuer: Issuer, tmp_path: Path
+) -> None:
+    # `make token` reads them from the dev stack's api; here, from a copy of its document,
+    # with a route a fork added since.
+    app = create_app(settings)
+    app.add_api_route("/api/v1/widgets", lambda: None, dependencies=[requires("widgets:read")])
+    document = tmp_path / "openapi.json"
+    document.write_text(json.dumps(app.openapi()))
+    token = issuer.cli_token("--openapi", document.as_uri())
+    claims = jwt.decode(token, options={"verify_signature": False})
+    assert "widgets:read" in claims["scope"].split()
+    assert claims["scope"] == declared_scopes(app)

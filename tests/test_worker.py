@@ -1,5 +1,5 @@
-"""app/worker.py: the worker's wiring (its jobs run in tests/core/jobs/ and
-tests/orders/test_jobs.py), and scripts/dev_worker.py, which runs it in `make up`."""
+"""app/worker.py: the worker's wiring (the jobs themselves are tested next to their
+domain, core's in tests/core/jobs/), and scripts/dev_worker.py, which runs it in `make up`."""
 
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ With the near cache turned on (CACHE_LOCAL_TTL_SECONDS > 0, app/core/near_cache.
 each worker also keeps the bodies it read last, and a writer's invalidation reaches
 every worker by Postgres NOTIFY, sent in the writer's own transaction.
 
-The recipe, for a resource `widgets` (app/items is the worked example):
+The recipe, for a resource `widgets` (the template's app/items is a worked example):
 
     # app/widgets/cache.py
     get_widget_cache = model_cache_provider("widgets", WidgetRead)
