@@ -184,7 +184,11 @@ post_big() { # post_big [CURL_OPTION...]: POST /api/v1/items that 1.1 MB body
   curl -sS --max-time 20 "$@" -H "X-API-Key: $API_KEY" -H 'content-type: application/json' \
     --data-binary "@$WORK/big.json" "$BASE/api/v1/items"
 }
-for encoding in content-length chunked; do
+# A chunked body has no size to refuse it by: the proxy streams it, and the api's route
+# refuses it as it reads (an api without a POST route has nothing that reads it).
+encodings=(content-length)
+encodings+=(chunked) # only:examples
+for encoding in "${encodings[@]}"; do
   extra=()
   [ "$encoding" = content-length ] || extra=(-H 'Transfer-Encoding: chunked')
   status=$(post_big -o /dev/null -w '%{http_code}' "${extra[@]}")
@@ -201,7 +205,7 @@ proxy_log=$("${COMPOSE[@]}" logs --no-color proxy)
 if [[ "$proxy_log" == *'"X-Api-Key"'* || "$proxy_log" == *"$API_KEY"* ]]; then
   fail "the proxy's access log holds the X-API-Key header" proxy
 fi
-log "proxy: nosniff, no HSTS over HTTP, 1.1 MB bodies refused with 413 (sized and chunked), with a request id, no API key logged"
+log "proxy: nosniff, no HSTS over HTTP, 1.1 MB bodies refused with 413 (${encodings[*]}), with a request id, no API key logged"
 
 # Request ids from the edge: the proxy gives a request without one its UUID, which the
 # api keeps and logs; a well-formed id the client sends is kept as it is.
