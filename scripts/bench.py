@@ -433,6 +433,11 @@ def profile(key: str) -> int:
 
 
 def main() -> int:
+    if not all((ROOT / "app" / example).is_dir() for example in ("items", "orders")):
+        sys.exit(
+            "make bench drives the example resources (app/items, app/orders), which this service "
+            "does not have (make init examples=no): point it at your own routes first"
+        )
     # Stopped from outside (CI's timeout, kill): still remove the stack on the way out.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     mode = sys.argv[1] if len(sys.argv) > 1 else "run"

@@ -1946,6 +1946,11 @@ def parse_args() -> argparse.Namespace:
 
 
 def main() -> int:
+    if not all((ROOT / "app" / example).is_dir() for example in ("items", "orders")):
+        sys.exit(
+            "make chaos drives the example resources (app/items, app/orders), which this service "
+            "does not have (make init examples=no): point it at your own routes first"
+        )
     args = parse_args()
     if args.slowloris:
         with contextlib.suppress(KeyboardInterrupt):

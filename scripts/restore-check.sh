@@ -7,6 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib/throwaway-env.sh
 . scripts/lib/throwaway-env.sh
+needs_examples "make restore-check"
 
 REPO=${1:-local}
 WORK=$(mktemp -d)

@@ -21,6 +21,9 @@
 # SWARM_ADDR_POOL (10.201.0.0/16), STACK (fsswarm).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib/throwaway-env.sh
+. scripts/lib/throwaway-env.sh
+needs_examples "make swarm-e2e"
 SERVICE_NAME=${SERVICE_NAME:-$(sed -n 's/^name = "\(.*\)"$/\1/p' pyproject.toml | head -n 1)}  # pyproject.toml: the one place
 
 export STACK=${STACK:-fsswarm}

@@ -48,3 +48,13 @@ make_api_key() {
   shift
   "$@" exec -T "$service" python -m app.core.auth.keys create "$name" "${scopes[@]}"
 }
+
+# needs_examples WHAT: stop unless the example resources are here. The load and restore
+# checks drive their routes; a fork made with `make init examples=no` points them at its
+# own first (docs/development.md).
+needs_examples() {
+  [ -d app/items ] && [ -d app/orders ] || {
+    echo "$1 drives the example resources (app/items, app/orders), which this service does not have (make init examples=no): point it at your own routes first" >&2
+    exit 2
+  }
+}
