@@ -94,4 +94,4 @@ if [ "${E2E:-0}" = 1 ]; then
   passed="make lint, make test and make e2e"
 fi
 
-say "PASS: make init name=$name ${INIT_ARGS:-} gives a renamed tree that passes $passed"
+say "PASS: make init name=$name ${INIT_ARGS:+$INIT_ARGS }gives a renamed tree that passes $passed"
