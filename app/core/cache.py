@@ -55,14 +55,19 @@ from app.core.state import app_state
 _LEASE_PREFIX = b"lease:"
 # One round trip for a read: the entry (or another reader's lease), or, when there is
 # none, our own lease, taken at once and returned to say so.
-_GET_OR_LEASE = """
+#
+# Both scripts begin with `#!lua` and declare no flags: Redis then takes them for scripts
+# that write, and a Redis that refuses writes (a replica after a failover: READONLY)
+# refuses them whole, hit or miss. Without it, a hit was still served there while the
+# writers' invalidations failed: an entry their commits changed, until its TTL.
+_GET_OR_LEASE = """#!lua
 local value = redis.call('GET', KEYS[1])
 if value then return value end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 return ARGV[1]
 """
 # Store the body only if our lease is still the key's value (no write or other fill since).
-_FILL_IF_LEASED = """
+_FILL_IF_LEASED = """#!lua
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
 end

@@ -106,15 +106,20 @@ def create_engine(settings: Settings) -> AsyncEngine:
 # broken for good, yet goes back to the pool. So a cancelled statement, or an error about
 # the transaction's state (SQLSTATE class 25), drops its connection instead: the request
 # gets a 503 (app/core/db_errors.py: an invalidated connection is transient), the next
-# one a fresh connection. The rest of the pool is kept.
+# one a fresh connection. The rest of the pool is kept. Not a write refused by a
+# read-only database (25006, a replica after a failover): that connection is sound, and
+# dropping it on every refused write would only add a reconnect to each.
 _QUERY_CANCELED = "57014"
 _INVALID_TRANSACTION_STATE_CLASS = "25"
+_READ_ONLY_SQL_TRANSACTION = "25006"
 
 
 def _drop_connection_in_doubt(context: ExceptionContext) -> None:
     code = getattr(context.original_exception, "sqlstate", None)
-    if isinstance(code, str) and (
-        code == _QUERY_CANCELED or code.startswith(_INVALID_TRANSACTION_STATE_CLASS)
+    if (
+        isinstance(code, str)
+        and code != _READ_ONLY_SQL_TRANSACTION
+        and (code == _QUERY_CANCELED or code.startswith(_INVALID_TRANSACTION_STATE_CLASS))
     ):
         context.is_disconnect = True
         context.invalidate_pool_on_disconnect = False

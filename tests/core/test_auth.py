@@ -9,15 +9,18 @@ import base64
 import hashlib
 import hmac
 import json
+import threading
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Annotated
 
 import pytest
 from fastapi import APIRouter, FastAPI
 from httpx import AsyncClient, Response
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
 
 from app.core.application import build_app
 from app.core.auth import api_keys, tokens
@@ -325,3 +328,93 @@ async def test_a_withdrawn_key_stops_its_tokens_even_once_verified(
     assert statuses[-1] == 401, statuses
     fresh = issuer.token("probes:read")
     assert (await client.get(READ, headers=bearer(fresh))).status_code == 200
+
+
+async def test_an_api_key_gets_in_while_the_database_refuses_writes(
+    anonymous: AsyncClient, api_key: str, connection: AsyncConnection
+) -> None:
+    # As on a replica after a failover: the key's row reads, recording its use is refused
+    # (SQLSTATE 25006). Bookkeeping must not refuse the key, nor reads with it.
+    await connection.execute(
+        text(
+            "CREATE FUNCTION refuse_writes() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            "RAISE EXCEPTION 'read-only' USING ERRCODE = 'read_only_sql_transaction'; END $$"
+        )
+    )
+    await connection.execute(
+        text(
+            "CREATE TRIGGER refuse_writes BEFORE UPDATE ON api_keys "
+            "FOR EACH ROW EXECUTE FUNCTION refuse_writes()"
+        )
+    )
+    response = await anonymous.get(READ, headers={"X-API-Key": api_key})
+    assert response.status_code == 200, response.text
+
+
+# --- A misbehaving provider
+
+
+class _Provider(BaseHTTPRequestHandler):
+    """Serves `body` at every path, `chunk` bytes every `pause` seconds."""
+
+    url = ""
+    body = b"{}"
+    chunk = 0  # 0: all at once
+    pause = 0.0
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(self.body)))
+        self.end_headers()
+        step = self.chunk or len(self.body)
+        for start in range(0, len(self.body), step):
+            time.sleep(self.pause)
+            self.wfile.write(self.body[start : start + step])
+            self.wfile.flush()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+class _Server(ThreadingHTTPServer):
+    def handle_error(self, request: object, client_address: object) -> None:
+        pass  # a client that gave up mid-answer: expected here
+
+
+@pytest.fixture
+def provider() -> Iterator[type[_Provider]]:
+    """A provider at `provider.url`; set its class attributes to make it misbehave."""
+
+    class Provider(_Provider):
+        pass
+
+    server = _Server(("127.0.0.1", 0), Provider)
+    Provider.url = f"http://127.0.0.1:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield Provider
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.parametrize("body", [b"[]", b"null", b'"jwks"'])
+async def test_a_discovery_document_that_is_not_an_object_keeps_the_keys_held(
+    provider: type[_Provider], body: bytes
+) -> None:
+    provider.body = body
+    keys = tokens.KeySet(issuer=provider.url, jwks_url=None)
+    await keys.refresh()  # logged and kept, not raised into the request that asked
+    assert await keys.key("any") is None
+
+
+async def test_a_provider_that_trickles_its_keys_holds_no_request_past_the_fetch_timeout(
+    provider: type[_Provider], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each read comes within httpx's timeout; the whole answer would take 20 s.
+    monkeypatch.setattr(tokens, "FETCH_TIMEOUT_SECONDS", 0.5)
+    provider.body, provider.chunk, provider.pause = b'{"keys": []}' + b" " * 80, 4, 0.2
+    keys = tokens.KeySet(issuer="unused", jwks_url=provider.url)
+    started = time.monotonic()
+    assert await keys.key("any") is None
+    assert time.monotonic() - started < 2.0

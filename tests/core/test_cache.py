@@ -132,3 +132,23 @@ async def test_redis_down_means_every_read_loads(
         assert Thing.model_validate_json(await cache.get_or_load(thing.id, load)) == thing
     await cache.invalidate(thing.id)  # no error either
     assert loads == 3
+
+
+async def test_a_redis_that_refuses_writes_serves_no_entry(
+    make_cache: CacheMaker, settings: Settings, redis: Redis
+) -> None:
+    # A replica after a failover: the writers' invalidations fail there, so a hit could be
+    # an entry a commit changed. The cache must go to the loader instead.
+    cache = make_cache(settings)
+    thing_id = uuid.uuid4()
+
+    async def load(name: str) -> Thing:
+        return Thing(id=thing_id, name=name)
+
+    await cache.get_or_load(thing_id, lambda: load("before"))
+    await redis.replicaof("127.0.0.1", 9)  # a primary that never answers
+    try:
+        body = await cache.get_or_load(thing_id, lambda: load("after the write"))
+    finally:
+        await redis.replicaof("NO", "ONE")
+    assert Thing.model_validate_json(body).name == "after the write"

@@ -8,10 +8,11 @@ request one; the comparison is constant-time.
 
 Each worker keeps the keys it verified for REVALIDATE_SECONDS, then reads the row
 again: a revocation or an expiry reaches every worker within that time. The row's
-`last_used_at` is written on those reads, at most once per LAST_USED_PRECISION, never
-once per request. While the database is unreachable, a key verified in the last
-STALE_IF_ERROR_SECONDS keeps working (reads served from the cache keep answering);
-revocations wait for the database to return.
+`last_used_at` is written after those reads, at most once per LAST_USED_PRECISION, never
+once per request, and in a transaction of its own: a database that refuses writes (a
+replica after a failover) still verifies keys. While the database is unreachable, a key
+verified in the last STALE_IF_ERROR_SECONDS keeps working (reads served from the cache
+keep answering); revocations wait for the database to return.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from app.core.auth.errors import NotAuthenticated
 from app.core.db import Base
-from app.core.db_errors import is_transient
+from app.core.db_errors import is_transient, sqlstate
 from app.core.principal import Principal
 
 PREFIX = "sak"
@@ -149,17 +150,26 @@ class ApiKeyVerifier:
             ).one_or_none()
             if row is None:
                 return None
-            if (
-                row.last_used_at is None
-                or row.last_used_at < datetime.now(UTC) - LAST_USED_PRECISION
-            ):
-                await session.execute(
-                    update(ApiKey).where(ApiKey.id == row_id).values(last_used_at=func.now())
-                )
+        if row.last_used_at is None or row.last_used_at < datetime.now(UTC) - LAST_USED_PRECISION:
+            await _record_use(sessions, row_id)
         principal = Principal(
             subject=subject_of(row.name), scopes=frozenset(row.scopes), kind="api_key"
         )
         return _Verified(row.secret_sha256, principal, row.expires_at, now)
+
+
+async def _record_use(sessions: async_sessionmaker[AsyncSession], row_id: str) -> None:
+    """Bookkeeping: a transient failure (a read-only database, a lost connection) is
+    logged, and the key it was recorded for still verified."""
+    try:
+        async with sessions() as session, session.begin():
+            await session.execute(
+                update(ApiKey).where(ApiKey.id == row_id).values(last_used_at=func.now())
+            )
+    except DBAPIError as error:
+        if not is_transient(error):
+            raise
+        logger.warning("api key last use not recorded", sqlstate=sqlstate(error))
 
 
 def _refused(reason: str) -> NotAuthenticated:

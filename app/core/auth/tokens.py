@@ -123,13 +123,20 @@ class KeySet:
                 return  # another request fetched while this one waited for the lock
             self._tried_at = time.monotonic()
             try:
-                async with httpx.AsyncClient(timeout=FETCH_TIMEOUT_SECONDS) as client:
+                # httpx's timeout bounds each read, not the whole answer: a provider that
+                # trickles its bytes would hold this lock, and every request waiting on
+                # it, for as long as it kept sending. asyncio.timeout bounds the fetch.
+                async with (
+                    asyncio.timeout(FETCH_TIMEOUT_SECONDS),
+                    httpx.AsyncClient(timeout=FETCH_TIMEOUT_SECONDS) as client,
+                ):
                     url = self._jwks_url or await self._discover(client)
                     response = await client.get(url)
                     response.raise_for_status()
                     keys = signing_keys(response.json())
-            except (httpx.HTTPError, ValueError) as error:
-                logger.warning("jwks refresh failed", error=str(error), kept_keys=len(self._keys))
+            except (httpx.HTTPError, ValueError, TimeoutError) as error:
+                reason = str(error) or type(error).__name__
+                logger.warning("jwks refresh failed", error=reason, kept_keys=len(self._keys))
                 return
             self._keys = keys
             self._fetched_at = time.monotonic()
@@ -139,7 +146,8 @@ class KeySet:
     async def _discover(self, client: httpx.AsyncClient) -> str:
         response = await client.get(self._issuer.rstrip("/") + DISCOVERY_PATH)
         response.raise_for_status()
-        url = response.json().get("jwks_uri")
+        document = response.json()
+        url = document.get("jwks_uri") if isinstance(document, dict) else None
         if not isinstance(url, str):
             raise ValueError("the discovery document names no jwks_uri")
         self._jwks_url = url
