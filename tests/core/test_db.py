@@ -12,8 +12,8 @@ from typing import cast
 
 import pytest
 from httpx import AsyncClient
-from sqlalchemy import event, select, text
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import event, make_url, select, text
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.core.config import Settings
@@ -246,3 +246,72 @@ async def test_overflow_connections_are_reopened_by_every_burst(
         assert len(opened) == reopened
     finally:
         await engine.dispose()
+
+
+class FreezingProxy:
+    """A TCP proxy to Postgres that can stop forwarding: the server as a client sees it
+    when it is paused or cut off (no error, no answer)."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self._target = (host, port)
+        self.frozen = asyncio.Event()
+        self._server: asyncio.Server | None = None
+        self._handlers: set[asyncio.Task[object]] = set()
+
+    async def start(self) -> int:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        handler = asyncio.current_task()
+        if handler is not None:
+            self._handlers.add(handler)
+        upstream_reader, upstream_writer = await asyncio.open_connection(*self._target)
+        try:
+            await asyncio.gather(
+                self._pipe(reader, upstream_writer), self._pipe(upstream_reader, writer)
+            )
+        finally:
+            writer.close()
+            upstream_writer.close()
+
+    async def _pipe(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+        while data := await source.read(65536):
+            if self.frozen.is_set():
+                await asyncio.Future()  # swallowed, and nothing more: silent until closed
+            sink.write(data)
+            await sink.drain()
+
+    def close(self) -> None:
+        for handler in self._handlers:
+            handler.cancel()
+        if self._server is not None:
+            self._server.close()
+
+
+async def test_a_silent_server_costs_a_request_the_statement_timeout_not_more(
+    settings: Settings,
+) -> None:
+    # The client gives up DB_STATEMENT_TIMEOUT + 0.5 s after sending; the connection it
+    # then throws away must not add a graceful close's wait on a server that cannot answer.
+    url = make_url(settings.sqlalchemy_url)
+    proxy = FreezingProxy(url.host or "localhost", url.port or 5432)
+    port = await proxy.start()
+    proxied = url.set(host="127.0.0.1", port=port).render_as_string(hide_password=False)
+    engine = create_engine(
+        with_overrides(
+            settings, database_url=proxied, db_statement_timeout=0.3, db_lock_timeout=0.2
+        )
+    )
+    try:
+        async with engine.connect() as connection:
+            await connection.execute(text("SELECT 1"))
+            proxy.frozen.set()
+            started = time.monotonic()
+            with pytest.raises((DBAPIError, TimeoutError)):  # as the app's handlers take them
+                await connection.execute(text("SELECT 1"))
+            waited = time.monotonic() - started
+        assert waited < 1.2, f"{waited:.2f} s: 0.8 s of timeout, then a wait on the close"
+    finally:
+        await engine.dispose()
+        proxy.close()
