@@ -175,7 +175,10 @@ unauthenticated POST '{"name":"e2e-anonymous"}'
 log "no credential: GET and POST /api/v1/items answer 401, WWW-Authenticate: Bearer, problem+json"
 # /only:examples
 
-# Proxy: security headers, no HSTS over plain HTTP, bodies above MAX_BODY_SIZE refused.
+# Proxy: a method nothing serves is a 501 in problem+json, not the api server's plain 400.
+expect 501 "an unknown method" FOO /health
+[[ "$HEADERS" == *"content-type: application/problem+json"* ]] || fail "the 501 is not problem+json: $BODY" proxy
+# Security headers, no HSTS over plain HTTP, bodies above MAX_BODY_SIZE refused.
 request GET /health
 [[ "$HEADERS" == *"x-content-type-options: nosniff"* ]] || fail "no X-Content-Type-Options" proxy
 [[ "$HEADERS" != *"strict-transport-security"* ]] || fail "HSTS sent over plain HTTP" proxy
@@ -205,7 +208,7 @@ proxy_log=$("${COMPOSE[@]}" logs --no-color proxy)
 if [[ "$proxy_log" == *'"X-Api-Key"'* || "$proxy_log" == *"$API_KEY"* ]]; then
   fail "the proxy's access log holds the X-API-Key header" proxy
 fi
-log "proxy: nosniff, no HSTS over HTTP, 1.1 MB bodies refused with 413 (${encodings[*]}), with a request id, no API key logged"
+log "proxy: an unknown method 501, nosniff, no HSTS over HTTP, 1.1 MB bodies refused with 413 (${encodings[*]}), with a request id, no API key logged"
 
 # Request ids from the edge: the proxy gives a request without one its UUID, which the
 # api keeps and logs; a well-formed id the client sends is kept as it is.
