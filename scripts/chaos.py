@@ -1033,7 +1033,7 @@ class JobStorm:
     heartbeat_timeout: float = 0.0
     kills: int = 0  # kill -9s of the worker's process
     pg_restarts: int = 0
-    worker_restarts: int = 0  # its container's restarts (kills, and any exit of its own)
+    worker_restarts: int = 0  # its container's restarts: the kills', and none of its own
     rolled_back: list[dict[str, Any]] = field(default_factory=list)  # {"order", "job"} each
     poison_key: str = ""
 
@@ -1202,8 +1202,8 @@ def job_storm(stack: Stack) -> None:
     stack.compose("restart", "db")
     storm.pg_restarts += 1
     stack.wait_back("db")
-    # The worker's own connection ends with Postgres's restart: it exits, and its
-    # container's restart policy starts it again.
+    # The worker's own connection ends with Postgres's restart: its process lives on and
+    # starts a new PgQueuer on new connections (the audit checks it was not restarted).
     log(f"Postgres back; the worker at work again {worker_working(stack):.1f} s later")
     acknowledged_reach(stack, KILL_AT[1])
     worker_working(stack)
@@ -1323,7 +1323,7 @@ def job_audit(stack: Stack) -> list[str]:
     # Duplicate runs: picks beyond the first of the jobs that never raised. A worker holds
     # at most JOBS_CONCURRENCY picked jobs (PgQueuer's cap, counting those whose outcome
     # it has not written yet), and each loss of it can leave them all to run again: a
-    # kill, or Postgres's restart (the worker exits with its connection).
+    # kill, or Postgres's restart (the worker's PgQueuer ends with its connection).
     ((jobs, succeeded, raised, extra_picks, picked_again, most_picks),) = sql(
         stack, STREAM_JOBS, item=item, end=end
     )
@@ -1337,6 +1337,11 @@ def job_audit(stack: Stack) -> list[str]:
         f"JOBS_CONCURRENCY={storm.concurrency}: bar ≤ {allowed}; the worker's container "
         f"restarted {storm.worker_restarts} times"
     )
+    if storm.worker_restarts != storm.kills:
+        problems.append(
+            f"the worker's container restarted {storm.worker_restarts} times for "
+            f"{storm.kills} kills: a lost connection must not end its process"
+        )
     if int(extra_picks) > allowed:
         problems.append(f"{extra_picks} duplicate runs (bar ≤ {allowed})")
     if int(succeeded) != int(jobs) - 1:

@@ -14,7 +14,8 @@ the library gives, and what this module only wires:
   older than JOBS_HEARTBEAT_TIMEOUT: handlers run at least once, so are idempotent;
 - on SIGTERM the worker takes no new job and finishes those it runs; what the
   orchestrator kills after its grace period comes back through the heartbeat;
-- a periodic job runs once per period across every worker (a row lock decides).
+- a periodic job runs once per period across every worker (a row lock decides);
+- a lost database connection restarts the PgQueuer in the process (RESTART_DELAY).
 What it adds (executor.py): every run counts as an attempt, even one that took its
 worker down, and each run is measured (metrics.py).
 """
@@ -53,6 +54,13 @@ ALIVE_FILE = Path("/tmp/worker-alive")  # noqa: S108  # the container's own tmpf
 # Also how often the queue gauges are sampled: finer than any scrape interval.
 ALIVE_EVERY_SECONDS = 5.0
 ALIVE_WITHIN_SECONDS = 30.0
+# A lost database connection (a restart, a failover, a read-only standby) ends the
+# worker's PgQueuer, not its process: it starts a new one this long after, on fresh
+# connections. A process that exited would wait on its container's restart back-off,
+# which doubles with each exit, and be slowest to come back after the longest outage.
+RESTART_DELAY = timedelta(seconds=2)
+# How the worker's own connection shows in pg_stat_activity.
+APPLICATION_NAME = "jobs-worker"
 
 logger = structlog.get_logger(__name__)
 
@@ -127,9 +135,13 @@ def is_alive() -> bool:
 @asynccontextmanager
 async def build_worker(settings: Settings, jobs: Jobs) -> AsyncIterator[PgQueuer]:
     """A PgQueuer on its own connection, with every job of `jobs` registered."""
+    connection = await asyncpg.connect(
+        settings.postgres_dsn,
+        timeout=settings.db_connect_timeout,
+        server_settings={"application_name": APPLICATION_NAME},
+    )
     engine = create_engine(settings)
     sessions = create_session_factory(engine)
-    connection = await asyncpg.connect(settings.postgres_dsn)
     driver = AsyncpgDriver(connection)
     worker = PgQueuer(driver)
     retries = partial(
@@ -152,7 +164,9 @@ async def build_worker(settings: Settings, jobs: Jobs) -> AsyncIterator[PgQueuer
         yield worker
     finally:
         alive.cancel()
-        await connection.close()
+        # Bounded: after a lost connection, a server that does not answer must not hold
+        # up the restart (past the timeout, asyncpg drops the socket).
+        await connection.close(timeout=settings.db_connect_timeout)
         await engine.dispose()
         logger.info("worker stopped")
 
@@ -178,6 +192,8 @@ async def work(settings: Settings, jobs: Jobs, shutdown: asyncio.Event | None = 
         batch_size=max(1, settings.jobs_concurrency // 2),
         max_concurrent_tasks=settings.jobs_concurrency,
         shutdown=shutdown,
+        restart_on_failure=True,
+        restart_delay=RESTART_DELAY,
     )
 
 

@@ -5,6 +5,8 @@ the core runner with a slow job) that gets SIGKILL or SIGTERM in the middle of a
   older than JOBS_HEARTBEAT_TIMEOUT, another worker runs it to completion.
 - SIGTERM (a rolling update, a drain): the worker finishes the job it runs, takes no
   new one, and exits 0.
+- Its database connection ended (a Postgres restart, a failover): the process lives on
+  and takes the next job on a new connection.
 
 These tests commit to the run's database (a worker sees only committed jobs): each
 uses a job name of its own and deletes its rows afterwards.
@@ -33,6 +35,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from app.core.config import Settings
 from app.core.jobs.enqueue import enqueue
+from app.core.jobs.worker import APPLICATION_NAME
 from tests.core.jobs.conftest import last_error
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -234,3 +237,32 @@ async def test_on_sigterm_the_worker_finishes_its_job_takes_no_new_one_and_exits
     assert await statuses(engine, probe.name) == ["queued"]
     # It waited for A (started before the signal, JOB_SECONDS long), not for a timeout.
     assert stop_seconds < JOB_SECONDS + 5
+
+
+async def test_a_worker_whose_connection_ended_lives_on_and_takes_the_next_job(
+    engine: AsyncEngine, settings: Settings, probe: Probe, tmp_path: Path
+) -> None:
+    """A process that exited would wait on its container's restart back-off, which
+    grows with each exit: the worker restarts its PgQueuer in the process instead."""
+    output = tmp_path / "workers.log"
+    await enqueue_one(engine, probe.name, "A")
+    with worker(settings, probe, output) as process:
+        await eventually(
+            lambda: bool(probe.of("done", "A")), WORKER_START_S, "A never finished", output
+        )
+        async with engine.connect() as connection:
+            ended = await connection.scalar(
+                text(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                    " WHERE application_name = :name AND datname = current_database()"
+                ),
+                {"name": APPLICATION_NAME},
+            )
+        assert ended == 1
+        await enqueue_one(engine, probe.name, "B")
+        await eventually(
+            lambda: bool(probe.of("done", "B")), WORKER_START_S, "B never finished", output
+        )
+        assert process.poll() is None, written(output)
+        [done] = probe.of("done", "B")
+        assert done["pid"] == process.pid
