@@ -17,8 +17,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Annotated
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
 from fastapi import APIRouter, FastAPI
 from httpx import AsyncClient, Response
+from jwt.algorithms import RSAAlgorithm
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
 
@@ -418,3 +420,17 @@ async def test_a_provider_that_trickles_its_keys_holds_no_request_past_the_fetch
     started = time.monotonic()
     assert await keys.key("any") is None
     assert time.monotonic() - started < 2.0
+
+
+async def test_a_keys_document_past_its_size_bound_is_refused_keeping_the_keys_held(
+    provider: type[_Provider], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tokens, "MAX_DOCUMENT_BYTES", 4096)
+    public_key = rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key()
+    jwk = {**RSAAlgorithm.to_jwk(public_key, as_dict=True), "kid": "k1"}
+    document = json.dumps({"keys": [jwk]}).encode()
+    provider.body = document
+    assert await tokens.KeySet(issuer="unused", jwks_url=provider.url).key("k1") is not None
+    # The same keys, padded past the bound (valid JSON still): refused as it streams.
+    provider.body = document + b" " * 4096
+    assert await tokens.KeySet(issuer="unused", jwks_url=provider.url).key("k1") is None

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -38,6 +39,9 @@ MAX_TOKEN_LENGTH = 8 * 1024
 REFRESH_MIN_INTERVAL_SECONDS = 10.0
 KEYS_MAX_AGE_SECONDS = 300.0
 FETCH_TIMEOUT_SECONDS = 2.0
+# Discovery and JWKS documents are a few kB: a URL that answers more (misconfigured,
+# hostile) is refused as it streams, before it can fill a worker's memory.
+MAX_DOCUMENT_BYTES = 512 * 1024
 # Verified tokens each worker remembers; past it the memory starts over.
 VERIFIED_TOKENS_MAX = 10_000
 DISCOVERY_PATH = "/.well-known/openid-configuration"
@@ -50,6 +54,18 @@ logger = structlog.get_logger(__name__)
 class SigningKey:
     jwk: jwt.PyJWK
     algorithm: str | None  # the JWK's own `alg`, when the issuer pins one
+
+
+async def fetch_json(client: httpx.AsyncClient, url: str) -> object:
+    """The JSON document at `url`; ValueError past MAX_DOCUMENT_BYTES or if not JSON."""
+    async with client.stream("GET", url) as response:
+        response.raise_for_status()
+        body = bytearray()
+        async for chunk in response.aiter_bytes():
+            body += chunk
+            if len(body) > MAX_DOCUMENT_BYTES:
+                raise ValueError(f"{url} answered more than {MAX_DOCUMENT_BYTES} bytes")
+    return json.loads(body)
 
 
 def signing_keys(document: object) -> dict[str, SigningKey]:
@@ -131,9 +147,7 @@ class KeySet:
                     httpx.AsyncClient(timeout=FETCH_TIMEOUT_SECONDS) as client,
                 ):
                     url = self._jwks_url or await self._discover(client)
-                    response = await client.get(url)
-                    response.raise_for_status()
-                    keys = signing_keys(response.json())
+                    keys = signing_keys(await fetch_json(client, url))
             except (httpx.HTTPError, ValueError, TimeoutError) as error:
                 reason = str(error) or type(error).__name__
                 logger.warning("jwks refresh failed", error=reason, kept_keys=len(self._keys))
@@ -144,9 +158,7 @@ class KeySet:
             logger.info("jwks refreshed", keys=len(self._keys))
 
     async def _discover(self, client: httpx.AsyncClient) -> str:
-        response = await client.get(self._issuer.rstrip("/") + DISCOVERY_PATH)
-        response.raise_for_status()
-        document = response.json()
+        document = await fetch_json(client, self._issuer.rstrip("/") + DISCOVERY_PATH)
         url = document.get("jwks_uri") if isinstance(document, dict) else None
         if not isinstance(url, str):
             raise ValueError("the discovery document names no jwks_uri")
