@@ -26,6 +26,7 @@ from app.core.logging import configure_logging
 from app.core.metrics import install_metrics, worker_gauges
 from app.core.middleware import RequestContextMiddleware
 from app.core.near_cache import NearCache
+from app.core.pending_deletes import PendingDeletes
 from app.core.problems import install_problem_schema, problem_responses
 from app.core.redis import OptionalRedis
 from app.core.request_id import REQUEST_ID_HEADER
@@ -61,7 +62,7 @@ def build_app(
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[AppState]:
         engine = create_engine(settings)
-        redis = OptionalRedis.from_settings(settings)
+        redis = OptionalRedis.from_settings(settings, PendingDeletes(engine))
         near_cache = NearCache.from_settings(settings)
         auth = CredentialVerifier(settings)
         gauges = worker_gauges(engine, redis.breaker) if settings.metrics_enabled else nullcontext()

@@ -3,5 +3,6 @@
 
 from app.core.auth.api_keys import ApiKey
 from app.core.idempotency import IdempotencyKey
+from app.core.pending_deletes import PendingCacheDelete
 
-__all__ = ["ApiKey", "IdempotencyKey"]
+__all__ = ["ApiKey", "IdempotencyKey", "PendingCacheDelete"]

@@ -8,7 +8,9 @@ once (a cache miss, an unlimited request) instead of each waiting for a timeout.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterable
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Protocol
 
 import structlog
 from redis.asyncio import BlockingConnectionPool, Redis
@@ -16,6 +18,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
+from sqlalchemy.exc import SQLAlchemyError
 
 from app.core.breaker import BreakerState, CircuitBreaker
 from app.core.config import Settings
@@ -23,9 +26,26 @@ from app.core.metrics import breaker_opened
 
 logger = structlog.get_logger(__name__)
 
-# Keys whose delete could not reach Redis, kept to delete once it answers again. Bounded:
-# past it, the oldest are forgotten and those entries simply expire with their TTL.
+# Keys whose delete could not reach Redis, kept in this worker's memory when Postgres
+# could not keep them either (app/core/pending_deletes.py). Bounded: past it, the oldest
+# are forgotten and those entries simply expire with their TTL.
 MAX_PENDING_DELETES = 10_000
+# After a failed send of the deletes kept in Postgres: not before this long, so a
+# Postgres outage does not cost every successful Redis call a try.
+KEPT_RETRY_SECONDS = 5.0
+
+
+class KeptDeletes(Protocol):
+    """Where missed deletes outlive the process: app/core/pending_deletes.py, Postgres.
+    Both raise SQLAlchemyError or OSError when the store cannot be reached."""
+
+    async def keep(self, keys: Sequence[str]) -> None: ...
+
+    async def send(self, delete_in_redis: Callable[[list[str]], Awaitable[None]]) -> int: ...
+
+
+class _RedisUnavailableError(Exception):
+    """A kept delete could not be sent: its batch stays kept."""
 
 
 def create_redis_client(settings: Settings) -> Redis:
@@ -46,19 +66,26 @@ def create_redis_client(settings: Settings) -> Redis:
 class OptionalRedis:
     """A Redis client that degrades: `run` returns None when Redis is unavailable."""
 
-    def __init__(self, client: Redis, breaker: CircuitBreaker) -> None:
+    def __init__(
+        self, client: Redis, breaker: CircuitBreaker, kept: KeptDeletes | None = None
+    ) -> None:
         self.client = client
         self.breaker = breaker
         self._scripts: dict[str, AsyncScript] = {}
+        self._kept = kept
+        # Deletes kept in Postgres may be waiting: those of a process that ended during an
+        # outage (so, at start), or of another worker (once Redis is back).
+        self._kept_waiting = kept is not None
+        self._kept_not_before = 0.0
         self._pending_deletes: dict[str, None] = {}  # an ordered set
         self._retrying: asyncio.Task[None] | None = None
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> OptionalRedis:
+    def from_settings(cls, settings: Settings, kept: KeptDeletes | None = None) -> OptionalRedis:
         breaker = CircuitBreaker(
             failures=settings.redis_breaker_failures, cooldown=settings.redis_breaker_cooldown
         )
-        return cls(create_redis_client(settings), breaker)
+        return cls(create_redis_client(settings), breaker, kept)
 
     @property
     def state(self) -> BreakerState:
@@ -84,8 +111,10 @@ class OptionalRedis:
             return None
         if self.breaker.state is not BreakerState.CLOSED:
             logger.info("redis available again")
+            self._kept_waiting = self._kept is not None
         self.breaker.record_success()
-        if self._pending_deletes and self._retrying is None:
+        kept_due = self._kept_waiting and time.monotonic() >= self._kept_not_before
+        if (self._pending_deletes or kept_due) and self._retrying is None:
             self._retrying = asyncio.create_task(self._delete_pending())
         return result
 
@@ -97,9 +126,19 @@ class OptionalRedis:
     async def delete(self, *keys: str) -> None:
         """Delete `keys` now or, if Redis is unavailable, as soon as it answers again: a
         cached copy of data that changed during an outage (a paused Redis keeps its data)
-        must not be served for the rest of its TTL afterwards."""
-        if await self.run(lambda redis: redis.delete(*keys)) is None:
-            self._defer(keys)
+        must not be served for the rest of its TTL afterwards. Kept in Postgres, which
+        outlives this process; in memory if Postgres fails too."""
+        if await self.run(lambda redis: redis.delete(*keys)) is not None:
+            return
+        if self._kept is not None:
+            try:
+                await self._kept.keep(keys)
+            except (SQLAlchemyError, OSError) as exc:
+                logger.warning("cache delete kept in memory only", error=type(exc).__name__)
+            else:
+                self._kept_waiting = True
+                return
+        self._defer(keys)
 
     def _defer(self, keys: Iterable[str]) -> None:
         for key in keys:
@@ -108,15 +147,36 @@ class OptionalRedis:
             del self._pending_deletes[next(iter(self._pending_deletes))]
 
     async def _delete_pending(self) -> None:
-        keys = list(self._pending_deletes)
-        self._pending_deletes.clear()
         try:
+            await self._send_kept()
+            keys = list(self._pending_deletes)
+            self._pending_deletes.clear()
+            if not keys:
+                return
             if await self.run(lambda redis: redis.delete(*keys)) is None:
                 self._defer(keys)
             else:
                 logger.info("deleted entries changed while redis was unavailable", count=len(keys))
         finally:
             self._retrying = None
+
+    async def _send_kept(self) -> None:
+        if self._kept is None or not self._kept_waiting:
+            return
+        self._kept_waiting = False
+
+        async def delete_in_redis(keys: list[str]) -> None:
+            if await self.run(lambda redis: redis.delete(*keys)) is None:
+                raise _RedisUnavailableError
+
+        try:
+            sent = await self._kept.send(delete_in_redis)
+        except (_RedisUnavailableError, SQLAlchemyError, OSError):
+            self._kept_waiting = True  # tried again on a later success
+            self._kept_not_before = time.monotonic() + KEPT_RETRY_SECONDS
+            return
+        if sent:
+            logger.info("deleted entries changed while redis was unavailable", count=sent)
 
     async def aclose(self) -> None:
         if self._retrying is not None:

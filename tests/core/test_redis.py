@@ -9,11 +9,15 @@ from collections.abc import AsyncIterator
 
 import pytest
 from redis.asyncio import Redis
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.core.breaker import BreakerState
 from app.core.config import Settings
+from app.core.db import create_engine
+from app.core.pending_deletes import PendingDeletes
 from app.core.redis import MAX_PENDING_DELETES, OptionalRedis
-from tests.conftest import UNREACHABLE_REDIS, with_overrides
+from tests.conftest import UNREACHABLE_POSTGRES, UNREACHABLE_REDIS, with_overrides
 
 
 @pytest.fixture
@@ -96,6 +100,69 @@ async def test_a_delete_redis_missed_happens_once_it_answers_again(
     assert await redis.get("cache:changed") is None
     assert client.pending_deletes == 0
     await client.aclose()
+
+
+async def gone(redis: Redis, key: str) -> bool:
+    for _ in range(200):
+        if await redis.get(key) is None:
+            return True
+        await asyncio.sleep(0.01)
+    return False
+
+
+async def kept_in_postgres(engine: AsyncEngine, key: str) -> int:
+    async with engine.connect() as connection:
+        query = text("SELECT count(*) FROM pending_cache_deletes WHERE key = :key")
+        return int(await connection.scalar(query, {"key": key}) or 0)
+
+
+def in_an_outage(client: OptionalRedis, settings: Settings) -> OptionalRedis:
+    for _ in range(settings.redis_breaker_failures):
+        client.breaker.record_failure()
+    assert client.state is BreakerState.OPEN
+    return client
+
+
+async def test_a_delete_redis_missed_outlives_the_process_that_missed_it(
+    settings: Settings, redis: Redis, engine: AsyncEngine
+) -> None:
+    """A deploy or a restart during the outage ends the process that missed the delete:
+    Postgres keeps it, and the next process to reach Redis sends it."""
+    key = "cache:changed-then-restarted"
+    await redis.set(key, b"old")
+    first = in_an_outage(OptionalRedis.from_settings(settings, PendingDeletes(engine)), settings)
+    await first.delete(key)
+    assert first.pending_deletes == 0  # not in this process's memory
+    await first.aclose()
+    assert await kept_in_postgres(engine, key) == 1
+    assert await redis.get(key) == b"old"
+
+    second = OptionalRedis.from_settings(settings, PendingDeletes(engine))
+    assert await second.run(ping) is True  # its first success sends what was kept
+    assert await gone(redis, key)
+    for _ in range(100):  # the row goes in the same transaction, just after
+        if await kept_in_postgres(engine, key) == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert await kept_in_postgres(engine, key) == 0
+    await second.aclose()
+
+
+async def test_a_missed_delete_postgres_cannot_keep_is_kept_in_memory(
+    settings: Settings, redis: Redis
+) -> None:
+    key = "cache:changed-in-a-double-outage"
+    await redis.set(key, b"old")
+    down = create_engine(with_overrides(settings, database_url=UNREACHABLE_POSTGRES))
+    client = in_an_outage(OptionalRedis.from_settings(settings, PendingDeletes(down)), settings)
+    await client.delete(key)
+    assert client.pending_deletes == 1
+    client.breaker.record_success()  # Redis is back, Postgres still is not
+    assert await client.run(ping) is True
+    assert await gone(redis, key)
+    assert client.pending_deletes == 0
+    await client.aclose()
+    await down.dispose()
 
 
 async def test_deletes_kept_for_later_are_bounded(settings: Settings) -> None:
