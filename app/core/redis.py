@@ -44,8 +44,9 @@ class KeptDeletes(Protocol):
     async def send(self, delete_in_redis: Callable[[list[str]], Awaitable[None]]) -> int: ...
 
 
-class _RedisUnavailableError(Exception):
-    """A kept delete could not be sent: its batch stays kept."""
+class _RedisUnavailableError(RedisError):
+    """A kept delete could not reach Redis: its batch stays kept, and the call that was
+    sending it fails as Redis failures do."""
 
 
 def create_redis_client(settings: Settings) -> Redis:
@@ -73,12 +74,12 @@ class OptionalRedis:
         self.breaker = breaker
         self._scripts: dict[str, AsyncScript] = {}
         self._kept = kept
-        # Deletes kept in Postgres may be waiting: those of a process that ended during an
-        # outage (so, at start), or of another worker (once Redis is back).
+        # Deletes kept in Postgres may be waiting: a process that ended during an outage
+        # left them (so, at start), or any worker during one (so, once one is seen).
         self._kept_waiting = kept is not None
         self._kept_not_before = 0.0
         self._pending_deletes: dict[str, None] = {}  # an ordered set
-        self._retrying: asyncio.Task[None] | None = None
+        self._sending = asyncio.Lock()
 
     @classmethod
     def from_settings(cls, settings: Settings, kept: KeptDeletes | None = None) -> OptionalRedis:
@@ -102,20 +103,19 @@ class OptionalRedis:
         if not self.breaker.allow():
             return None
         try:
+            if self._deletes_due():
+                await self._send_waiting_deletes()
             result = await operation(self.client)
         except (RedisError, OSError) as exc:
             # Log transitions, not every skipped call: an outage must not flood the log.
             if self.breaker.record_failure():
                 breaker_opened()
                 logger.warning("redis unavailable; skipping it", error=type(exc).__name__)
+                self._kept_waiting = self._kept is not None
             return None
         if self.breaker.state is not BreakerState.CLOSED:
             logger.info("redis available again")
-            self._kept_waiting = self._kept is not None
         self.breaker.record_success()
-        kept_due = self._kept_waiting and time.monotonic() >= self._kept_not_before
-        if (self._pending_deletes or kept_due) and self._retrying is None:
-            self._retrying = asyncio.create_task(self._delete_pending())
         return result
 
     @property
@@ -146,39 +146,41 @@ class OptionalRedis:
         while len(self._pending_deletes) > MAX_PENDING_DELETES:
             del self._pending_deletes[next(iter(self._pending_deletes))]
 
-    async def _delete_pending(self) -> None:
-        try:
-            await self._send_kept()
-            keys = list(self._pending_deletes)
-            self._pending_deletes.clear()
-            if not keys:
-                return
-            if await self.run(lambda redis: redis.delete(*keys)) is None:
-                self._defer(keys)
-            else:
+    def _deletes_due(self) -> bool:
+        kept_due = self._kept_waiting and time.monotonic() >= self._kept_not_before
+        return kept_due or bool(self._pending_deletes)
+
+    async def _send_waiting_deletes(self) -> None:
+        """Before anything else is asked of Redis: an entry that changed while it was
+        unavailable must not be read first. One sender; calls behind it wait for it."""
+        async with self._sending:
+            if self._pending_deletes:
+                keys = list(self._pending_deletes)
+                await self.client.delete(*keys)  # raises: they stay waiting
+                for key in keys:
+                    self._pending_deletes.pop(key, None)
                 logger.info("deleted entries changed while redis was unavailable", count=len(keys))
-        finally:
-            self._retrying = None
+            if self._kept is None or not self._deletes_due():
+                return
+            self._kept_waiting = False  # before: a delete kept meanwhile sets it again
 
-    async def _send_kept(self) -> None:
-        if self._kept is None or not self._kept_waiting:
-            return
-        self._kept_waiting = False
+            async def delete_in_redis(keys: list[str]) -> None:
+                try:
+                    await self.client.delete(*keys)
+                except (RedisError, OSError) as exc:
+                    self._kept_waiting = True
+                    raise _RedisUnavailableError(str(exc)) from exc
 
-        async def delete_in_redis(keys: list[str]) -> None:
-            if await self.run(lambda redis: redis.delete(*keys)) is None:
-                raise _RedisUnavailableError
-
-        try:
-            sent = await self._kept.send(delete_in_redis)
-        except (_RedisUnavailableError, SQLAlchemyError, OSError):
-            self._kept_waiting = True  # tried again on a later success
-            self._kept_not_before = time.monotonic() + KEPT_RETRY_SECONDS
-            return
-        if sent:
-            logger.info("deleted entries changed while redis was unavailable", count=sent)
+            try:
+                sent = await self._kept.send(delete_in_redis)
+            except (SQLAlchemyError, OSError) as exc:
+                # Postgres, not Redis: the call goes on, and the send is tried again later.
+                self._kept_waiting = True
+                self._kept_not_before = time.monotonic() + KEPT_RETRY_SECONDS
+                logger.warning("cache deletes kept in postgres not sent", error=type(exc).__name__)
+                return
+            if sent:
+                logger.info("deleted entries changed while redis was unavailable", count=sent)
 
     async def aclose(self) -> None:
-        if self._retrying is not None:
-            self._retrying.cancel()
         await self.client.aclose()
