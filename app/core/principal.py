@@ -13,6 +13,11 @@ MAX_SUBJECT_LENGTH = 200
 ADMIN_SUFFIX = ":admin"
 
 
+# The subjects of API keys' principals start with it (app/core/auth/api_keys.py); a
+# token's `sub` that does is refused, or it would own what that key owns.
+API_KEY_SUBJECT_PREFIX = "apikey:"
+
+
 @dataclass(frozen=True, slots=True)
 class Principal:
     """An authenticated caller: a person or service named by the identity provider's

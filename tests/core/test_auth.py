@@ -16,11 +16,12 @@ from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Annotated
 
+import jwt
 import pytest
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from fastapi import APIRouter, FastAPI
 from httpx import AsyncClient, Response
-from jwt.algorithms import RSAAlgorithm
+from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
 
@@ -28,6 +29,7 @@ from app.core.application import build_app
 from app.core.auth import api_keys, tokens
 from app.core.auth.api_keys import generate_key
 from app.core.auth.dependencies import requires
+from app.core.auth.errors import NotAuthenticated
 from app.core.auth.keys import create_api_key, revoke_api_key
 from app.core.config import Settings
 from app.core.principal import Principal
@@ -161,6 +163,8 @@ ATTACKS: dict[str, Callable[[Issuer], str]] = {
     "a 100 kB token": lambda issuer: issuer.token("probes:read", padding="x" * 100_000),
     "garbage": lambda issuer: "not-a-jwt",
     "a subject too long to record": lambda issuer: issuer.token("probes:read", sub="x" * 201),
+    # It would own what API key "probe-bot" owns, idempotency keys included.
+    "an API key's subject": lambda issuer: issuer.token("probes:read", sub="apikey:probe-bot"),
 }
 
 
@@ -434,3 +438,33 @@ async def test_a_keys_document_past_its_size_bound_is_refused_keeping_the_keys_h
     # The same keys, padded past the bound (valid JSON still): refused as it streams.
     provider.body = document + b" " * 4096
     assert await tokens.KeySet(issuer="unused", jwks_url=provider.url).key("k1") is None
+
+
+async def test_a_key_that_names_no_algorithm_verifies_only_its_own_family(
+    provider: type[_Provider],
+) -> None:
+    """Keys published without `alg` (as many providers do): a header that pairs one with
+    another family's algorithm is refused (401), never handed to PyJWT (a 500)."""
+    rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    ec_key = ec.generate_private_key(ec.SECP256R1())
+    keys = [
+        {**RSAAlgorithm.to_jwk(rsa_key.public_key(), as_dict=True), "kid": "r1"},
+        {**ECAlgorithm.to_jwk(ec_key.public_key(), as_dict=True), "kid": "e1"},
+    ]
+    provider.body = json.dumps({"keys": keys}).encode()
+    verifier = tokens.TokenVerifier(
+        issuer="https://issuer.example",
+        audience="api",
+        algorithms=["RS256", "ES256"],
+        jwks_url=provider.url,
+    )
+    now = int(time.time())
+    claims = {"iss": "https://issuer.example", "aud": "api", "sub": "svc", "iat": now}
+    signed = jwt.encode({**claims, "exp": now + 60}, ec_key, "ES256", headers={"kid": "e1"})
+    assert (await verifier.verify(signed)).subject == "svc"
+    for alg, kid in (("ES256", "r1"), ("RS256", "e1")):
+        header = b64(json.dumps({"alg": alg, "kid": kid}).encode())
+        forged = f"{header}.{b64(b'{}')}.{b64(b'x')}"
+        with pytest.raises(NotAuthenticated):
+            await verifier.verify(forged)
+    await verifier.aclose()

@@ -35,7 +35,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 from app.core.auth.errors import NotAuthenticated
 from app.core.db import Base
 from app.core.db_errors import is_transient, sqlstate
-from app.core.principal import Principal
+from app.core.principal import API_KEY_SUBJECT_PREFIX, Principal
 
 PREFIX = "sak"
 HEADER = "X-API-Key"
@@ -81,7 +81,7 @@ def _sha256(secret: str) -> bytes:
 
 
 def subject_of(name: str) -> str:
-    return f"apikey:{name}"
+    return f"{API_KEY_SUBJECT_PREFIX}{name}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,7 +31,7 @@ import jwt
 import structlog
 
 from app.core.auth.errors import NotAuthenticated
-from app.core.principal import MAX_SUBJECT_LENGTH, Principal
+from app.core.principal import API_KEY_SUBJECT_PREFIX, MAX_SUBJECT_LENGTH, Principal
 
 LEEWAY_SECONDS = 30
 # Real access tokens are a few kB; anything far larger is refused before it is parsed.
@@ -46,6 +46,8 @@ MAX_DOCUMENT_BYTES = 512 * 1024
 VERIFIED_TOKENS_MAX = 10_000
 DISCOVERY_PATH = "/.well-known/openid-configuration"
 REQUIRED_CLAIMS = ["exp", "iat", "iss", "aud", "sub"]
+# The JWK key type (`kty`) each family of accepted algorithms signs with.
+_KEY_TYPES = {"RS": "RSA", "PS": "RSA", "ES": "EC", "Ed": "OKP"}
 
 logger = structlog.get_logger(__name__)
 
@@ -208,7 +210,11 @@ class TokenVerifier:
         key = await self.keys.key(kid)
         if key is None:
             raise _refused("is signed with a key the issuer does not publish")
-        if key.algorithm not in (algorithm, None):
+        # A key that names no `alg` (as many providers publish them) still fits only its
+        # own family: an RS256 header with an EC key is refused, not handed to PyJWT.
+        if key.algorithm not in (algorithm, None) or key.jwk.key_type != _KEY_TYPES.get(
+            algorithm[:2]
+        ):
             raise _refused("is signed with an algorithm its key does not allow")
         try:
             claims = jwt.decode(
@@ -228,11 +234,15 @@ class TokenVerifier:
             raise _refused("is for another audience") from None
         except jwt.InvalidIssuerError:
             raise _refused("is from another issuer") from None
-        except jwt.PyJWTError:
+        except (jwt.PyJWTError, TypeError, ValueError):
+            # PyJWT raises TypeError or ValueError for a key that does not fit the header's
+            # algorithm (a curve other than the algorithm's): a forged token, not a bug.
             raise _refused("could not be verified") from None
         subject = str(claims["sub"])
         if not subject or len(subject) > MAX_SUBJECT_LENGTH:
             raise _refused("names no subject, or one too long to record")
+        if subject.startswith(API_KEY_SUBJECT_PREFIX):
+            raise _refused("names a subject kept for API keys")
         principal = Principal(subject=subject, scopes=scopes_of(claims), kind="token")
         return principal, float(claims["exp"])
 
