@@ -2,9 +2,11 @@
 
 It merges, file by file with `git merge-file`, what the template changed since the
 revision .template.toml records; what it does and why not `git merge`:
-docs/development.md, "Keeping up with the template". The template's name and README
-heading are first replaced by this service's in both template versions, so the lines
-`make init` changed never conflict. Nothing is committed. Standard library and git only.
+docs/development.md, "Keeping up with the template". Both template versions are first
+made into this fork as `make init` would make them (the template's own
+template/make_fork.py at each, with this fork's name and options), so what `make init`
+changed or deleted never conflicts and never comes back. Nothing is committed. Standard
+library and git only.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 import tomllib
-from collections.abc import Callable, Collection
+from collections.abc import Collection
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -73,12 +75,6 @@ def marks_of(path: str) -> tuple[re.Pattern[str], re.Pattern[str]] | None:
     return None
 
 
-def kept_marks(removed: Collection[str]) -> list[str]:
-    """The marks whose text a fork keeps, from what `make init` removed."""
-    kept = [target for target, doc in TARGET_DOCS.items() if doc not in removed]
-    return [*kept, EXAMPLES] if EXAMPLES_CODE not in removed else kept
-
-
 def keep_marked(
     text: str, kept: Collection[str], marks: tuple[re.Pattern[str], ...] = DOC_MARKS
 ) -> str:
@@ -114,53 +110,48 @@ def show(revision: str, path: str) -> bytes | None:
     return result.stdout if result.returncode == 0 else None
 
 
-def mode(revision: str, path: str) -> str:
-    listed = git("ls-tree", revision, "--", path).stdout.split()
-    return listed[0] if listed else "100644"
-
-
 def name_at(revision: str) -> str:
     pyproject = show(revision, "pyproject.toml") or b""
     return str(tomllib.loads(pyproject.decode())["project"]["name"])
 
 
-def renamer(
-    template_name: str, name: str, kept: Collection[str]
-) -> Callable[[str, bytes | None], bytes | None]:
-    """Rewrites a template version of a file as `make init` left this service's: its
-    name, its README heading, and only the `kept` marks' text (marks_of)."""
-    pairs = [(template_name, name)]
-    if "-" in template_name:
-        pairs.append((template_name.replace("-", "_"), name.replace("-", "_")))
-    readme = ROOT / "README.md"
-    readme_text = readme.read_text(encoding="utf-8") if readme.is_file() else ""
-    heading = re.search(r"^# .*$", readme_text, re.MULTILINE)
-    title = heading.group(0) if heading else ""
-
-    def rename(path: str, data: bytes | None) -> bytes | None:
-        if data is None:
-            return None
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError:
-            return data
-        for old, new in pairs:
-            text = text.replace(old, new)
-        if path == "README.md" and title:
-            text = re.sub(r"^# .*$", lambda _: title, text, count=1, flags=re.MULTILINE)
-        marks = marks_of(path)
-        if marks is not None:
-            text = keep_marked(text, kept, marks)
-        return text.encode("utf-8")
-
-    return rename
+def init_options(removed: Collection[str]) -> list[str]:
+    """The `make init` options this fork was made with, from what it deleted."""
+    targets = [target for target, doc in TARGET_DOCS.items() if doc not in removed]
+    options = [f"--targets={','.join(targets) or ','}"]
+    return [*options, "--examples=no"] if EXAMPLES_CODE in removed else options
 
 
-def excluded(path: str, removed: list[str]) -> bool:
-    return any(path == p or path.startswith(p.rstrip("/") + "/") for p in TEMPLATE_ONLY + removed)
+def generated(revision: str, name: str, options: list[str], scratch: Path) -> dict[str, Path]:
+    """The fork `make init name=<name> <options>` makes at `revision`, by its own
+    template/make_fork.py on an export of it: each file by its path."""
+    tree = scratch / revision
+    tree.mkdir()
+    archive = subprocess.run(  # noqa: S603  # git, with arguments built here
+        [GIT, "archive", "--format=tar", revision], cwd=ROOT, capture_output=True, check=True
+    ).stdout
+    tar = shutil.which("tar") or "tar"
+    subprocess.run([tar, "-x", "-C", str(tree)], input=archive, check=True)  # noqa: S603
+    maker = tree / "template" / "make_fork.py"
+    if not maker.is_file():
+        sys.exit(f"update: {revision[:12]} has no template/make_fork.py: not the template")
+    made = subprocess.run(  # noqa: S603  # the template's own script, as `make init` runs it
+        [sys.executable, str(maker), f"--name={name}", *options],
+        cwd=tree, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if made.returncode != 0:
+        sys.exit(f"update: making the fork at {revision[:12]} failed:\n{made.stderr.strip()}")
+    files = (path for path in tree.rglob("*") if path.is_file() or path.is_symlink())
+    return {
+        str(path.relative_to(tree)): path
+        for path in files
+        if path.relative_to(tree).parts[0] not in TEMPLATE_ONLY
+    }
 
 
-def merge(path: str, base: bytes | None, theirs: bytes | None, their_mode: str) -> str:
+def merge(
+    path: str, base: bytes | None, theirs: bytes | None, their_mode: str, base_dirs: set[str]
+) -> str:
     """Merge one file into the working tree; return what happened."""
     target = ROOT / path
     ours = target.read_bytes() if target.is_file() else None
@@ -171,8 +162,10 @@ def merge(path: str, base: bytes | None, theirs: bytes | None, their_mode: str) 
             return "kept (changed here, deleted in the template)"
         target.unlink()
         return "deleted"
-    if ours is None and base is not None:
-        return "skipped (deleted here, changed in the template)"
+    # Changed in the template, or new in a directory this fork deleted (its resource).
+    folder_gone = str(Path(path).parent) in base_dirs and not target.parent.is_dir()
+    if ours is None and (base is not None or folder_gone):
+        return "skipped (deleted here, or its directory)"
     if ours is None or ours == base:  # only the template changed it: take its version
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(theirs)
@@ -210,7 +203,7 @@ def fetch(url: str, ref: str) -> str:
     sys.exit(f"update: no tag, branch or commit {ref!r} in the template")
 
 
-def in_template(revision: str) -> str:
+def in_template(revision: str, target: str) -> str:
     """The template's commit for the recorded revision. A fork made from a copy of the
     template ("Use this template") recorded its own first commit: the template's commit
     is then the one with the same tree."""
@@ -220,6 +213,12 @@ def in_template(revision: str) -> str:
     listed = git("log", "--format=%H %T", "--glob=refs/template/*").stdout.split("\n")
     found = [line.split()[0] for line in listed if tree.strip() and line.endswith(tree.strip())]
     if not found:
+        # The fork's own commits before `make init` (a CODEOWNERS on a GitHub fork): the
+        # template's commit is the newest one they share.
+        shared = git("merge-base", revision, target, check=False).stdout.strip()
+        if shared:
+            print(f"update: {revision[:12]} is not the template's; it was made from {shared[:12]}")
+            return shared
         sys.exit(f"update: the recorded revision {revision[:12]} is not in the template")
     print(
         f"update: {revision[:12]} is not the template's; its tree is the template's {found[0][:12]}"
@@ -294,18 +293,28 @@ def merge_all(
     base_revision: str, target: str, removed: list[str]
 ) -> tuple[dict[str, list[str]], int]:
     """Merge every file the template changed; the outcomes, and how many were left out."""
-    rename = renamer(name_at(base_revision), name_at("HEAD"), kept_marks(removed))
-    changed = git("diff", "--name-only", "--no-renames", "-z", base_revision, target).stdout
+    name, options = name_at("HEAD"), init_options(removed)
     outcomes: dict[str, list[str]] = {}
-    left_out = 0
-    for path in filter(None, changed.split("\0")):
-        if excluded(path, removed):
-            left_out += 1
-            continue
-        base, theirs = rename(path, show(base_revision, path)), rename(path, show(target, path))
-        outcome = merge(path, base, theirs, mode(target, path))
-        outcomes.setdefault(outcome, []).append(path)
-    return outcomes, left_out
+    with tempfile.TemporaryDirectory() as scratch:
+        base = generated(base_revision, name, options, Path(scratch))
+        theirs = generated(target, name, options, Path(scratch))
+        base_dirs = {str(Path(path).parent) for path in base}
+        for path in sorted(set(base) | set(theirs)):
+            if path == RECORD.name:
+                continue
+            old, new = base.get(path), theirs.get(path)
+            old_bytes = old.read_bytes() if old else None
+            new_bytes = new.read_bytes() if new else None
+            if old_bytes == new_bytes:
+                continue
+            executable = new is not None and os.access(new, os.X_OK)
+            outcome = merge(
+                path, old_bytes, new_bytes, "100755" if executable else "100644", base_dirs
+            )
+            outcomes.setdefault(outcome, []).append(path)
+    changed = git("diff", "--name-only", "--no-renames", "-z", base_revision, target).stdout
+    merged = sum(len(paths) for paths in outcomes.values())
+    return outcomes, max(0, len(list(filter(None, changed.split("\0")))) - merged)
 
 
 def report(base_revision: str, target: str, outcomes: dict[str, list[str]], left_out: int) -> None:
@@ -339,20 +348,31 @@ def main() -> None:
     dirty = git("status", "--porcelain", "--untracked-files=no").stdout.splitlines()
     if [line for line in dirty if not (args.self_updated and line.endswith("scripts/update.py"))]:
         sys.exit("update: commit or stash your changes first")
+    # A migration not yet committed would be joined to the template's by merge_heads.
+    if git("ls-files", "--others", "--exclude-standard", "alembic/versions").stdout.strip():
+        sys.exit("update: commit or remove the new files in alembic/versions first")
     target = fetch(url, args.ref or "HEAD")
-    base_revision = in_template(str(recorded["revision"]))
-    if base_revision == target:
-        print(f"update: already at {target[:12]}; nothing to do")
+    if show(target, RECORD.name) is not None:
+        sys.exit(
+            f"update: {url} is a fork (it has {RECORD.name}), not the template: "
+            "make update from=<the template's address>"
+        )
+    base_revision = in_template(str(recorded["revision"]), target)
+    if git("merge-base", "--is-ancestor", target, base_revision, check=False).returncode == 0:
+        # The same revision, or an older one: an update never takes a fork back.
+        print(f"update: already at {base_revision[:12]}, which has {target[:12]}; nothing to do")
         return
+    if git("merge-base", "--is-ancestor", base_revision, target, check=False).returncode != 0:
+        sys.exit(f"update: {target[:12]} does not follow {base_revision[:12]}: not an update")
     if not args.self_updated:
         self_update(base_revision, target)
 
     outcomes, left_out = merge_all(base_revision, target, [str(p) for p in recorded["removed"]])
     text = RECORD.read_text(encoding="utf-8")
-    RECORD.write_text(
-        re.sub(r"^revision = .*$", f"revision = {json.dumps(target)}", text, flags=re.MULTILINE),
-        encoding="utf-8",
-    )
+    text = re.sub(r"^revision = .*$", f"revision = {json.dumps(target)}", text, flags=re.M)
+    if args.url:  # from=: the address the next update uses too
+        text = re.sub(r"^url = .*$", f"url = {json.dumps(args.url)}", text, flags=re.M)
+    RECORD.write_text(text, encoding="utf-8")
     report(base_revision, target, outcomes, left_out)
     merged = merge_heads()
     if merged:

@@ -99,6 +99,27 @@ PY
 make --no-print-directory fmt >/dev/null
 commit "Scopes on our own routes, as the upgrade notes say"
 
+# A fork with other init options and no changes of its own, updated: exactly the fork
+# `make init` makes at HEAD with those options (nothing it deleted comes back). Then an
+# older ref: an update never takes a fork back.
+lean_options=(--targets=k8s --examples=no)
+say "make init ${lean_options[*]#--} at both revisions: the updated one is the fresh one"
+make_lean() { # make_lean DIR REVISION
+  git clone --quiet --no-checkout "$repo" "$1"
+  (cd "$1" && git checkout --quiet -B main "$2" &&
+    python3 template/make_fork.py --name "$name" "${lean_options[@]}" >/dev/null && commit "$name")
+}
+make_lean "$tmp/lean" "$old"
+make_lean "$tmp/fresh" "$head"
+(cd "$tmp/lean" && make --no-print-directory update ref="$head" >"$tmp/lean.log" && commit update) ||
+  fail "make update of the ${lean_options[*]} fork failed:"$'\n'"$(cat "$tmp/lean.log")"
+apart=$(diff -rq --exclude=.git --exclude=.template.toml "$tmp/lean" "$tmp/fresh" || true)
+[ -z "$apart" ] || fail "the updated ${lean_options[*]} fork is not the fresh one:"$'\n'"$apart"
+(cd "$tmp/lean" && make --no-print-directory update ref="$old" >"$tmp/lean.log") ||
+  fail "make update ref=<older> failed:"$'\n'"$(cat "$tmp/lean.log")"
+grep -q "nothing to do" "$tmp/lean.log" || fail "make update ref=<older> did not refuse to go back"
+[ -z "$(git -C "$tmp/lean" status --porcelain)" ] || fail "make update ref=<older> changed files"
+
 say "make lint"
 lint=0; make --no-print-directory lint || lint=$?
 say "make test"
