@@ -55,6 +55,8 @@ remove_stack "${COMPOSE[@]}" # what a killed earlier run left
 API_KEY=""
 request() {
   local args=(-sS -X "$1" -o /dev/stdout -D "$WORK/headers" -w '\n%{http_code}' --max-time 20)
+  # curl reads no body after HEAD only when told so (--head): none may come.
+  [ "$1" != HEAD ] || args=(-sS --head -o /dev/null -D "$WORK/headers" -w '\n%{http_code}' --max-time 20)
   [ -z "$API_KEY" ] || args+=(-H "X-API-Key: $API_KEY")
   [ $# -ge 3 ] && args+=(-H 'content-type: application/json' --data "$3")
   local out
@@ -114,7 +116,12 @@ expect 200 "liveness" GET /health
 contains '"status":"pass"' "liveness"
 expect 200 "readiness" GET /health/ready
 contains '"status":"pass"' "readiness"
-log "health and readiness pass through the proxy"
+expect 200 "HEAD as GET" HEAD /health
+[ -z "$BODY" ] || fail "HEAD /health sent a body: $BODY" api
+[[ "$HEADERS" == *"content-length: "[1-9]* ]] || fail "HEAD /health lacks GET's Content-Length" api
+expect 200 "the schema" GET /openapi.json
+[[ "$HEADERS" == *"cache-control: no-store"* ]] || fail "a response without Cache-Control: no-store" api
+log "health and readiness pass through the proxy; HEAD answers as GET; responses are no-store"
 
 # only:examples
 expect 201 "create item" POST /api/v1/items '{"name":"e2e","description":"through the proxy"}'

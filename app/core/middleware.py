@@ -16,6 +16,10 @@ access_logger = structlog.get_logger("app.access")
 
 # ASGI servers give header names in lower case.
 _REQUEST_ID = REQUEST_ID_HEADER.lower().encode("latin-1")
+_CACHE_CONTROL = b"cache-control"
+# Responses name their caller's data (a principal's orders): no shared cache may keep one
+# unless its route says otherwise with a Cache-Control of its own.
+_NO_STORE = (_CACHE_CONTROL, b"no-store")
 
 # Container and load-balancer probes hit these every few seconds: at INFO they would
 # drown everything else, so a passing probe is logged at DEBUG only. A failing one (5xx)
@@ -25,7 +29,9 @@ PROBE_PATHS = frozenset({"/health", "/health/ready"})
 
 class RequestContextMiddleware:
     """Gives each request an id, returns it as X-Request-ID, binds it to every log line
-    of the request, and writes one access line when the request ends.
+    of the request, and writes one access line when the request ends. Also answers HEAD
+    as GET without the body (FastAPI routes GET only; RFC 9110 asks for both), and sends
+    `Cache-Control: no-store` where the response sets none.
 
     Levels of the access line: ERROR with the traceback when the app raised (the one
     place an unhandled exception is logged), WARNING for another 5xx (its cause was
@@ -51,6 +57,7 @@ class RequestContextMiddleware:
         set_request_id(request_id)  # read by the logging processors and error responses
         request_id_header = (_REQUEST_ID, request_id.encode("latin-1"))
         status = 500  # what the client gets if the app raises before responding
+        head = scope["method"] == "HEAD"
 
         async def send_with_request_id(message: Message) -> None:
             nonlocal status
@@ -60,12 +67,17 @@ class RequestContextMiddleware:
                 # Starlette writes header names in lower case, as ASGI servers do.
                 headers = [h for h in message.get("headers", ()) if h[0] != _REQUEST_ID]
                 headers.append(request_id_header)
+                if not any(name == _CACHE_CONTROL for name, _ in headers):
+                    headers.append(_NO_STORE)
                 message["headers"] = headers
+            elif head and message["type"] == "http.response.body":
+                message = {**message, "body": b""}  # its Content-Length stays GET's
             await send(message)
 
         error: Exception | None = None
         try:
-            await self.app(scope, receive, send_with_request_id)
+            app_scope = {**scope, "method": "GET"} if head else scope
+            await self.app(app_scope, receive, send_with_request_id)
         except Exception as exc:
             error = exc
             raise

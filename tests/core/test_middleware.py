@@ -35,3 +35,21 @@ async def test_error_responses_carry_the_request_id_once(core_client: AsyncClien
     assert response.status_code == 404
     assert response.headers.get_list("x-request-id") == ["req-404"]
     assert response.json()["request_id"] == "req-404"
+
+
+@pytest.mark.parametrize("path", ["/health", "/openapi.json", "/nowhere"])
+async def test_head_answers_as_get_without_the_body(core_client: AsyncClient, path: str) -> None:
+    get, head = await core_client.get(path), await core_client.head(path)
+    assert head.status_code == get.status_code
+    assert head.content == b""
+    assert head.headers["content-type"] == get.headers["content-type"]
+    assert head.headers["content-length"] == get.headers["content-length"]
+
+
+async def test_responses_are_not_stored_by_caches_unless_a_route_says_so(
+    core_client: AsyncClient,
+) -> None:
+    assert (await core_client.get("/openapi.json")).headers["cache-control"] == "no-store"
+    assert (await core_client.get("/nowhere")).headers["cache-control"] == "no-store"
+    health = await core_client.get("/health")  # sets its own: kept, not doubled
+    assert health.headers.get_list("cache-control") == ["no-store"]
