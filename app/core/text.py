@@ -6,10 +6,17 @@ from __future__ import annotations
 
 from pydantic import StringConstraints
 
-# No control characters at all: NUL, line breaks, escapes, DEL.
-_SINGLE_LINE = r"^[^\x00-\x1f\x7f]*$"
+# Never: C1 controls (NEL, a terminal's CSI), and the invisible characters that reorder
+# or hide text (bidirectional embeddings, overrides and isolates, the zero-width space,
+# word joiner and invisible operators, the BOM): a name that reads as another, or a log
+# line that displays what it does not contain. The zero-width (non-)joiner and the
+# left-to-right and right-to-left marks stay: scripts and emoji need them.
+_HIDDEN = r"\x7f-\x9f\u200b\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff"
+# No control characters at all (NUL, line breaks, escapes), nor line or paragraph
+# separators, nor the hidden ones.
+_SINGLE_LINE = rf"^[^\x00-\x1f\u2028\u2029{_HIDDEN}]*$"
 # Tabs and line breaks allowed; other control characters (NUL among them) are not.
-_MULTI_LINE = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$"
+_MULTI_LINE = rf"^[^\x00-\x08\x0b\x0c\x0e-\x1f{_HIDDEN}]*$"
 
 
 def single_line(*, max_length: int) -> StringConstraints:
