@@ -186,6 +186,16 @@ log "no credential: GET and POST /api/v1/items answer 401, WWW-Authenticate: Bea
 # Proxy: a method nothing serves is a 501 in problem+json, not the api server's plain 400.
 expect 501 "an unknown method" FOO /health
 [[ "$HEADERS" == *"content-type: application/problem+json"* ]] || fail "the 501 is not problem+json: $BODY" proxy
+# Two request ids, the first well-formed and the second not: the proxy's own error body
+# (and the id the api would log) must get its UUID, not the second id spliced into JSON.
+BODY=$(curl -sS -X FOO -D "$WORK/headers" --max-time 20 -H 'X-Request-ID: ok-1' \
+  -H 'X-Request-ID: x","status":200,"title":"x' "$BASE/health") || fail "curl FOO /health" proxy
+HEADERS=$(tr -d '\r' <"$WORK/headers" | tr '[:upper:]' '[:lower:]')
+request_id=$(json_field request_id)
+[[ "$BODY" == *'"status":501'* && "$BODY" != *'"status":200'* && "$request_id" =~ ^[0-9a-f-]{36}$ ]] ||
+  fail "two X-Request-ID headers reached the proxy's error body: $BODY" proxy
+[[ "$HEADERS" == *"x-content-type-options: nosniff"* && "$HEADERS" != *"server: caddy"* ]] ||
+  fail "the proxy's own error lacks the security headers: $HEADERS" proxy
 # Security headers, no HSTS over plain HTTP, bodies above MAX_BODY_SIZE refused.
 request GET /health
 [[ "$HEADERS" == *"x-content-type-options: nosniff"* ]] || fail "no X-Content-Type-Options" proxy
@@ -216,7 +226,7 @@ proxy_log=$("${COMPOSE[@]}" logs --no-color proxy)
 if [[ "$proxy_log" == *'"X-Api-Key"'* || "$proxy_log" == *"$API_KEY"* ]]; then
   fail "the proxy's access log holds the X-API-Key header" proxy
 fi
-log "proxy: an unknown method 501, nosniff, no HSTS over HTTP, 1.1 MB bodies refused with 413 (${encodings[*]}), with a request id, no API key logged"
+log "proxy: an unknown method 501 (its own errors with the security headers, one request id), nosniff, no HSTS over HTTP, 1.1 MB bodies refused with 413 (${encodings[*]}), with a request id, no API key logged"
 
 # Request ids from the edge: the proxy gives a request without one its UUID, which the
 # api keeps and logs; a well-formed id the client sends is kept as it is.
