@@ -31,8 +31,10 @@ logger = structlog.get_logger(__name__)
 # are forgotten and those entries simply expire with their TTL.
 MAX_PENDING_DELETES = 10_000
 # After a failed send of the deletes kept in Postgres: not before this long, so a
-# Postgres outage does not cost every successful Redis call a try.
-KEPT_RETRY_SECONDS = 5.0
+# Postgres outage does not cost every successful Redis call a try. And a bound on the
+# send: the calls behind it wait for it, and a silent Postgres must not hold them long.
+KEPT_RETRY_SECONDS = 30.0
+KEPT_SEND_TIMEOUT_SECONDS = 1.0
 
 
 class KeptDeletes(Protocol):
@@ -172,8 +174,9 @@ class OptionalRedis:
                     raise _RedisUnavailableError(str(exc)) from exc
 
             try:
-                sent = await self._kept.send(delete_in_redis)
-            except (SQLAlchemyError, OSError) as exc:
+                async with asyncio.timeout(KEPT_SEND_TIMEOUT_SECONDS):
+                    sent = await self._kept.send(delete_in_redis)
+            except (SQLAlchemyError, OSError, TimeoutError) as exc:
                 # Postgres, not Redis: the call goes on, and the send is tried again later.
                 self._kept_waiting = True
                 self._kept_not_before = time.monotonic() + KEPT_RETRY_SECONDS

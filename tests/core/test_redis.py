@@ -16,7 +16,7 @@ from app.core.breaker import BreakerState
 from app.core.config import Settings
 from app.core.db import create_engine
 from app.core.pending_deletes import PendingDeletes
-from app.core.redis import MAX_PENDING_DELETES, OptionalRedis
+from app.core.redis import KEPT_SEND_TIMEOUT_SECONDS, MAX_PENDING_DELETES, OptionalRedis
 from tests.conftest import UNREACHABLE_POSTGRES, UNREACHABLE_REDIS, with_overrides
 
 
@@ -146,6 +146,24 @@ async def test_a_missed_delete_postgres_cannot_keep_is_kept_in_memory(
     assert client.pending_deletes == 0
     await client.aclose()
     await down.dispose()
+
+
+async def test_a_silent_postgres_holds_redis_calls_no_longer_than_the_send_bound(
+    settings: Settings, silent_server: str
+) -> None:
+    """The calls behind a send of kept deletes wait for it: a Postgres that accepts the
+    connection and never answers must not hold them past KEPT_SEND_TIMEOUT_SECONDS."""
+    silent = silent_server.replace("redis://", "postgresql://app:app@").rsplit("/", 1)[0] + "/app"
+    stalled = create_engine(with_overrides(settings, database_url=silent, db_connect_timeout=30.0))
+    client = OptionalRedis.from_settings(settings, PendingDeletes(stalled))
+    started = time.perf_counter()
+    assert await client.run(ping) is True  # at start, it looks for kept deletes first
+    assert time.perf_counter() - started < KEPT_SEND_TIMEOUT_SECONDS + 0.5
+    started = time.perf_counter()
+    assert await client.run(ping) is True  # and then not again for a while
+    assert time.perf_counter() - started < 0.2
+    await client.aclose()
+    await stalled.dispose()
 
 
 async def test_deletes_kept_for_later_are_bounded(settings: Settings) -> None:
