@@ -741,8 +741,15 @@ class SlowClients:
 
     def stop(self) -> dict[str, Any]:
         self.process.send_signal(signal.SIGINT)
-        out, _ = self.process.communicate(timeout=30)
-        lines = out.strip().splitlines()
+        try:
+            out, _ = self.process.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            # Its figures are not the fault's bar (the load's are): a process that does
+            # not stop in time is killed, not left to end the whole run.
+            self.process.kill()
+            out, _ = self.process.communicate()
+            log("slow clients: their process did not stop on SIGINT within 30 s; killed")
+        lines = [line for line in out.strip().splitlines() if line.startswith("{")]
         return json.loads(lines[-1]) if lines else self.last
 
 
