@@ -136,7 +136,9 @@ def generated(revision: str, name: str, options: list[str], scratch: Path) -> di
     if not maker.is_file():
         sys.exit(f"update: {revision[:12]} has no template/make_fork.py: not the template")
     made = subprocess.run(  # noqa: S603  # the template's own script, as `make init` runs it
-        [sys.executable, str(maker), f"--name={name}", *options],
+        # -B: it imports this file's copy in the export, and a __pycache__ left there
+        # would be merged into the fork as the template's.
+        [sys.executable, "-B", str(maker), f"--name={name}", *options],
         cwd=tree, capture_output=True, text=True, check=False,
     )  # fmt: skip
     if made.returncode != 0:

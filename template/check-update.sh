@@ -15,6 +15,8 @@ name=acme-orders
 template=$(sed -n 's/^name = "\(.*\)"$/\1/p' pyproject.toml | head -n 1)
 head=$(git rev-parse HEAD)
 unset PROJECT API_PORT POSTGRES_PORT REDIS_PORT DEBUGPY_PORT DEBUGPY MAKEFLAGS MAKELEVEL SERVICE_NAME
+# As on a developer's machine: Python writes its __pycache__ (CI's may not).
+unset PYTHONDONTWRITEBYTECODE
 
 # The older revision: the newest tag before HEAD, else (a clone without tags, as CI's
 # may be) the first release's commit: the one that gave scripts/update.py its self-update.
