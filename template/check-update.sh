@@ -7,6 +7,8 @@
 # Fails unless the update merged something, no file the fork did not change has a
 # conflict, nothing carries the template's name, and `make lint` and `make test` pass
 # (a conflict in a file the fork changed too is reported; lint and test judge it).
+# Also: a `targets=k8s examples=no` fork at that revision, updated, must be exactly the
+# fork `make init` makes at HEAD with those options, and an older ref must change nothing.
 # Optional: OLD (the older revision), CHECK_PREFIX, KEEP=1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
