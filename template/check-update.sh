@@ -117,7 +117,9 @@ make_lean "$tmp/lean" "$old"
 make_lean "$tmp/fresh" "$head"
 (cd "$tmp/lean" && make --no-print-directory update ref="$head" >"$tmp/lean.log" && commit update) ||
   fail "make update of the ${lean_options[*]} fork failed:"$'\n'"$(cat "$tmp/lean.log")"
-apart=$(diff -rq --exclude=.git --exclude=.template.toml "$tmp/lean" "$tmp/fresh" || true)
+# What each commits (modes and contents), .template.toml aside: it records each one's origin.
+committed() { git -C "$1" ls-tree -r HEAD | grep -v $'\t.template.toml$'; }
+apart=$(diff <(committed "$tmp/lean") <(committed "$tmp/fresh") || true)
 [ -z "$apart" ] || fail "the updated ${lean_options[*]} fork is not the fresh one:"$'\n'"$apart"
 (cd "$tmp/lean" && make --no-print-directory update ref="$old" >"$tmp/lean.log") ||
   fail "make update ref=<older> failed:"$'\n'"$(cat "$tmp/lean.log")"
