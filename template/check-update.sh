@@ -72,6 +72,7 @@ ours=$(git diff --name-only "$old" HEAD | sort)
 say "make update ref=$(git -C "$repo" rev-parse --short "$head")"
 status=0; make --no-print-directory update ref="$head" | tee "$tmp/update.log" || status=$?
 grep -qE '^  (updated|merged|added|deleted): [1-9]' "$tmp/update.log" || fail "the update merged nothing"
+! grep -q __pycache__ "$tmp/update.log" || fail "the update merged the template's bytecode"
 conflicts=$(grep -rlI --exclude-dir=.git '^<<<<<<< yours' . | sed 's|^\./||' | sort || true)
 elsewhere=$(comm -23 <(printf '%s\n' $conflicts | sed '/^$/d') <(printf '%s\n' $ours))
 [ -z "$elsewhere" ] || fail "conflicts in files the fork did not change:"$'\n'"$elsewhere"
