@@ -43,8 +43,8 @@ TEMPLATE_ONLY = [
 # a line ending in ` <!-- only:swarm -->`, or whole lines between `<!-- only:k8s -->` and
 # `<!-- /only:k8s -->`, invisible in the rendered page. In shell scripts: the same with
 # comments, a line ending in ` # only:examples`, or lines between `# only:examples` and
-# `# /only:examples`. `make init` deletes the marked text of what it drops, marks and all;
-# an update does the same to both template versions of a file before merging.
+# `# /only:examples`. `make init` deletes the marked text of what it drops, marks and all,
+# with the functions below (template/make_fork.py imports them from here).
 DOC_MARKS = (
     re.compile(
         r"^(\n?)<!-- only:(\w+) -->\n(.*?)^<!-- /only:\2 -->\n(\n?)", re.MULTILINE | re.DOTALL
@@ -57,8 +57,7 @@ SCRIPT_MARKS = (
 )
 # Each deploy target, by the doc `make init` removes with it (template/make_fork.py).
 TARGET_DOCS = {"vm": "docs/deploy.md", "swarm": "docs/swarm.md", "k8s": "docs/kubernetes.md"}
-# The example resources' mark, kept while their code is (`make init examples=no` deletes it).
-EXAMPLES = "examples"
+# The example resources' code: deleted by `make init examples=no`, and by nothing else.
 EXAMPLES_CODE = "app/items"
 
 
