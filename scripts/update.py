@@ -133,7 +133,12 @@ def generated(revision: str, name: str, options: list[str], scratch: Path) -> di
     subprocess.run([tar, "-x", "-C", str(tree)], input=archive, check=True)  # noqa: S603
     maker = tree / "template" / "make_fork.py"
     if not maker.is_file():
-        sys.exit(f"update: {revision[:12]} has no template/make_fork.py: not the template")
+        # Before template/make_fork.py (the first releases with `make update`),
+        # scripts/init.py made the fork; the .env here keeps it from writing one.
+        maker = tree / "scripts" / "init.py"
+        if b"def make_fork(" not in (maker.read_bytes() if maker.is_file() else b""):
+            sys.exit(f"update: {revision[:12]} has no template/make_fork.py: not the template")
+        (tree / ".env").touch()
     made = subprocess.run(  # noqa: S603  # the template's own script, as `make init` runs it
         # -B: it imports this file's copy in the export, and a __pycache__ left there
         # would be merged into the fork as the template's.
@@ -142,6 +147,7 @@ def generated(revision: str, name: str, options: list[str], scratch: Path) -> di
     )  # fmt: skip
     if made.returncode != 0:
         sys.exit(f"update: making the fork at {revision[:12]} failed:\n{made.stderr.strip()}")
+    (tree / ".env").unlink(missing_ok=True)
     files = (path for path in tree.rglob("*") if path.is_file() or path.is_symlink())
     return {
         str(path.relative_to(tree)): path
