@@ -107,12 +107,12 @@ commit "Scopes on our own routes, as the upgrade notes say"
 # A fork with other init options and no changes of its own, updated: exactly the fork
 # `make init` makes at HEAD with those options (nothing it deleted comes back). Then an
 # older ref: an update never takes a fork back.
-lean_options=(--targets=k8s --examples=no)
-say "make init ${lean_options[*]#--} at both revisions: the updated one is the fresh one"
-make_lean() { # make_lean DIR REVISION
+lean_options=(targets=k8s examples=no)
+say "make init ${lean_options[*]} at both revisions: the updated one is the fresh one"
+make_lean() { # make_lean DIR REVISION (make init, as each revision's own Makefile runs it)
   git clone --quiet --no-checkout "$repo" "$1"
   (cd "$1" && git checkout --quiet -B main "$2" &&
-    python3 template/make_fork.py --name "$name" "${lean_options[@]}" >/dev/null && commit "$name")
+    make --no-print-directory init name="$name" "${lean_options[@]}" >/dev/null && commit "$name")
 }
 make_lean "$tmp/lean" "$old"
 make_lean "$tmp/fresh" "$head"
