@@ -18,6 +18,7 @@ How it stays correct without a second store or a lock service:
    HTTP call it made itself would happen twice.
 3. A retry whose handler fails with a domain error (the unique name its first attempt
    wrote: 409) gets the first attempt's response instead, or the 422, the same way.
+   Not a 401 or 403: authorization is decided on every attempt.
 4. Concurrent duplicates: the second waits on the first's uncommitted row (its key, or
    a row the handler writes) until the first commits, then replays it; never two
    writes. A wait on the key past DB_LOCK_TIMEOUT is a 409 with Retry-After (one on a
@@ -64,6 +65,8 @@ STORED_HEADERS = ("content-type", "location")
 # is not that: a 503 like any other. DB_LOCK_TIMEOUT stays under DB_STATEMENT_TIMEOUT,
 # or the statement's timeout would end the wait first and it would read as a 503.
 STILL_RUNNING_SQLSTATES = frozenset({"55P03"})
+# Decided on every attempt, never answered by a replay: 401 and 403.
+REFUSED = frozenset({HTTPStatus.UNAUTHORIZED, HTTPStatus.FORBIDDEN})
 # The key space of a request without an identity (a route outside /api/v1).
 ANONYMOUS = "anonymous"
 _KEYED = "app.idempotency.key"
@@ -243,9 +246,11 @@ class IdempotentRoute(APIRoute):
         async def handle_idempotently(request: Request) -> Response:
             try:
                 response = await handle(request)
-            except AppError:
+            except AppError as exc:
                 keyed = request.scope.get(_KEYED)
-                if not isinstance(keyed, _Keyed):
+                # A refused caller is refused again: a replay would hand a token without
+                # the scope (a dependency resolved after `idempotent`) the stored response.
+                if not isinstance(keyed, _Keyed) or exc.status_code in REFUSED:
                     raise
                 # A retry may fail where its first attempt succeeded (the name it wrote is
                 # taken now): the first response wins. The failed transaction goes first.

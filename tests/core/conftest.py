@@ -7,7 +7,7 @@ import errno
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import Any, cast
+from typing import Annotated, Any, cast
 
 import asyncpg
 import pytest
@@ -19,12 +19,14 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from app.core.application import build_app
+from app.core.auth.dependencies import requires
 from app.core.config import Settings
 from app.core.db import NAMING_CONVENTION, ReadSessionDep, SessionDep, driver_connection
 from app.core.db_errors import UNIQUE_VIOLATION, flush_or_raise
 from app.core.errors import AppError
 from app.core.idempotency import IdempotentRoute, idempotent
 from app.core.pagination import Page, PageParamsDep, Paginator
+from app.core.principal import Principal
 from app.core.problems import problem_responses
 from app.core.rate_limit import rate_limit
 from tests.conftest import AppClientMaker
@@ -161,6 +163,18 @@ async def create_widget(
     return WidgetRead.model_validate(widget)
 
 
+@idempotent_router.post("/scoped-widgets", status_code=201, dependencies=[idempotent])
+async def create_scoped_widget(
+    body: WidgetRead,
+    session: SessionDep,
+    response: Response,
+    _: Annotated[Principal, requires("widgets:write")],
+) -> WidgetRead:
+    """keyed-widgets with a scope, checked as a parameter: after `idempotent` (a route
+    that needs the principal itself, as an order's owner, checks it there)."""
+    return await create_widget(body, session, response)
+
+
 def build_core_app(settings: Settings) -> FastAPI:
     return build_app(settings, routers=[router, idempotent_router], title="core tests", version="0")
 
@@ -175,10 +189,11 @@ async def widgets_table(connection: AsyncConnection) -> None:
 
 @pytest.fixture
 def make_core_client(make_client: AppClientMaker) -> CoreClientMaker:
-    """make_core_client(settings, isolated=True): a client on a core-only app."""
+    """make_core_client(settings, isolated=True, scopes=…, sub=…): a client on a
+    core-only app (as make_client's)."""
 
-    async def make(settings: Settings, *, isolated: bool = True) -> AsyncClient:
-        return await make_client(settings, build_core_app(settings), isolated=isolated)
+    async def make(settings: Settings, *, isolated: bool = True, **who: Any) -> AsyncClient:
+        return await make_client(settings, build_core_app(settings), isolated=isolated, **who)
 
     return make
 

@@ -44,6 +44,25 @@ async def test_a_retry_gets_the_first_response_and_writes_nothing(
     assert await count_widgets(connection) == 1
 
 
+async def test_a_caller_refused_by_a_dependency_gets_no_replay(
+    make_core_client: CoreClientMaker, settings: Settings, connection: AsyncConnection
+) -> None:
+    """Authorization is decided on every attempt: a token of the same subject without the
+    scope gets 403 for a key that subject used, not the stored response (nor the 422
+    that would tell it the key was used)."""
+    writer = await make_core_client(settings, sub="alice")
+    reader = await make_core_client(settings, scopes="widgets:read", sub="alice")
+    body = widget()
+    first = await writer.post("/probe/scoped-widgets", json=body, headers={HEADER: "k-s"})
+    assert first.status_code == 201
+
+    for sent in (body, widget("other")):
+        refused = await reader.post("/probe/scoped-widgets", json=sent, headers={HEADER: "k-s"})
+        assert_problem(refused, 403)
+        assert REPLAYED_HEADER not in refused.headers
+    assert await count_widgets(connection) == 1
+
+
 async def test_the_key_may_be_sent_as_a_structured_field_string(
     core_client: AsyncClient, connection: AsyncConnection
 ) -> None:
