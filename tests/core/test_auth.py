@@ -163,6 +163,11 @@ ATTACKS: dict[str, Callable[[Issuer], str]] = {
     "a 100 kB token": lambda issuer: issuer.token("probes:read", padding="x" * 100_000),
     "garbage": lambda issuer: "not-a-jwt",
     "a subject too long to record": lambda issuer: issuer.token("probes:read", sub="x" * 201),
+    # Signed by the issuer, but not a time, or not text a log line or Postgres can hold.
+    "an expiry past any clock": lambda issuer: issuer.token("probes:read", exp=10**400),
+    "a subject with a NUL": lambda issuer: issuer.token("probes:read", sub="a\x00b"),
+    "a subject with a lone surrogate": lambda issuer: issuer.token("probes:read", sub="a\ud800b"),
+    "a subject that reads backwards": lambda issuer: issuer.token("probes:read", sub="a\u202eb"),
     # It would own what API key "probe-bot" owns, idempotency keys included.
     "an API key's subject": lambda issuer: issuer.token("probes:read", sub="apikey:probe-bot"),
 }

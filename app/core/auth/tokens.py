@@ -241,10 +241,18 @@ class TokenVerifier:
         subject = str(claims["sub"])
         if not subject or len(subject) > MAX_SUBJECT_LENGTH:
             raise _refused("names no subject, or one too long to record")
+        # Recorded in rows and log lines: no control, invisible or unpaired characters
+        # (a NUL or a lone surrogate fails in Postgres and in the JSON log line).
+        if not subject.isprintable():
+            raise _refused("names a subject that is not printable text")
         if subject.startswith(API_KEY_SUBJECT_PREFIX):
             raise _refused("names a subject kept for API keys")
+        try:
+            expires = float(claims["exp"])
+        except (TypeError, ValueError, OverflowError):  # PyJWT checked it as an integer
+            raise _refused("has an expiry that is not a time") from None
         principal = Principal(subject=subject, scopes=scopes_of(claims), kind="token")
-        return principal, float(claims["exp"])
+        return principal, expires
 
     def _header(self, token: str) -> tuple[str, str]:
         """The token's algorithm and key id, once the token looks like one we accept."""
