@@ -290,6 +290,24 @@ async def test_a_revoked_key_is_refused_within_the_revalidation_time(
     assert_refused(await anonymous.get(READ, headers=headers), secret=secret)
 
 
+async def test_a_use_is_recorded_only_once_the_secret_matched(
+    anonymous: AsyncClient,
+    api_key: str,
+    connection: AsyncConnection,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A wrong secret on a real key's id is no use of the key: `make api-keys` must not
+    show an idle key as in use."""
+    monkeypatch.setattr(api_keys, "REVALIDATE_SECONDS", 0.0)  # each request reads the row
+    last_used = text("SELECT last_used_at FROM api_keys WHERE name = 'probe-bot'")
+    secret = api_key[21:]
+    wrong = api_key[:21] + ("B" if secret[0] == "A" else "A") + secret[1:]
+    assert_refused(await anonymous.get(READ, headers={"X-API-Key": wrong}))
+    assert await connection.scalar(last_used) is None
+    assert (await anonymous.get(READ, headers={"X-API-Key": api_key})).status_code == 200
+    assert await connection.scalar(last_used) is not None
+
+
 @pytest.mark.parametrize(
     "presented",
     ["sak_short", "Bearer sak_x", generate_key().plaintext, "sak_" + "0" * 16 + "_" + "A" * 43],

@@ -90,6 +90,7 @@ class _Verified:
     principal: Principal
     expires_at: datetime | None
     checked_at: float  # time.monotonic() of the database read
+    last_used_at: datetime | None  # as read then
 
 
 class ApiKeyVerifier:
@@ -103,35 +104,41 @@ class ApiKeyVerifier:
         if match is None:
             raise _refused("is not in this service's format")
         row_id, secret = match["id"], match["secret"]
-        entry = await self._entry(row_id, sessions)
+        entry, fresh = await self._entry(row_id, sessions)
         if entry is None or not hmac.compare_digest(entry.secret_sha256, _sha256(secret)):
             raise _refused("is unknown or revoked")
         if entry.expires_at is not None and entry.expires_at <= datetime.now(UTC):
             raise _refused("has expired")
+        # A use is recorded once the secret matched (a wrong one is no use of the key),
+        # on a database read only, and at most once per LAST_USED_PRECISION.
+        last = entry.last_used_at
+        if fresh and (last is None or last < datetime.now(UTC) - LAST_USED_PRECISION):
+            await _record_use(sessions, row_id)
         return entry.principal
 
     async def _entry(
         self, row_id: str, sessions: async_sessionmaker[AsyncSession]
-    ) -> _Verified | None:
+    ) -> tuple[_Verified | None, bool]:
+        """The key's row, cached or read; True if read from the database just now."""
         now = time.monotonic()
         cached = self._cache.get(row_id)
         if cached is not None and now - cached.checked_at < REVALIDATE_SECONDS:
-            return cached
+            return cached, False
         try:
             fresh = await self._read(sessions, row_id, now)
         except (DBAPIError, OSError) as error:
             unreachable = isinstance(error, OSError) or is_transient(error)
             recent = cached is not None and now - cached.checked_at < STALE_IF_ERROR_SECONDS
             if unreachable and recent:
-                return cached
+                return cached, False
             raise
         if fresh is None:
             self._cache.pop(row_id, None)
-            return None
+            return None, True
         if len(self._cache) >= MAX_CACHED_KEYS:
             self._cache.clear()
         self._cache[row_id] = fresh
-        return fresh
+        return fresh, True
 
     async def _read(
         self, sessions: async_sessionmaker[AsyncSession], row_id: str, now: float
@@ -150,12 +157,10 @@ class ApiKeyVerifier:
             ).one_or_none()
             if row is None:
                 return None
-        if row.last_used_at is None or row.last_used_at < datetime.now(UTC) - LAST_USED_PRECISION:
-            await _record_use(sessions, row_id)
         principal = Principal(
             subject=subject_of(row.name), scopes=frozenset(row.scopes), kind="api_key"
         )
-        return _Verified(row.secret_sha256, principal, row.expires_at, now)
+        return _Verified(row.secret_sha256, principal, row.expires_at, now, row.last_used_at)
 
 
 async def _record_use(sessions: async_sessionmaker[AsyncSession], row_id: str) -> None:
