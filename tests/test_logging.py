@@ -28,7 +28,8 @@ import structlog
 from fastapi import FastAPI, Request
 
 from app.core.auth.api_keys import generate_key
-from app.core.logging import REDACTED, build_logging_config
+from app.core.config import LogFormat
+from app.core.logging import REDACTED, app_processors, build_logging_config
 from app.core.request_id import set_request_id
 from app.core.state import app_state
 from app.main import create_app
@@ -295,6 +296,20 @@ def test_standard_library_lines_get_the_request_id_in_json() -> None:
     assert line["logger"] == "uvicorn.error"
     assert line["level"] == "info"
     assert "timestamp" in line
+
+
+@pytest.mark.parametrize("fmt", ["json", "console"])
+def test_a_value_the_encoder_refuses_is_written_escaped_not_lost(fmt: LogFormat) -> None:
+    """A lone surrogate (from a client's JSON) or an integer past 64 bits: orjson and a
+    UTF-8 encode refuse them, and the line would be lost with an error in the request."""
+    renderers = app_processors(fmt)[-1:] if fmt == "json" else app_processors(fmt)[-2:]
+    line: Any = {"event": "odd", "text": "a\ud800b", "count": 10**30}
+    for render in renderers:  # the renderer (and for the console, its encoding)
+        line = render(None, "info", line)
+    line = line.decode()
+    written = str(json.loads(line)["text"]) if fmt == "json" else line
+    assert "a\\ud800b" in written  # the surrogate's escape, as text
+    assert str(10**30) in line
 
 
 def test_library_loggers_share_the_root_handler() -> None:

@@ -183,9 +183,30 @@ def _orjson_default(value: object) -> str:
     return _without_secrets(str(value))
 
 
+def _orjson_bytes(value: object, **kwargs: Any) -> bytes:
+    try:
+        return orjson.dumps(value, **kwargs)
+    except orjson.JSONEncodeError:
+        # What orjson refuses (a lone surrogate a client sent, an integer past 64 bits)
+        # is written escaped, not the whole line lost with an error in the request.
+        return orjson.dumps(_encodable(value), **kwargs)
+
+
+def _encodable(value: object) -> object:
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode()
+    if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**64:
+        return str(value)
+    if isinstance(value, dict):
+        return {_encodable(key): _encodable(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_encodable(item) for item in value]
+    return value
+
+
 def _orjson_text(value: object, **kwargs: Any) -> str:
     # logging's handlers write text; the app's own lines are written as bytes.
-    return orjson.dumps(value, **kwargs).decode()
+    return _orjson_bytes(value, **kwargs).decode()
 
 
 def _json(serializer: Callable[..., str | bytes]) -> Processor:
@@ -195,7 +216,8 @@ def _json(serializer: Callable[..., str | bytes]) -> Processor:
 
 
 def _encode(_: WrappedLogger, __: str, line: Any) -> bytes:
-    return str(line).encode()  # the console renderer's text, for BytesLogger
+    # The console renderer's text, for BytesLogger; a lone surrogate written escaped.
+    return str(line).encode("utf-8", "backslashreplace")
 
 
 def _console() -> structlog.dev.ConsoleRenderer:
@@ -207,7 +229,7 @@ def _console() -> structlog.dev.ConsoleRenderer:
 
 def app_processors(fmt: LogFormat) -> list[Processor]:
     """The processors of the app's own lines; the last one returns the bytes written."""
-    renderer: list[Processor] = [_json(orjson.dumps)] if fmt == "json" else [_console(), _encode]
+    renderer: list[Processor] = [_json(_orjson_bytes)] if fmt == "json" else [_console(), _encode]
     return [
         *_context(),
         structlog.processors.add_log_level,
