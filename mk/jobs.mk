@@ -1,14 +1,19 @@
 # Background jobs in the development stack (docs/jobs.md). On the VM, the same commands
 # run in the worker: docker compose -f docker-compose.prod.yml exec worker python -m app.core.jobs.cli …
-JOBS_CLI := python -m app.core.jobs.cli
+# `run`, not `exec`: the commands need only the database, and a stopped or crash-looping
+# worker is when they are needed most.
+JOBS_CLI := $(DEV) run --rm --no-deps -T worker python -m app.core.jobs.cli
 
 ##@ Background jobs
 .PHONY: jobs
 jobs: ## List the jobs that used every attempt (failed), and what waits (backlog)
-	@$(DEV) exec -T worker $(JOBS_CLI) failed
-	@$(DEV) exec -T worker $(JOBS_CLI) backlog
+	@$(JOBS_CLI) failed
+	@$(JOBS_CLI) backlog
 
 .PHONY: retry-job
 retry-job: ## Queue failed jobs again, attempts reset: make retry-job id="12 13"
-	@test -n "$(id)" || { echo 'usage: make retry-job id="12 13"'; exit 2; }
-	@$(DEV) exec -T worker $(JOBS_CLI) retry $(id)
+	@# Checked in the shell ($$id: make passes its command-line variables), never pasted
+	@# into the command line, so an id cannot carry a command.
+	@case "$$id" in *[0-9]*) ;; *) false;; esac && case "$$id" in *[!0-9\ ]*) false;; esac || \
+	  { echo 'usage: make retry-job id="12 13" (job ids: numbers, from make jobs)' >&2; exit 2; }
+	@$(JOBS_CLI) retry $$id

@@ -1,6 +1,6 @@
 """Core's own periodic job: every night, drop what only grows. Finished jobs' log
 rows older than JOBS_RETENTION_DAYS, and Idempotency-Keys past their TTL. Failed jobs
-stay until someone retries or deletes them."""
+stay, with their log rows (what they died of), until someone retries them."""
 
 from __future__ import annotations
 
@@ -24,7 +24,13 @@ def register_cleanup(jobs: Jobs, settings: Settings) -> None:
     async def cleanup(session: AsyncSession) -> None:
         cutoff = datetime.now(UTC) - timedelta(days=settings.jobs_retention_days)
         logs = await session.execute(
-            text("DELETE FROM pgqueuer_log WHERE created < :cutoff"), {"cutoff": cutoff}
+            # A job still in the queue (failed, or waiting to retry) keeps its history:
+            # `make jobs` shows the error a failed job died of from these rows.
+            text(
+                "DELETE FROM pgqueuer_log WHERE created < :cutoff AND NOT EXISTS"
+                " (SELECT FROM pgqueuer WHERE pgqueuer.id = pgqueuer_log.job_id)"
+            ),
+            {"cutoff": cutoff},
         )
         await session.execute(
             text("DELETE FROM pgqueuer_statistics WHERE created < :cutoff"), {"cutoff": cutoff}

@@ -1,4 +1,4 @@
-"""Look after the job queue: `python -m app.core.jobs.cli failed|retry ID...|backlog|alive`.
+"""Look after the job queue: `python -m app.core.jobs.cli failed|retry ID...|backlog`.
 
 Development: `make jobs`, `make retry-job id=…`. Production (VM):
 `docker compose -f docker-compose.prod.yml exec worker python -m app.core.jobs.cli failed`.
@@ -15,7 +15,7 @@ from typing import cast
 from pgqueuer.models import JobId
 
 from app.core.config import SettingsError, load_settings
-from app.core.jobs.worker import is_alive, queries_for
+from app.core.jobs.worker import queries_for
 
 # The newest error PgQueuer's log kept for each job: what a failed job died of.
 _LAST_ERRORS = """
@@ -25,7 +25,16 @@ FROM pgqueuer_log
 WHERE job_id = ANY($1::bigint[]) AND traceback IS NOT NULL
 ORDER BY job_id, id DESC
 """
-_FAILED_AMONG = "SELECT id FROM pgqueuer WHERE id = ANY($1::bigint[]) AND status = 'failed'"
+_STATUSES = "SELECT id, status::text FROM pgqueuer WHERE id = ANY($1::bigint[])"
+# As the jobs_oldest_waiting_seconds gauge counts (app/core/jobs/metrics.py): a job
+# waiting out a retry's back-off is not waiting yet.
+_BACKLOG = """
+SELECT entrypoint, count(*) AS waiting,
+       extract(epoch FROM now() - min(execute_after))::float8 AS oldest
+FROM pgqueuer
+WHERE status = 'queued' AND execute_after <= now()
+GROUP BY entrypoint ORDER BY entrypoint
+"""
 
 
 class CommandError(Exception):
@@ -45,24 +54,35 @@ async def _run(args: argparse.Namespace) -> str:
             ]
             return "failed:\n" + "\n".join(lines) if lines else "failed: none"
         if args.command == "retry":
-            rows = await queries.driver.fetch(_FAILED_AMONG, args.ids)
-            found = sorted(cast("int", row["id"]) for row in rows)
+            rows = await queries.driver.fetch(_STATUSES, args.ids)
+            statuses = {cast("int", row["id"]): cast("str", row["status"]) for row in rows}
+            found = sorted(job_id for job_id, status in statuses.items() if status == "failed")
             if found:
                 await queries.requeue_jobs([JobId(job_id) for job_id in found])
-            missing = [str(job_id) for job_id in args.ids if job_id not in found]
-            queued = f"queued again: {', '.join(map(str, found)) or 'none'}"
-            if missing:
-                raise CommandError(
-                    f"{queued}\nnot failed jobs (unknown, or not failed): {', '.join(missing)}"
-                )
-            return queued
-        ages = await queries.queue_age()
+                print(f"queued again: {', '.join(map(str, found))}")
+            refused = [
+                f"{job_id}: not failed ({statuses[job_id]})"
+                if job_id in statuses
+                else f"{job_id}: no such job in the queue (a finished job leaves it)"
+                for job_id in dict.fromkeys(args.ids)
+                if job_id not in found
+            ]
+            if refused:
+                raise CommandError("\n".join(refused))
+            return ""
+        rows = await queries.driver.fetch(_BACKLOG)
         lines = [
-            f"{age.entrypoint}\t{age.queued_count} waiting, "
-            f"the oldest for {age.oldest_age_seconds:.0f} s"
-            for age in ages
+            f"{row['entrypoint']}\t{row['waiting']} waiting, the oldest for {row['oldest']:.0f} s"
+            for row in rows
         ]
         return "backlog:\n" + "\n".join(lines) if lines else "backlog: none waiting"
+
+
+def _job_id(text: str) -> int:
+    """A job id as PgQueuer stores it (a positive bigint), else a usage error."""
+    if not text.isdigit() or not 0 < int(text) < 2**63:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a job id (a number from make jobs)")
+    return int(text)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -71,14 +91,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     failed = commands.add_parser("failed", help="jobs that used every attempt, newest first")
     failed.add_argument("--limit", type=int, default=50)
     retry = commands.add_parser("retry", help="queue failed jobs again, attempts reset")
-    retry.add_argument("ids", nargs="+", type=int, metavar="ID")
+    retry.add_argument("ids", nargs="+", type=_job_id, metavar="ID")
     commands.add_parser("backlog", help="jobs waiting, per job, and the oldest one's age")
-    commands.add_parser("alive", help="the worker's healthcheck (exit status)")
     args = parser.parse_args(argv)
-    if args.command == "alive":
-        return 0 if is_alive() else 1
     try:
-        print(asyncio.run(_run(args)))
+        if output := asyncio.run(_run(args)):
+            print(output)
     except (SettingsError, CommandError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

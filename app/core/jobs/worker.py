@@ -24,19 +24,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import asyncpg
 import orjson
 import pgqueuer
 import structlog
+from croniter import croniter
 from pgqueuer import AsyncpgDriver, Job, PgQueuer, Queries
 from pgqueuer.models import Schedule
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -44,16 +43,16 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.core.config import Settings
 from app.core.db import create_engine, create_session_factory
 from app.core.jobs import metrics
+from app.core.jobs.alive import ALIVE_FILE
 from app.core.jobs.executor import JobExecutor
 
 Handler = Callable[[AsyncSession, dict[str, Any]], Awaitable[None]]
 Periodic = Callable[[AsyncSession], Awaitable[None]]
 
-# Touched while the worker's database connection answers; the healthcheck reads its age.
-ALIVE_FILE = Path("/tmp/worker-alive")  # noqa: S108  # the container's own tmpfs
-# Also how often the queue gauges are sampled: finer than any scrape interval.
+# How often ALIVE_FILE is touched while the database answers (the healthcheck,
+# app/core/jobs/alive.py, reads its age), and the queue gauges sampled: finer than any
+# scrape interval.
 ALIVE_EVERY_SECONDS = 5.0
-ALIVE_WITHIN_SECONDS = 30.0
 # A lost database connection (a restart, a failover, a read-only standby) ends the
 # worker's PgQueuer, not its process: it starts a new one this long after, on fresh
 # connections. A process that exited would wait on its container's restart back-off,
@@ -83,6 +82,13 @@ class Jobs:
 
     def every(self, name: str, cron: str) -> Callable[[Periodic], Periodic]:
         """A job run once per period of `cron` (e.g. "0 3 * * *"), by one worker."""
+
+        # Checked here, as `job` checks its names: PgQueuer would refuse either only
+        # when the worker starts, and the worker would restart forever.
+        if not croniter.is_valid(cron):
+            raise ValueError(f"periodic job {name!r}: {cron!r} is not a cron expression")
+        if name in self.periodic:
+            raise ValueError(f"periodic job {name!r} is registered twice")
 
         def register(handler: Periodic) -> Periodic:
             self.periodic[name] = (cron, handler)
@@ -120,16 +126,8 @@ async def _keep_alive(driver: AsyncpgDriver, jobs: Jobs) -> None:
         with contextlib.suppress(Exception):
             rows = await asyncio.wait_for(driver.fetch(metrics.QUEUE_SAMPLE), ALIVE_EVERY_SECONDS)
             metrics.record_queue(rows, jobs.handlers)
-            ALIVE_FILE.touch()  # noqa: ASYNC240  # a tmpfs inode: no disk to wait for
+            ALIVE_FILE.touch()  # a tmpfs inode: no disk to wait for
         await asyncio.sleep(ALIVE_EVERY_SECONDS)
-
-
-def is_alive() -> bool:
-    """The healthcheck: the worker reached its database within ALIVE_WITHIN_SECONDS."""
-    try:
-        return time.time() - ALIVE_FILE.stat().st_mtime < ALIVE_WITHIN_SECONDS
-    except FileNotFoundError:
-        return False
 
 
 @asynccontextmanager

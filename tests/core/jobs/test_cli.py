@@ -1,18 +1,15 @@
-"""`python -m app.core.jobs.cli`: failed jobs listed and queued again, the backlog, and
-the worker's liveness check (these commit: each test uses a job name of its own)."""
+"""`python -m app.core.jobs.cli`: failed jobs listed and queued again, and the backlog
+(these commit: each test uses a job name of its own)."""
 
 from __future__ import annotations
 
 import asyncio
-import os
-import time
 
 import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.core.config import Settings
-from app.core.jobs import worker
 from app.core.jobs.cli import main
 
 
@@ -58,27 +55,36 @@ async def test_a_failed_job_is_listed_and_queued_again(
     assert job_name in capsys.readouterr().out
 
 
-def test_alive_reads_the_workers_file(
-    tmp_path: os.PathLike[str], monkeypatch: pytest.MonkeyPatch
+async def test_a_job_waiting_out_a_retrys_back_off_is_not_in_the_backlog(
+    engine: AsyncEngine, job_name: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    alive = tmp_path / "alive"  # type: ignore[operator]
-    monkeypatch.setattr(worker, "ALIVE_FILE", alive)
-    assert main(["alive"]) == 1  # never touched: the worker never reached its database
-    alive.touch()
-    assert main(["alive"]) == 0
-    stale = time.time() - worker.ALIVE_WITHIN_SECONDS - 1
-    os.utime(alive, (stale, stale))
-    assert main(["alive"]) == 1
+    """As jobs_oldest_waiting_seconds counts: waiting starts when the job may run."""
+    async with engine.begin() as connection:
+        await connection.execute(
+            text(
+                "INSERT INTO pgqueuer (priority, status, entrypoint, execute_after)"
+                " VALUES (0, 'queued', :n, now() + interval '1 hour')"
+            ),
+            {"n": job_name},
+        )
+    assert await asyncio.to_thread(main, ["backlog"]) == 0
+    assert job_name not in capsys.readouterr().out
 
 
 async def test_retrying_a_job_that_is_not_failed_says_so_and_fails(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     assert await asyncio.to_thread(main, ["retry", "999999999"]) == 1
-    assert "not failed jobs (unknown, or not failed): 999999999" in capsys.readouterr().err
+    said = capsys.readouterr()
+    assert "999999999: no such job in the queue" in said.err
+    assert said.out == ""  # nothing queued, nothing said to be
 
 
-def test_a_job_id_that_is_not_a_number_is_a_usage_error() -> None:
+@pytest.mark.parametrize("job_id", ["abc", "0", "-1", str(2**63), "1e3"])
+def test_a_job_id_that_is_not_one_is_a_usage_error(
+    job_id: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     with pytest.raises(SystemExit) as exited:
-        main(["retry", "abc"])
-    assert exited.value.code == 2  # argparse: "invalid int value: 'abc'"
+        main(["retry", job_id])
+    assert exited.value.code == 2
+    assert "is not a job id" in capsys.readouterr().err

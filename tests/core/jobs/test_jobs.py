@@ -13,6 +13,7 @@ from functools import partial
 from typing import Any
 
 import pgqueuer
+import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -168,6 +169,21 @@ async def test_the_queue_gauges_count_each_jobs_waiting_and_its_oldest_due(
     assert gauge("jobs_oldest_waiting_seconds", idle) == 0
 
 
+def test_a_periodic_job_with_a_bad_schedule_or_a_taken_name_is_refused_at_once() -> None:
+    """Not when the worker starts, where PgQueuer refuses it and the worker restarts
+    forever: the tests that import the jobs fail first."""
+
+    async def report(_: AsyncSession) -> None:
+        return None
+
+    jobs = Jobs()
+    with pytest.raises(ValueError, match="not a cron expression"):
+        jobs.every("report", "every minute")
+    jobs.every("report", "* * * * *")(report)
+    with pytest.raises(ValueError, match="registered twice"):
+        jobs.every("report", "0 * * * *")
+
+
 async def test_the_nightly_cleanup_drops_old_log_rows_and_expired_keys(
     settings: Settings, session_factory: async_sessionmaker[AsyncSession], job_name: str
 ) -> None:
@@ -176,16 +192,26 @@ async def test_the_nightly_cleanup_drops_old_log_rows_and_expired_keys(
     cron, cleanup = jobs.periodic["cleanup"]
     assert cron == "15 3 * * *"
     async with session_factory() as session, session.begin():
-        await session.execute(
+        failed = await session.scalar(
             text(
-                "INSERT INTO pgqueuer_log (created, job_id, status, priority, entrypoint)"
-                " VALUES (now() - interval '30 days', 1, 'successful', 0, :n),"
-                " (now(), 2, 'successful', 0, :n)"
+                "INSERT INTO pgqueuer (priority, status, entrypoint, attempts)"
+                " VALUES (0, 'failed', :n, 6) RETURNING id"
             ),
             {"n": job_name},
         )
-        await cleanup(session)
-        left = await session.scalar(
-            text("SELECT count(*) FROM pgqueuer_log WHERE entrypoint = :n"), {"n": job_name}
+        await session.execute(
+            text(
+                "INSERT INTO pgqueuer_log (created, job_id, status, priority, entrypoint)"
+                " VALUES (now() - interval '30 days', -1, 'successful', 0, :n),"
+                " (now(), -2, 'successful', 0, :n),"
+                " (now() - interval '30 days', :failed, 'exception', 0, :n)"
+            ),
+            {"n": job_name, "failed": failed},
         )
-    assert left == 1  # the recent row stays
+        await cleanup(session)
+        left = await session.scalars(
+            text("SELECT job_id FROM pgqueuer_log WHERE entrypoint = :n ORDER BY job_id"),
+            {"n": job_name},
+        )
+    # The recent row stays, and so does a failed job's: what it died of.
+    assert list(left) == [-2, failed]
