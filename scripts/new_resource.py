@@ -215,7 +215,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for path in written:
         print(f"  wrote {path.relative_to(args.root.resolve()).as_posix()}")
-    print(f"\nNext: give {args.name} its fields (docs/adding-a-resource.md), then make lint test.")
+    print(
+        f"\nNext: give {args.name} its fields (docs/adding-a-resource.md), then make lint test;"
+        " make migrate creates its table in the dev database."
+    )
     return 0
 
 
