@@ -47,13 +47,31 @@ def test_create_list_revoke(key_name: str, capsys: pytest.CaptureFixture[str]) -
 
 def test_refusals_say_why(key_name: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert run(capsys, "create", key_name, "items:read")[0] == 0
-    status, _, error = run(capsys, "create", key_name)
-    assert (status, error) == (
-        1,
-        f"error: a key named {key_name!r} exists; revoke it or pick another name",
-    )
+    assert run(capsys, "revoke", key_name)[0] == 0
+    status, _, error = run(capsys, "create", key_name, "items:read")
+    assert status == 1
+    assert f"a key named {key_name!r} exists, or did: pick another name" in error
     status, _, error = run(capsys, "create", f"{key_name}-2", "not a scope")
     assert status == 1
     assert "scope 'not a scope' does not match" in error
     status, _, error = run(capsys, "revoke", f"{key_name}-never-made")
     assert (status, error) == (1, f"error: no active key named '{key_name}-never-made'")
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["items:read", "--expires-in-days", "0"],  # once a key that never expired
+        ["items:read", "--expires-in-days", "-1"],  # once a key born expired
+        ["items:read", "--expires-in-days", "99999999999"],  # once an OverflowError
+        [],  # once a key that could do nothing
+    ],
+    ids=["0 days", "negative days", "past any date", "no scope"],
+)
+def test_a_key_that_could_not_be_meant_is_a_usage_error(
+    key_name: str, argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["create", key_name, *argv])
+    assert exited.value.code == 2
+    assert run(capsys, "list")[1].count(f"{key_name}\t") == 0  # nothing made

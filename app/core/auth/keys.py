@@ -25,6 +25,8 @@ from app.core.db import create_engine, create_session_factory
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,99}$"
 SCOPE_PATTERN = r"^[a-z0-9_-]+:[a-z0-9_-]+$"
+# A key that should outlive ten years should be a key made again by then.
+MAX_DAYS = 3650
 
 
 class ApiKeyCommandError(Exception):
@@ -49,7 +51,8 @@ async def create_api_key(
         await session.flush()
     except IntegrityError:
         raise ApiKeyCommandError(
-            f"a key named {name!r} exists; revoke it or pick another name"
+            f"a key named {name!r} exists, or did: pick another name (a name is never"
+            " reused, revoked or not: its subject owns what that key wrote)"
         ) from None
     return new.plaintext
 
@@ -71,13 +74,23 @@ async def list_api_keys(session: AsyncSession) -> list[ApiKey]:
     return list(await session.scalars(select(ApiKey).order_by(ApiKey.created_at)))
 
 
+def _days(text: str) -> int:
+    """An expiry in whole days, 1 to MAX_DAYS: 0 read as "never" once, and a huge
+    number overflowed the date."""
+    if not text.isdigit() or not 1 <= int(text) <= MAX_DAYS:
+        raise argparse.ArgumentTypeError(f"{text!r}: a number of days from 1 to {MAX_DAYS}")
+    return int(text)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m app.core.auth.keys", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     create = commands.add_parser("create", help="make a key; it is printed once")
     create.add_argument("name", help="who holds it, e.g. billing-worker (unique)")
-    create.add_argument("scopes", nargs="*", help="e.g. items:read orders:write")
-    create.add_argument("--expires-in-days", type=int, default=None)
+    create.add_argument("scopes", nargs="+", help="e.g. items:read orders:write")
+    create.add_argument(
+        "--expires-in-days", type=_days, default=None, help=f"1 to {MAX_DAYS} (default: never)"
+    )
     revoke = commands.add_parser("revoke", help="revoke a key by name")
     revoke.add_argument("name")
     commands.add_parser("list", help="list keys: name, scopes, expiry, last use (no secrets)")
@@ -95,7 +108,7 @@ async def _run(args: argparse.Namespace) -> str:
                     _check(scope, SCOPE_PATTERN, "scope")
                 expires = (
                     datetime.now(UTC) + timedelta(days=args.expires_in_days)
-                    if args.expires_in_days
+                    if args.expires_in_days is not None
                     else None
                 )
                 return await create_api_key(session, args.name, args.scopes, expires)
