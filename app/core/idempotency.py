@@ -96,6 +96,13 @@ class IdempotencyKeyReused(AppError):
         super().__init__(f"This {HEADER} was used for a different request.")
 
 
+class IdempotencyKeyRepeated(AppError):
+    status_code = HTTPStatus.UNPROCESSABLE_CONTENT
+
+    def __init__(self) -> None:
+        super().__init__(f"Send one {HEADER}: this request has more than one.")
+
+
 class IdempotencyKeyInUse(AppError):
     status_code = HTTPStatus.CONFLICT
     headers = {"Retry-After": "1"}  # noqa: RUF012  # read-only, as AppError.headers
@@ -145,6 +152,8 @@ async def _read_key(
 ) -> None:
     if key is None:
         return
+    if len(request.headers.getlist(HEADER)) > 1:
+        raise IdempotencyKeyRepeated
     if not isinstance(request.scope.get("route"), IdempotentRoute):
         raise RuntimeError(f"{request.url.path}: idempotent needs route_class=IdempotentRoute")
     principal = request.scope.get("auth")  # set by authentication, which runs first

@@ -290,6 +290,22 @@ async def test_a_revoked_key_is_refused_within_the_revalidation_time(
     assert_refused(await anonymous.get(READ, headers=headers), secret=secret)
 
 
+async def test_two_credentials_are_refused_whatever_their_kind(
+    anonymous: AsyncClient, api_key: str, issuer: Issuer
+) -> None:
+    """Which of two values a proxy or a framework reads first is nothing to authenticate
+    on: a valid credential next to another gets in with neither."""
+    token = f"Bearer {issuer.token('probes:read')}"
+    for headers in (
+        [("Authorization", token), ("Authorization", "Bearer garbage")],
+        [("X-API-Key", api_key), ("X-API-Key", "sak_garbage")],
+        [("Authorization", token), ("X-API-Key", api_key)],
+    ):
+        response = await anonymous.get(READ, headers=headers)
+        assert_refused(response)
+        assert "Send one credential" in response.json()["detail"]
+
+
 async def test_a_use_is_recorded_only_once_the_secret_matched(
     anonymous: AsyncClient,
     api_key: str,

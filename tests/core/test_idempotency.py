@@ -63,6 +63,15 @@ async def test_a_caller_refused_by_a_dependency_gets_no_replay(
     assert await count_widgets(connection) == 1
 
 
+async def test_two_keys_on_one_request_are_refused(
+    core_client: AsyncClient, connection: AsyncConnection
+) -> None:
+    headers = [(HEADER, "k-two-a"), (HEADER, "k-two-b")]
+    refused = await core_client.post("/probe/keyed-widgets", json=widget(), headers=headers)
+    assert_problem(refused, 422)
+    assert await count_widgets(connection) == 0
+
+
 async def test_the_key_may_be_sent_as_a_structured_field_string(
     core_client: AsyncClient, connection: AsyncConnection
 ) -> None:

@@ -79,6 +79,15 @@ async def _record_failure(
         raise RateLimited(retry_after)
 
 
+def _one(request: Request, header: str) -> str | None:
+    """The header's value; two of them are refused, as a token with an API key is: which
+    one a proxy or a framework reads first is not something to authenticate on."""
+    values = request.headers.getlist(header)
+    if len(values) > 1:
+        raise NotAuthenticated("Send one credential: a bearer token or an API key.")
+    return values[0] if values else None
+
+
 async def authenticate(request: Request) -> Principal:
     """The caller, or a 401 (429 for an address that keeps failing). FastAPI runs it
     once per request, however many dependencies need it."""
@@ -88,9 +97,7 @@ async def authenticate(request: Request) -> Principal:
     _check_not_blocked(authenticator, client)
     try:
         principal = await authenticator.principal(
-            request.headers.get("authorization"),
-            request.headers.get(API_KEY_HEADER),
-            state["session_factory"],
+            _one(request, "authorization"), _one(request, API_KEY_HEADER), state["session_factory"]
         )
     except NotAuthenticated:
         per_minute = state["settings"].rate_limit_auth_failures
