@@ -16,6 +16,7 @@ import dataclasses
 import time
 from datetime import UTC, datetime
 
+import structlog
 from pgqueuer import DatabaseRetryEntrypointExecutor, Job
 from pgqueuer.errors import RetryRequested
 from pgqueuer.models import Context
@@ -23,6 +24,8 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.core.jobs.metrics import DURATION, RERUNS, WAIT
+
+logger = structlog.get_logger(__name__)
 
 # Picks since the job was last queued afresh (enqueued, or retried by hand: a retry
 # after a failure logs 'queued' with its error, and does not restart the count).
@@ -54,8 +57,17 @@ class JobExecutor(DatabaseRetryEntrypointExecutor):
         started = time.perf_counter()
         try:
             await super().execute(job, context)
-        except RetryRequested:
+        except RetryRequested as retry:
             DURATION.labels(name, "retry").observe(time.perf_counter() - started)
+            # PgQueuer logs the traceback only once no retry is left: what each earlier
+            # try died of, said now, not minutes later.
+            cause = retry.__cause__
+            logger.warning(
+                "job failed, retrying",
+                job_name=name,
+                job_id=job.id,
+                error=f"{type(cause).__name__}: {cause}" if cause else retry.reason,
+            )
             raise
         except Exception:
             DURATION.labels(name, "failed").observe(time.perf_counter() - started)

@@ -14,6 +14,7 @@ from typing import Any
 
 import pgqueuer
 import pytest
+import structlog
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -131,8 +132,12 @@ async def test_a_job_that_keeps_failing_is_kept_as_failed_with_its_error(
         return [row["status"] for row in await jobs_named(engine, job_name)] == ["failed"]
 
     # Two attempts: the first try, then one retry a second later (the backoff's start).
-    await run_worker_until(with_overrides(settings, jobs_max_attempts=1), jobs, failed)
+    with structlog.testing.capture_logs() as logged:
+        await run_worker_until(with_overrides(settings, jobs_max_attempts=1), jobs, failed)
     assert tries == 2
+    # The first try's error is said when it is retried, not only once none is left.
+    retried = [line for line in logged if line["event"] == "job failed, retrying"]
+    assert [line["error"] for line in retried] == ["RuntimeError: poisoned, try 1"]
     error = await last_error(engine, job_name)
     assert error == "poisoned, try 2"
     assert runs(job_name) == {"success": 0, "retry": 1, "failed": 1}
