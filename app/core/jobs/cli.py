@@ -1,6 +1,6 @@
-"""Look after the job queue: `python -m app.core.jobs.cli failed|retry ID...|backlog`.
+"""Look after the job queue: `python -m app.core.jobs.cli failed|retry ID...|drop ID...|backlog`.
 
-Development: `make jobs`, `make retry-job id=…`. Production (VM):
+Development: `make jobs`, `make retry-job id=…`, `make drop-job id=…`. Production (VM):
 `docker compose -f docker-compose.prod.yml exec worker python -m app.core.jobs.cli failed`.
 """
 
@@ -26,6 +26,9 @@ WHERE job_id = ANY($1::bigint[]) AND traceback IS NOT NULL
 ORDER BY job_id, id DESC
 """
 _STATUSES = "SELECT id, status::text FROM pgqueuer WHERE id = ANY($1::bigint[])"
+# Failed ones only, whatever changed since they were read. Their log rows stay, with the
+# error, until the nightly cleanup's retention.
+_DROP = "DELETE FROM pgqueuer WHERE id = ANY($1::bigint[]) AND status = 'failed' RETURNING id"
 # As the jobs_oldest_waiting_seconds gauge counts (app/core/jobs/metrics.py): a job
 # waiting out a retry's back-off is not waiting yet.
 _BACKLOG = """
@@ -53,16 +56,20 @@ async def _run(args: argparse.Namespace) -> str:
                 for job in failed
             ]
             return "failed:\n" + "\n".join(lines) if lines else "failed: none"
-        if args.command == "retry":
+        if args.command in ("retry", "drop"):
             rows = await queries.driver.fetch(_STATUSES, args.ids)
             statuses = {cast("int", row["id"]): cast("str", row["status"]) for row in rows}
             found = sorted(job_id for job_id, status in statuses.items() if status == "failed")
-            if found:
+            if found and args.command == "retry":
                 await queries.requeue_jobs([JobId(job_id) for job_id in found])
                 print(f"queued again: {', '.join(map(str, found))}")
+            elif found:
+                gone = await queries.driver.fetch(_DROP, found)
+                found = sorted(cast("int", row["id"]) for row in gone)
+                print(f"dropped: {', '.join(map(str, found)) or 'none'}")
             refused = [
                 f"{job_id}: not failed ({statuses[job_id]})"
-                if job_id in statuses
+                if job_id in statuses and job_id not in found
                 else f"{job_id}: no such job in the queue (a finished job leaves it)"
                 for job_id in dict.fromkeys(args.ids)
                 if job_id not in found
@@ -92,6 +99,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     failed.add_argument("--limit", type=int, default=50)
     retry = commands.add_parser("retry", help="queue failed jobs again, attempts reset")
     retry.add_argument("ids", nargs="+", type=_job_id, metavar="ID")
+    drop = commands.add_parser("drop", help="delete failed jobs that should never run again")
+    drop.add_argument("ids", nargs="+", type=_job_id, metavar="ID")
     commands.add_parser("backlog", help="jobs waiting, per job, and the oldest one's age")
     args = parser.parse_args(argv)
     try:

@@ -55,6 +55,42 @@ async def test_a_failed_job_is_listed_and_queued_again(
     assert job_name in capsys.readouterr().out
 
 
+async def test_a_failed_job_can_be_dropped_keeping_its_error_in_the_log(
+    engine: AsyncEngine, job_name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async with engine.begin() as connection:
+        failed, waiting = [
+            await connection.scalar(
+                text(
+                    "INSERT INTO pgqueuer (priority, status, entrypoint, attempts)"
+                    " VALUES (0, CAST(:s AS pgqueuer_status), :n, 6) RETURNING id"
+                ),
+                {"n": job_name, "s": status},
+            )
+            for status in ("failed", "queued")
+        ]
+        await connection.execute(
+            text(
+                "INSERT INTO pgqueuer_log (job_id, status, entrypoint, priority, traceback)"
+                " VALUES (:i, 'exception', :n, 0, '{}')"
+            ),
+            {"i": failed, "n": job_name},
+        )
+    assert await asyncio.to_thread(main, ["drop", str(failed), str(waiting)]) == 1
+    said = capsys.readouterr()
+    assert said.out.strip() == f"dropped: {failed}"
+    assert f"{waiting}: not failed (queued)" in said.err  # only failed jobs are dropped
+    async with engine.connect() as connection:
+        left = await connection.scalars(
+            text("SELECT id FROM pgqueuer WHERE entrypoint = :n"), {"n": job_name}
+        )
+        assert list(left) == [waiting]
+        logged = await connection.scalar(
+            text("SELECT count(*) FROM pgqueuer_log WHERE job_id = :i"), {"i": failed}
+        )
+        assert logged == 1
+
+
 async def test_a_job_waiting_out_a_retrys_back_off_is_not_in_the_backlog(
     engine: AsyncEngine, job_name: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
