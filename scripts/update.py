@@ -324,6 +324,18 @@ def merge_all(
     return outcomes, max(0, len(list(filter(None, changed.split("\0")))) - merged)
 
 
+def changelog_entries(text: bytes | None) -> list[str]:
+    """CHANGELOG.md's entries, whole: each release heading, and each top-level item with
+    the lines under it (an entry changed since is shown whole, not as changed lines)."""
+    entries: list[str] = []
+    for line in (text or b"").decode().splitlines():
+        if line.startswith(("## ", "- ")) or not entries:
+            entries.append(line)
+        elif line.strip():
+            entries[-1] += "\n" + line
+    return [entry for entry in entries if entry.startswith(("## ", "- "))]
+
+
 def report(base_revision: str, target: str, outcomes: dict[str, list[str]], left_out: int) -> None:
     print(f"update: merged the template's changes {base_revision[:12]}..{target[:12]}")
     for outcome, paths in sorted(outcomes.items()):
@@ -331,11 +343,15 @@ def report(base_revision: str, target: str, outcomes: dict[str, list[str]], left
         if outcome != "same":
             print("".join(f"    {path}\n" for path in paths), end="")
     print(f"  left out (the template's own, or removed by make init): {left_out}")
-    notes = git("diff", base_revision, target, "--", "CHANGELOG.md").stdout
-    added = [line[1:] for line in notes.splitlines() if line.startswith("+") and line[:3] != "+++"]
-    if added:
-        print("update: the template's CHANGELOG since then (upgrade notes):")
-        print("".join(f"  {line}\n" for line in added), end="")
+    before = set(changelog_entries(show(base_revision, "CHANGELOG.md")))
+    notes = [
+        entry for entry in changelog_entries(show(target, "CHANGELOG.md")) if entry not in before
+    ]
+    if notes:
+        print(
+            "update: the template's CHANGELOG entries since then, new or changed (upgrade notes):"
+        )
+        print("".join(f"  {line}\n" for entry in notes for line in entry.splitlines()), end="")
     print(f"update: {RECORD.name} now records {target[:12]}")
 
 
@@ -367,7 +383,8 @@ def main() -> None:
     base_revision = in_template(str(recorded["revision"]), target)
     if git("merge-base", "--is-ancestor", target, base_revision, check=False).returncode == 0:
         # The same revision, or an older one: an update never takes a fork back.
-        print(f"update: already at {base_revision[:12]}, which has {target[:12]}; nothing to do")
+        where = "at it" if target == base_revision else f"at {base_revision[:12]}, which has it"
+        print(f"update: up to date with {target[:12]} (this fork is {where}); nothing to do")
         return
     if git("merge-base", "--is-ancestor", base_revision, target, check=False).returncode != 0:
         sys.exit(f"update: {target[:12]} does not follow {base_revision[:12]}: not an update")
