@@ -9,6 +9,7 @@ the process quietly instead.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from types import FrameType
@@ -17,7 +18,10 @@ INTERRUPTED = 128 + signal.SIGINT  # the exit status a shell gives a process SIG
 
 
 def _exit_quietly(signum: int, frame: FrameType | None) -> None:
-    sys.exit(INTERRUPTED)
+    # os._exit, not sys.exit: the SystemExit would be raised wherever the import is, and
+    # code that catches BaseException there loses it; the worker then starts as if no
+    # reload had come, and never stops. Nothing is held yet: nothing to clean up.
+    os._exit(INTERRUPTED)
 
 
 def main() -> int:
