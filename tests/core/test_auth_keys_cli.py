@@ -64,9 +64,8 @@ def test_refusals_say_why(key_name: str, capsys: pytest.CaptureFixture[str]) -> 
         ["items:read", "--expires-in-days", "0"],  # once a key that never expired
         ["items:read", "--expires-in-days", "-1"],  # once a key born expired
         ["items:read", "--expires-in-days", "99999999999"],  # once an OverflowError
-        [],  # once a key that could do nothing
     ],
-    ids=["0 days", "negative days", "past any date", "no scope"],
+    ids=["0 days", "negative days", "past any date"],
 )
 def test_a_key_that_could_not_be_meant_is_a_usage_error(
     key_name: str, argv: list[str], capsys: pytest.CaptureFixture[str]

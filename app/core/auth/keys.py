@@ -87,7 +87,8 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     create = commands.add_parser("create", help="make a key; it is printed once")
     create.add_argument("name", help="who holds it, e.g. billing-worker (unique)")
-    create.add_argument("scopes", nargs="+", help="e.g. items:read orders:write")
+    # None is allowed: a route that needs only an identity lets a scope-less key in.
+    create.add_argument("scopes", nargs="*", help="e.g. items:read orders:write")
     create.add_argument(
         "--expires-in-days", type=_days, default=None, help=f"1 to {MAX_DAYS} (default: never)"
     )
