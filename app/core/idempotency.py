@@ -13,9 +13,10 @@ How it stays correct without a second store or a lock service:
    request stores nothing, so its retry runs again.
 2. If the key is taken, the handler's work is rolled back and the stored response is
    sent again, marked `Idempotent-Replayed: true`. The same key with another request
-   (method, path, query or body) is a 422. A retry runs the handler again, so its
-   effects must live in the transaction: a job it enqueues is rolled back with it, an
-   HTTP call it made itself would happen twice.
+   (method, path, query or body bytes: the same JSON with other spacing or key order
+   counts as another; a retry resends its bytes) is a 422. A retry runs the handler
+   again, so its effects must live in the transaction: a job it enqueues is rolled back
+   with it, an HTTP call it made itself would happen twice.
 3. A retry whose handler fails with a domain error (the unique name its first attempt
    wrote: 409) gets the first attempt's response instead, or the 422, the same way.
    Not a 401 or 403: authorization is decided on every attempt.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import AsyncIterator
 
@@ -94,6 +95,23 @@ async def test_the_same_key_with_another_body_is_refused(
     assert other.status_code == 422
     assert other.headers["content-type"] == "application/problem+json"
     assert HEADER in other.json()["detail"]
+    assert await count_widgets(connection) == 1
+
+
+async def test_the_same_json_in_other_bytes_is_another_body(
+    core_client: AsyncClient, connection: AsyncConnection
+) -> None:
+    """The fingerprint is of the bytes sent (docs say so): a retry resends its own bytes,
+    and a body parsed and written again, with other spacing, is another request."""
+    compact = json.dumps(widget("c"), separators=(",", ":"))
+    spaced = json.dumps(widget("c"), indent=2)
+    headers = {HEADER: "k-bytes", "Content-Type": "application/json"}
+    await core_client.post("/probe/keyed-widgets", content=compact, headers=headers)
+    same = await core_client.post("/probe/keyed-widgets", content=compact, headers=headers)
+    other = await core_client.post("/probe/keyed-widgets", content=spaced, headers=headers)
+
+    assert same.headers[REPLAYED_HEADER] == "true"
+    assert_problem(other, 422)
     assert await count_widgets(connection) == 1
 
 
