@@ -49,12 +49,12 @@ help: ## List the targets
 FORK = $(and $(name),$(wildcard template/make_fork.py))
 init: ## Write .env (fresh secrets, free ports); on the template, `make init name=acme-orders [targets=vm,swarm,k8s] [examples=no]` makes your fork
 	$(if $(or $(targets),$(examples)),$(if $(FORK),,$(error targets= and examples= go with name=, on the template's checkout)))
-	$(if $(FORK),python3 template/make_fork.py --name "$(name)" $(if $(targets),--targets "$(targets)") $(if $(examples),--examples "$(examples)"))
-	python3 scripts/init.py $(if $(name),--name "$(name)")
+	$(if $(FORK),python3 template/make_fork.py --name "$$name" $(if $(targets),--targets "$$targets") $(if $(examples),--examples "$$examples"))
+	python3 scripts/init.py $(if $(name),--name "$$name")
 
 .PHONY: update
 update: ## Merge the template's changes since .template.toml's revision: make update [ref=v1.1.0] [from=URL]
-	python3 scripts/update.py $(if $(ref),--ref "$(ref)") $(if $(from),--from "$(from)")
+	python3 scripts/update.py $(if $(ref),--ref "$$ref") $(if $(from),--from "$$from")
 
 ##@ Development stack
 .PHONY: up

@@ -7,12 +7,12 @@ KEYS := python -m app.core.auth.keys
 .PHONY: token
 token: ## Print a dev token, valid 1 h, with every scope the API declares: make token [scopes="items:read"] [sub=alice]
 	@$(DEV) exec -T issuer python scripts/dev_issuer.py --keys /keys --issuer http://issuer:8080 \
-	  token --audience "$(AUTH_AUDIENCE)" $(if $(scopes),--scopes "$(scopes)") $(if $(sub),--sub "$(sub)")
+	  token --audience "$(AUTH_AUDIENCE)" $(if $(scopes),--scopes "$$scopes") $(if $(sub),--sub "$$sub")
 
 .PHONY: api-key
 api-key: ## Make an API key, printed once: make api-key name=ci-bot scopes="items:read items:write"
-	@test -n "$(name)" || { echo 'usage: make api-key name=ci-bot scopes="items:read"'; exit 2; }
-	@$(DEV) exec -T api $(KEYS) create "$(name)" $(scopes)
+	@test -n "$$name" || { echo 'usage: make api-key name=ci-bot scopes="items:read"'; exit 2; }
+	@$(DEV) exec -T api $(KEYS) create "$$name" $$scopes
 
 .PHONY: api-keys
 api-keys: ## List the API keys: name, scopes, expiry, last use (never the secrets)
@@ -20,5 +20,5 @@ api-keys: ## List the API keys: name, scopes, expiry, last use (never the secret
 
 .PHONY: revoke-api-key
 revoke-api-key: ## Revoke an API key: make revoke-api-key name=ci-bot (every worker within seconds)
-	@test -n "$(name)" || { echo 'usage: make revoke-api-key name=ci-bot'; exit 2; }
-	@$(DEV) exec -T api $(KEYS) revoke "$(name)"
+	@test -n "$$name" || { echo 'usage: make revoke-api-key name=ci-bot'; exit 2; }
+	@$(DEV) exec -T api $(KEYS) revoke "$$name"

@@ -6,7 +6,7 @@ BACKUP_COMPOSE := docker compose -f docker-compose.prod.yml
 ##@ Backups
 .PHONY: backup
 backup: .env ## Take a backup now (incremental, or what the schedule has due; `make backup type=full`)
-	$(BACKUP_COMPOSE) exec backup pgbackup now $(type)
+	$(BACKUP_COMPOSE) exec backup pgbackup now $$type
 
 .PHONY: backups
 backups: .env ## List the backups and the window a restore can reach
@@ -14,7 +14,7 @@ backups: .env ## List the backups and the window a restore can reach
 
 .PHONY: restore
 restore: .env ## Restore the database: the latest state, or `make restore at="2026-12-06 10:00:00+00"`
-	scripts/restore.sh "$(at)"
+	scripts/restore.sh "$$at"
 
 .PHONY: restore-check
 restore-check: ## Drill: write under load, lose the database volume, restore to a time T and to the latest; print RPO and RTO

@@ -4,5 +4,5 @@
 ##@ Resources
 .PHONY: resource
 resource: ## Scaffold a resource with tests and a migration: make resource name=widgets [singular=widget]
-	@test -n "$(name)" || { echo 'usage: make resource name=widgets [singular=widget]' >&2; exit 2; }
-	python3 scripts/new_resource.py "$(name)" $(if $(singular),--singular "$(singular)")
+	@test -n "$$name" || { echo 'usage: make resource name=widgets [singular=widget]' >&2; exit 2; }
+	python3 scripts/new_resource.py "$$name" $(if $(singular),--singular "$$singular")

@@ -13,4 +13,4 @@ swarm-deploy: ## Deploy or upgrade the Swarm stack: make swarm-deploy IMAGE=regi
 
 .PHONY: swarm-restore
 swarm-restore: ## Restore the Swarm stack's database: the latest state, or `make swarm-restore at="2026-12-06 10:00:00+00"`
-	scripts/swarm/restore.sh "$(at)"
+	scripts/swarm/restore.sh "$$at"
