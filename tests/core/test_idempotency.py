@@ -255,11 +255,24 @@ async def committed_widgets(engine: AsyncEngine) -> AsyncIterator[None]:
         await connection.execute(delete(IdempotencyKey))
 
 
+def patient(settings: Settings) -> Settings:
+    """Timeouts no busy machine reaches: five fresh connections, or the first write, can
+    take longer than the 1 s defaults there (a 503, or the 409 of a wait on the key),
+    and the tests below prove writing once, not the timeouts (tested elsewhere)."""
+    return with_overrides(
+        settings,
+        db_connect_timeout=10,
+        db_pool_timeout=10,
+        db_lock_timeout=10,
+        db_statement_timeout=12,
+    )
+
+
 @pytest.mark.usefixtures("committed_widgets")
 async def test_concurrent_duplicates_write_once(
     make_core_client: CoreClientMaker, settings: Settings, engine: AsyncEngine
 ) -> None:
-    client = await make_core_client(settings, isolated=False)
+    client = await make_core_client(patient(settings), isolated=False)
     body = widget()
     responses = await asyncio.gather(
         *(client.post("/probe/keyed-widgets", json=body, headers={HEADER: "k-c"}) for _ in range(5))
@@ -278,7 +291,7 @@ async def test_concurrent_duplicates_whose_handlers_all_succeed_write_once(
 ) -> None:
     """Nothing in the handler's write conflicts: the key's own insert does, and every
     request but the first is rolled back."""
-    client = await make_core_client(settings, isolated=False)
+    client = await make_core_client(patient(settings), isolated=False)
     body, fresh, key = widget(), {"fresh": "true"}, {HEADER: "k-cf"}
     responses = await asyncio.gather(
         *(
