@@ -21,9 +21,11 @@ import subprocess
 import sys
 import tempfile
 import tomllib
+from collections import Counter
 from collections.abc import Collection
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TypeVar
 
 ROOT = Path(__file__).resolve().parent.parent
 GIT = shutil.which("git") or "git"
@@ -114,9 +116,14 @@ def name_at(revision: str) -> str:
     return str(tomllib.loads(pyproject.decode())["project"]["name"])
 
 
-def init_options(removed: Collection[str]) -> list[str]:
-    """The `make init` options this fork was made with, from what it deleted."""
-    targets = [target for target, doc in TARGET_DOCS.items() if doc not in removed]
+def init_options(removed: Collection[str], base_revision: str) -> list[str]:
+    """The `make init` options this fork was made with, from what it deleted (a target
+    newer than the fork's revision was not chosen: it stays out)."""
+    targets = [
+        target
+        for target, doc in TARGET_DOCS.items()
+        if doc not in removed and show(base_revision, doc) is not None
+    ]
     options = [f"--targets={','.join(targets) or ','}"]
     return [*options, "--examples=no"] if EXAMPLES_CODE in removed else options
 
@@ -148,7 +155,7 @@ def generated(revision: str, name: str, options: list[str], scratch: Path) -> di
     if made.returncode != 0:
         sys.exit(f"update: making the fork at {revision[:12]} failed:\n{made.stderr.strip()}")
     (tree / ".env").unlink(missing_ok=True)
-    files = (path for path in tree.rglob("*") if path.is_file() or path.is_symlink())
+    files = (path for path in tree.rglob("*") if path.is_symlink() or path.is_file())
     return {
         str(path.relative_to(tree)): path
         for path in files
@@ -156,12 +163,69 @@ def generated(revision: str, name: str, options: list[str], scratch: Path) -> di
     }
 
 
-def merge(
-    path: str, base: bytes | None, theirs: bytes | None, their_mode: str, base_dirs: set[str]
-) -> str:
-    """Merge one file into the working tree; return what happened."""
+# A file as git sees it: its mode ("100644", "100755" or "120000", a symlink) and its
+# bytes (a symlink's: where it points). Read without following symlinks, so a link is
+# merged as a link and nothing is ever written through one.
+Version = tuple[str, bytes]
+LINK = "120000"
+
+
+def version(path: Path) -> Version | None:
+    if path.is_symlink():
+        return LINK, os.readlink(path).encode()
+    if path.is_file():
+        return ("100755" if os.access(path, os.X_OK) else "100644"), path.read_bytes()
+    return None
+
+
+def write(target: Path, new: Version) -> None:
+    if target.is_symlink() or target.exists():
+        target.unlink()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    mode, data = new
+    if mode == LINK:
+        target.symlink_to(data.decode())
+    else:
+        target.write_bytes(data)
+        target.chmod(0o755 if mode == "100755" else 0o644)
+
+
+# A TypeVar, not PEP 695's syntax: this file runs on the host's Python, 3.11 or newer.
+Side = TypeVar("Side", bytes, str)
+
+
+def three_way(ours: Side, base: Side | None, theirs: Side) -> Side | None:  # noqa: UP047
+    """One side's change, or None when both sides changed it differently."""
+    if theirs in (ours, base):
+        return ours
+    if ours == base:
+        return theirs
+    return None
+
+
+def in_the_way(path: str) -> str | None:
+    """A file (or symlink) of the fork's where `path` needs a directory, or a directory
+    where it needs a file."""
     target = ROOT / path
-    ours = target.read_bytes() if target.is_file() else None
+    if target.is_dir() and not target.is_symlink():
+        return path
+    for parent in Path(path).parents:
+        if str(parent) != "." and ((ROOT / parent).is_symlink() or (ROOT / parent).is_file()):
+            return str(parent)
+    return None
+
+
+def merge(
+    path: str,
+    base: Version | None,
+    theirs: Version | None,
+    base_dirs: set[str],
+    ours_at: str | None = None,
+) -> str:
+    """Merge one file into the working tree; return what happened. `ours_at`: where the
+    fork has it, when the template renamed it (to `path`)."""
+    target = ROOT / path
+    ours = version(ROOT / (ours_at or path))
     if ours == theirs:
         return "same"
     if theirs is None:  # the template deleted it
@@ -170,31 +234,48 @@ def merge(
         target.unlink()
         return "deleted"
     # Changed in the template, or new in a directory this fork deleted (its resource).
-    folder_gone = str(Path(path).parent) in base_dirs and not target.parent.is_dir()
+    folder_gone = any(
+        str(parent) in base_dirs and not (ROOT / parent).is_dir()
+        for parent in Path(path).parents
+        if str(parent) != "."
+    )
     if ours is None and (base is not None or folder_gone):
         return "skipped (deleted here, or its directory)"
     if ours is None or ours == base:  # only the template changed it: take its version
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(theirs)
-        target.chmod(0o755 if their_mode == "100755" else 0o644)
+        write(target, theirs)
         return "added" if ours is None else "updated"
-    return merge_file(target, base or b"", theirs)
+    return merge_both(path, ours, base, theirs)
 
 
-def merge_file(target: Path, base: bytes, theirs: bytes) -> str:
-    """Both sides changed the file: merge the template's change into it, line by line."""
+def merge_both(path: str, ours: Version, base: Version | None, theirs: Version) -> str:
+    """Both sides changed it: the mode and the bytes each take the side that changed."""
+    mode = three_way(ours[0], base and base[0], theirs[0])
+    data = three_way(ours[1], base and base[1], theirs[1])
+    merged: tuple[bytes, str] | None = (data, "merged") if data is not None else None
+    if merged is None and LINK not in (ours[0], theirs[0]):  # both changed the text
+        merged = merge_file(ours[1], base[1] if base else b"", theirs[1])
+    if merged is None:  # binary (git cannot merge it line by line) or a symlink
+        beside = Path(f"{path}.template")
+        write(ROOT / beside, theirs)
+        return f"CONFLICT (binary or symlink: yours kept, the template's in {beside})"
+    write(ROOT / path, (mode or ours[0], merged[0]))
+    return merged[1]
+
+
+def merge_file(ours: bytes, base: bytes, theirs: bytes) -> tuple[bytes, str] | None:
+    """Both sides changed the text: merge the template's change into it, line by line.
+    None for files git finds binary."""
     with tempfile.TemporaryDirectory() as scratch:
-        base_file, their_file = Path(scratch, "base"), Path(scratch, "theirs")
-        base_file.write_bytes(base)
-        their_file.write_bytes(theirs)
+        files = [Path(scratch, side) for side in ("ours", "base", "theirs")]
+        for file, data in zip(files, (ours, base, theirs), strict=True):
+            file.write_bytes(data)
         labels = ["-L", "yours", "-L", "template (base)", "-L", "template"]
-        files = [str(target), str(base_file), str(their_file)]
-        result = git("merge-file", *labels, *files, check=False)
-    if result.returncode == 0:
-        return "merged"
-    if result.returncode > 0:
-        return "CONFLICT"
-    return "CONFLICT (binary: kept yours)"
+        result = git("merge-file", *labels, *map(str, files), check=False)
+        if "Cannot merge binary files" in result.stderr:
+            return None
+        if not 0 <= result.returncode < 128:  # an error, not a count of conflicts
+            sys.exit(f"update: git merge-file failed:\n{result.stderr.strip()}")
+        return files[0].read_bytes(), ("merged" if result.returncode == 0 else "CONFLICT")
 
 
 def fetch(url: str, ref: str) -> str:
@@ -205,8 +286,13 @@ def fetch(url: str, ref: str) -> str:
     candidates = [f"refs/template/{kind}{ref}" for kind in ("tags/", "heads/", "")] + [ref]
     for candidate in candidates:
         found = git("rev-parse", "--verify", "--quiet", f"{candidate}^{{commit}}", check=False)
-        if found.returncode == 0:
-            return found.stdout.strip()
+        commit = found.stdout.strip()
+        # A bare commit id must be the template's, not this fork's own tag or branch.
+        if (
+            found.returncode == 0
+            and git("for-each-ref", "--contains", commit, "refs/template").stdout.strip()
+        ):
+            return commit
     sys.exit(f"update: no tag, branch or commit {ref!r} in the template")
 
 
@@ -296,31 +382,61 @@ def downgrade() -> None:
     return str(path.relative_to(ROOT))
 
 
+def renames(base_revision: str, target: str) -> dict[str, str]:
+    """The files the template renamed (moved, perhaps changed a little): old path by new."""
+    listed = git("diff", "--name-status", "-M", "-z", base_revision, target).stdout.split("\0")
+    found: dict[str, str] = {}
+    for i, field in enumerate(listed):
+        if field.startswith("R") and i + 2 < len(listed):
+            found[listed[i + 2]] = listed[i + 1]
+    return found
+
+
 def merge_all(
     base_revision: str, target: str, removed: list[str]
 ) -> tuple[dict[str, list[str]], int]:
     """Merge every file the template changed; the outcomes, and how many were left out."""
-    name, options = name_at("HEAD"), init_options(removed)
+    name, options = name_at("HEAD"), init_options(removed, base_revision)
     outcomes: dict[str, list[str]] = {}
     with tempfile.TemporaryDirectory() as scratch:
-        base = generated(base_revision, name, options, Path(scratch))
-        theirs = generated(target, name, options, Path(scratch))
-        base_dirs = {str(Path(path).parent) for path in base}
+        base = {
+            path: version(file)
+            for path, file in generated(base_revision, name, options, Path(scratch)).items()
+        }
+        theirs = {
+            path: version(file)
+            for path, file in generated(target, name, options, Path(scratch)).items()
+        }
+        base_dirs = {str(parent) for path in base for parent in Path(path).parents}
+        # A file the template renamed is merged from where the fork has it: the fork's
+        # changes move with it, and a file the fork deleted does not come back.
+        moved = {
+            new: old
+            for new, old in renames(base_revision, target).items()
+            if old in base and new in theirs and new not in base and old not in theirs
+        }
         for path in sorted(set(base) | set(theirs)):
-            if path == RECORD.name:
+            if path == RECORD.name or path in moved.values():
                 continue
-            old, new = base.get(path), theirs.get(path)
-            old_bytes = old.read_bytes() if old else None
-            new_bytes = new.read_bytes() if new else None
-            if old_bytes == new_bytes:
+            old = moved.get(path)
+            before, after = base.get(old or path), theirs.get(path)
+            if before == after and old is None:
                 continue
-            executable = new is not None and os.access(new, os.X_OK)
-            outcome = merge(
-                path, old_bytes, new_bytes, "100755" if executable else "100644", base_dirs
+            clash = in_the_way(path)
+            outcome = (
+                merge(path, before, after, base_dirs, ours_at=old)
+                if clash is None
+                else f"CONFLICT (yours in the way: {clash})"
             )
-            outcomes.setdefault(outcome, []).append(path)
+            shown = path
+            if old is not None and outcome in ("same", "updated", "merged", "CONFLICT"):
+                if outcome == "same" and after is not None:
+                    write(ROOT / path, after)
+                (ROOT / old).unlink(missing_ok=True)  # moved: the fork's copy is at `path` now
+                shown, outcome = f"{old} -> {path}", f"{outcome} (renamed in the template)"
+            outcomes.setdefault(outcome, []).append(shown)
     changed = git("diff", "--name-only", "--no-renames", "-z", base_revision, target).stdout
-    merged = sum(len(paths) for paths in outcomes.values())
+    merged = sum(len(paths) for paths in outcomes.values()) + len(moved)
     return outcomes, max(0, len(list(filter(None, changed.split("\0")))) - merged)
 
 
@@ -343,10 +459,15 @@ def report(base_revision: str, target: str, outcomes: dict[str, list[str]], left
         if outcome != "same":
             print("".join(f"    {path}\n" for path in paths), end="")
     print(f"  left out (the template's own, or removed by make init): {left_out}")
-    before = set(changelog_entries(show(base_revision, "CHANGELOG.md")))
-    notes = [
-        entry for entry in changelog_entries(show(target, "CHANGELOG.md")) if entry not in before
-    ]
+    # Counted, not a set: a note the template repeats in a later release is new there.
+    seen = Counter(changelog_entries(show(base_revision, "CHANGELOG.md")))
+    notes = []
+    for entry in changelog_entries(show(target, "CHANGELOG.md"))[::-1]:  # oldest first
+        if seen[entry] > 0:
+            seen[entry] -= 1
+        else:
+            notes.append(entry)
+    notes.reverse()
     if notes:
         print(
             "update: the template's CHANGELOG entries since then, new or changed (upgrade notes):"
@@ -368,12 +489,12 @@ def main() -> None:
     url = args.url or recorded.get("url") or ""
     if not url:
         sys.exit("update: the template's address is unknown: make update from=<url>")
-    dirty = git("status", "--porcelain", "--untracked-files=no").stdout.splitlines()
+    # Untracked files too: the update writes new files, and would write into one of
+    # yours (or a migration of yours would be joined to the template's by merge_heads).
+    dirty = git("status", "--porcelain", "--untracked-files=all").stdout.splitlines()
     if [line for line in dirty if not (args.self_updated and line.endswith("scripts/update.py"))]:
-        sys.exit("update: commit or stash your changes first")
-    # A migration not yet committed would be joined to the template's by merge_heads.
-    if git("ls-files", "--others", "--exclude-standard", "alembic/versions").stdout.strip():
-        sys.exit("update: commit or remove the new files in alembic/versions first")
+        listed = "".join(f"\n  {line}" for line in dirty[:10])
+        sys.exit(f"update: commit, stash (git stash -u) or remove your changes first:{listed}")
     target = fetch(url, args.ref or "HEAD")
     if show(target, RECORD.name) is not None:
         sys.exit(
@@ -402,10 +523,19 @@ def main() -> None:
     if merged:
         print(f"update: the template's migrations and yours both followed one; joined by {merged}")
     conflicts = [p for o, paths in outcomes.items() if o.startswith("CONFLICT") for p in paths]
+    kept = outcomes.get("kept (changed here, deleted in the template)", [])
+    if kept:
+        print("update: decide on each kept file: the template no longer has it (git rm it,")
+        print("        or keep it as yours)")
+    review = "`git status` and `git diff` (new files are untracked until `git add -A`)"
     if conflicts:
-        print(f"update: {len(conflicts)} conflicts: resolve the <<<<<<< markers, then commit")
+        print(f"update: {len(conflicts)} conflicts: resolve the <<<<<<< markers (a binary or")
+        print("        symlink: the template's version is beside it, .template), then review")
+        print(
+            f"        {review} and commit; to abandon the update: git reset --hard && git clean -fd"
+        )
         sys.exit(1)
-    print('next: review `git diff`, then `git add -A && git commit -m "Update from the template"`')
+    print(f'next: review {review}, then `git add -A && git commit -m "Update from the template"`')
 
 
 if __name__ == "__main__":
