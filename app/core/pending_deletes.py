@@ -3,9 +3,10 @@
 A write deletes its cached entries after its commit. When Redis is down, paused or cut
 off, that delete cannot happen, yet a paused or cut-off Redis keeps its data: once it
 answers again, the entry would be served, stale, for the rest of its TTL. So the key is
-kept here and deleted as soon as Redis answers (app/core/redis.py). In a table, not in
-the worker's memory: a deploy or a restart during the outage would forget it, and any
-worker that reaches Redis again sends every worker's keys.
+kept here and deleted as soon as Redis answers (app/core/redis.py: the worker that kept
+it tries every RESEND_SECONDS, and any worker whose own breaker opened sends them before
+its next call). In a table, not in the worker's memory: a deploy or a restart during the
+outage would forget it, and any worker that reaches Redis again sends every worker's keys.
 """
 
 from __future__ import annotations

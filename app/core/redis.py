@@ -8,6 +8,7 @@ once (a cache miss, an unlimited request) instead of each waiting for a timeout.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Protocol
@@ -35,6 +36,10 @@ MAX_PENDING_DELETES = 10_000
 # send: the calls behind it wait for it, and a silent Postgres must not hold them long.
 KEPT_RETRY_SECONDS = 30.0
 KEPT_SEND_TIMEOUT_SECONDS = 1.0
+# While this worker holds missed deletes, it tries to send them this often on its own: a
+# worker that missed a delete may get no other call for a long time, while another, whose
+# breaker never opened, reads the stale entry from Redis as soon as it answers.
+RESEND_SECONDS = 0.25
 
 
 class KeptDeletes(Protocol):
@@ -82,6 +87,7 @@ class OptionalRedis:
         self._kept_not_before = 0.0
         self._pending_deletes: dict[str, None] = {}  # an ordered set
         self._sending = asyncio.Lock()
+        self._resender: asyncio.Task[None] | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings, kept: KeptDeletes | None = None) -> OptionalRedis:
@@ -139,8 +145,21 @@ class OptionalRedis:
                 logger.warning("cache delete kept in memory only", error=type(exc).__name__)
             else:
                 self._kept_waiting = True
+                self._resend_until_sent()
                 return
         self._defer(keys)
+        self._resend_until_sent()
+
+    def _resend_until_sent(self) -> None:
+        if self._resender is None or self._resender.done():
+            self._resender = asyncio.create_task(self._resend())
+
+    async def _resend(self) -> None:
+        """Send the missed deletes once Redis answers, without waiting for this worker's
+        next call: a ping is the call that sends them (`run`), or that the breaker skips."""
+        while self._pending_deletes or self._kept_waiting:
+            await asyncio.sleep(RESEND_SECONDS)
+            await self.run(lambda redis: redis.ping())
 
     def _defer(self, keys: Iterable[str]) -> None:
         for key in keys:
@@ -186,4 +205,8 @@ class OptionalRedis:
                 logger.info("deleted entries changed while redis was unavailable", count=sent)
 
     async def aclose(self) -> None:
+        if self._resender is not None:
+            self._resender.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._resender
         await self.client.aclose()

@@ -16,7 +16,12 @@ from app.core.breaker import BreakerState
 from app.core.config import Settings
 from app.core.db import create_engine
 from app.core.pending_deletes import PendingDeletes
-from app.core.redis import KEPT_SEND_TIMEOUT_SECONDS, MAX_PENDING_DELETES, OptionalRedis
+from app.core.redis import (
+    KEPT_SEND_TIMEOUT_SECONDS,
+    MAX_PENDING_DELETES,
+    RESEND_SECONDS,
+    OptionalRedis,
+)
 from tests.conftest import UNREACHABLE_POSTGRES, UNREACHABLE_REDIS, with_overrides
 
 
@@ -130,6 +135,28 @@ async def test_a_delete_redis_missed_outlives_the_process_that_missed_it(
     assert await second.run(lambda client: client.get(key)) is None
     assert await kept_in_postgres(engine, key) == 0
     await second.aclose()
+
+
+async def test_a_missed_delete_is_sent_without_waiting_for_the_next_call(
+    settings: Settings, redis: Redis, engine: AsyncEngine
+) -> None:
+    """The worker that missed a delete may get no other call for minutes, while another,
+    whose breaker never opened, reads the entry as soon as Redis answers: the missed
+    delete is sent on its own once Redis answers, within a few RESEND_SECONDS."""
+    key = "cache:changed-on-an-idle-worker"
+    await redis.set(key, b"old")
+    reader = OptionalRedis.from_settings(settings, PendingDeletes(engine))
+    await reader.run(lambda client: client.ping())  # its start-up send is done
+    quick = with_overrides(settings, redis_breaker_cooldown=0.1)
+    writer = in_an_outage(OptionalRedis.from_settings(quick, PendingDeletes(engine)), quick)
+    await writer.delete(key)  # kept; then the writer gets no other call
+    assert await kept_in_postgres(engine, key) == 1
+
+    await asyncio.sleep(0.1 + 4 * RESEND_SECONDS)
+    assert await reader.run(lambda client: client.get(key)) is None
+    assert await kept_in_postgres(engine, key) == 0
+    await writer.aclose()
+    await reader.aclose()
 
 
 async def test_a_missed_delete_postgres_cannot_keep_is_kept_in_memory(
