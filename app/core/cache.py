@@ -142,11 +142,14 @@ class ModelCache[Model: BaseModel]:
         return body
 
     async def invalidate(self, entity_id: object) -> None:
-        """Drop the Redis entry (and this worker's copy, with the near cache on)."""
+        """Drop the Redis entry (and, with the near cache on, this worker's copy, and
+        every worker's again once the entry is gone: NearCache.announce)."""
         key = self.key(entity_id)
         if self._near is not None:
             self._near.evict(key)
         await self._redis.delete(key)
+        if self._near is not None:
+            self._near.announce(key)
 
     async def invalidate_on_commit(self, session: AsyncSession, entity_id: object) -> None:
         """Call in the transaction that changes the entity: the Redis entry is deleted

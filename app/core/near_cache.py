@@ -23,10 +23,13 @@ each worker's listener is live). A copy also expires after `ttl` whatever happen
 
 The same guard as Redis's own client-side caching protects a fill racing an
 invalidation: a body is stored only if no invalidation arrived since its read
-began (`generation`).
+began (`generation`). The commit's NOTIFY can arrive before the writer's Redis delete,
+so a read in between would copy the old body from Redis: the writer announces the key
+once more after that delete (`announce`), on its listener's connection.
 
 Costs one Postgres connection per worker (the listener's), counted in the
-connection budget, and a heartbeat query every HEARTBEAT_SECONDS. NOTIFY takes a
+connection budget, a heartbeat query every HEARTBEAT_SECONDS, and the second NOTIFY
+of each invalidating write (in the background, after its response). NOTIFY takes a
 database-wide lock at commit, so the transactions that invalidate commit one at a
 time: fine for resources written far less often than read, not for a firehose of writes.
 """
@@ -81,6 +84,11 @@ class NearCache:
         NEAR_CACHE_LISTENER_LIVE.set(0)
         # Bumped by every invalidation: a read that began before one must not store.
         self.generation = 0
+        # The listener's connection, while it has one: `announce` sends on it too, one
+        # statement at a time (asyncpg allows no more on a connection).
+        self._connection: asyncpg.Connection[Any] | None = None
+        self._statement = asyncio.Lock()
+        self._announcing: set[asyncio.Task[None]] = set()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> NearCache | None:
@@ -130,6 +138,27 @@ class NearCache:
     def evict(self, key: str) -> None:
         self.generation += 1
         self._entries.pop(key, None)
+
+    def announce(self, key: str) -> None:
+        """Invalidate `key` on every worker again, once the writer's Redis delete is done.
+        The commit's NOTIFY can reach a worker before that delete: a read in between
+        finds the old body in Redis, after the invalidation, and would keep it until its
+        TTL. Sent in the background, so the response does not wait for it."""
+        if self._connection is not None:
+            task = asyncio.create_task(self._notify(self._connection, key))
+            self._announcing.add(task)  # a reference, until it is done
+            task.add_done_callback(self._announcing.discard)
+
+    async def _notify(self, connection: asyncpg.Connection[Any], key: str) -> None:
+        try:
+            async with self._statement:
+                await connection.execute(
+                    "SELECT pg_notify($1, $2)", CHANNEL, key, timeout=TRUST_SECONDS
+                )
+        except Exception as exc:  # the listener's own loop handles a lost connection
+            # Lost with the connection: the copies are off until it reconnects anyway,
+            # here; on other workers, one copied in that moment lives until its TTL.
+            logger.debug("cache invalidation not repeated", error=repr(exc))
 
     def _forget_all(self) -> None:
         self.generation += 1
@@ -198,11 +227,13 @@ class NearCache:
             await connection.add_listener(CHANNEL, self._on_notification)
             await connection.add_listener(heartbeats, on_heartbeat)
             self._forget_all()  # whatever changed before we listened
+            self._connection = connection
             for beat in itertools.count():
                 sent_at = self._clock()
-                await connection.execute(
-                    "SELECT pg_notify($1, $2)", heartbeats, str(beat), timeout=TRUST_SECONDS
-                )
+                async with self._statement:
+                    await connection.execute(
+                        "SELECT pg_notify($1, $2)", heartbeats, str(beat), timeout=TRUST_SECONDS
+                    )
                 async with asyncio.timeout(TRUST_SECONDS):
                     while await arrived.get() != str(beat):
                         pass
@@ -214,5 +245,6 @@ class NearCache:
                 NEAR_CACHE_LISTENER_LIVE.set(1)
                 await asyncio.sleep(HEARTBEAT_SECONDS)
         finally:
+            self._connection = None
             # A silent server must not hold the listener: close without waiting for it.
             connection.terminate()

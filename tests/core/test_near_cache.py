@@ -307,3 +307,25 @@ async def test_a_ttl_of_zero_turns_local_copies_off(
         await worker.read(thing)
         assert worker.near.get(worker.cache.key(thing.id)) is None
         assert not worker.near.enabled
+
+
+async def test_a_copy_taken_from_redis_before_the_writers_delete_is_dropped(
+    start_worker: WorkerMaker, settings: Settings, engine: AsyncEngine
+) -> None:
+    """The commit's NOTIFY reaches a worker before the writer's Redis delete: a read in
+    between copies the old body from Redis. The writer announces the key again once the
+    delete is done, and that copy goes too."""
+    one, two = await start_worker(settings), await start_worker(settings)
+    old = Thing(id=uuid.uuid4(), name="old")
+    new = Thing(id=old.id, name="new")
+    await one.read(old)
+    await two.read(old)
+    key = two.cache.key(old.id)
+    async with AsyncSession(engine) as session, session.begin():
+        await one.cache.invalidate_on_commit(session, old.id)  # committed, not yet deleted
+    await until(lambda: two.near.get(key) is None)
+    assert await two.read(new) == old  # from Redis: the delete has not happened yet
+
+    await one.cache.invalidate(old.id)  # the writer's after-commit hook
+    await until(lambda: two.near.get(key) is None)
+    assert await two.read(new) == new
