@@ -512,19 +512,28 @@ def main() -> None:
     if not args.self_updated:
         self_update(base_revision, target)
 
-    outcomes, left_out = merge_all(base_revision, target, [str(p) for p in recorded["removed"]])
+    try:
+        outcomes, left_out = merge_all(base_revision, target, [str(p) for p in recorded["removed"]])
+    except SystemExit:
+        if args.self_updated:  # back to this fork's own copy, or a new run would be refused
+            git("checkout", "HEAD", "--", "scripts/update.py", check=False)
+        raise
     text = RECORD.read_text(encoding="utf-8")
     text = re.sub(r"^revision = .*$", f"revision = {json.dumps(target)}", text, flags=re.M)
     if args.url:  # from=: the address the next update uses too
         text = re.sub(r"^url = .*$", f"url = {json.dumps(args.url)}", text, flags=re.M)
     RECORD.write_text(text, encoding="utf-8")
     report(base_revision, target, outcomes, left_out)
+    finish(outcomes)
+
+
+def finish(outcomes: dict[str, list[str]]) -> None:
+    """Join the migrations if need be, and say what is left to do."""
     merged = merge_heads()
     if merged:
         print(f"update: the template's migrations and yours both followed one; joined by {merged}")
     conflicts = [p for o, paths in outcomes.items() if o.startswith("CONFLICT") for p in paths]
-    kept = outcomes.get("kept (changed here, deleted in the template)", [])
-    if kept:
+    if outcomes.get("kept (changed here, deleted in the template)"):
         print("update: decide on each kept file: the template no longer has it (git rm it,")
         print("        or keep it as yours)")
     review = "`git status` and `git diff` (new files are untracked until `git add -A`)"
