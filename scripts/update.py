@@ -203,15 +203,18 @@ def three_way(ours: Side, base: Side | None, theirs: Side) -> Side | None:  # no
     return None
 
 
-def in_the_way(path: str) -> str | None:
-    """A file (or symlink) of the fork's where `path` needs a directory, or a directory
-    where it needs a file."""
+def in_the_way(path: str, tracked: set[str]) -> str | None:
+    """Something of the fork's that nothing may be written into or deleted through: a
+    directory where `path` needs a file, a file or symlink where it needs a directory,
+    or a file git ignores (it could not be restored)."""
     target = ROOT / path
     if target.is_dir() and not target.is_symlink():
         return path
     for parent in Path(path).parents:
         if str(parent) != "." and ((ROOT / parent).is_symlink() or (ROOT / parent).is_file()):
             return str(parent)
+    if (target.is_symlink() or target.exists()) and path not in tracked:
+        return f"{path}, which git ignores"
     return None
 
 
@@ -219,11 +222,11 @@ def merge(
     path: str,
     base: Version | None,
     theirs: Version | None,
-    base_dirs: set[str],
+    gone: set[str],
     ours_at: str | None = None,
 ) -> str:
-    """Merge one file into the working tree; return what happened. `ours_at`: where the
-    fork has it, when the template renamed it (to `path`)."""
+    """Merge one file into the working tree; return what happened. `gone`: directories
+    the fork deleted. `ours_at`: where the fork has it, when the template renamed it."""
     target = ROOT / path
     ours = version(ROOT / (ours_at or path))
     if ours == theirs:
@@ -232,13 +235,13 @@ def merge(
         if ours != base:
             return "kept (changed here, deleted in the template)"
         target.unlink()
+        for parent in target.parents:  # as git does: no empty directory left behind
+            if parent == ROOT or any(parent.iterdir()):
+                break
+            parent.rmdir()
         return "deleted"
     # Changed in the template, or new in a directory this fork deleted (its resource).
-    folder_gone = any(
-        str(parent) in base_dirs and not (ROOT / parent).is_dir()
-        for parent in Path(path).parents
-        if str(parent) != "."
-    )
+    folder_gone = any(str(parent) in gone for parent in Path(path).parents)
     if ours is None and (base is not None or folder_gone):
         return "skipped (deleted here, or its directory)"
     if ours is None or ours == base:  # only the template changed it: take its version
@@ -252,7 +255,10 @@ def merge_both(path: str, ours: Version, base: Version | None, theirs: Version) 
     mode = three_way(ours[0], base and base[0], theirs[0])
     data = three_way(ours[1], base and base[1], theirs[1])
     merged: tuple[bytes, str] | None = (data, "merged") if data is not None else None
-    if merged is None and LINK not in (ours[0], theirs[0]):  # both changed the text
+    if LINK in (ours[0], theirs[0], base and base[0]):  # a link: one side whole, or neither
+        merged = (ours[1], "merged") if theirs == base else None
+        mode = ours[0]
+    elif merged is None:  # both changed the text
         merged = merge_file(ours[1], base[1] if base else b"", theirs[1])
     if merged is None:  # binary (git cannot merge it line by line) or a symlink
         beside = Path(f"{path}.template")
@@ -397,6 +403,7 @@ def merge_all(
 ) -> tuple[dict[str, list[str]], int]:
     """Merge every file the template changed; the outcomes, and how many were left out."""
     name, options = name_at("HEAD"), init_options(removed, base_revision)
+    tracked = set(filter(None, git("ls-files", "-z").stdout.split("\0")))
     outcomes: dict[str, list[str]] = {}
     with tempfile.TemporaryDirectory() as scratch:
         base = {
@@ -407,37 +414,56 @@ def merge_all(
             path: version(file)
             for path, file in generated(target, name, options, Path(scratch)).items()
         }
-        base_dirs = {str(parent) for path in base for parent in Path(path).parents}
-        # A file the template renamed is merged from where the fork has it: the fork's
-        # changes move with it, and a file the fork deleted does not come back.
-        moved = {
-            new: old
-            for new, old in renames(base_revision, target).items()
-            if old in base and new in theirs and new not in base and old not in theirs
+        # The template's directories this fork no longer tracks: it deleted them.
+        gone = {str(parent) for path in base for parent in Path(path).parents} - {
+            str(parent) for path in tracked for parent in Path(path).parents
         }
-        for path in sorted(set(base) | set(theirs)):
-            if path == RECORD.name or path in moved.values():
-                continue
+        moved = renamed(base_revision, target, base, theirs, tracked)
+        # Deletions first: a directory the template replaces with a file is gone by then.
+        paths = sorted(set(base) | set(theirs), key=lambda path: (path in theirs, path))
+        for path in paths:
             old = moved.get(path)
             before, after = base.get(old or path), theirs.get(path)
-            if before == after and old is None:
+            if path == RECORD.name or path in moved.values() or (before == after and not old):
                 continue
-            clash = in_the_way(path)
+            clash = in_the_way(path, tracked)
+            ours_at = old if old in tracked else None
             outcome = (
-                merge(path, before, after, base_dirs, ours_at=old)
+                merge(path, before, after, gone, ours_at=ours_at)
                 if clash is None
                 else f"CONFLICT (yours in the way: {clash})"
             )
             shown = path
-            if old is not None and outcome in ("same", "updated", "merged", "CONFLICT"):
-                if outcome == "same" and after is not None:
-                    write(ROOT / path, after)
-                (ROOT / old).unlink(missing_ok=True)  # moved: the fork's copy is at `path` now
+            if old is not None:
+                if ours_at and outcome in ("same", "updated", "merged", "CONFLICT"):
+                    if outcome == "same" and after is not None:
+                        write(ROOT / path, after)
+                    (ROOT / old).unlink()  # moved: the fork's copy is at `path` now
                 shown, outcome = f"{old} -> {path}", f"{outcome} (renamed in the template)"
             outcomes.setdefault(outcome, []).append(shown)
     changed = git("diff", "--name-only", "--no-renames", "-z", base_revision, target).stdout
     merged = sum(len(paths) for paths in outcomes.values()) + len(moved)
     return outcomes, max(0, len(list(filter(None, changed.split("\0")))) - merged)
+
+
+def renamed(
+    base_revision: str,
+    target: str,
+    base: dict[str, Version | None],
+    theirs: dict[str, Version | None],
+    tracked: set[str],
+) -> dict[str, str]:
+    """The files the template renamed, old path by new, that merge as renames here: from
+    the old path (the fork's changes move with it), or from the new one when the fork
+    made the same rename, or not at all (skipped) when the fork deleted it. Not when the
+    fork has files at both paths, or something in the way of either."""
+    return {
+        new: old
+        for new, old in renames(base_revision, target).items()
+        if old in base and new in theirs and new not in base and old not in theirs
+        and not (old in tracked and new in tracked)
+        and in_the_way(old, tracked) is None and in_the_way(new, tracked) is None
+    }  # fmt: skip
 
 
 def changelog_entries(text: bytes | None) -> list[str]:
@@ -482,7 +508,15 @@ def main() -> None:
     parser.add_argument("--from", dest="url", help="the template's address (default: recorded)")
     parser.add_argument("--self-updated", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    try:
+        update(args)
+    except BaseException:  # an exit, an error, Ctrl-C: whatever ends the run
+        if args.self_updated:  # back to this fork's own copy, or a new run would be refused
+            git("checkout", "HEAD", "--", "scripts/update.py", check=False)
+        raise
 
+
+def update(args: argparse.Namespace) -> None:
     if not RECORD.is_file():
         sys.exit(f"update: no {RECORD.name}: this checkout was not made with `make init name=…`")
     recorded = tomllib.loads(RECORD.read_text(encoding="utf-8"))
@@ -512,14 +546,16 @@ def main() -> None:
     if not args.self_updated:
         self_update(base_revision, target)
 
-    try:
-        outcomes, left_out = merge_all(base_revision, target, [str(p) for p in recorded["removed"]])
-    except SystemExit:
-        if args.self_updated:  # back to this fork's own copy, or a new run would be refused
-            git("checkout", "HEAD", "--", "scripts/update.py", check=False)
-        raise
+    removed = [str(path) for path in recorded["removed"]]
+    outcomes, left_out = merge_all(base_revision, target, removed)
     text = RECORD.read_text(encoding="utf-8")
     text = re.sub(r"^revision = .*$", f"revision = {json.dumps(target)}", text, flags=re.M)
+    # A deploy target newer than the fork's revision was left out: recorded as removed,
+    # so the next update leaves it out too.
+    newer = [doc for doc in TARGET_DOCS.values() if show(base_revision, doc) is None]
+    if newer and not set(newer) <= set(removed):
+        listed = "".join(f"    {json.dumps(path)},\n" for path in sorted({*removed, *newer}))
+        text = re.sub(r"^removed = \[.*?^\]", f"removed = [\n{listed}]", text, flags=re.M | re.S)
     if args.url:  # from=: the address the next update uses too
         text = re.sub(r"^url = .*$", f"url = {json.dumps(args.url)}", text, flags=re.M)
     RECORD.write_text(text, encoding="utf-8")
