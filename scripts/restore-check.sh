@@ -168,8 +168,15 @@ read -r wal_per_write kept_per_write kept_per_day < <(awk -v w="$wal_bytes" -v k
   -v r="${RESTORE_DAY_RATE:-1127}" 'BEGIN { printf "%.0f %.0f %.1f\n", w / n, k / n, k / n * r * 86400 / 2^30 }')
 log "WAL: $wal_per_write bytes written per create, $kept_per_write kept in the repository; a day at ${RESTORE_DAY_RATE:-1127} creates/s: $kept_per_day GiB"
 
+# A row made after T, read through the cache: the restore to T must not serve it.
+late=$(curl -sS --max-time 5 -H "X-API-Key: $API_KEY" -H 'content-type: application/json' \
+  --data '{"name":"after-t-cached"}' "$BASE/api/v1/items" | sed -n 's/.*"id":"\([^"]*\)".*/\1/p')
+[ -n "$late" ] || fail "could not create an item after the latest restore"
+get_late() { curl -sS -o /dev/null -w '%{http_code}' --max-time 5 -H "X-API-Key: $API_KEY" "$BASE/api/v1/items/$late"; }
+[ "$(get_late)" = 200 ] || fail "the item made after the latest restore cannot be read"
 lose_the_database
 restore restore-t.log T "$T_SQL"
+[ "$(get_late)" = 404 ] || fail "after the restore to T, the cache still serves a row made after T"
 rows >"$WORK/rows-t" || fail "cannot read the rows restored to T"
 read -r before missing after < <(awk -v t="$T" '
   NR == FNR { present[$1] = 1; next }
@@ -184,6 +191,22 @@ awk -v r="$rpo" -v b="$RPO_BAR" 'BEGIN { exit !(r <= b) }' || fail "RPO $rpo s i
 [ "$missing" = 0 ] || fail "$missing rows acknowledged before T are missing"
 [ "$after" = 0 ] || fail "$after rows sent after T were restored"
 [ "$before" -gt 0 ] || fail "no row was written before T"
+
+# Postgres killed on an intact volume, its newest writes not yet archived: "the latest
+# state" keeps every acknowledged one (restore.sh archives the newest WAL first).
+"${COMPOSE[@]}" up --detach --wait --wait-timeout 180 >/dev/null 2>&1 || fail "stack did not come back after the restore to T"
+acked_before_kill=0
+for n in $(seq 1 20); do
+  code=$(curl -sS -o /dev/null -w '%{http_code}' --max-time 5 -H "X-API-Key: $API_KEY" \
+    -H 'content-type: application/json' --data "{\"name\":\"unarchived-$n\"}" "$BASE/api/v1/items") || code=000
+  [ "$code" != 201 ] || acked_before_kill=$((acked_before_kill + 1))
+done
+"${COMPOSE[@]}" kill -s SIGKILL db >/dev/null 2>&1
+restore restore-killed.log "the latest state, Postgres killed"
+kept=$(psql_app "SELECT count(*) FROM items WHERE name LIKE 'unarchived-%'") || fail "cannot count the rows"
+log "Postgres killed, volume intact: $kept of $acked_before_kill acknowledged writes kept by the latest restore"
+[ "$acked_before_kill" -gt 0 ] && [ "$kept" = "$acked_before_kill" ] ||
+  fail "$kept of $acked_before_kill acknowledged writes kept after killing Postgres"
 
 if [ "$REPO" = s3 ]; then
   # The bucket unreachable under writes: the WAL backlog shows in the metrics, and the

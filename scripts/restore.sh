@@ -4,6 +4,7 @@
 #   scripts/restore.sh "2026-12-06 10:00:00+00"     the state at that time
 # Each step is one command, logged as it starts: one that fails can be run on by hand.
 # Reads ENV_FILE (default .env) like the stack; COMPOSE_PROJECT_NAME picks another project.
+# FORCE=1: restore even if the newest WAL cannot be archived first (its writes are lost).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,17 +13,68 @@ COMPOSE=(docker compose -f docker-compose.prod.yml)
 [ -z "${ENV_FILE:-}" ] || COMPOSE+=(--env-file "$ENV_FILE")
 log() { printf 'restore [%3ds] %s\n' "$SECONDS" "$*"; }
 psql_app() { "${COMPOSE[@]}" exec -T db psql -X -t -A -U postgres -d app -c "$1"; }
+db_running() { [ -n "$("${COMPOSE[@]}" ps -q --status running db)" ]; }
+ARCHIVE_WAIT=${ARCHIVE_WAIT:-60}
+
+# 0. A time Postgres cannot read is refused before anything is stopped (pgBackRest would
+#    refuse it only once the stack is down).
+if [ -n "$target" ] && db_running &&
+  ! printf '%s\n' "SELECT :'target'::timestamptz" |
+  "${COMPOSE[@]}" exec -T db psql -X -q -v ON_ERROR_STOP=1 -v target="$target" -U postgres -d app >/dev/null; then
+  log "FAILED: not a time: $target (e.g. \"2026-12-06 10:00:00+00\"); nothing was stopped" >&2
+  exit 2
+fi
 
 # 1. Everything that writes (every service but db, redis, proxy and backup), then the
 #    backup service and Postgres. The proxy keeps answering (502) meanwhile.
 mapfile -t writers < <("${COMPOSE[@]}" config --services | grep -vxE 'db|redis|proxy|backup')
-log "stopping ${writers[*]} backup db"
+log "stopping ${writers[*]} backup"
 "${COMPOSE[@]}" stop "${writers[@]}" backup >/dev/null 2>&1
+
+# 1b. Every write Postgres acknowledged reaches the archive first: a restore rebuilds the
+#     data directory from the archive alone, so WAL only on this volume would be lost (a
+#     killed Postgres, an archive behind). If Postgres is down, it starts on its own
+#     volume, whose crash recovery keeps those writes; a lost or empty volume has none.
+if "${COMPOSE[@]}" run --rm --no-deps --entrypoint test backup -s /var/lib/postgresql/data/PG_VERSION; then
+  log "archiving the newest WAL first"
+  if ! "${COMPOSE[@]}" up --detach --no-deps --wait --wait-timeout 120 db >/dev/null 2>&1; then
+    log "db does not start on its volume: its WAL not yet archived cannot be saved"
+  else
+    segment=$(psql_app "SELECT pg_walfile_name(pg_switch_wal())")
+    archived="SELECT coalesce(last_archived_wal >= '$segment', false) FROM pg_stat_archiver"
+    deadline=$((SECONDS + ARCHIVE_WAIT))
+    until [ "$(psql_app "$archived")" = t ]; do
+      if [ "$SECONDS" -ge "$deadline" ]; then
+        if [ "${FORCE:-}" = 1 ]; then
+          log "WARNING: WAL up to $segment not archived; FORCE=1: restoring without it" >&2
+          break
+        fi
+        log "FAILED: WAL up to $segment not archived after ${ARCHIVE_WAIT}s (the db's log says why):" >&2
+        log "a restore now would lose the writes in it. Nothing was changed: make prod-up serves" >&2
+        log "again. Fix the archive (docs/backups.md), or restore anyway: FORCE=1 make restore" >&2
+        exit 1
+      fi
+      sleep 0.5
+    done
+  fi
+fi
+log "stopping db"
 "${COMPOSE[@]}" stop db >/dev/null 2>&1
 
 # 2. The newest backup before the target, into the data volume (an empty or new one too).
 log "restoring ${target:-the latest state}"
-"${COMPOSE[@]}" run --rm --no-deps backup pgbackup restore "$target"
+status=0
+"${COMPOSE[@]}" run --rm --no-deps backup pgbackup restore "$target" || status=$?
+if [ "$status" = 29 ]; then  # pgBackRest: no backup set for that time; nothing was changed
+  log "FAILED: no backup reaches ${target:-the latest state} (make backups shows the window)." >&2
+  log "Nothing was changed; starting the stack again" >&2
+  "${COMPOSE[@]}" up --detach --wait --wait-timeout 180 >/dev/null
+  exit 1
+elif [ "$status" != 0 ]; then
+  log "FAILED: pgBackRest's restore (above): the data directory may be partly restored;" >&2
+  log "run make restore again once the cause is fixed" >&2
+  exit 1
+fi
 
 # 3. Postgres replays the archived WAL to the target, then is promoted; hot_standby is
 #    off meanwhile, so it accepts no connection until then.
@@ -43,7 +95,16 @@ log "migrations: upgrade to head, then alembic check"
 "${COMPOSE[@]}" run --rm --no-deps migrate >/dev/null
 "${COMPOSE[@]}" run --rm --no-deps migrate alembic check
 
-# 5. Everything up. The backup service starts a full backup by itself: the restored
+# 5. The cache holds what the database held before the restore: emptied, or the api would
+#    serve rows the restore took back until they expire. (Rate limits start afresh too.)
+if "${COMPOSE[@]}" exec -T redis redis-cli FLUSHDB >/dev/null 2>&1; then
+  log "cache emptied (redis FLUSHDB)"
+else
+  log "WARNING: redis did not answer: the cache may serve rows from before the restore until" >&2
+  log "they expire (CACHE_TTL_SECONDS); empty it once redis is back: redis-cli FLUSHDB" >&2
+fi
+
+# 6. Everything up. The backup service starts a full backup by itself: the restored
 #    database runs on a new timeline.
 log "starting the stack"
 "${COMPOSE[@]}" up --detach --wait --wait-timeout 180 >/dev/null

@@ -373,6 +373,10 @@ def main(argv: list[str]) -> int:
     if command == "schedule":
         schedule()
     if command == "now":
+        if arg not in ("", "full", "diff", "incr"):
+            # A usage error, not a failed backup: the healthcheck must not turn on a typo.
+            print(f"pgbackup now: {arg!r} is not full, diff or incr", file=sys.stderr)
+            return 2
         return 0 if take_backup(arg or due_type(info(), time.time()) or "incr") else 1
     if command == "list":
         return list_backups()
