@@ -9,7 +9,8 @@
 #      node-local), with the backup service's image, settings, secret and volumes;
 #   3. scales the db to 1: Postgres replays the WAL to the target and is promoted, and
 #      only then passes its healthcheck (Swarm calls the task running);
-#   4. runs the migration job again (a restore to before a migration);
+#   4. runs the migration job again (a restore to before a migration), and empties the
+#      cache (a one-off job: redis-cli FLUSHDB), which held rows the restore took back;
 #   5. scales the backup service to 1, the api and the worker back to their replicas. The backup
 #      service starts a new full backup: the restored database runs on a new timeline.
 # Settings: STACK (pyproject.toml's name), RESTORE_TIMEOUT (seconds for each wait: 900).
@@ -20,10 +21,11 @@ target=${1:-}
 STACK=${STACK:-${SERVICE_NAME:-$(sed -n 's/^name = "\(.*\)"$/\1/p' pyproject.toml | head -n 1)}}
 TIMEOUT=${RESTORE_TIMEOUT:-900}
 job="${STACK}_restore"
+flush="${STACK}_cache_flush"
 started=$SECONDS
 log() { printf 'restore [%3ds] %s\n' $((SECONDS - started)) "$*"; }
 fail() { log "FAILED: $*" >&2; exit 1; }
-trap 'docker service rm "$job" >/dev/null 2>&1 || true' EXIT
+trap 'docker service rm "$job" "$flush" >/dev/null 2>&1 || true' EXIT
 
 inspect() { docker service inspect -f "$1" "${STACK}_$2"; }
 # wait_running SERVICE N: until N of its tasks run (past their healthcheck).
@@ -100,6 +102,18 @@ wait_running "${STACK}_db" 1
 log "migrations: the job again (upgrade to head)"
 docker service update --detach --quiet --force "${STACK}_migrate" >/dev/null
 wait_job "${STACK}_migrate"
+
+log "emptying the cache: it holds rows the restore took back"
+docker service rm "$flush" >/dev/null 2>&1 || true
+docker service create --quiet --detach --name "$flush" --mode replicated-job \
+  --restart-condition none --no-healthcheck --no-resolve-image --network "${STACK}_backend" \
+  "$(inspect '{{.Spec.TaskTemplate.ContainerSpec.Image}}' redis)" \
+  timeout 10 redis-cli -h redis FLUSHDB >/dev/null
+if ! (TIMEOUT=60 wait_job "$flush") 2>/dev/null; then
+  log "WARNING: redis did not answer: the cache may serve rows from before the restore until" >&2
+  log "they expire (CACHE_TTL_SECONDS); empty it once redis is back (redis-cli FLUSHDB)" >&2
+fi
+docker service rm "$flush" >/dev/null 2>&1 || true
 
 log "scaling ${STACK}_backup to 1, ${STACK}_api to $replicas and ${STACK}_worker to $workers"
 docker service scale --detach "${STACK}_backup=1" "${STACK}_api=$replicas" "${STACK}_worker=$workers" >/dev/null
