@@ -4,8 +4,17 @@ PROD := docker compose -f docker-compose.prod.yml
 
 ##@ Deploy to a VM
 .PHONY: prod-up
+# On a failure, the last lines of each service that exited with an error or is unhealthy:
+# a bad setting is named there (Compose itself only says a dependency failed).
 prod-up: .env ## Build and start the production stack (docker-compose.prod.yml, settings in .env)
-	$(PROD) up --build --detach --wait
+	@$(PROD) up --build --detach --wait || { status=$$?; \
+	  failed=$$($(PROD) ps -a --format '{{.Service}} {{.State}} {{.ExitCode}} {{.Health}}' | \
+	    awk '($$2 == "exited" && $$3 != 0) || $$4 == "unhealthy" {print $$1}'); \
+	  [ -z "$$failed" ] || $(PROD) logs --no-color --tail 15 $$failed >&2; \
+	  echo "make prod-up: $${failed:-the stack} did not start (its last lines are above)." \
+	    "A setting changed on a running stack goes in with make deploy: it checks the" \
+	    "new one while the old apis serve." | fold -s -w 88 >&2; \
+	  exit $$status; }
 
 .PHONY: deploy
 deploy: .env ## Roll the api to a new build with no failed request (`make deploy pull=1`: pull API_IMAGE)
