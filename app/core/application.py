@@ -6,6 +6,7 @@ test-only router, so core stands without any domain."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager, nullcontext
 
@@ -18,7 +19,7 @@ from fastapi.telemetry import TelemetryConfig
 from app.core.auth.dependencies import authenticate
 from app.core.auth.verifier import CredentialVerifier
 from app.core.body_limit import BodyLimitMiddleware
-from app.core.config import Settings
+from app.core.config import Settings, misspelled_settings
 from app.core.db import create_engine, create_read_session_factory, create_session_factory
 from app.core.docs import add_local_docs, fastapi_docs_url
 from app.core.errors import register_exception_handlers
@@ -68,6 +69,8 @@ def build_app(
         gauges = worker_gauges(engine, redis.breaker) if settings.metrics_enabled else nullcontext()
         listening = near_cache.listening() if near_cache is not None else nullcontext()
         logger.info("started", environment=settings.environment)
+        for variable, setting in misspelled_settings(os.environ).items():
+            logger.warning("not a setting: ignored", variable=variable, did_you_mean=setting)
         try:
             async with gauges, listening:
                 yield AppState(

@@ -2,11 +2,14 @@
 
 Values come from environment variables, then an optional `.env` file, then files
 in /run/secrets (Docker secrets), in that order of precedence. A missing or
-invalid value stops the process before it serves anything.
+invalid value stops the process before it serves anything; a variable one typo away
+from a setting's name is logged at start, with the name it likely means.
 """
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
@@ -249,6 +252,19 @@ def load_settings() -> Settings:
         return Settings()
     except ValidationError as exc:
         raise SettingsError(describe_validation_error(exc)) from None
+
+
+def misspelled_settings(environ: Mapping[str, str]) -> dict[str, str]:
+    """Variables that are not settings but nearly one (RATE_LIMT_WRITES), each with the
+    setting it likely means. Other variables are ignored, as the environment holds many
+    (PATH, Compose's own), so a misspelled name would otherwise be ignored in silence."""
+    names = [name.upper() for name in Settings.model_fields]
+    return {
+        variable: close[0]
+        for variable in environ
+        if variable.upper() not in names
+        and (close := difflib.get_close_matches(variable.upper(), names, n=1, cutoff=0.9))
+    }
 
 
 @lru_cache

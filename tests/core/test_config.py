@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
-from app.core.config import Settings, SettingsError, load_settings
+from app.core.config import Settings, SettingsError, load_settings, misspelled_settings
 
 SECRET = "a-perfectly-fine-database-password"
 VALID = {
@@ -133,3 +134,27 @@ def test_missing_required_setting_is_named(env: pytest.MonkeyPatch) -> None:
     env.delenv("DATABASE_URL")
     with pytest.raises(SettingsError, match="DATABASE_URL: Field required"):
         load_settings()
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_a_misspelled_setting_is_named_with_the_one_it_means() -> None:
+    found = misspelled_settings({"RATE_LIMT_WRITES": "0", "db_pool_sise": "5", "PATH": "/bin"})
+    assert found == {"RATE_LIMT_WRITES": "RATE_LIMIT_WRITES", "db_pool_sise": "DB_POOL_SIZE"}
+
+
+def test_no_variable_the_stack_itself_sets_is_taken_for_a_misspelling() -> None:
+    """Every variable the env examples and compose files name, settings or not, and
+    the images' own: none is reported (a warning at every start would be ignored)."""
+    names = {"PATH", "HOME", "HOSTNAME", "LANG", "PYTHONDONTWRITEBYTECODE", "PYTHONUNBUFFERED"}
+    for path in [
+        *ROOT.glob(".env*.example"),
+        *ROOT.glob("docker-compose*.yml"),
+        *ROOT.glob("deploy/**/*.yml"),
+    ]:
+        text = path.read_text()
+        names |= set(re.findall(r"^#? ?([A-Z][A-Z0-9_]+)=", text, re.MULTILINE))
+        names |= set(re.findall(r"\$\{([A-Z][A-Z0-9_]+)", text))
+    assert len(names) > 40
+    assert misspelled_settings(dict.fromkeys(names, "")) == {}

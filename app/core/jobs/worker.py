@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -40,7 +41,7 @@ from pgqueuer import AsyncpgDriver, Job, PgQueuer, Queries
 from pgqueuer.models import Schedule
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.core.config import Settings
+from app.core.config import Settings, misspelled_settings
 from app.core.db import create_engine, create_session_factory
 from app.core.jobs import metrics
 from app.core.jobs.alive import ALIVE_FILE
@@ -197,6 +198,8 @@ async def work(settings: Settings, jobs: Jobs, shutdown: asyncio.Event | None = 
 
 def run(settings: Settings, jobs: Jobs) -> None:
     """Run the worker until SIGTERM or SIGINT (PgQueuer handles both)."""
+    for variable, setting in misspelled_settings(os.environ).items():
+        logger.warning("not a setting: ignored", variable=variable, did_you_mean=setting)
     if settings.metrics_enabled:
         metrics.serve(settings.jobs_metrics_port)
     asyncio.run(work(settings, jobs))
