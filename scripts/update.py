@@ -203,6 +203,14 @@ def three_way(ours: Side, base: Side | None, theirs: Side) -> Side | None:  # no
     return None
 
 
+def remove_empty_parents(removed: Path) -> None:
+    """As git does: no empty directory left behind by a file removed or moved."""
+    for parent in removed.parents:
+        if parent == ROOT or not parent.is_dir() or any(parent.iterdir()):
+            break
+        parent.rmdir()
+
+
 def in_the_way(path: str, tracked: set[str]) -> str | None:
     """Something of the fork's that nothing may be written into or deleted through: a
     directory where `path` needs a file, a file or symlink where it needs a directory,
@@ -235,10 +243,7 @@ def merge(
         if ours != base:
             return "kept (changed here, deleted in the template)"
         target.unlink()
-        for parent in target.parents:  # as git does: no empty directory left behind
-            if parent == ROOT or any(parent.iterdir()):
-                break
-            parent.rmdir()
+        remove_empty_parents(target)
         return "deleted"
     # Changed in the template, or new in a directory this fork deleted (its resource).
     folder_gone = any(str(parent) in gone for parent in Path(path).parents)
@@ -390,16 +395,22 @@ def downgrade() -> None:
 
 def renames(base_revision: str, target: str) -> dict[str, str]:
     """The files the template renamed (moved, perhaps changed a little): old path by new."""
-    listed = git("diff", "--name-status", "-M", "-z", base_revision, target).stdout.split("\0")
+    fields = iter(
+        git("diff", "--name-status", "-M", "-z", base_revision, target).stdout.split("\0")
+    )
     found: dict[str, str] = {}
-    for i, field in enumerate(listed):
-        if field.startswith("R") and i + 2 < len(listed):
-            found[listed[i + 2]] = listed[i + 1]
+    for status in fields:  # a status, then one path, or two for a rename or copy
+        if status.startswith(("R", "C")):
+            old, new = next(fields), next(fields)
+            if status.startswith("R"):
+                found[new] = old
+        elif status:
+            next(fields)
     return found
 
 
 def merge_all(
-    base_revision: str, target: str, removed: list[str]
+    base_revision: str, target: str, removed: list[str], args: argparse.Namespace
 ) -> tuple[dict[str, list[str]], int]:
     """Merge every file the template changed; the outcomes, and how many were left out."""
     name, options = name_at("HEAD"), init_options(removed, base_revision)
@@ -419,6 +430,7 @@ def merge_all(
             str(parent) for path in tracked for parent in Path(path).parents
         }
         moved = renamed(base_revision, target, base, theirs, tracked)
+        args.writing = True
         # Deletions first: a directory the template replaces with a file is gone by then.
         paths = sorted(set(base) | set(theirs), key=lambda path: (path in theirs, path))
         for path in paths:
@@ -435,10 +447,14 @@ def merge_all(
             )
             shown = path
             if old is not None:
-                if ours_at and outcome in ("same", "updated", "merged", "CONFLICT"):
+                if ours_at and outcome.startswith("CONFLICT (binary"):
+                    (ROOT / old).rename(ROOT / path)  # yours at the new path, beside the template's
+                    remove_empty_parents(ROOT / old)
+                elif ours_at and outcome in ("same", "updated", "merged", "CONFLICT"):
                     if outcome == "same" and after is not None:
                         write(ROOT / path, after)
                     (ROOT / old).unlink()  # moved: the fork's copy is at `path` now
+                    remove_empty_parents(ROOT / old)
                 shown, outcome = f"{old} -> {path}", f"{outcome} (renamed in the template)"
             outcomes.setdefault(outcome, []).append(shown)
     changed = git("diff", "--name-only", "--no-renames", "-z", base_revision, target).stdout
@@ -508,10 +524,13 @@ def main() -> None:
     parser.add_argument("--from", dest="url", help="the template's address (default: recorded)")
     parser.add_argument("--self-updated", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    args.writing = False  # set once the merge writes its first file
     try:
         update(args)
     except BaseException:  # an exit, an error, Ctrl-C: whatever ends the run
-        if args.self_updated:  # back to this fork's own copy, or a new run would be refused
+        # Before the merge wrote anything: back to this fork's own copy, or a new run
+        # would be refused. After, the newer copy is part of the update (merged "same").
+        if args.self_updated and not args.writing:
             git("checkout", "HEAD", "--", "scripts/update.py", check=False)
         raise
 
@@ -547,7 +566,7 @@ def update(args: argparse.Namespace) -> None:
         self_update(base_revision, target)
 
     removed = [str(path) for path in recorded["removed"]]
-    outcomes, left_out = merge_all(base_revision, target, removed)
+    outcomes, left_out = merge_all(base_revision, target, removed, args)
     text = RECORD.read_text(encoding="utf-8")
     text = re.sub(r"^revision = .*$", f"revision = {json.dumps(target)}", text, flags=re.M)
     # A deploy target newer than the fork's revision was left out: recorded as removed,
