@@ -4,12 +4,14 @@ PROD := docker compose -f docker-compose.prod.yml
 
 ##@ Deploy to a VM
 .PHONY: prod-up
-# On a failure, the last lines of each service that exited with an error or is unhealthy:
-# a bad setting is named there (Compose itself only says a dependency failed).
+# On a failure, the last lines of each service that is neither healthy (or running
+# without a healthcheck) nor done: one that exited with an error, is unhealthy, or is
+# restarting or starting again. A bad setting is named there; Compose only says a
+# dependency failed.
 prod-up: .env ## Build and start the production stack (docker-compose.prod.yml, settings in .env)
 	@$(PROD) up --build --detach --wait || { status=$$?; \
 	  failed=$$($(PROD) ps -a --format '{{.Service}} {{.State}} {{.ExitCode}} {{.Health}}' | \
-	    awk '($$2 == "exited" && $$3 != 0) || $$4 == "unhealthy" {print $$1}'); \
+	    awk '$$2 != "created" && !($$2 == "running" && ($$4 == "healthy" || $$4 == "")) && !($$2 == "exited" && $$3 == 0) {print $$1}'); \
 	  [ -z "$$failed" ] || $(PROD) logs --no-color --tail 15 $$failed >&2; \
 	  echo "make prod-up: $${failed:-the stack} did not start (its last lines are above)." \
 	    "A setting changed on a running stack goes in with make deploy: it checks the" \

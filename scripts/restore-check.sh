@@ -208,6 +208,16 @@ log "Postgres killed, volume intact: $kept of $acked_before_kill acknowledged wr
 [ "$acked_before_kill" -gt 0 ] && [ "$kept" = "$acked_before_kill" ] ||
   fail "$kept of $acked_before_kill acknowledged writes kept after killing Postgres"
 
+# Refused restores change nothing and leave the stack serving: a time pgBackRest cannot
+# read (before anything stops), and one before the oldest backup (after).
+for refused in "yesterday" "2000-01-01 00:00:00+00"; do
+  ! scripts/restore.sh "$refused" >"$WORK/restore-refused.log" 2>&1 ||
+    fail "restore to '$refused' did not fail"
+  code=$(curl -sS -o /dev/null -w '%{http_code}' --max-time 10 -H "X-API-Key: $API_KEY" "$BASE/api/v1/items?limit=1") || code=000
+  [ "$code" = 200 ] || { cat "$WORK/restore-refused.log" >&2; fail "after a refused restore to '$refused' the api answered $code"; }
+done
+log "restores to an unreadable time and to before the oldest backup: refused, the stack serving"
+
 if [ "$REPO" = s3 ]; then
   # The bucket unreachable under writes: the WAL backlog shows in the metrics, and the
   # backup service turns unhealthy (BACKUP_WAL_MAX_AGE=5s here).

@@ -16,12 +16,21 @@ psql_app() { "${COMPOSE[@]}" exec -T db psql -X -t -A -U postgres -d app -c "$1"
 db_running() { [ -n "$("${COMPOSE[@]}" ps -q --status running db)" ]; }
 ARCHIVE_WAIT=${ARCHIVE_WAIT:-60}
 
-# 0. A time Postgres cannot read is refused before anything is stopped (pgBackRest would
-#    refuse it only once the stack is down).
-if [ -n "$target" ] && db_running &&
+# The stack as it was, after a step that changed nothing failed.
+serve_again() {
+  log "nothing was changed; starting the stack again" >&2
+  "${COMPOSE[@]}" up --detach --wait --wait-timeout 180 >/dev/null
+  exit 1
+}
+
+# 0. A time pgBackRest cannot read (its format) or Postgres cannot (a 13th month) is
+#    refused before anything is stopped: pgBackRest would refuse it once the stack is down.
+TIME_FORMAT='^[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?[+-][0-9]{2}(:?[0-9]{2})?$'
+if [ -n "$target" ] && { ! [[ "$target" =~ $TIME_FORMAT ]] || { db_running &&
   ! printf '%s\n' "SELECT :'target'::timestamptz" |
-  "${COMPOSE[@]}" exec -T db psql -X -q -v ON_ERROR_STOP=1 -v target="$target" -U postgres -d app >/dev/null; then
-  log "FAILED: not a time: $target (e.g. \"2026-12-06 10:00:00+00\"); nothing was stopped" >&2
+  "${COMPOSE[@]}" exec -T db psql -X -q -v ON_ERROR_STOP=1 -v target="$target" -U postgres -d app >/dev/null 2>&1; }; }; then
+  log "FAILED: not a time pgBackRest reads: $target (write \"2026-12-06 10:00:00+00\", with the" >&2
+  log "zone); nothing was stopped" >&2
   exit 2
 fi
 
@@ -38,9 +47,10 @@ log "stopping ${writers[*]} backup"
 if "${COMPOSE[@]}" run --rm --no-deps --entrypoint test backup -s /var/lib/postgresql/data/PG_VERSION; then
   log "archiving the newest WAL first"
   if ! "${COMPOSE[@]}" up --detach --no-deps --wait --wait-timeout 120 db >/dev/null 2>&1; then
-    log "db does not start on its volume: its WAL not yet archived cannot be saved"
+    log "WARNING: db does not start on its volume (damaged?): its WAL not yet archived is lost" >&2
   else
-    segment=$(psql_app "SELECT pg_walfile_name(pg_switch_wal())")
+    segment=$(psql_app "SELECT pg_walfile_name(pg_switch_wal())") ||
+      { log "FAILED: could not switch the WAL (the db's log says why)" >&2; serve_again; }
     archived="SELECT coalesce(last_archived_wal >= '$segment', false) FROM pg_stat_archiver"
     deadline=$((SECONDS + ARCHIVE_WAIT))
     until [ "$(psql_app "$archived")" = t ]; do
@@ -65,11 +75,11 @@ log "stopping db"
 log "restoring ${target:-the latest state}"
 status=0
 "${COMPOSE[@]}" run --rm --no-deps backup pgbackup restore "$target" || status=$?
-if [ "$status" = 29 ]; then  # pgBackRest: no backup set for that time; nothing was changed
-  log "FAILED: no backup reaches ${target:-the latest state} (make backups shows the window)." >&2
-  log "Nothing was changed; starting the stack again" >&2
-  "${COMPOSE[@]}" up --detach --wait --wait-timeout 180 >/dev/null
-  exit 1
+# pgBackRest's codes for a restore refused before it touched anything: 75, no backup
+# set before that time; 29, a time it cannot read.
+if [ "$status" = 75 ] || [ "$status" = 29 ]; then
+  log "FAILED: no backup reaches ${target:-the latest state} (make backups shows the window)" >&2
+  serve_again
 elif [ "$status" != 0 ]; then
   log "FAILED: pgBackRest's restore (above): the data directory may be partly restored;" >&2
   log "run make restore again once the cause is fixed" >&2
@@ -97,7 +107,9 @@ log "migrations: upgrade to head, then alembic check"
 
 # 5. The cache holds what the database held before the restore: emptied, or the api would
 #    serve rows the restore took back until they expire. (Rate limits start afresh too.)
-if "${COMPOSE[@]}" exec -T redis redis-cli FLUSHDB >/dev/null 2>&1; then
+if [ -z "$("${COMPOSE[@]}" ps -q --status running redis)" ]; then
+  log "redis is not running: it starts empty (it keeps nothing on disk)"
+elif "${COMPOSE[@]}" exec -T redis timeout 10 redis-cli FLUSHDB >/dev/null 2>&1; then
   log "cache emptied (redis FLUSHDB)"
 else
   log "WARNING: redis did not answer: the cache may serve rows from before the restore until" >&2
