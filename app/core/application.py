@@ -65,6 +65,8 @@ def build_app(
         engine = create_engine(settings)
         redis = OptionalRedis.from_settings(settings, PendingDeletes(engine))
         near_cache = NearCache.from_settings(settings)
+        if near_cache is not None:
+            redis.on_resent = near_cache.announce
         auth = CredentialVerifier(settings)
         gauges = worker_gauges(engine, redis.breaker) if settings.metrics_enabled else nullcontext()
         listening = near_cache.listening() if near_cache is not None else nullcontext()

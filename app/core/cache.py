@@ -147,8 +147,8 @@ class ModelCache[Model: BaseModel]:
         key = self.key(entity_id)
         if self._near is not None:
             self._near.evict(key)
-        await self._redis.delete(key)
-        if self._near is not None:
+        # A delete kept for later is announced when it is sent (OptionalRedis.on_resent).
+        if await self._redis.delete(key) and self._near is not None:
             self._near.announce(key)
 
     async def invalidate_on_commit(self, session: AsyncSession, entity_id: object) -> None:

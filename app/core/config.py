@@ -8,7 +8,6 @@ from a setting's name is logged at start, with the name it likely means.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
@@ -263,8 +262,20 @@ def misspelled_settings(environ: Mapping[str, str]) -> dict[str, str]:
         variable: close[0]
         for variable in environ
         if variable.upper() not in names
-        and (close := difflib.get_close_matches(variable.upper(), names, n=1, cutoff=0.9))
+        and (close := [name for name in names if _one_edit_apart(variable.upper(), name)])
     }
+
+
+def _one_edit_apart(a: str, b: str) -> bool:
+    """One letter changed, added, dropped, or two neighbours swapped (REDIS_URI, LOG_LEVLE)."""
+    if abs(len(a) - len(b)) > 1:
+        return False
+    if len(a) == len(b):
+        diff = [i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y]
+        swapped = len(diff) == 2 and diff[1] == diff[0] + 1 and a[diff[0]] == b[diff[1]]
+        return len(diff) == 1 or (swapped and a[diff[1]] == b[diff[0]])
+    short, long = sorted((a, b), key=len)
+    return any(long[:i] + long[i + 1 :] == short for i in range(len(long)))
 
 
 @lru_cache

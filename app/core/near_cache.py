@@ -59,6 +59,9 @@ HEARTBEAT_SECONDS = 0.25
 TRUST_SECONDS = 1.0
 # Reconnection backoff: doubles from HEARTBEAT_SECONDS up to this, reset once live.
 MAX_BACKOFF_SECONDS = 1.0
+# Repeated invalidations (`announce`): keys per statement, and at most this many waiting.
+ANNOUNCE_BATCH = 500
+MAX_ANNOUNCE = 10_000
 
 
 class NearCache:
@@ -88,7 +91,10 @@ class NearCache:
         # statement at a time (asyncpg allows no more on a connection).
         self._connection: asyncpg.Connection[Any] | None = None
         self._statement = asyncio.Lock()
-        self._announcing: set[asyncio.Task[None]] = set()
+        # Keys to announce, sent together by one task: a burst of writes is a few
+        # statements, not one each queued before the heartbeat.
+        self._to_announce: dict[str, None] = {}  # an ordered set
+        self._announcer: asyncio.Task[None] | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> NearCache | None:
@@ -139,26 +145,37 @@ class NearCache:
         self.generation += 1
         self._entries.pop(key, None)
 
-    def announce(self, key: str) -> None:
-        """Invalidate `key` on every worker again, once the writer's Redis delete is done.
-        The commit's NOTIFY can reach a worker before that delete: a read in between
-        finds the old body in Redis, after the invalidation, and would keep it until its
-        TTL. Sent in the background, so the response does not wait for it."""
-        if self._connection is not None:
-            task = asyncio.create_task(self._notify(self._connection, key))
-            self._announcing.add(task)  # a reference, until it is done
-            task.add_done_callback(self._announcing.discard)
+    def announce(self, *keys: str) -> None:
+        """Invalidate `keys` on every worker again, once their Redis entries are gone.
+        The commit's NOTIFY can reach a worker before the writer's Redis delete: a read
+        in between finds the old body in Redis, after the invalidation, and would keep it
+        until its TTL. Sent in the background, so the response does not wait for it."""
+        if self._connection is None:
+            return
+        for key in keys:
+            self._to_announce[key] = None
+        while len(self._to_announce) > MAX_ANNOUNCE:  # past it, copies live to their TTL
+            del self._to_announce[next(iter(self._to_announce))]
+        if self._announcer is None or self._announcer.done():
+            self._announcer = asyncio.create_task(self._send_announcements())
 
-    async def _notify(self, connection: asyncpg.Connection[Any], key: str) -> None:
-        try:
-            async with self._statement:
-                await connection.execute(
-                    "SELECT pg_notify($1, $2)", CHANNEL, key, timeout=TRUST_SECONDS
-                )
-        except Exception as exc:  # the listener's own loop handles a lost connection
-            # Lost with the connection: the copies are off until it reconnects anyway,
-            # here; on other workers, one copied in that moment lives until its TTL.
-            logger.debug("cache invalidation not repeated", error=repr(exc))
+    async def _send_announcements(self) -> None:
+        while self._to_announce and (connection := self._connection) is not None:
+            keys = list(itertools.islice(self._to_announce, ANNOUNCE_BATCH))
+            for key in keys:
+                del self._to_announce[key]
+            try:
+                async with self._statement:
+                    await connection.execute(
+                        "SELECT pg_notify($1, key) FROM unnest($2::text[]) AS key",
+                        CHANNEL,
+                        keys,
+                        timeout=TRUST_SECONDS,
+                    )
+            except Exception as exc:  # the listener's own loop handles a lost connection
+                # Lost with the connection: the copies are off until it reconnects anyway,
+                # here; on other workers, one copied in that moment lives until its TTL.
+                logger.debug("cache invalidations not repeated", error=repr(exc))
 
     def _forget_all(self) -> None:
         self.generation += 1
@@ -188,9 +205,11 @@ class NearCache:
         try:
             yield
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            for running in (task, self._announcer):
+                if running is not None:
+                    running.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await running
 
     async def _listen_forever(self) -> None:
         backoff = HEARTBEAT_SECONDS

@@ -88,6 +88,9 @@ class OptionalRedis:
         self._pending_deletes: dict[str, None] = {}  # an ordered set
         self._sending = asyncio.Lock()
         self._resender: asyncio.Task[None] | None = None
+        # Told the keys whose missed delete was just sent (the near cache announces them
+        # again: a copy taken from Redis meanwhile must go too).
+        self.on_resent: Callable[..., None] | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings, kept: KeptDeletes | None = None) -> OptionalRedis:
@@ -131,13 +134,13 @@ class OptionalRedis:
         """Deletes waiting for Redis to answer again."""
         return len(self._pending_deletes)
 
-    async def delete(self, *keys: str) -> None:
+    async def delete(self, *keys: str) -> bool:
         """Delete `keys` now or, if Redis is unavailable, as soon as it answers again: a
         cached copy of data that changed during an outage (a paused Redis keeps its data)
         must not be served for the rest of its TTL afterwards. Kept in Postgres, which
-        outlives this process; in memory if Postgres fails too."""
+        outlives this process; in memory if Postgres fails too. True if deleted now."""
         if await self.run(lambda redis: redis.delete(*keys)) is not None:
-            return
+            return True
         if self._kept is not None:
             try:
                 await self._kept.keep(keys)
@@ -146,9 +149,10 @@ class OptionalRedis:
             else:
                 self._kept_waiting = True
                 self._resend_until_sent()
-                return
+                return False
         self._defer(keys)
         self._resend_until_sent()
+        return False
 
     def _resend_until_sent(self) -> None:
         if self._resender is None or self._resender.done():
@@ -158,8 +162,14 @@ class OptionalRedis:
         """Send the missed deletes once Redis answers, without waiting for this worker's
         next call: a ping is the call that sends them (`run`), or that the breaker skips."""
         while self._pending_deletes or self._kept_waiting:
-            await asyncio.sleep(RESEND_SECONDS)
-            await self.run(lambda redis: redis.ping())
+            # Only deletes kept in Postgres, which failed the last send: not before it
+            # may be tried again.
+            wait = 0.0 if self._pending_deletes else self._kept_not_before - time.monotonic()
+            await asyncio.sleep(max(RESEND_SECONDS, wait))
+            try:
+                await self.run(lambda redis: redis.ping())
+            except Exception as exc:  # whatever it was, try again later
+                logger.warning("cache deletes not sent; trying again", error=repr(exc))
 
     def _defer(self, keys: Iterable[str]) -> None:
         for key in keys:
@@ -180,6 +190,7 @@ class OptionalRedis:
                 await self.client.delete(*keys)  # raises: they stay waiting
                 for key in keys:
                     self._pending_deletes.pop(key, None)
+                self._resent(keys)
                 logger.info("deleted entries changed while redis was unavailable", count=len(keys))
             if self._kept is None or not self._deletes_due():
                 return
@@ -191,6 +202,7 @@ class OptionalRedis:
                 except (RedisError, OSError) as exc:
                     self._kept_waiting = True
                     raise _RedisUnavailableError(str(exc)) from exc
+                self._resent(keys)
 
             try:
                 async with asyncio.timeout(KEPT_SEND_TIMEOUT_SECONDS):
@@ -203,6 +215,10 @@ class OptionalRedis:
                 return
             if sent:
                 logger.info("deleted entries changed while redis was unavailable", count=sent)
+
+    def _resent(self, keys: list[str]) -> None:
+        if self.on_resent is not None:
+            self.on_resent(*keys)
 
     async def aclose(self) -> None:
         if self._resender is not None:

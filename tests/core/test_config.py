@@ -140,14 +140,23 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_a_misspelled_setting_is_named_with_the_one_it_means() -> None:
-    found = misspelled_settings({"RATE_LIMT_WRITES": "0", "db_pool_sise": "5", "PATH": "/bin"})
-    assert found == {"RATE_LIMT_WRITES": "RATE_LIMIT_WRITES", "db_pool_sise": "DB_POOL_SIZE"}
+    typos = {"RATE_LIMT_WRITES", "db_pool_sise", "REDIS_URI", "LOG_LEVLE", "LOGLEVEL", "PATH"}
+    assert misspelled_settings(dict.fromkeys(typos, "")) == {
+        "RATE_LIMT_WRITES": "RATE_LIMIT_WRITES",
+        "db_pool_sise": "DB_POOL_SIZE",
+        "REDIS_URI": "REDIS_URL",
+        "LOG_LEVLE": "LOG_LEVEL",
+        "LOGLEVEL": "LOG_LEVEL",
+    }
 
 
 def test_no_variable_the_stack_itself_sets_is_taken_for_a_misspelling() -> None:
     """Every variable the env examples and compose files name, settings or not, and
     the images' own: none is reported (a warning at every start would be ignored)."""
     names = {"PATH", "HOME", "HOSTNAME", "LANG", "PYTHONDONTWRITEBYTECODE", "PYTHONUNBUFFERED"}
+    # Kubernetes' service links, for services a fork is likely to run beside this one.
+    for service in ("DB", "POSTGRES", "REDIS", "API", "WORKER", "PGBOUNCER", "KUBERNETES"):
+        names |= {f"{service}_PORT", f"{service}_SERVICE_HOST", f"{service}_SERVICE_PORT"}
     for path in [
         *ROOT.glob(".env*.example"),
         *ROOT.glob("docker-compose*.yml"),

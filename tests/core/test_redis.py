@@ -149,12 +149,15 @@ async def test_a_missed_delete_is_sent_without_waiting_for_the_next_call(
     await reader.run(lambda client: client.ping())  # its start-up send is done
     quick = with_overrides(settings, redis_breaker_cooldown=0.1)
     writer = in_an_outage(OptionalRedis.from_settings(quick, PendingDeletes(engine)), quick)
-    await writer.delete(key)  # kept; then the writer gets no other call
+    resent: list[str] = []  # what the near cache, when on, announces again
+    writer.on_resent = lambda *keys: resent.extend(keys)
+    assert await writer.delete(key) is False  # kept; then the writer gets no other call
     assert await kept_in_postgres(engine, key) == 1
 
     await asyncio.sleep(0.1 + 4 * RESEND_SECONDS)
     assert await reader.run(lambda client: client.get(key)) is None
     assert await kept_in_postgres(engine, key) == 0
+    assert resent == [key]
     await writer.aclose()
     await reader.aclose()
 
