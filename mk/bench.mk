@@ -8,7 +8,7 @@ bench: ## Measure the production image side by side and check the bars (BENCH_SH
 
 .PHONY: profile
 profile: ## Flame graph of the app under load: make profile [on=health|item|item-bearer|page|create]
-	python3 scripts/bench.py profile $(or $(on),health)
+	python3 scripts/bench.py profile "$${on:-health}"
 
 .PHONY: bench-down
 bench-down: ## Remove the bench stack (after BENCH_KEEP=1) and its images

@@ -5,4 +5,4 @@ PYTHON ?= python3
 ##@ Chaos
 .PHONY: chaos
 chaos: ## Inject faults into the production stack under load and check each against its bar (fault=redis-stop, short=1, set=NAME=VALUE)
-	$(PYTHON) scripts/chaos.py $(if $(short),--short) $(foreach s,$(set),--set $(s)) $(fault)
+	set -f; $(PYTHON) scripts/chaos.py $(if $(short),--short) $$(for s in $$set; do printf -- "--set=%s\n" "$$s"; done) $$fault

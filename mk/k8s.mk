@@ -13,7 +13,7 @@ k8s-validate: $(K8S_VENV)/.installed ## Render every deploy/k8s overlay; check s
 
 .PHONY: k8s-render
 k8s-render: $(K8S_VENV)/.installed ## Print an overlay's manifests: make k8s-render overlay=staging
-	$(K8S_VENV)/bin/kubectl kustomize deploy/k8s/overlays/$(or $(overlay),production)
+	$(K8S_VENV)/bin/kubectl kustomize "deploy/k8s/overlays/$${overlay:-production}"
 
 $(K8S_VENV)/.installed: $(K8S_REQUIREMENTS)
 	rm -rf $(K8S_VENV)

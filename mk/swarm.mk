@@ -8,8 +8,8 @@ swarm-e2e: ## Deploy the Swarm stack, check its backups, roll it out and back un
 
 .PHONY: swarm-deploy
 swarm-deploy: ## Deploy or upgrade the Swarm stack: make swarm-deploy IMAGE=registry/my-service:1.4.0
-	@test -n "$(IMAGE)" || { echo 'usage: make swarm-deploy IMAGE=registry/$(SERVICE_NAME):TAG' >&2; exit 2; }
-	scripts/swarm/deploy.sh "$(IMAGE)"
+	@test -n "$$IMAGE" || { echo 'usage: make swarm-deploy IMAGE=registry/$(SERVICE_NAME):TAG' >&2; exit 2; }
+	scripts/swarm/deploy.sh "$$IMAGE"
 
 .PHONY: swarm-restore
 swarm-restore: ## Restore the Swarm stack's database: the latest state, or `make swarm-restore at="2026-12-06 10:00:00+00"`

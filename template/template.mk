@@ -33,4 +33,4 @@ check-update: ## A fork at the previous release: init, a resource, a README edit
 
 .PHONY: fork-lines
 fork-lines: ## Lines a fork inherits outside app/, tests/, alembic/: make fork-lines [args="targets=vm examples=no"]
-	template/fork-lines.sh $(args)
+	set -f; template/fork-lines.sh $$args
