@@ -40,58 +40,10 @@ TEMPLATE_ONLY = [
 ]
 
 
-# Text about one deploy target, or about the example resources (`examples`), sits inside
-# marks, so a fork without them has no link or check aimed at what it lacks. In the docs:
-# a line ending in ` <!-- only:swarm -->`, or whole lines between `<!-- only:k8s -->` and
-# `<!-- /only:k8s -->`, invisible in the rendered page. In shell scripts: the same with
-# comments, a line ending in ` # only:examples`, or lines between `# only:examples` and
-# `# /only:examples`. `make init` deletes the marked text of what it drops, marks and all,
-# with the functions below (template/make_fork.py imports them from here).
-DOC_MARKS = (
-    re.compile(
-        r"^(\n?)<!-- only:(\w+) -->\n(.*?)^<!-- /only:\2 -->\n(\n?)", re.MULTILINE | re.DOTALL
-    ),
-    re.compile(r"^(.*?) <!-- only:(\w+) -->\n", re.MULTILINE),
-)
-SCRIPT_MARKS = (
-    re.compile(r"^(\n?)# only:(\w+)\n(.*?)^# /only:\2\n(\n?)", re.MULTILINE | re.DOTALL),
-    re.compile(r"^(.*?) # only:(\w+)\n", re.MULTILINE),
-)
 # Each deploy target, by the doc `make init` removes with it (template/make_fork.py).
 TARGET_DOCS = {"vm": "docs/deploy.md", "swarm": "docs/swarm.md", "k8s": "docs/kubernetes.md"}
 # The example resources' code: deleted by `make init examples=no`, and by nothing else.
 EXAMPLES_CODE = "app/items"
-
-
-def is_doc(path: str) -> bool:
-    return path == "README.md" or (path.startswith("docs/") and path.endswith(".md"))
-
-
-def marks_of(path: str) -> tuple[re.Pattern[str], re.Pattern[str]] | None:
-    """The marks a file may hold: a doc's, a shell script's, or none."""
-    if is_doc(path):
-        return DOC_MARKS
-    if path.startswith("scripts/") and path.endswith(".sh"):
-        return SCRIPT_MARKS
-    return None
-
-
-def keep_marked(
-    text: str, kept: Collection[str], marks: tuple[re.Pattern[str], ...] = DOC_MARKS
-) -> str:
-    """`text` without the marked text of any mark but `kept`: only lines deleted."""
-    marked_block, marked_line = marks
-
-    def block(match: re.Match[str]) -> str:
-        before, mark, _, after = match.groups()
-        if mark in kept:
-            return match.group(0)
-        return "\n" if before and after else ""
-
-    def line(match: re.Match[str]) -> str:
-        return match.group(0) if match.group(2) in kept else ""
-
-    return marked_line.sub(line, marked_block.sub(block, text))
 
 
 def git(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:

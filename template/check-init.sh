@@ -58,7 +58,7 @@ grep -q '^# Acme orders$' README.md || fail "README.md: title"
 grep -q "^name = \"$name\"" uv.lock || fail "uv.lock: the project's own entry"
 # The name is data: init changes pyproject.toml, uv.lock and README.md; elsewhere it
 # only deletes: the template's own files, the other targets' files, and the other
-# targets' marked lines in the docs (scripts/update.py, keep_marked).
+# targets' marked lines in the docs (template/make_fork.py, keep_marked).
 modified=$(git diff --name-only --diff-filter=M -- pyproject.toml uv.lock README.md | tr '\n' ' ')
 [ "$modified" = "README.md pyproject.toml uv.lock " ] || fail "init did not rename in all of: $modified"
 added=$(git diff --numstat --diff-filter=M -- . ':!pyproject.toml' ':!uv.lock' ':!README.md' |
