@@ -170,6 +170,9 @@ ATTACKS: dict[str, Callable[[Issuer], str]] = {
     "a subject that reads backwards": lambda issuer: issuer.token("probes:read", sub="a\u202eb"),
     # It would own what API key "probe-bot" owns, idempotency keys included.
     "an API key's subject": lambda issuer: issuer.token("probes:read", sub="apikey:probe-bot"),
+    "an API key's subject, in capitals": lambda issuer: issuer.token("probes:read", sub="APIKEY:x"),
+    "a blank subject": lambda issuer: issuer.token("probes:read", sub="  "),
+    "a subject with spaces around it": lambda issuer: issuer.token("probes:read", sub="alice "),
 }
 
 
@@ -507,3 +510,72 @@ async def test_a_key_that_names_no_algorithm_verifies_only_its_own_family(
         with pytest.raises(NotAuthenticated):
             await verifier.verify(forged)
     await verifier.aclose()
+
+
+@pytest.mark.parametrize(
+    "odd",
+    [
+        {"kty": "oct", "kid": "odd"},  # no `k`: PyJWK raises KeyError
+        {"kty": "RSA", "kid": "odd", "alg": ["RS256"]},  # `alg` not a string
+        {"kty": "RSA", "kid": "odd", "n": 7, "e": "AQAB"},  # a member of the wrong type
+    ],
+)
+async def test_an_odd_entry_in_the_keys_costs_only_itself(
+    provider: type[_Provider], odd: dict[str, object]
+) -> None:
+    """One entry PyJWT cannot read (a provider's mistake) is skipped: the other keys
+    still verify, and no request gets a 500 from it."""
+    private_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    good = {**RSAAlgorithm.to_jwk(private_key.public_key(), as_dict=True), "kid": "k1"}
+    provider.body = json.dumps({"keys": [odd, good]}).encode()
+    verifier = tokens.TokenVerifier(
+        issuer="https://issuer.example", audience="api", algorithms=["RS256"], jwks_url=provider.url
+    )
+    now = int(time.time())
+    claims = {
+        "iss": "https://issuer.example",
+        "aud": "api",
+        "sub": "svc",
+        "iat": now,
+        "exp": now + 60,
+    }
+    signed = jwt.encode(claims, private_key, "RS256", headers={"kid": "k1"})
+    assert (await verifier.verify(signed)).subject == "svc"
+    assert await verifier.keys.key("odd") is None
+    await verifier.aclose()
+
+
+async def test_keys_for_encryption_and_json_nested_too_deep_are_not_signing_keys(
+    provider: type[_Provider],
+) -> None:
+    public_key = rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key()
+    jwk = {**RSAAlgorithm.to_jwk(public_key, as_dict=True), "kid": "k1", "use": "enc"}
+    provider.body = json.dumps({"keys": [jwk]}).encode()
+    assert await tokens.KeySet(issuer="unused", jwks_url=provider.url).key("k1") is None
+    provider.body = b"[" * 100_000 + b"]" * 100_000  # under the size bound
+    keys = tokens.KeySet(issuer="unused", jwks_url=provider.url)
+    await keys.refresh()  # logged and kept, not raised into the request that asked
+    assert await keys.key("k1") is None
+
+
+async def test_a_refresh_that_finds_the_same_keys_keeps_verified_tokens(
+    issuer: Issuer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Forged kids can force a fetch now and then; when it brings the same keys, the
+    tokens already verified stay verified (no new signature checks for everyone)."""
+    monkeypatch.setattr(tokens, "REFRESH_MIN_INTERVAL_SECONDS", 0.0)
+    keys = tokens.KeySet(issuer=issuer.url, jwks_url=None)
+    assert await keys.key(issuer.signing_key()[0]) is not None
+    for n in range(3):
+        assert await keys.key(f"forged-{n}") is None
+    assert keys.generation == 1
+    issuer.rotate()
+    assert await keys.key(issuer.signing_key()[0]) is not None
+    assert keys.generation == 2
+
+
+async def test_a_discovery_document_for_another_issuer_is_refused(issuer: Issuer) -> None:
+    # The provider at this address speaks for issuer.url, not for this name of it.
+    keys = tokens.KeySet(issuer=issuer.url + "/", jwks_url=None)
+    assert await keys.key(issuer.signing_key()[0]) is None
+    assert await tokens.KeySet(issuer=issuer.url, jwks_url=None).key(issuer.signing_key()[0])

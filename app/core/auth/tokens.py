@@ -12,7 +12,7 @@ locally, against the keys it publishes (its JWKS). No call to the provider per r
   KEYS_MAX_AGE_SECONDS are refreshed in the background, so a key the provider
   withdrew stops working. A failed refresh keeps the keys it had: tokens keep
   verifying while the provider is down.
-- A verified token is remembered per worker until its `exp` or the next refresh of
+- A verified token is remembered per worker until its `exp` or the next change of
   the keys, whichever comes first: a client's next requests cost a lookup, not a
   signature check.
 """
@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -31,7 +31,7 @@ import jwt
 import structlog
 
 from app.core.auth.errors import NotAuthenticated
-from app.core.principal import API_KEY_SUBJECT_PREFIX, MAX_SUBJECT_LENGTH, Principal
+from app.core.principal import MAX_SUBJECT_LENGTH, RESERVED_SUBJECT_PREFIXES, Principal
 
 LEEWAY_SECONDS = 30
 # Real access tokens are a few kB; anything far larger is refused before it is parsed.
@@ -54,8 +54,9 @@ logger = structlog.get_logger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class SigningKey:
-    jwk: jwt.PyJWK
+    jwk: jwt.PyJWK = field(compare=False)
     algorithm: str | None  # the JWK's own `alg`, when the issuer pins one
+    published: str  # the JWK as published (canonical JSON): equal keys, equal sets
 
 
 async def fetch_json(client: httpx.AsyncClient, url: str) -> object:
@@ -67,23 +68,38 @@ async def fetch_json(client: httpx.AsyncClient, url: str) -> object:
             body += chunk
             if len(body) > MAX_DOCUMENT_BYTES:
                 raise ValueError(f"{url} answered more than {MAX_DOCUMENT_BYTES} bytes")
-    return json.loads(body)
+    try:
+        return json.loads(body)
+    except RecursionError:  # nested deeper than the parser goes: not a JWKS either
+        raise ValueError(f"{url} answered JSON nested too deep") from None
 
 
 def signing_keys(document: object) -> dict[str, SigningKey]:
-    """The usable keys of a JWKS document by `kid`; keys of types PyJWT cannot use,
-    or without a `kid`, are skipped. ValueError if none is left."""
+    """The usable signing keys of a JWKS document by `kid`. An entry without a `kid`,
+    for encryption (`use` other than "sig"), or that PyJWT cannot read is skipped: one
+    odd entry must not cost the others. ValueError if none is left."""
     raw_keys = document.get("keys") if isinstance(document, dict) else None
     keys: dict[str, SigningKey] = {}
     for raw in raw_keys if isinstance(raw_keys, list) else []:
         if not isinstance(raw, dict) or not isinstance(raw.get("kid"), str):
             continue
+        if raw.get("use", "sig") != "sig":
+            continue
         try:
             jwk = jwt.PyJWK(raw)
         except jwt.PyJWTError:
+            continue  # a type or algorithm PyJWT does not use
+        # A malformed entry (a member missing, or of another type) raises KeyError,
+        # TypeError or ValueError from the key's own parsing.
+        except Exception as error:
+            logger.warning("jwks key skipped", kid=raw["kid"], error=type(error).__name__)
             continue
         algorithm = raw.get("alg")
-        keys[raw["kid"]] = SigningKey(jwk, algorithm if isinstance(algorithm, str) else None)
+        keys[raw["kid"]] = SigningKey(
+            jwk,
+            algorithm if isinstance(algorithm, str) else None,
+            json.dumps(raw, sort_keys=True),
+        )
     if not keys:
         raise ValueError("the JWKS has no usable key with a kid")
     return keys
@@ -100,7 +116,8 @@ class KeySet:
         self._tried_at = float("-inf")  # the last attempt, successful or not
         self._lock = asyncio.Lock()
         self._background: asyncio.Task[None] | None = None
-        self.generation = 0  # counts successful fetches: what was verified before may not hold
+        # Counts the changes of the key set: what was verified before may not hold.
+        self.generation = 0
 
     def keep_fresh(self) -> None:
         """Refresh in the background once the keys are older than KEYS_MAX_AGE_SECONDS
@@ -150,18 +167,27 @@ class KeySet:
                 ):
                     url = self._jwks_url or await self._discover(client)
                     keys = signing_keys(await fetch_json(client, url))
-            except (httpx.HTTPError, ValueError, TimeoutError) as error:
+            # Whatever the provider answers is untrusted input, and a refresh that fails
+            # keeps the keys held: a bad answer must not become every request's 500.
+            except Exception as error:
                 reason = str(error) or type(error).__name__
                 logger.warning("jwks refresh failed", error=reason, kept_keys=len(self._keys))
                 return
-            self._keys = keys
             self._fetched_at = time.monotonic()
+            if keys == self._keys:
+                return  # the same keys: every token verified with them still holds
+            self._keys = keys
             self.generation += 1
             logger.info("jwks refreshed", keys=len(self._keys))
 
     async def _discover(self, client: httpx.AsyncClient) -> str:
         document = await fetch_json(client, self._issuer.rstrip("/") + DISCOVERY_PATH)
-        url = document.get("jwks_uri") if isinstance(document, dict) else None
+        if not isinstance(document, dict):
+            raise ValueError("the discovery document is not a JSON object")
+        # OpenID Connect Discovery: the document names the very issuer it was asked for.
+        if document.get("issuer") != self._issuer:
+            raise ValueError(f"the discovery document is for issuer {document.get('issuer')!r}")
+        url = document.get("jwks_uri")
         if not isinstance(url, str):
             raise ValueError("the discovery document names no jwks_uri")
         self._jwks_url = url
@@ -190,7 +216,7 @@ class TokenVerifier:
     async def verify(self, token: str) -> Principal:
         """A client sends the same token on every request until it expires: its
         signature and claims are checked once per worker, and the result is kept until
-        the token's `exp`, or until the keys are next refreshed (so a key the issuer
+        the token's `exp`, or until a refresh finds the keys changed (so a key the issuer
         withdrew stops its tokens within KEYS_MAX_AGE_SECONDS, as without the cache)."""
         self.keys.keep_fresh()
         cached = self._verified.get(token)
@@ -239,14 +265,17 @@ class TokenVerifier:
             # algorithm (a curve other than the algorithm's): a forged token, not a bug.
             raise _refused("could not be verified") from None
         subject = str(claims["sub"])
-        if not subject or len(subject) > MAX_SUBJECT_LENGTH:
+        if not subject.strip() or len(subject) > MAX_SUBJECT_LENGTH:
             raise _refused("names no subject, or one too long to record")
+        # " alice" and "alice" would be two owners that read as one in every log line.
+        if subject != subject.strip():
+            raise _refused("names a subject with spaces around it")
         # Recorded in rows and log lines: no control, invisible or unpaired characters
         # (a NUL or a lone surrogate fails in Postgres and in the JSON log line).
         if not subject.isprintable():
             raise _refused("names a subject that is not printable text")
-        if subject.startswith(API_KEY_SUBJECT_PREFIX):
-            raise _refused("names a subject kept for API keys")
+        if subject.lower().startswith(RESERVED_SUBJECT_PREFIXES):
+            raise _refused("names a subject kept for API keys or anonymous callers")
         try:
             expires = float(claims["exp"])
         except (TypeError, ValueError, OverflowError):  # PyJWT checked it as an integer
