@@ -8,10 +8,11 @@ import re
 from pathlib import Path
 
 import jwt
-from fastapi.routing import APIRoute
+from fastapi import APIRouter, Depends, FastAPI
+from fastapi.routing import APIRoute, iter_route_contexts
 from httpx import AsyncClient
 
-from app.core.auth.dependencies import requires
+from app.core.auth.dependencies import authenticate, requires
 from app.core.config import Settings
 from app.main import create_app
 from tests.conftest import AppClientMaker, declared_scopes
@@ -22,6 +23,20 @@ from tests.issuer import Issuer
 PUBLIC = {"/health", "/health/ready", "/openapi.json", "/docs", "/docs/oauth2-redirect"}
 DOCS_ASSETS = "/swagger/"  # Swagger UI's own files, served with /docs (app/core/docs.py)
 SCHEMES = {"bearerAuth", "apiKey"}
+
+
+def operations(app: FastAPI) -> list[tuple[str, str]]:
+    """(method, path) of every route the app serves, hidden ones too: app.routes holds
+    each included router as one entry, which iter_route_contexts walks into."""
+    found = []
+    for context in iter_route_contexts(app.routes):
+        if isinstance(context.original_route, APIRoute) and context.path:
+            found += [(method, context.path) for method in sorted(context.methods or ())]
+    return found
+
+
+def concrete(path: str) -> str:
+    return re.sub(r"\{[^}]+\}", "00000000-0000-0000-0000-000000000000", path)
 
 
 async def test_every_route_is_public_or_declares_its_scopes(client: AsyncClient) -> None:
@@ -46,19 +61,51 @@ async def test_every_api_route_refuses_a_request_without_credentials(
     make_client: AppClientMaker, settings: Settings
 ) -> None:
     anonymous = await make_client(settings, scopes=None)
-    app = create_app(settings)
-    # APIRoutes only: the dev docs' static files are Starlette routes, not operations.
-    routes = [route for route in app.routes if isinstance(route, APIRoute)]
-    for route in routes:
-        if not route.path.startswith("/api/"):
-            public = route.path in PUBLIC or route.path.startswith(DOCS_ASSETS)
-            assert public, f"{route.path}: public, but not on the public list"
+    for method, path in operations(create_app(settings)):
+        if not path.startswith("/api/"):
+            public = path in PUBLIC or path.startswith(DOCS_ASSETS)
+            assert public, f"{path}: public, but not on the public list"
             continue
-        path = re.sub(r"\{[^}]+\}", "00000000-0000-0000-0000-000000000000", route.path)
-        for method in route.methods or ():
-            response = await anonymous.request(method, path, json={})
-            assert response.status_code == 401, f"{method} {route.path}: {response.status_code}"
-            assert response.headers["www-authenticate"] == "Bearer"
+        response = await anonymous.request(method, concrete(path), json={})
+        assert response.status_code == 401, f"{method} {path}: {response.status_code}"
+        assert response.headers["www-authenticate"] == "Bearer"
+
+
+async def unguarded(client: AsyncClient, app: FastAPI) -> list[str]:
+    """The /api/ routes that let in a caller holding no scope: every route, not only
+    those in the OpenAPI document (a route with include_in_schema=False is not there)."""
+    found = []
+    for method, path in operations(app):
+        if path.startswith("/api/"):
+            response = await client.request(method, concrete(path), json={})
+            if response.status_code != 403:
+                found.append(f"{method} {path}: {response.status_code}")
+    return found
+
+
+async def test_every_api_route_refuses_a_caller_without_its_scope(
+    make_client: AppClientMaker, settings: Settings
+) -> None:
+    app = create_app(settings)
+    assert await unguarded(await make_client(settings, app, scopes=""), app) == []
+
+
+async def test_a_hidden_route_without_a_scope_is_found_and_refuses_no_credentials(
+    make_client: AppClientMaker, settings: Settings
+) -> None:
+    app = create_app(settings)
+    app.include_router(hidden_router, prefix="/api/v1", dependencies=[Depends(authenticate)])
+    client = await make_client(settings, app, scopes="")
+    assert await unguarded(client, app) == ["GET /api/v1/export: 200"]
+    assert ("GET", "/api/v1/export") in operations(app)
+
+
+hidden_router = APIRouter()
+
+
+@hidden_router.get("/export", include_in_schema=False)
+async def export() -> dict[str, str]:
+    return {"everything": "here"}
 
 
 def test_a_dev_token_that_names_no_scope_holds_every_scope_the_routes_declare(

@@ -36,7 +36,8 @@ CREATED = {
 @router.post(
     "",
     status_code=status.HTTP_201_CREATED,
-    dependencies=[rate_limit("writes"), idempotent],
+    # The scope first: a caller without it gets 403, never a 429 of a budget it cannot spend.
+    dependencies=[requires("orders:write"), rate_limit("writes"), idempotent],
     responses={201: CREATED, **problem_responses(409, 429)},
 )
 async def create_order(

@@ -66,7 +66,10 @@ async def list_orders(
 
 
 async def get_order(session: AsyncSession, order_id: uuid.UUID, *, owner: str | None) -> Order:
-    order = await session.get(Order, order_id, options=[WITH_ITEM])
-    if order is None or (owner is not None and order.owner != owner):
+    query = _ALL.where(Order.id == order_id)
+    if owner is not None:
+        query = query.where(Order.owner == owner)
+    order = await session.scalar(query)
+    if order is None:
         raise OrderNotFound(order_id)
     return order

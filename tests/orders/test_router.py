@@ -144,6 +144,15 @@ async def test_creating_an_order_is_rate_limited(
     assert "retry-after" in limited.headers
 
 
+async def test_a_caller_without_the_scope_is_403_never_429(
+    make_client: AppClientMaker, settings: Settings
+) -> None:
+    # The scope is checked before the budget is spent: 429 would tell the caller to retry.
+    client = await make_client(with_overrides(settings, rate_limit_writes=1), scopes="orders:read")
+    order = {"item_id": str(uuid.uuid4()), "quantity": 1}
+    assert [(await client.post(ORDERS, json=order)).status_code for _ in range(3)] == [403] * 3
+
+
 async def test_a_principal_sees_only_its_own_orders(
     make_client: AppClientMaker, settings: Settings
 ) -> None:
