@@ -189,11 +189,13 @@ async def redis(settings: Settings) -> AsyncIterator[Redis]:
     await client.aclose()
 
 
-async def start_app(app: FastAPI) -> tuple[LifespanManager, AsyncClient]:
+async def start_app(
+    app: FastAPI, address: str = "127.0.0.1"
+) -> tuple[LifespanManager, AsyncClient]:
     manager = LifespanManager(app)
     await manager.__aenter__()
     # raise_app_exceptions=False: see the 500 response, as a client would.
-    transport = ASGITransport(app=manager.app, raise_app_exceptions=False)
+    transport = ASGITransport(app=manager.app, raise_app_exceptions=False, client=(address, 123))
     return manager, AsyncClient(transport=transport, base_url="http://testserver")
 
 
@@ -247,10 +249,11 @@ class AppClientMaker:
         isolated: bool = True,
         scopes: str | None = EVERY_SCOPE,
         sub: str = "alice",
+        address: str = "127.0.0.1",
     ) -> AsyncClient:
         """A client on `app` (default: the service's own app on `settings`), as `sub`
         holding `scopes`: by default every scope a route of the app requires (none of
-        the `<resource>:admin` ones), None for no credentials at all.
+        the `<resource>:admin` ones), None for no credentials at all; from `address`.
         isolated=False: the app uses its own engine from `settings`, not the test's
         transaction (for tests where that database is unreachable)."""
         if app is None:
@@ -261,7 +264,7 @@ class AppClientMaker:
             app = create_app(settings)
         if isolated:
             self._share_test_transaction(app)
-        manager, client = await start_app(app)
+        manager, client = await start_app(app, address)
         if scopes is not None:
             held = declared_scopes(app) if scopes == EVERY_SCOPE else scopes
             # Valid for the whole run, however slow the machine.

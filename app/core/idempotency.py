@@ -49,7 +49,8 @@ from sqlalchemy.orm import Mapped, mapped_column
 from app.core.db import Base, SessionDep, discard
 from app.core.db_errors import sqlstate
 from app.core.errors import AppError
-from app.core.principal import Principal
+from app.core.principal import ANONYMOUS_SUBJECT_PREFIX, Principal
+from app.core.rate_limit import client_key
 from app.core.state import SettingsDep
 
 HEADER = "Idempotency-Key"
@@ -68,8 +69,6 @@ STORED_HEADERS = ("content-type", "location")
 STILL_RUNNING_SQLSTATES = frozenset({"55P03"})
 # Decided on every attempt, never answered by a replay: 401 and 403.
 REFUSED = frozenset({HTTPStatus.UNAUTHORIZED, HTTPStatus.FORBIDDEN})
-# The key space of a request without an identity (a route outside /api/v1).
-ANONYMOUS = "anonymous"
 _KEYED = "app.idempotency.key"
 
 
@@ -160,7 +159,13 @@ async def _read_key(
     principal = request.scope.get("auth")  # set by authentication, which runs first
     request.scope[_KEYED] = _Keyed(
         session=session,
-        principal=principal.subject if isinstance(principal, Principal) else ANONYMOUS,
+        # Without an identity (a route outside /api/v1), each client address has its own
+        # keys: one caller's key must not replay another's response.
+        principal=(
+            principal.subject
+            if isinstance(principal, Principal)
+            else f"{ANONYMOUS_SUBJECT_PREFIX}{client_key(request)}"
+        ),
         key=_parse_key(key),
         fingerprint=_fingerprint(request, await request.body()),
         ttl=timedelta(seconds=settings.idempotency_key_ttl_seconds),

@@ -16,6 +16,10 @@ ADMIN_SUFFIX = ":admin"
 # The subjects of API keys' principals start with it (app/core/auth/api_keys.py); a
 # token's `sub` that does is refused, or it would own what that key owns.
 API_KEY_SUBJECT_PREFIX = "apikey:"
+# A caller without an identity (a public route) is recorded as this and its address
+# (app/core/idempotency.py): a token's `sub` that starts with it is refused too.
+ANONYMOUS_SUBJECT_PREFIX = "anonymous@"
+RESERVED_SUBJECT_PREFIXES = (API_KEY_SUBJECT_PREFIX, ANONYMOUS_SUBJECT_PREFIX)
 
 
 @dataclass(frozen=True, slots=True)

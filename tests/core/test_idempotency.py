@@ -14,11 +14,15 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, a
 
 from app.core.config import Settings
 from app.core.idempotency import HEADER, REPLAYED_HEADER, IdempotencyKey, delete_expired_keys
+from app.core.principal import ANONYMOUS_SUBJECT_PREFIX
 from tests.conftest import with_overrides
 from tests.core.conftest import CoreClientMaker, ProbeBase, Widget
 from tests.core.problems import assert_problem
 
 pytestmark = pytest.mark.usefixtures("widgets_table")
+# The test client's address (httpx's ASGITransport), on a public route.
+ANONYMOUS = f"{ANONYMOUS_SUBJECT_PREFIX}127.0.0.1"
+KEYED = "/probe/keyed-widgets"
 
 
 def widget(name: str = "anvil") -> dict[str, str]:
@@ -43,6 +47,20 @@ async def test_a_retry_gets_the_first_response_and_writes_nothing(
     assert again.headers[REPLAYED_HEADER] == "true"
     assert REPLAYED_HEADER not in first.headers
     assert await count_widgets(connection) == 1
+
+
+async def test_callers_without_an_identity_have_keys_per_address(
+    make_core_client: CoreClientMaker, settings: Settings, connection: AsyncConnection
+) -> None:
+    """On a public route, another address's retry of the same key and body is its own
+    request: it gets no one else's response, nor a 422 saying the key is in use."""
+    first = await make_core_client(settings)
+    other = await make_core_client(settings, address="10.0.0.9")
+    assert (await first.post(KEYED, json=widget(), headers={HEADER: "k-a"})).status_code == 201
+    second = await other.post(KEYED, json=widget("b"), headers={HEADER: "k-a"})
+    assert second.status_code == 201
+    assert REPLAYED_HEADER not in second.headers
+    assert await count_widgets(connection) == 2
 
 
 async def test_a_caller_refused_by_a_dependency_gets_no_replay(
@@ -315,7 +333,7 @@ async def test_a_retry_while_the_first_still_runs_gets_409(
     async with engine.connect() as first:
         # The first attempt's claim, its transaction still open.
         await first.execute(
-            insert(IdempotencyKey).values(principal="anonymous", key="k-busy", fingerprint="0" * 64)
+            insert(IdempotencyKey).values(principal=ANONYMOUS, key="k-busy", fingerprint="0" * 64)
         )
         retry = await client.post("/probe/keyed-widgets", json=widget(), headers={HEADER: "k-busy"})
         await first.rollback()
@@ -338,7 +356,7 @@ async def test_a_store_cut_short_by_a_cancel_is_a_503_not_a_409(
     )
     async with engine.connect() as first:
         await first.execute(
-            insert(IdempotencyKey).values(principal="anonymous", key="k-slow", fingerprint="0" * 64)
+            insert(IdempotencyKey).values(principal=ANONYMOUS, key="k-slow", fingerprint="0" * 64)
         )
         retry = await client.post("/probe/keyed-widgets", json=widget(), headers={HEADER: "k-slow"})
         await first.rollback()

@@ -33,6 +33,9 @@ from app.core.state import app_state
 # The request scope's key for the principal (Starlette's convention for authentication),
 # read by the access log and the rate limiter.
 SCOPE_KEY = "auth"
+# Blocked addresses each worker remembers before it forgets those whose time is up (an
+# address is otherwise forgotten only when it comes back).
+BLOCKED_PRUNE_AT = 1_000
 
 # Declared for the OpenAPI document ("Authorize" in /docs, generated clients); the
 # credentials are read by `authenticate`, which runs once per request.
@@ -75,7 +78,11 @@ async def _record_failure(
 
     retry_after = await redis.run(count)
     if retry_after is not None:
-        authenticator.blocked_until[client] = time.monotonic() + retry_after
+        blocked, now = authenticator.blocked_until, time.monotonic()
+        if len(blocked) >= BLOCKED_PRUNE_AT:  # many addresses: forget those whose time is up
+            for address in [address for address, until in blocked.items() if until <= now]:
+                del blocked[address]
+        blocked[client] = now + retry_after
         raise RateLimited(retry_after)
 
 
