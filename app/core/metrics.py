@@ -132,14 +132,30 @@ class MetricsMiddleware:
         finally:
             elapsed = perf_counter() - started
             _InFlight.now -= 1
-            # The router writes the matched route into the scope, which this middleware shares.
-            route = scope.get("route")
-            template = getattr(route, "path_format", None) or UNMATCHED
+            template = route_template(scope)
             key = (template, scope["method"], status)
             histogram = self._children.get(key)
             if histogram is None:
                 histogram = self._children[key] = _histogram_for(*key)
             histogram.observe(elapsed)
+
+
+def route_template(scope: Scope) -> str:
+    """The matched route's template as clients see it, with the prefixes its router was
+    included under (`/api/v1/items/{item_id}`), or UNMATCHED. The router writes it into
+    the scope, which this middleware shares. Since FastAPI 0.137, `scope["route"]` of an
+    included route holds the route's own path only; the full one is the effective route
+    context FastAPI keeps in `scope["fastapi"]` (what Sentry's and others' integrations
+    read). tests/core/test_metrics.py fails if an upgrade moves it."""
+    fastapi_scope = scope.get("fastapi")
+    context = (
+        fastapi_scope.get("effective_route_context") if isinstance(fastapi_scope, dict) else None
+    )
+    for source in (getattr(context, "starlette_route", None), context, scope.get("route")):
+        template = getattr(source, "path_format", None)
+        if isinstance(template, str) and template:
+            return template
+    return UNMATCHED
 
 
 def _histogram_for(template: str, method: str, status: int) -> Histogram:

@@ -91,6 +91,17 @@ async def test_an_unhandled_error_counts_as_5xx(probe_client: AsyncClient) -> No
     assert requests("/metrics-probe/fails", status="5xx") == before + 1
 
 
+async def test_a_route_is_counted_under_the_prefix_its_router_was_included_with(
+    make_client: AppClientMaker, settings: Settings
+) -> None:
+    app = build_app(settings, routers=[], api_routers=[router], title="metrics", version="0")
+    client = await make_client(settings, app)
+    template = "/api/v1/metrics-probe/things/{thing_id}"
+    before = requests(template)
+    assert (await client.get("/api/v1/metrics-probe/things/a")).status_code == 200
+    assert requests(template) == before + 1
+
+
 async def test_in_flight_counts_the_request_being_served(probe_client: AsyncClient) -> None:
     assert (await probe_client.get("/metrics-probe/in-flight")).json() == 1
 
