@@ -1,7 +1,8 @@
 """Look after the job queue: `python -m app.core.jobs.cli failed|retry ID...|drop ID...|backlog`.
 
 Development: `make jobs`, `make retry-job id=…`, `make drop-job id=…`. Production (VM):
-`docker compose -f docker-compose.prod.yml exec worker python -m app.core.jobs.cli failed`.
+`docker compose -f docker-compose.prod.yml run --rm --no-deps -T worker python -m
+app.core.jobs.cli failed` (a container of its own: it works while the worker restarts).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import sys
 from collections.abc import Sequence
 from typing import cast
 
+import asyncpg
+from pgqueuer import Queries
 from pgqueuer.models import JobId
 
 from app.core.config import SettingsError, load_settings
@@ -61,14 +64,17 @@ async def _run(args: argparse.Namespace) -> str:
             statuses = {cast("int", row["id"]): cast("str", row["status"]) for row in rows}
             found = sorted(job_id for job_id, status in statuses.items() if status == "failed")
             if found and args.command == "retry":
-                await queries.requeue_jobs([JobId(job_id) for job_id in found])
-                print(f"queued again: {', '.join(map(str, found))}")
+                found, taken = await _requeue(queries, found)
+                print(f"queued again: {', '.join(map(str, found)) or 'none'}")
+                statuses.update(taken)
             elif found:
                 gone = await queries.driver.fetch(_DROP, found)
                 found = sorted(cast("int", row["id"]) for row in gone)
                 print(f"dropped: {', '.join(map(str, found)) or 'none'}")
             refused = [
-                f"{job_id}: not failed ({statuses[job_id]})"
+                f"{job_id}: {statuses[job_id]}"
+                if statuses.get(job_id, "").startswith("its dedupe key")
+                else f"{job_id}: not failed ({statuses[job_id]})"
                 if job_id in statuses and job_id not in found
                 else f"{job_id}: no such job in the queue (a finished job leaves it)"
                 for job_id in dict.fromkeys(args.ids)
@@ -83,6 +89,20 @@ async def _run(args: argparse.Namespace) -> str:
             for row in rows
         ]
         return "backlog:\n" + "\n".join(lines) if lines else "backlog: none waiting"
+
+
+async def _requeue(queries: Queries, ids: list[int]) -> tuple[list[int], dict[int, str]]:
+    """Queue each job again on its own: one whose dedupe key another job (queued or
+    running) has taken since cannot be, and must not stop the others."""
+    queued, taken = [], {}
+    for job_id in ids:
+        try:
+            await queries.requeue_jobs([JobId(job_id)])
+        except asyncpg.UniqueViolationError:
+            taken[job_id] = "its dedupe key is taken by a job queued or running: drop it, or wait"
+        else:
+            queued.append(job_id)
+    return queued, taken
 
 
 def _job_id(text: str) -> int:
@@ -108,6 +128,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(output)
     except (SettingsError, CommandError) as error:
         print(f"error: {error}", file=sys.stderr)
+        return 1
+    except (OSError, TimeoutError, asyncpg.PostgresError) as error:
+        print(f"error: the database did not answer: {error}", file=sys.stderr)
         return 1
     return 0
 

@@ -82,10 +82,16 @@ GROUP BY entrypoint
 """
 
 
+_reported: set[str] = set()
+
+
 def record_queue(rows: Iterable[Mapping[str, Any]], known: Iterable[str]) -> None:
-    """Set the queue gauges from QUEUE_SAMPLE's rows; a known job absent from them is 0."""
+    """Set the queue gauges from QUEUE_SAMPLE's rows; a job absent from them is 0, if this
+    worker runs it or reported it before (a job another worker runs, dropped or done,
+    must not stay at its last value)."""
     seen = {row["entrypoint"]: row for row in rows}
-    for job in set(known) | set(seen):
+    _reported.update(known, seen)
+    for job in _reported:
         row = seen.get(job, {})
         QUEUED.labels(job).set(row.get("queued", 0))
         RUNNING.labels(job).set(row.get("running", 0))

@@ -15,9 +15,12 @@ the library gives, and what this module only wires:
 - on SIGTERM the worker takes no new job and finishes those it runs; what the
   orchestrator kills after its grace period comes back through the heartbeat;
 - a periodic job runs once per period across every worker (a row lock decides);
-- a lost database connection restarts the PgQueuer in the process (RESTART_DELAY).
-What it adds (executor.py): every run counts as an attempt, even one that took its
-worker down, and each run is measured (metrics.py).
+- a lost database connection restarts the PgQueuer in the process (RESTART_DELAY),
+  once the jobs it was running have ended.
+What it adds: a time limit on every run (JOBS_TIMEOUT), which also bounds a shutdown
+and a restart; a pool sized for the jobs that run at once; every run counts as an
+attempt, even one that took its worker down (executor.py); each run is measured,
+periodic ones too (metrics.py).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -99,22 +103,31 @@ class Jobs:
 
 
 def _transactional(
-    sessions: async_sessionmaker[AsyncSession], handler: Handler
+    sessions: async_sessionmaker[AsyncSession], handler: Handler, timeout: float
 ) -> Callable[[Job], Awaitable[None]]:
     async def run(job: Job) -> None:
         payload = orjson.loads(job.payload) if job.payload else {}
-        async with sessions() as session, session.begin():
+        # A run past the timeout raises TimeoutError, an attempt like any failure: a
+        # handler that hangs cannot hold its slot, a shutdown or a restart for ever.
+        async with asyncio.timeout(timeout), sessions() as session, session.begin():
             await handler(session, payload)
 
     return run
 
 
 def _periodic(
-    sessions: async_sessionmaker[AsyncSession], handler: Periodic
+    sessions: async_sessionmaker[AsyncSession], name: str, handler: Periodic, timeout: float
 ) -> Callable[[Schedule], Awaitable[None]]:
     async def run(_: Schedule) -> None:
-        async with sessions() as session, session.begin():
-            await handler(session)
+        # PgQueuer only logs a periodic job's error (it runs again next period): measured
+        # here like a job's runs, so a failing one shows in job_duration_seconds.
+        started, outcome = time.perf_counter(), "failed"
+        try:
+            async with asyncio.timeout(timeout), sessions() as session, session.begin():
+                await handler(session)
+            outcome = "success"
+        finally:
+            metrics.DURATION.labels(name, outcome).observe(time.perf_counter() - started)
 
     return run
 
@@ -139,7 +152,19 @@ async def build_worker(settings: Settings, jobs: Jobs) -> AsyncIterator[PgQueuer
         timeout=settings.db_connect_timeout,
         server_settings={"application_name": APPLICATION_NAME},
     )
-    engine = create_engine(settings)
+    # The worker's own limits, not the api's request-sized ones: a job's statements and
+    # transaction may take as long as the job may, and every job running at once (and a
+    # periodic one) has a connection without waiting for the pool.
+    engine = create_engine(
+        settings.model_copy(
+            update={
+                "db_statement_timeout": settings.jobs_timeout,
+                "db_idle_in_transaction_timeout": settings.jobs_timeout,
+                "db_pool_size": settings.jobs_concurrency + 1,
+                "db_max_overflow": 0,
+            }
+        )
+    )
     sessions = create_session_factory(engine)
     driver = AsyncpgDriver(connection)
     worker = PgQueuer(driver)
@@ -153,10 +178,10 @@ async def build_worker(settings: Settings, jobs: Jobs) -> AsyncIterator[PgQueuer
     )
     for name, handler in jobs.handlers.items():
         worker.entrypoint(name, on_failure="hold", executor_factory=retries)(
-            _transactional(sessions, handler)
+            _transactional(sessions, handler, settings.jobs_timeout)
         )
     for name, (cron, periodic) in jobs.periodic.items():
-        worker.schedule(name, cron)(_periodic(sessions, periodic))
+        worker.schedule(name, cron)(_periodic(sessions, name, periodic, settings.jobs_timeout))
     alive = asyncio.create_task(_keep_alive(driver, jobs))
     logger.info("worker started", jobs=sorted(jobs.handlers), periodic=sorted(jobs.periodic))
     try:
@@ -173,7 +198,7 @@ async def build_worker(settings: Settings, jobs: Jobs) -> AsyncIterator[PgQueuer
 @asynccontextmanager
 async def queries_for(settings: Settings) -> AsyncIterator[Queries]:
     """PgQueuer's queries on a connection of their own, for the jobs CLI."""
-    connection = await asyncpg.connect(settings.postgres_dsn)
+    connection = await asyncpg.connect(settings.postgres_dsn, timeout=settings.db_connect_timeout)
     try:
         yield Queries(AsyncpgDriver(connection))
     finally:

@@ -124,3 +124,28 @@ def test_a_job_id_that_is_not_one_is_a_usage_error(
         main(["retry", job_id])
     assert exited.value.code == 2
     assert "is not a job id" in capsys.readouterr().err
+
+
+async def test_a_retry_whose_dedupe_key_is_taken_again_says_so_and_queues_the_others(
+    engine: AsyncEngine, job_name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The dedupe key binds queued and running jobs only: a job enqueued with the key of a
+    failed one blocks that one's retry, which must not stop the other ids."""
+    insert = text(
+        "INSERT INTO pgqueuer (priority, status, entrypoint, attempts, dedupe_key)"
+        " VALUES (0, CAST(:s AS pgqueuer_status), :n, :a, :k) RETURNING id"
+    )
+    async with engine.begin() as connection:
+        blocked = await connection.scalar(insert, {"s": "failed", "n": job_name, "a": 6, "k": "k1"})
+        other = await connection.scalar(insert, {"s": "failed", "n": job_name, "a": 6, "k": "k2"})
+        await connection.scalar(insert, {"s": "queued", "n": job_name, "a": 0, "k": "k1"})
+    assert await asyncio.to_thread(main, ["retry", str(blocked), str(other)]) == 1
+    out, err = capsys.readouterr()
+    assert f"queued again: {other}" in out
+    assert f"{blocked}: its dedupe key is taken" in err
+    async with engine.connect() as connection:
+        rows = await connection.execute(
+            text("SELECT id, status::text FROM pgqueuer WHERE id IN (:b, :o)"),
+            {"b": blocked, "o": other},
+        )
+        assert dict(rows.all()) == {blocked: "failed", other: "queued"}

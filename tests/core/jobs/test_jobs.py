@@ -10,11 +10,12 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 import pgqueuer
 import pytest
 import structlog
+from pgqueuer.models import Schedule
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -22,7 +23,7 @@ from app.core.config import Settings
 from app.core.jobs import metrics
 from app.core.jobs.cleanup import register_cleanup
 from app.core.jobs.enqueue import enqueue
-from app.core.jobs.worker import Jobs, build_worker
+from app.core.jobs.worker import Jobs, _periodic, build_worker
 from tests.conftest import with_overrides
 from tests.core.jobs.conftest import last_error
 
@@ -102,6 +103,51 @@ async def test_a_committed_job_runs_in_a_transaction_of_its_own(
     assert metrics.REGISTRY.get_sample_value("job_wait_seconds_count", {"job_name": job_name}) == 1
 
 
+async def test_a_job_past_its_timeout_fails_and_is_retried_with_the_worker_s_own_limits(
+    engine: AsyncEngine, settings: Settings, job_name: str
+) -> None:
+    """A hanging handler holds its slot for JOBS_TIMEOUT at most; a statement longer than
+    the api's DB_STATEMENT_TIMEOUT is fine in a job."""
+    tries = 0
+    jobs = Jobs()
+
+    @jobs.job(job_name)
+    async def slow(session: AsyncSession, payload: dict[str, Any]) -> None:
+        nonlocal tries
+        tries += 1
+        await session.execute(text("SELECT pg_sleep(0.3)"))  # over the api's 0.1 s here
+        if tries == 1:
+            await asyncio.sleep(3600)  # hangs: cut at the job's timeout
+
+    async with AsyncSession(engine) as session, session.begin():
+        await enqueue(session, job_name, {})
+
+    async def done() -> bool:
+        return runs(job_name)["success"] == 1
+
+    limits = with_overrides(settings, jobs_timeout=1.0, db_statement_timeout=0.1)
+    with structlog.testing.capture_logs() as logged:
+        await run_worker_until(limits, jobs, done)
+    assert tries == 2
+    assert runs(job_name) == {"success": 1, "retry": 1, "failed": 0}
+    retried = [line["error"] for line in logged if line["event"] == "job failed, retrying"]
+    assert [error.split(":")[0] for error in retried] == ["TimeoutError"]
+
+
+async def test_a_failing_periodic_job_is_measured(
+    session_factory: async_sessionmaker[AsyncSession], job_name: str
+) -> None:
+    """PgQueuer only logs a periodic job's error: the run is counted as failed too."""
+
+    async def broken(session: AsyncSession) -> None:
+        raise RuntimeError("broken")
+
+    run = _periodic(session_factory, job_name, broken, timeout=5)
+    with pytest.raises(RuntimeError):
+        await run(cast("Schedule", None))  # the schedule's row: not read
+    assert runs(job_name)["failed"] == 1
+
+
 def runs(job: str) -> dict[str, float]:
     """The worker's metrics: its runs of `job` by outcome."""
     return {
@@ -172,6 +218,11 @@ async def test_the_queue_gauges_count_each_jobs_waiting_and_its_oldest_due(
     # A job this worker runs that has nothing waiting reads 0, not "no data".
     assert gauge("jobs_queued", idle) == 0
     assert gauge("jobs_oldest_waiting_seconds", idle) == 0
+    # Once its jobs are gone (done, dropped), a job this worker does not run reads 0 too,
+    # not the last value it had.
+    metrics.record_queue([], [idle])
+    assert gauge("jobs_queued", job_name) == 0
+    assert gauge("jobs_oldest_waiting_seconds", job_name) == 0
 
 
 def test_a_periodic_job_with_a_bad_schedule_or_a_taken_name_is_refused_at_once() -> None:
