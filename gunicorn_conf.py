@@ -214,6 +214,9 @@ control_socket_disable = True
 # One logging setup: Gunicorn's lines in the app's format, on stdout. Access lines
 # come from the app's middleware (with the request id), not from Gunicorn.
 logconfig_dict = build_logging_config(_logging.log_level, _logging.effective_log_format)
+# Gunicorn sets its own logger's level from this after reading logconfig_dict (and the
+# Uvicorn workers copy it): without it, LOG_LEVEL=WARNING still printed their info lines.
+loglevel = _logging.log_level.lower()
 accesslog = None
 errorlog = "-"
 

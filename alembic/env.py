@@ -10,7 +10,6 @@ Two ways in:
 from __future__ import annotations
 
 import asyncio
-from logging.config import fileConfig
 
 from sqlalchemy import Connection, pool, text
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -18,6 +17,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from alembic import context
 from app.core.config import SettingsError, get_settings
 from app.core.db import Base, load_all_models
+from app.core.logging import configure_logging
 
 config = context.config
 JOB_QUEUE_TABLE_PREFIX = "pgqueuer"
@@ -27,8 +27,14 @@ JOB_QUEUE_TABLE_PREFIX = "pgqueuer"
 MIGRATION_LOCK_KEY = 7_311_982_640_113
 MIGRATION_LOCK_TIMEOUT = "5s"
 
-if config.config_file_name is not None and config.attributes.get("configure_logger", True):
-    fileConfig(config.config_file_name)
+if config.attributes.get("configure_logger", True):  # the tests keep their own
+    # The app's logging: in production a migration's lines are JSON, like every other
+    # service's, and go through the same redaction.
+    try:
+        settings = get_settings()
+    except SettingsError as exc:
+        raise SystemExit(str(exc)) from None
+    configure_logging(settings.log_level, settings.effective_log_format)
 
 # Every app/<domain>/models.py, found by name: a new resource needs no line here.
 load_all_models()

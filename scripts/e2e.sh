@@ -102,9 +102,16 @@ log "image: app code only (no tests, .git, .env, uv or compiler), revision label
 log "starting the stack"
 "${COMPOSE[@]}" up --detach --wait --wait-timeout 120 >/dev/null 2>&1 || fail "stack did not become healthy"
 
-migrate_exit=$(docker inspect -f '{{.State.ExitCode}}' "$("${COMPOSE[@]}" ps -aq migrate)")
+migrate=$("${COMPOSE[@]}" ps -aq migrate)
+migrate_exit=$(docker inspect -f '{{.State.ExitCode}}' "$migrate")
 [ "$migrate_exit" = 0 ] || fail "migrate exited with $migrate_exit" migrate
-log "migrate exited 0"
+# Its lines in the app's JSON, as every service's: none may be plain text. (docker logs:
+# Compose's own adds terminal codes to each line.)
+migrate_logs=$(docker logs "$migrate" 2>&1)
+grep -q '"event"' <<<"$migrate_logs" || fail "migrate logged no JSON line" migrate
+plain=$(grep -v '^{' <<<"$migrate_logs" || true)
+[ -z "$plain" ] || fail "migrate logged plain text: $(head -c 300 <<<"$plain")" migrate
+log "migrate exited 0, its lines JSON"
 
 # Every /api/v1 route needs a credential; the production stack has no identity
 # provider, so the checks use an API key, made the way an operator would.

@@ -112,6 +112,11 @@ def test_logs_use_the_apps_structured_format(monkeypatch: pytest.MonkeyPatch) ->
     assert config["errorlog"] == "-"
 
 
+def test_log_level_reaches_gunicorn_and_its_workers(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Gunicorn resets its logger to `loglevel` (default info) after the logging config.
+    assert load_config(monkeypatch, LOG_LEVEL="WARNING")["loglevel"] == "warning"
+
+
 def write(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)

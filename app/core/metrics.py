@@ -133,7 +133,10 @@ class MetricsMiddleware:
             elapsed = perf_counter() - started
             _InFlight.now -= 1
             template = route_template(scope)
-            key = (template, scope["method"], status)
+            # Folded before the lookup: any method string a client sends is one key, so
+            # the children cache stays as bounded as the series.
+            method = scope["method"] if scope["method"] in _METHODS else "OTHER"
+            key = (template, method, status)
             histogram = self._children.get(key)
             if histogram is None:
                 histogram = self._children[key] = _histogram_for(*key)
@@ -159,8 +162,7 @@ def route_template(scope: Scope) -> str:
 
 
 def _histogram_for(template: str, method: str, status: int) -> Histogram:
-    method_label = method if method in _METHODS else "OTHER"
-    return DURATION.labels(template, method_label, f"{status // 100}xx")
+    return DURATION.labels(template, method, f"{status // 100}xx")
 
 
 @functools.cache

@@ -10,6 +10,7 @@ from typing import Any
 from fastapi import APIRouter, status
 from fastapi.responses import JSONResponse, Response
 
+from app.core.breaker import BreakerState
 from app.core.state import EngineDep, RedisDep, SettingsDep
 from app.health.checks import (
     CheckResult,
@@ -79,6 +80,11 @@ async def readiness(settings: SettingsDep, engine: EngineDep, redis: RedisDep) -
         run_check("postgres", partial(ping_postgres, engine), timeout),
         run_check("redis", partial(ping_redis, redis.client), timeout),
     )
+    if redis_check.ok and redis.state is BreakerState.HALF_OPEN:
+        # The cool-down is over and Redis answered: the probe the breaker waits for. An
+        # idle worker would otherwise stay half-open (`warn`, and its gauge at 1) until a
+        # request happened to use Redis.
+        redis.breaker.record_success()
     checked_at = datetime.now(UTC).isoformat()
     overall = overall_status(postgres, redis_check)
     if overall == "pass" and redis.state != "closed":

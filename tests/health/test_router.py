@@ -112,6 +112,24 @@ async def test_ready_warns_while_the_breaker_is_open_though_redis_answers(
     assert checks(body)["redis"]["breaker"] == "open"
 
 
+@pytest.mark.examples
+async def test_ready_closes_the_breaker_once_its_cool_down_is_over_and_redis_answers(
+    make_client: AppClientMaker, settings: Settings, redis: Redis
+) -> None:
+    """With no request using Redis after the outage, readiness's own PING is the probe:
+    the worker does not stay half-open, and `warn`, until traffic comes."""
+    client = await make_client(
+        with_overrides(settings, redis_breaker_failures=1, redis_breaker_cooldown=0.5)
+    )
+    item = (await client.post("/api/v1/items", json={"name": "idle"})).json()
+    await redis.client_pause(300, all=True)  # milliseconds
+    assert (await client.get(f"/api/v1/items/{item['id']}")).status_code == 200  # opens it
+    await asyncio.sleep(0.8)  # the pause and the cool-down are over
+    body = (await client.get("/health/ready")).json()
+    assert body["status"] == "pass"
+    assert checks(body)["redis"]["breaker"] == "closed"
+
+
 async def test_ready_times_out_a_hung_dependency_and_checks_concurrently(
     make_client: AppClientMaker, settings: Settings, silent_port: int
 ) -> None:
