@@ -1,5 +1,5 @@
 # Background jobs in the development stack (docs/jobs.md). On the VM, the same commands
-# run in the worker: docker compose -f docker-compose.prod.yml exec worker python -m app.core.jobs.cli …
+# run in a worker container: docker compose -f docker-compose.prod.yml run --rm --no-deps -T worker python -m app.core.jobs.cli …
 # `run`, not `exec`: the commands need only the database, and a stopped or crash-looping
 # worker is when they are needed most.
 JOBS_CLI := $(DEV) run --rm --no-deps -T worker python -m app.core.jobs.cli

@@ -148,8 +148,9 @@ class Settings(LoggingSettings):
     # Seconds without a heartbeat before a running job counts as abandoned and runs again.
     jobs_heartbeat_timeout: float = Field(default=30, ge=2)
     # Seconds a job may run, its statements and transaction included (not the api's
-    # request-sized DB_* timeouts); past it, the run fails and is retried. Keep it under
-    # the worker's stop grace period (60 s in the stacks): a deploy then cuts no job.
+    # request-sized DB_STATEMENT_TIMEOUT and idle timeout); past it, the run fails and is
+    # retried. Keep it a few seconds under the worker's stop grace period (60 s in the
+    # stacks; a cut run takes up to 2 s more to roll back): a deploy then cuts no job.
     jobs_timeout: float = Field(default=50, gt=0)
     # Days the finished jobs' log is kept; the nightly cleanup drops older rows.
     jobs_retention_days: int = Field(default=7, ge=1)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import pkgutil
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, cast
 
@@ -68,9 +68,11 @@ def _milliseconds(seconds: float) -> str:
     return str(int(seconds * 1000))
 
 
-def create_engine(settings: Settings) -> AsyncEngine:
-    """An engine with the configured pool and timeouts; call once per process (never
-    before a fork)."""
+def create_engine(
+    settings: Settings, server_settings: Mapping[str, str] | None = None
+) -> AsyncEngine:
+    """An engine with the configured pool and timeouts, and any other `server_settings`
+    for its connections; call once per process (never before a fork)."""
     engine = create_async_engine(
         settings.sqlalchemy_url,
         pool_size=settings.db_pool_size,
@@ -93,6 +95,7 @@ def create_engine(settings: Settings) -> AsyncEngine:
                 "idle_in_transaction_session_timeout": _milliseconds(
                     settings.db_idle_in_transaction_timeout
                 ),
+                **(server_settings or {}),
             },
         },
     )

@@ -130,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1
     except (OSError, TimeoutError, asyncpg.PostgresError) as error:
-        print(f"error: the database did not answer: {error}", file=sys.stderr)
+        print(f"error: the database: {type(error).__name__}: {error}", file=sys.stderr)
         return 1
     return 0
 

@@ -43,7 +43,7 @@ import structlog
 from croniter import croniter
 from pgqueuer import AsyncpgDriver, Job, PgQueuer, Queries
 from pgqueuer.models import Schedule
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.core.config import Settings, misspelled_settings
 from app.core.db import create_engine, create_session_factory
@@ -65,6 +65,9 @@ ALIVE_EVERY_SECONDS = 5.0
 RESTART_DELAY = timedelta(seconds=2)
 # How the worker's own connection shows in pg_stat_activity.
 APPLICATION_NAME = "jobs-worker"
+# A run cut at JOBS_TIMEOUT still rolls back; this much longer bounds that too (against a
+# server that stopped answering, the connection is then dropped at once, app/core/db.py).
+ROLLBACK_SECONDS = 2.0
 
 logger = structlog.get_logger(__name__)
 
@@ -109,7 +112,12 @@ def _transactional(
         payload = orjson.loads(job.payload) if job.payload else {}
         # A run past the timeout raises TimeoutError, an attempt like any failure: a
         # handler that hangs cannot hold its slot, a shutdown or a restart for ever.
-        async with asyncio.timeout(timeout), sessions() as session, session.begin():
+        async with (
+            asyncio.timeout(timeout + ROLLBACK_SECONDS),
+            sessions() as session,
+            session.begin(),
+            asyncio.timeout(timeout),
+        ):
             await handler(session, payload)
 
     return run
@@ -123,7 +131,12 @@ def _periodic(
         # here like a job's runs, so a failing one shows in job_duration_seconds.
         started, outcome = time.perf_counter(), "failed"
         try:
-            async with asyncio.timeout(timeout), sessions() as session, session.begin():
+            async with (
+                asyncio.timeout(timeout + ROLLBACK_SECONDS),
+                sessions() as session,
+                session.begin(),
+                asyncio.timeout(timeout),
+            ):
                 await handler(session)
             outcome = "success"
         finally:
@@ -144,6 +157,29 @@ async def _keep_alive(driver: AsyncpgDriver, jobs: Jobs) -> None:
         await asyncio.sleep(ALIVE_EVERY_SECONDS)
 
 
+def worker_engine(settings: Settings) -> AsyncEngine:
+    """The worker's engine, with its own limits, not the api's request-sized ones: a
+    job's statements and transaction may take as long as the job may, and every job
+    running at once (and a periodic one) has a connection; a second periodic job waits
+    for one. A row lock still waits DB_LOCK_TIMEOUT at most: the run fails and is
+    retried."""
+    return create_engine(
+        settings.model_copy(
+            update={
+                "db_statement_timeout": settings.jobs_timeout,
+                "db_idle_in_transaction_timeout": settings.jobs_timeout,
+                "db_pool_size": settings.jobs_concurrency + 1,
+                "db_max_overflow": 0,
+                "db_pool_timeout": settings.jobs_timeout,
+            }
+        ),
+        # A run cut at JOBS_TIMEOUT drops its connection; Postgres would go on running
+        # its statement, locks held, until the statement timeout. Checked every second
+        # while a statement runs, a closed connection ends it.
+        server_settings={"client_connection_check_interval": "1000"},
+    )
+
+
 @asynccontextmanager
 async def build_worker(settings: Settings, jobs: Jobs) -> AsyncIterator[PgQueuer]:
     """A PgQueuer on its own connection, with every job of `jobs` registered."""
@@ -152,19 +188,7 @@ async def build_worker(settings: Settings, jobs: Jobs) -> AsyncIterator[PgQueuer
         timeout=settings.db_connect_timeout,
         server_settings={"application_name": APPLICATION_NAME},
     )
-    # The worker's own limits, not the api's request-sized ones: a job's statements and
-    # transaction may take as long as the job may, and every job running at once (and a
-    # periodic one) has a connection without waiting for the pool.
-    engine = create_engine(
-        settings.model_copy(
-            update={
-                "db_statement_timeout": settings.jobs_timeout,
-                "db_idle_in_transaction_timeout": settings.jobs_timeout,
-                "db_pool_size": settings.jobs_concurrency + 1,
-                "db_max_overflow": 0,
-            }
-        )
-    )
+    engine = worker_engine(settings)
     sessions = create_session_factory(engine)
     driver = AsyncpgDriver(connection)
     worker = PgQueuer(driver)

@@ -7,23 +7,27 @@ dedupe keys of its own and deletes its rows afterwards."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from functools import partial
+from types import SimpleNamespace
 from typing import Any, cast
 
 import pgqueuer
 import pytest
 import structlog
+from pgqueuer import Job
 from pgqueuer.models import Schedule
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.core.config import Settings
+from app.core.db import create_session_factory
 from app.core.jobs import metrics
 from app.core.jobs.cleanup import register_cleanup
 from app.core.jobs.enqueue import enqueue
-from app.core.jobs.worker import Jobs, _periodic, build_worker
+from app.core.jobs.worker import Jobs, _periodic, _transactional, build_worker, worker_engine
 from tests.conftest import with_overrides
 from tests.core.jobs.conftest import last_error
 
@@ -132,6 +136,41 @@ async def test_a_job_past_its_timeout_fails_and_is_retried_with_the_worker_s_own
     assert runs(job_name) == {"success": 1, "retry": 1, "failed": 0}
     retried = [line["error"] for line in logged if line["event"] == "job failed, retrying"]
     assert [error.split(":")[0] for error in retried] == ["TimeoutError"]
+
+
+async def test_a_cut_run_s_statement_ends_on_the_server_too(
+    engine: AsyncEngine, settings: Settings
+) -> None:
+    """Cut at JOBS_TIMEOUT, a run drops its connection; Postgres must not go on running
+    its statement (and holding its locks) until the statement timeout."""
+    limits = with_overrides(settings, jobs_timeout=3.0)
+    worker_db = worker_engine(limits)
+
+    async def slow(session: AsyncSession, payload: dict[str, Any]) -> None:
+        await asyncio.sleep(2.5)
+        # Started 0.5 s before the cut: its statement timeout would end it 2.5 s after.
+        await session.execute(text("SELECT pg_sleep(30) /* cut-run-probe */"))
+
+    run = _transactional(create_session_factory(worker_db), slow, limits.jobs_timeout)
+    started = time.monotonic()
+    try:
+        with pytest.raises(TimeoutError):
+            await run(cast("Job", SimpleNamespace(payload=None)))
+        running = 1
+        while running and time.monotonic() - started < 6:
+            async with engine.connect() as connection:
+                running = int(await connection.scalar(RUNNING_PROBE) or 0)
+            await asyncio.sleep(0.1)
+        assert running == 0
+        assert time.monotonic() - started < 5  # the cut at 3 s, then a check a second
+    finally:
+        await worker_db.dispose()
+
+
+RUNNING_PROBE = text(
+    "SELECT count(*) FROM pg_stat_activity WHERE state = 'active'"
+    " AND query LIKE '%cut-run-probe%' AND pid <> pg_backend_pid()"
+)
 
 
 async def test_a_failing_periodic_job_is_measured(
