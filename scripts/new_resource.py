@@ -10,6 +10,7 @@ host, before any image.
 from __future__ import annotations
 
 import argparse
+import ast
 import keyword
 import re
 import secrets
@@ -26,6 +27,11 @@ NAME_PATTERN = re.compile(r"^[a-z][a-z0-9]*(_[a-z0-9]+)*$")
 NAME_MAX_LENGTH = 16
 # Names the template itself uses for something else.
 RESERVED = {"app", "core", "main", "tests", "alembic", "scripts", "migrations"}
+# Plurals whose singular is not the name without its s (category, address, box, batch,
+# wish): asked for rather than guessed.
+ASK_FOR_SINGULAR = re.compile(r"(ies|sses|xes|ches|shes)$")
+# Words that start with a vowel letter and a consonant sound: "a user", "a unit".
+_CONSONANT_SOUND = ("uni", "use", "usu", "uti", "ure", "eu", "one")
 
 # Template -> where it goes; "{name}" is the resource's plural.
 FILES = {
@@ -50,7 +56,8 @@ class Names:
 
     def substitutions(self) -> dict[str, str]:
         words = self.singular.replace("_", " ")  # order line
-        article = "an" if words[0] in "aeiou" else "a"  # an order line, a widget
+        vowel = words[0] in "aeiou" and not words.startswith(_CONSONANT_SOUND)
+        article = "an" if vowel else "a"  # an order line, a widget, a user
         return {
             "plural": self.plural,
             "singular": self.singular,
@@ -79,12 +86,25 @@ def check_names(root: Path, plural: str, singular: str | None) -> Names:
                 f"{plural!r}: the name is a plural ending in s; otherwise give the singular"
                 " (singular=… with make, --singular with the script)"
             )
+        if ASK_FOR_SINGULAR.search(plural):
+            raise ScaffoldError(
+                f"{plural!r}: give its singular (singular=… with make, --singular with the"
+                f" script): it is not always {plural.removesuffix('s')!r}"
+            )
         singular = plural.removesuffix("s")
     if not NAME_PATTERN.match(singular) or singular == plural:
         raise ScaffoldError(f"singular {singular!r}: a lowercase identifier other than {plural!r}")
     for name in (plural, singular):
         if keyword.iskeyword(name) or name in RESERVED:
             raise ScaffoldError(f"{name!r} is reserved; choose another name")
+    # The singular names the generated code's variables (the plural never stands alone).
+    if singular in names_in_templates():
+        raise ScaffoldError(
+            f"singular {singular!r} is a name the generated code uses for something else"
+            " (a variable, a parameter, a module): choose another name, or give a singular"
+        )
+    if table := existing_table(root, plural):
+        raise ScaffoldError(f"{plural!r} is a table already ({table}); choose another name")
     taken = [
         path.relative_to(root).as_posix()
         for path in (root / "app" / plural, root / "app" / f"{plural}.py", root / "tests" / plural)
@@ -93,6 +113,38 @@ def check_names(root: Path, plural: str, singular: str | None) -> Names:
     if taken:
         raise ScaffoldError(f"{plural!r} exists already: {', '.join(taken)}")
     return Names(plural, singular)
+
+
+def names_in_templates() -> set[str]:
+    """Every identifier the generated modules use besides the resource's own: a resource
+    named like one would shadow it (`session = Session(...); session.add(session)`)."""
+    dummy = Names("zzplurals", "zzsingular")
+    found: set[str] = set()
+    for template in FILES:
+        source = Template((TEMPLATES / template).read_text(encoding="utf-8"))
+        for node in ast.walk(ast.parse(source.substitute(dummy.substitutions()))):
+            if isinstance(node, ast.Name):
+                found.add(node.id)
+            elif isinstance(node, ast.arg):
+                found.add(node.arg)
+            elif isinstance(node, ast.alias):
+                found.add((node.asname or node.name).split(".")[0])
+            elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                found.add(node.name)
+    return {name for name in found if "zz" not in name.lower()}
+
+
+def existing_table(root: Path, plural: str) -> str | None:
+    """The migration that creates a table named `plural`, if one does (core's api_keys,
+    the job queue's pgqueuer…): the new model's table would clash with it."""
+    creates = re.compile(
+        rf"create_table\(\s*[\"']{plural}[\"']|CREATE TABLE (IF NOT EXISTS )?{plural}\b",
+        re.IGNORECASE,
+    )
+    for path in sorted((root / "alembic" / "versions").glob("*.py")):
+        if creates.search(path.read_text(encoding="utf-8")):
+            return path.name
+    return None
 
 
 def render(template: str, names: Names, **extra: str) -> str:

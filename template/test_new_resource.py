@@ -28,6 +28,8 @@ def checkout(tmp_path: Path) -> Path:
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / name, tmp_path / name)
     shutil.copytree(ROOT / "alembic" / "versions", tmp_path / "alembic" / "versions")
+    # What the generated modules import from, so ruff sorts those imports as first-party.
+    shutil.copytree(ROOT / "app" / "core", tmp_path / "app" / "core")
     for package in ("app/items", "tests/items"):
         (tmp_path / package).mkdir(parents=True)
     return tmp_path
@@ -45,6 +47,10 @@ def checkout(tmp_path: Path) -> Path:
         ("classes", "class"),  # a keyword
         ("probes", "probes"),
         ("probes", "Probe"),
+        ("sessions", None),  # the singular would shadow the code's own `session`
+        ("probe_categories", None),  # not "probe_categorie": give the singular
+        ("probe_addresses", None),
+        ("api_keys", None),  # core's table (only the migrations say so)
     ],
 )
 def test_bad_names_are_refused_and_write_nothing(
@@ -54,6 +60,11 @@ def test_bad_names_are_refused_and_write_nothing(
     with pytest.raises(ScaffoldError):
         scaffold(checkout, name, singular, NOW)
     assert sorted(checkout.rglob("*")) == before
+
+
+def test_the_article_follows_the_sound(checkout: Path) -> None:
+    assert new_resource.Names("users", "user").substitutions()["A_words"] == "A user"
+    assert new_resource.Names("orders", "order").substitutions()["a_words"] == "an order"
 
 
 def test_singular_is_the_name_without_its_s_unless_given(checkout: Path) -> None:
@@ -89,9 +100,12 @@ def test_main_and_the_contract_are_wired_once(checkout: Path) -> None:
     pyproject = (checkout / "pyproject.toml").read_text()
     assert '    "app.probes",\n' in pyproject
     assert '    "tests.probes",\n' in pyproject
-    # Deleting the package but not its wiring: refused rather than wired twice.
+    # Deleting the package (and its migration) but not its wiring: refused rather than
+    # wired twice.
     shutil.rmtree(checkout / "app/probes")
     shutil.rmtree(checkout / "tests/probes")
+    for migration in (checkout / "alembic" / "versions").glob("*_create_probes.py"):
+        migration.unlink()
     with pytest.raises(ScaffoldError, match=r"imports app\.probes already"):
         scaffold(checkout, "probes", None, NOW)
 
