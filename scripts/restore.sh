@@ -60,9 +60,10 @@ if "${COMPOSE[@]}" run --rm --no-deps --entrypoint test backup -s /var/lib/postg
           break
         fi
         log "FAILED: WAL up to $segment not archived after ${ARCHIVE_WAIT}s (the db's log says why):" >&2
-        log "a restore now would lose the writes in it. Nothing was changed: make prod-up serves" >&2
-        log "again. Fix the archive (docs/backups.md), or restore anyway: FORCE=1 make restore" >&2
-        exit 1
+        log "a restore now would lose the writes in it. Fix the archive (docs/backups.md), or" >&2
+        log "restore anyway: FORCE=1 make restore" >&2
+        "${COMPOSE[@]}" logs --no-color --tail 20 db backup >&2 || true
+        serve_again
       fi
       sleep 0.5
     done
