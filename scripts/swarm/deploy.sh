@@ -14,7 +14,7 @@
 # ${STACK}_app_db_password (the api role's), ${STACK}_database_url (the api's, as app),
 # ${STACK}_migrate_database_url (the migrations', as app_owner) and ${STACK}_backup_conf
 # (pgBackRest's secret options). Settings: STACK (pyproject.toml's name),
-# DOMAIN (:80, plain HTTP), HTTP_PORT (80), HTTPS_PORT (443), API_REPLICAS (2), WORKER_REPLICAS (1),
+# DOMAIN (required: the API's host name, or :80 for plain HTTP), HTTP_PORT (80), HTTPS_PORT (443), API_REPLICAS (2), WORKER_REPLICAS (1),
 # LOG_LEVEL (INFO), MAX_BODY_SIZE (1048576: the proxy's 413 above it),
 # DB_IMAGE and BACKUP_IMAGE (<name>-postgres:17 and <name>-backup:17: deploy/backup/Dockerfile's
 # two targets, pushed where the db's node pulls from), the BACKUP_* settings (docs/backups.md),
@@ -25,6 +25,9 @@ set -euo pipefail
 cd "$(dirname "$0")/../../deploy/swarm"
 
 IMAGE=${1:?usage: deploy.sh IMAGE}
+# Required, not defaulted: an upgrade run without it would switch production to plain HTTP.
+: "${DOMAIN:?deploy: set DOMAIN, the API's host name (api.example.com), or :80 for plain HTTP}"
+export DOMAIN
 name=${SERVICE_NAME:-$(sed -n 's/^name = "\(.*\)"$/\1/p' ../../pyproject.toml | head -n 1)}
 export STACK=${STACK:-$name}
 export DB_IMAGE=${DB_IMAGE:-$name-postgres:17} BACKUP_IMAGE=${BACKUP_IMAGE:-$name-backup:17}
