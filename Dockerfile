@@ -4,6 +4,9 @@
 # stage gets that virtualenv and the app's code, and nothing else (no compiler,
 # no uv, no tests). Development uses Dockerfile.dev instead.
 
+# uv as a stage of its own: Dependabot updates FROM lines, not `COPY --from=<image>`.
+FROM ghcr.io/astral-sh/uv:0.13.9 AS uv
+
 FROM python:3.13-slim-trixie AS builder
 
 # binutils for `strip`: some wheels (uvloop, asyncpg) ship their extensions with
@@ -13,7 +16,7 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends binutils \
  && rm -rf /var/lib/apt/lists/*
 
-COPY --from=ghcr.io/astral-sh/uv:0.13.9 /uv /bin/uv
+COPY --from=uv /uv /bin/uv
 
 ENV UV_COMPILE_BYTECODE=1 \
     UV_LINK_MODE=copy \
@@ -30,10 +33,14 @@ RUN --mount=type=cache,target=/root/.cache/uv \
 
 FROM python:3.13-slim-trixie AS runtime
 
-# A fixed uid/gid, so volume permissions and policies can name it.
+# A fixed uid/gid, so volume permissions and policies can name it. No way up from it
+# where no-new-privileges is not set (Swarm cannot set it): no setuid or setgid
+# programs (su, mount, passwd...). No pip: nothing is installed at run time.
 RUN groupadd --system --gid 10001 app \
  && useradd --system --uid 10001 --gid app --no-create-home --home-dir /nonexistent \
-    --shell /usr/sbin/nologin app
+    --shell /usr/sbin/nologin app \
+ && find / -xdev -perm /6000 -type f -exec chmod a-s {} + \
+ && rm -rf /usr/local/bin/pip* /usr/local/lib/python3*/site-packages/pip*
 
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \

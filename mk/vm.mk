@@ -1,6 +1,9 @@
 # Deploying to one VM: the production stack (docker-compose.prod.yml), with its settings in .env:
 # the same file a plain `docker compose -f docker-compose.prod.yml up -d` reads.
 PROD := docker compose -f docker-compose.prod.yml
+# .env holds the database passwords and the backups' keys: no one else on the VM may read it.
+ENV_PRIVATE = @[ -z "$$(find .env -perm /077 2>/dev/null)" ] || \
+  echo "warning: .env can be read by other users of this machine: chmod 600 .env" >&2
 
 ##@ Deploy to a VM
 .PHONY: prod-up
@@ -9,6 +12,7 @@ PROD := docker compose -f docker-compose.prod.yml
 # restarting or starting again. A bad setting is named there; Compose only says a
 # dependency failed.
 prod-up: .env ## Build and start the production stack (docker-compose.prod.yml, settings in .env)
+	$(ENV_PRIVATE)
 	@$(PROD) up --build --detach --wait || { status=$$?; \
 	  failed=$$($(PROD) ps -a --format '{{.Service}} {{.State}} {{.ExitCode}} {{.Health}}' | \
 	    awk '$$2 != "created" && !($$2 == "running" && ($$4 == "healthy" || $$4 == "")) && !($$2 == "exited" && $$3 == 0) {print $$1}'); \
@@ -20,6 +24,7 @@ prod-up: .env ## Build and start the production stack (docker-compose.prod.yml, 
 
 .PHONY: deploy
 deploy: .env ## Roll the api to a new build with no failed request (`make deploy pull=1`: pull API_IMAGE)
+	$(ENV_PRIVATE)
 	scripts/deploy.sh $(if $(pull),--pull)
 
 .PHONY: prod-down
