@@ -2,8 +2,8 @@
 
 PgQueuer's schema (app/core/jobs/), as `pgq sql install` printed it for pgqueuer 1.6.0,
 kept verbatim here so this migration never changes with the package. After upgrading
-pgqueuer, `pgq upgrade --plan` against a migrated database shows what a new migration
-must add.
+pgqueuer, tests/migrations/test_job_queue_schema.py fails if the new release changes the
+schema, and prints the statements a new migration must run.
 
 Revision ID: 3b8f5c1e9d20
 Revises: 9e4b2d7f1a3c
