@@ -14,7 +14,7 @@
 # ${STACK}_app_db_password (the api role's), ${STACK}_database_url (the api's, as app),
 # ${STACK}_migrate_database_url (the migrations', as app_owner) and ${STACK}_backup_conf
 # (pgBackRest's secret options). Settings: STACK (pyproject.toml's name),
-# DOMAIN (required: the API's host name, or :80 for plain HTTP), HTTP_PORT (80), HTTPS_PORT (443), API_REPLICAS (2), WORKER_REPLICAS (1),
+# DOMAIN (required: the API's host name, or :80 for plain HTTP), EDGE_SUBNET, HTTP_PORT (80), HTTPS_PORT (443), API_REPLICAS (2), WORKER_REPLICAS (1),
 # LOG_LEVEL (INFO), MAX_BODY_SIZE (1048576: the proxy's 413 above it),
 # DB_IMAGE and BACKUP_IMAGE (<name>-postgres:17 and <name>-backup:17: deploy/backup/Dockerfile's
 # two targets, pushed where the db's node pulls from), the BACKUP_* settings (docs/backups.md),

@@ -106,7 +106,7 @@ wait_job "${STACK}_migrate"
 log "emptying the cache: it holds rows the restore took back"
 docker service rm "$flush" >/dev/null 2>&1 || true
 docker service create --quiet --detach --name "$flush" --mode replicated-job \
-  --restart-condition none --no-healthcheck --no-resolve-image --network "${STACK}_backend" \
+  --restart-condition none --no-healthcheck --no-resolve-image --network "${STACK}_cache" \
   "$(inspect '{{.Spec.TaskTemplate.ContainerSpec.Image}}' redis)" \
   timeout 10 redis-cli -h redis FLUSHDB >/dev/null
 if ! (TIMEOUT=60 wait_job "$flush") 2>/dev/null; then
