@@ -32,6 +32,13 @@ name=${SERVICE_NAME:-$(sed -n 's/^name = "\(.*\)"$/\1/p' ../../pyproject.toml | 
 export STACK=${STACK:-$name}
 export DB_IMAGE=${DB_IMAGE:-$name-postgres:17} BACKUP_IMAGE=${BACKUP_IMAGE:-$name-backup:17}
 export API_REPLICAS=${API_REPLICAS:-2} WORKER_REPLICAS=${WORKER_REPLICAS:-1}
+# A stack's networks are made once: an existing edge overlay keeps its subnet, which is
+# the one the api must trust for X-Forwarded-* (a stack made before EDGE_SUBNET existed).
+if [ -z "${EDGE_SUBNET:-}" ]; then
+  EDGE_SUBNET=$(docker network inspect -f '{{range .IPAM.Config}}{{.Subnet}} {{end}}' \
+    "${STACK}_edge" 2>/dev/null | awk '{print $1}')
+  export EDGE_SUBNET=${EDGE_SUBNET:-10.250.10.0/24}
+fi
 export CADDYFILE_DIGEST POSTGRES_INIT_DIGEST
 CADDYFILE_DIGEST=$(sha256sum Caddyfile | cut -c1-12)
 POSTGRES_INIT_DIGEST=$(cat 05-app-password.sh ../postgres/10-roles.sql | sha256sum | cut -c1-12)
