@@ -32,9 +32,11 @@ TEST := docker compose -p $(PROJECT)-test -f docker-compose.test.yml
 # The Python scripts outside the mypy `files` of pyproject.toml, checked the same way
 # (k8s_*.py run in a venv of their own: make k8s-validate). One module name per run.
 MYPY_SCRIPTS := $(filter-out scripts/k8s_%,$(wildcard scripts/*.py)) deploy/backup/pgbackup.py
+SHELL_SCRIPTS := $(wildcard scripts/*.sh scripts/*/*.sh deploy/*/*.sh template/*.sh .ci/run)
 LINT := status=0; \
 	for check in "ruff check ." "ruff format --check ." "mypy" "mypy $(MYPY_SCRIPTS)" "mypy bench/floors.py" "mypy bench/unauthenticated.py" "mypy bench/jobs.py" \
-	  "hadolint Dockerfile Dockerfile.dev" "python -m scripts.check_settings" "lint-imports --no-cache"; do \
+	  "hadolint Dockerfile Dockerfile.dev" "shellcheck --severity=warning $(SHELL_SCRIPTS)" \
+	  "python -m scripts.check_settings" "lint-imports --no-cache"; do \
 	  echo "--- $$check"; $$check || { status=1; failed="$$failed\n  $$check"; }; \
 	done; \
 	if [ $$status -ne 0 ]; then printf "\nFailed:$$failed\n"; else echo "--- all checks passed"; fi; exit $$status
@@ -114,7 +116,7 @@ test: ## Run the tests with coverage in a throw-away stack of their own
 	$(TEST) run --rm tests; status=$$?; $(TEST) down --volumes --remove-orphans >/dev/null 2>&1; exit $$status
 
 .PHONY: lint
-lint: ## Run every checker (ruff, ruff format, mypy --strict, hadolint), then fail if any failed
+lint: ## Run every checker (ruff, ruff format, mypy --strict, hadolint, shellcheck), then fail if any failed
 	$(DEV) run --rm --no-deps --build api sh -c '$(LINT)'
 
 .PHONY: pytest

@@ -26,7 +26,7 @@ cd "$(dirname "$0")/../../deploy/swarm"
 
 IMAGE=${1:?usage: deploy.sh IMAGE}
 # Required, not defaulted: an upgrade run without it would switch production to plain HTTP.
-: "${DOMAIN:?deploy: set DOMAIN, the API's host name (api.example.com), or :80 for plain HTTP}"
+: "${DOMAIN:?deploy: set DOMAIN to the host name of the API, or to :80 for plain HTTP}"
 export DOMAIN
 name=${SERVICE_NAME:-$(sed -n 's/^name = "\(.*\)"$/\1/p' ../../pyproject.toml | head -n 1)}
 export STACK=${STACK:-$name}
