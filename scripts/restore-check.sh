@@ -217,9 +217,12 @@ log "Postgres killed, volume intact: $kept of $acked_before_kill acknowledged wr
 
 # Refused restores change nothing and leave the stack serving: a time pgBackRest cannot
 # read (before anything stops), and one before the oldest backup (after).
-for refused in "yesterday" "2000-01-01 00:00:00+00"; do
+for refused in "yesterday|not a time pgBackRest reads" "2000-01-01 00:00:00+00|no backup reaches"; do
+  reason=${refused#*|} refused=${refused%%|*}
   ! scripts/restore.sh "$refused" >"$WORK/restore-refused.log" 2>&1 ||
     fail "restore to '$refused' did not fail"
+  grep -q "$reason" "$WORK/restore-refused.log" ||
+    { cat "$WORK/restore-refused.log" >&2; fail "restore to '$refused' was refused, but not because '$reason'"; }
   code=$(curl -sS -o /dev/null -w '%{http_code}' --max-time 10 -H "X-API-Key: $API_KEY" "$BASE/api/v1/items?limit=1") || code=000
   [ "$code" = 200 ] || { cat "$WORK/restore-refused.log" >&2; fail "after a refused restore to '$refused' the api answered $code"; }
 done

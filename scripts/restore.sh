@@ -14,7 +14,9 @@ COMPOSE=(docker compose -f docker-compose.prod.yml)
 log() { printf 'restore [%3ds] %s\n' "$SECONDS" "$*"; }
 psql_app() { "${COMPOSE[@]}" exec -T db psql -X -t -A -U postgres -d app -c "$1"; }
 db_running() { [ -n "$("${COMPOSE[@]}" ps -q --status running db)" ]; }
-ARCHIVE_WAIT=${ARCHIVE_WAIT:-60}
+# Past Postgres's own minute between archive attempts after three failures in a row,
+# and past a push that pgBackRest retries within its I/O timeout (a minute too).
+ARCHIVE_WAIT=${ARCHIVE_WAIT:-120}
 
 # The stack as it was, after a step that changed nothing failed.
 serve_again() {
@@ -52,18 +54,27 @@ if "${COMPOSE[@]}" run --rm --no-deps --entrypoint test backup -s /var/lib/postg
     segment=$(psql_app "SELECT pg_walfile_name(pg_switch_wal())") ||
       { log "FAILED: could not switch the WAL (the db's log says why)" >&2; serve_again; }
     archived="SELECT coalesce(last_archived_wal >= '$segment', false) FROM pg_stat_archiver"
-    deadline=$((SECONDS + ARCHIVE_WAIT))
+    deadline=$((SECONDS + ARCHIVE_WAIT)) nudged=$SECONDS
     until [ "$(psql_app "$archived")" = t ]; do
       if [ "$SECONDS" -ge "$deadline" ]; then
         if [ "${FORCE:-}" = 1 ]; then
           log "WARNING: WAL up to $segment not archived; FORCE=1: restoring without it" >&2
           break
         fi
-        log "FAILED: WAL up to $segment not archived after ${ARCHIVE_WAIT}s (the db's log says why):" >&2
-        log "a restore now would lose the writes in it. Fix the archive (docs/backups.md), or" >&2
-        log "restore anyway: FORCE=1 make restore" >&2
+        log "FAILED: WAL up to $segment not archived after ${ARCHIVE_WAIT}s: $(psql_app \
+          "SELECT format('archived up to %s; %s failed attempts, the last for %s at %s', \
+          last_archived_wal, failed_count, last_failed_wal, last_failed_time) FROM pg_stat_archiver" \
+          2>/dev/null)" >&2
+        log "A restore now would lose the writes in it. Fix the archive (docs/backups.md; the" >&2
+        log "db's and backup's last lines are below), or restore anyway: FORCE=1 make restore" >&2
         "${COMPOSE[@]}" logs --no-color --tail 20 db backup >&2 || true
         serve_again
+      fi
+      # After three failed attempts in a row the archiver sleeps a minute before the next:
+      # a configuration reload wakes it, so a fault that has cleared costs seconds.
+      if [ $((SECONDS - nudged)) -ge 5 ]; then
+        psql_app "SELECT pg_reload_conf()" >/dev/null 2>&1 || true
+        nudged=$SECONDS
       fi
       sleep 0.5
     done
