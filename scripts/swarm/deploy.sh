@@ -36,7 +36,7 @@ export API_REPLICAS=${API_REPLICAS:-2} WORKER_REPLICAS=${WORKER_REPLICAS:-1}
 # the one the api must trust for X-Forwarded-* (a stack made before EDGE_SUBNET existed).
 if [ -z "${EDGE_SUBNET:-}" ]; then
   EDGE_SUBNET=$(docker network inspect -f '{{range .IPAM.Config}}{{.Subnet}} {{end}}' \
-    "${STACK}_edge" 2>/dev/null | awk '{print $1}')
+    "${STACK}_edge" 2>/dev/null | awk '{print $1}') || true # none yet: a first deploy
   export EDGE_SUBNET=${EDGE_SUBNET:-10.250.10.0/24}
 fi
 export CADDYFILE_DIGEST POSTGRES_INIT_DIGEST
