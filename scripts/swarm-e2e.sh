@@ -204,6 +204,27 @@ auth=(-H "X-API-Key: $API_KEY")
   fail "an unauthenticated request was not refused with 401"
 log "auth: an API key made in an api task (docker exec); without it, 401"
 
+# X-Forwarded-* only from the edge overlay (EDGE_SUBNET, the proxy's): through the proxy,
+# the api logs the client; from a task on another network, not the address it claims.
+logged_client() { # logged_client REQUEST_ID: the client address of the api's access line
+  docker service logs --raw "${STACK}_api" 2>/dev/null | grep -F "\"request_id\":\"$1\"" |
+    sed -nE 's/.*"client": ?"([^"]*)".*/\1/p' | head -n 1
+}
+edge=$(docker network inspect -f '{{range .IPAM.Config}}{{.Subnet}}{{end}}' "${STACK}_edge")
+curl -sS -o /dev/null --max-time 5 -H "X-Request-ID: swarm-e2e-proxied-$$" "$BASE/openapi.json"
+worker_container=$(docker ps -q --filter "label=com.docker.swarm.service.name=${STACK}_worker" | head -1)
+[ -n "$worker_container" ] || fail "no container of ${STACK}_worker on this node"
+docker exec "$worker_container" python -c "import urllib.request as u; u.urlopen(u.Request('http://api:8000/openapi.json', \
+  headers={'X-Forwarded-For': '203.0.113.66', 'X-Request-ID': 'swarm-e2e-spoofed-$$'}), timeout=5)" ||
+  fail "the worker could not reach the api"
+sleep 2 # the logs reach the service's log stream
+proxied=$(logged_client "swarm-e2e-proxied-$$") spoofed=$(logged_client "swarm-e2e-spoofed-$$")
+[ -n "$proxied" ] && [ -n "$spoofed" ] || fail "no access line for the probes (proxied: '$proxied', spoofed: '$spoofed')"
+python3 -c 'import ipaddress, sys; sys.exit(ipaddress.ip_address(sys.argv[1]) in ipaddress.ip_network(sys.argv[2]))' \
+  "$proxied" "$edge" || fail "the api logged the proxy ($proxied, in $edge) as the client"
+[ "$spoofed" != 203.0.113.66 ] || fail "the api trusted X-Forwarded-For from a task outside the edge overlay"
+log "forwarded headers trusted from the edge overlay ($edge) only: client $proxied through the proxy, $spoofed from the worker"
+
 # Least privilege as on the VM: the api's role reads and writes, and may not change the
 # schema; the tables belong to app_owner, which ran the migrations.
 db_container=$(docker ps -q --filter "label=com.docker.swarm.service.name=${STACK}_db" | head -1)
