@@ -7,7 +7,8 @@ Prints one line per finding and exits 1 if there is any. A schema validator says
 manifest is well-formed; this says it is safe to run: every container has resources,
 the hardened security context and (if long-running) its probes; the grace period
 covers the drain; the image is pinned; every Deployment has a PDB and a
-NetworkPolicy. scripts/k8s_validate.py runs it, and proves each rule can fail.
+NetworkPolicy; the Ingress is served on HTTPS only. scripts/k8s_validate.py runs it,
+and proves each rule can fail.
 """
 
 from __future__ import annotations
@@ -260,6 +261,19 @@ def check_network_policy(doc: Manifest) -> Iterator[Finding]:
                 )
 
 
+# Traefik routes an Ingress on every entrypoint unless told: plain HTTP's `web` too.
+HTTPS_ONLY = {"traefik.ingress.kubernetes.io/router.entrypoints": "websecure"}
+
+
+def check_ingress(doc: Manifest) -> Iterator[Finding]:
+    if _get(doc, "spec.ingressClassName") != "traefik":
+        return
+    annotations = _get(doc, "metadata.annotations") or {}
+    for key, value in HTTPS_ONLY.items():
+        if annotations.get(key) != value:
+            yield Finding("https", _name(doc), f"{key} is not {value}: served on plain HTTP too")
+
+
 def check(docs: list[Manifest]) -> list[Finding]:
     """Every finding for a set of rendered manifests (one overlay's output)."""
     findings: list[Finding] = []
@@ -267,6 +281,8 @@ def check(docs: list[Manifest]) -> list[Finding]:
         findings.extend(check_workload(doc, docs))
         if doc["kind"] == "NetworkPolicy":
             findings.extend(check_network_policy(doc))
+        if doc["kind"] == "Ingress":
+            findings.extend(check_ingress(doc))
     return findings
 
 

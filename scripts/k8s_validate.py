@@ -236,6 +236,13 @@ POLICY_CASES: list[tuple[str, Mutation, str]] = [
     ("no NetworkPolicy on ingress", lambda d: _drop_policies(d, "Ingress"), "coverage"),
     ("no NetworkPolicy on egress", lambda d: _drop_policies(d, "Egress"), "coverage"),
     (
+        "an Ingress on plain HTTP too",
+        lambda d: _find(d, "Ingress")["metadata"]["annotations"].pop(
+            "traefik.ingress.kubernetes.io/router.entrypoints"
+        ),
+        "https",
+    ),
+    (
         "placeholder Postgres address left",
         lambda d: _find(d, "NetworkPolicy", "app-to-postgres")["spec"]["egress"][1]["to"][0][
             "ipBlock"
