@@ -7,8 +7,8 @@ swarm-e2e: ## Deploy the Swarm stack, check its backups, roll it out and back un
 	NODES=$(NODES) scripts/swarm-e2e.sh
 
 .PHONY: swarm-deploy
-swarm-deploy: ## Deploy or upgrade the Swarm stack: make swarm-deploy IMAGE=registry/my-service:1.4.0
-	@test -n "$$IMAGE" || { echo 'usage: make swarm-deploy IMAGE=registry/$(SERVICE_NAME):TAG' >&2; exit 2; }
+swarm-deploy: ## Deploy or upgrade the Swarm stack: DOMAIN=api.example.com make swarm-deploy IMAGE=registry/my-service:1.4.0
+	@test -n "$$IMAGE" || { echo 'usage: DOMAIN=api.example.com make swarm-deploy IMAGE=registry/$(SERVICE_NAME):TAG' >&2; exit 2; }
 	scripts/swarm/deploy.sh "$$IMAGE"
 
 .PHONY: swarm-restore

@@ -32,13 +32,18 @@ name=${SERVICE_NAME:-$(sed -n 's/^name = "\(.*\)"$/\1/p' ../../pyproject.toml | 
 export STACK=${STACK:-$name}
 export DB_IMAGE=${DB_IMAGE:-$name-postgres:17} BACKUP_IMAGE=${BACKUP_IMAGE:-$name-backup:17}
 export API_REPLICAS=${API_REPLICAS:-2} WORKER_REPLICAS=${WORKER_REPLICAS:-1}
-# A stack's networks are made once: an existing edge overlay keeps its subnet, which is
-# the one the api must trust for X-Forwarded-* (a stack made before EDGE_SUBNET existed).
-if [ -z "${EDGE_SUBNET:-}" ]; then
-  EDGE_SUBNET=$(docker network inspect -f '{{range .IPAM.Config}}{{.Subnet}} {{end}}' \
-    "${STACK}_edge" 2>/dev/null | awk '{print $1}') || true # none yet: a first deploy
-  export EDGE_SUBNET=${EDGE_SUBNET:-10.250.10.0/24}
+# A stack's networks are made once, and `docker stack deploy` leaves an existing one as it
+# is: its edge overlay's subnet is the one the api must trust for X-Forwarded-* (a stack
+# made before EDGE_SUBNET existed has another). Trusting any other would make every
+# client look like the proxy, one address for the per-address limits.
+edge=$(docker network inspect -f '{{range .IPAM.Config}}{{.Subnet}} {{end}}' \
+  "${STACK}_edge" 2>/dev/null | awk '{print $1}') || true # none yet: a first deploy
+if [ -n "$edge" ] && [ -n "${EDGE_SUBNET:-}" ] && [ "$edge" != "$EDGE_SUBNET" ]; then
+  echo "deploy: EDGE_SUBNET=$EDGE_SUBNET, but ${STACK}_edge exists with $edge, and a deploy" \
+    "cannot change it: unset EDGE_SUBNET, or remove the stack first" >&2
+  exit 1
 fi
+export EDGE_SUBNET=${edge:-${EDGE_SUBNET:-10.250.10.0/24}}
 export CADDYFILE_DIGEST POSTGRES_INIT_DIGEST
 CADDYFILE_DIGEST=$(sha256sum Caddyfile | cut -c1-12)
 POSTGRES_INIT_DIGEST=$(cat 05-app-password.sh ../postgres/10-roles.sql | sha256sum | cut -c1-12)

@@ -105,11 +105,15 @@ wait_job "${STACK}_migrate"
 
 log "emptying the cache: it holds rows the restore took back"
 docker service rm "$flush" >/dev/null 2>&1 || true
-docker service create --quiet --detach --name "$flush" --mode replicated-job \
-  --restart-condition none --no-healthcheck --no-resolve-image --network "${STACK}_cache" \
+# On Redis's own network(s), whatever the stack's version named them.
+networks=()
+for network in $(inspect '{{range .Spec.TaskTemplate.Networks}}{{.Target}} {{end}}' redis); do
+  networks+=(--network "$network")
+done
+if ! docker service create --quiet --detach --name "$flush" --mode replicated-job \
+  --restart-condition none --no-healthcheck --no-resolve-image "${networks[@]}" \
   "$(inspect '{{.Spec.TaskTemplate.ContainerSpec.Image}}' redis)" \
-  timeout 10 redis-cli -h redis FLUSHDB >/dev/null
-if ! (TIMEOUT=60 wait_job "$flush") 2>/dev/null; then
+  timeout 10 redis-cli -h redis FLUSHDB >/dev/null || ! (TIMEOUT=60 wait_job "$flush") 2>/dev/null; then
   log "WARNING: redis did not answer: the cache may serve rows from before the restore until" >&2
   log "they expire (CACHE_TTL_SECONDS); empty it once redis is back (redis-cli FLUSHDB)" >&2
 fi
