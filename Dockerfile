@@ -40,7 +40,8 @@ RUN groupadd --system --gid 10001 app \
  && useradd --system --uid 10001 --gid app --no-create-home --home-dir /nonexistent \
     --shell /usr/sbin/nologin app \
  && find / -xdev -perm /6000 -type f -exec chmod a-s {} + \
- && rm -rf /usr/local/bin/pip* /usr/local/lib/python3*/site-packages/pip*
+ && rm -rf /usr/local/bin/pip* /usr/local/lib/python3*/site-packages/pip* \
+    /usr/local/lib/python3*/ensurepip
 
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \

@@ -2,7 +2,7 @@
 # the same file a plain `docker compose -f docker-compose.prod.yml up -d` reads.
 PROD := docker compose -f docker-compose.prod.yml
 # .env holds the database passwords and the backups' keys: no one else on the VM may read it.
-ENV_PRIVATE = @[ -z "$$(find .env -perm /077 2>/dev/null)" ] || \
+ENV_PRIVATE = @[ -z "$$(find -L .env -perm /077 2>/dev/null)" ] || \
   echo "warning: .env can be read by other users of this machine: chmod 600 .env" >&2
 
 ##@ Deploy to a VM

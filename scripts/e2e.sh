@@ -280,9 +280,11 @@ api=$("${COMPOSE[@]}" ps -q api-a)
 if docker exec "$api" sh -c 'touch /app/written 2>/dev/null || touch /written 2>/dev/null'; then
   fail "api could write to its root filesystem" api
 fi
-escalators=$(docker exec "$api" find / -xdev -perm /6000 -type f 2>/dev/null) || true
+# As root, so that no directory is hidden from the search.
+escalators=$(docker exec -u 0 "$api" find / -xdev -perm /6000 -type f 2>/dev/null) || true
 [ -z "$escalators" ] || fail "the api image has setuid or setgid programs: $escalators" api
-log "api runs as uid 10001 on a read-only root filesystem, with no setuid or setgid program"
+if docker exec "$api" python -c 'import pip' 2>/dev/null; then fail "the api image has pip" api; fi
+log "api runs as uid 10001 on a read-only root filesystem, with no setuid or setgid program, no pip"
 
 # Only the proxy is trusted for X-Forwarded-*: the api logs the real client, not the proxy.
 proxy_ip=$(sed -nE 's/^PROXY_IP=(.*)$/\1/p' "$ENV_FILE")
