@@ -54,7 +54,8 @@ if "${COMPOSE[@]}" run --rm --no-deps --entrypoint test backup -s /var/lib/postg
     segment=$(psql_app "SELECT pg_walfile_name(pg_switch_wal())") ||
       { log "FAILED: could not switch the WAL (the db's log says why)" >&2; serve_again; }
     archived="SELECT coalesce(last_archived_wal >= '$segment', false) FROM pg_stat_archiver"
-    deadline=$((SECONDS + ARCHIVE_WAIT)) nudged=$SECONDS
+    deadline=$((SECONDS + ARCHIVE_WAIT)) nudged=$SECONDS since=$(psql_app "SELECT now()")
+    failed_since="SELECT coalesce(last_failed_time >= '$since', false) FROM pg_stat_archiver"
     until [ "$(psql_app "$archived")" = t ]; do
       if [ "$SECONDS" -ge "$deadline" ]; then
         if [ "${FORCE:-}" = 1 ]; then
@@ -62,9 +63,8 @@ if "${COMPOSE[@]}" run --rm --no-deps --entrypoint test backup -s /var/lib/postg
           break
         fi
         log "FAILED: WAL up to $segment not archived after ${ARCHIVE_WAIT}s: $(psql_app \
-          "SELECT format('archived up to %s; %s failed attempts, the last for %s at %s', \
-          last_archived_wal, failed_count, last_failed_wal, last_failed_time) FROM pg_stat_archiver" \
-          2>/dev/null)" >&2
+          "SELECT format('archived up to %s; the last failed attempt: %s at %s', \
+          last_archived_wal, last_failed_wal, last_failed_time) FROM pg_stat_archiver" 2>/dev/null)" >&2
         log "A restore now would lose the writes in it. Fix the archive (docs/backups.md; the" >&2
         log "db's and backup's last lines are below), or restore anyway: FORCE=1 make restore" >&2
         "${COMPOSE[@]}" logs --no-color --tail 20 db backup >&2 || true
@@ -72,7 +72,7 @@ if "${COMPOSE[@]}" run --rm --no-deps --entrypoint test backup -s /var/lib/postg
       fi
       # After three failed attempts in a row the archiver sleeps a minute before the next:
       # a configuration reload wakes it, so a fault that has cleared costs seconds.
-      if [ $((SECONDS - nudged)) -ge 5 ]; then
+      if [ $((SECONDS - nudged)) -ge 5 ] && [ "$(psql_app "$failed_since")" = t ]; then
         psql_app "SELECT pg_reload_conf()" >/dev/null 2>&1 || true
         nudged=$SECONDS
       fi
