@@ -55,7 +55,7 @@ init: ## Write .env (fresh secrets, free ports); on the template, `make init nam
 	python3 scripts/init.py $(if $(name),--name "$$name")
 
 .PHONY: update
-update: ## Merge the template's changes since .template.toml's revision: make update [ref=v1.1.0] [from=URL]
+update: ## Merge the template's changes since .template.toml's revision: make update [ref=v1.2.0] [from=URL]
 	python3 scripts/update.py $(if $(ref),--ref "$$ref") $(if $(from),--from "$$from")
 
 ##@ Development stack
