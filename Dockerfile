@@ -4,7 +4,7 @@
 # stage gets that virtualenv and the app's code, and nothing else (no compiler,
 # no uv, no tests). Development uses Dockerfile.dev instead.
 
-# uv as a stage of its own: Dependabot updates FROM lines, not `COPY --from=<image>`.
+# uv as a stage of its own: Dependabot updates FROM lines, not an image a COPY names.
 FROM ghcr.io/astral-sh/uv:0.13.9 AS uv
 
 FROM python:3.13-slim-trixie AS builder
