@@ -53,7 +53,7 @@ async def test_liveness_passes_without_touching_dependencies(
 async def test_ready_passes_with_both_dependencies_up(
     make_client: AppClientMaker, settings: Settings
 ) -> None:
-    # Generous Redis timeouts: this checks the report, not the budget, and a busy
+    # Generous cache timeouts: this checks the report, not the budget, and a busy
     # machine can take over the default 100 ms to open the first connection.
     client = await make_client(
         with_overrides(settings, redis_connect_timeout=2, redis_socket_timeout=2)
