@@ -120,23 +120,39 @@ def is_examples_mark(decorator: ast.expr) -> bool:
     return ast.unparse(decorator) == "pytest.mark.examples"
 
 
+def names_used(tree: ast.Module) -> set[str]:
+    """Every name the code reads, string annotations included. Comments and docstrings
+    do not count: a word there is not a use."""
+    used: set[str] = set()
+    annotations: list[ast.expr] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name):
+            used.add(node.id)
+        elif isinstance(node, ast.arg | ast.AnnAssign) and node.annotation is not None:
+            annotations.append(node.annotation)
+        elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.returns:
+            annotations.append(node.returns)
+    for annotation in annotations:
+        for node in ast.walk(annotation):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                used |= names_used(ast.parse(node.value))
+    return used
+
+
 def unused_imports(tree: ast.Module, lines: list[str]) -> None:
-    """Drop the names a module imports but no longer uses (after tests were cut). A name
-    still written anywhere else, in a string annotation too, counts as used."""
+    """Drop the names a module imports but no longer uses (after tests were cut)."""
+    used = names_used(tree)
     imports = [s for s in tree.body if isinstance(s, ast.Import | ast.ImportFrom)]
-    spans = {n for s in imports for n in range(s.lineno - 1, s.end_lineno or s.lineno)}
-    rest = "".join(line for n, line in enumerate(lines) if n not in spans)
     for statement in reversed(imports):
-        if isinstance(statement, ast.ImportFrom) and statement.module == "__future__":
-            continue
+        start, end = statement.lineno - 1, statement.end_lineno or statement.lineno
+        future = isinstance(statement, ast.ImportFrom) and statement.module == "__future__"
+        if future or any("noqa: F401" in line for line in lines[start:end]):
+            continue  # kept for its side effect, as its noqa says
         kept = [
-            alias
-            for alias in statement.names
-            if re.search(rf"\b{re.escape((alias.asname or alias.name).split('.')[0])}\b", rest)
+            alias for alias in statement.names if (alias.asname or alias.name).split(".")[0] in used
         ]
         if len(kept) == len(statement.names):
             continue
-        start, end = statement.lineno - 1, statement.end_lineno or statement.lineno
         if isinstance(statement, ast.ImportFrom) and kept:
             names = ", ".join(ast.unparse(alias) for alias in kept)
             lines[start:end] = [f"from {'.' * statement.level}{statement.module} import {names}\n"]
