@@ -116,8 +116,6 @@ if [ "$REPO" = s3 ]; then
     fail "the backup service started with a bucket and no BACKUP_CIPHER_PASS"
   grep -q 'without BACKUP_CIPHER_PASS' <<<"$refusal" || fail "no refusal for a bucket without a passphrase: $refusal"
   log "a bucket without BACKUP_CIPHER_PASS is refused"
-fi
-if [ "$REPO" = s3 ]; then
   "${COMPOSE[@]}" up --detach --wait s3 >/dev/null 2>&1 || fail "the S3 server did not start"
   s3 "s3.create_bucket(Bucket='backups')" || fail "could not create the bucket"
 fi

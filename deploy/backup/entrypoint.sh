@@ -17,7 +17,7 @@ if [ "${PGBACKREST_REPO1_TYPE:-posix}" != posix ] && [ -z "${PGBACKREST_REPO1_CI
     "${PGBACKREST_CONFIG:-/etc/pgbackrest/pgbackrest.conf}"; then
   echo "refusing to start: BACKUP_REPO=${PGBACKREST_REPO1_TYPE} without BACKUP_CIPHER_PASS would" \
     "store every backup unencrypted: set it (docs/backups.md; on Swarm, repo1-cipher-pass" \
-    "in the backup_conf secret)" >&2
+    "in the backup_conf secret), or BACKUP_CIPHER_TYPE=none for a repository made unencrypted" >&2
   exit 78
 fi
 exec docker-entrypoint.sh "$@"
