@@ -1452,8 +1452,10 @@ class Bar:
 
 # Redis gone, every cached read becomes a Postgres read, and `make bench` holds cached
 # reads at >= 2x uncached ones: 0.5x is the most a healthy stack can keep, so the bar
-# sits below it. The calls made before the breaker opens each wait the 100 ms socket
-# timeout: the latency bar is that, plus what queues behind it.
+# sits below it. The calls made before the breaker opens each wait the 50 ms socket
+# timeout: the latency bar is that, plus what queues behind it. With 16 clients those
+# calls are about 1% of a short run's fault, so the p99 lands on them: the timeout, not
+# the bar, is what leaves room for a busy machine.
 REDIS_OPTIONAL = Bar(min_ratio=0.4, added_p99_ms=150, readiness="warn")
 DB_UNAVAILABLE = Bar(statuses=frozenset({200, 503}), settle_s=5, retry_after=True)
 

@@ -108,8 +108,11 @@ class Settings(LoggingSettings):
     db_lock_timeout: float = Field(default=1.0, gt=0)
     db_idle_in_transaction_timeout: float = Field(default=10.0, gt=0)
 
-    # Redis is a cache and a limiter: tens of milliseconds on a LAN, then it is skipped.
-    redis_socket_timeout: float = Field(default=0.1, gt=0)
+    # Redis is a cache and a limiter: a few milliseconds on a LAN, then it is skipped. A
+    # silent Redis (paused or hung: no reset) costs every request in flight this timeout
+    # before the breaker opens, so it stays well under what a cache miss costs in Postgres
+    # (docs/chaos.md, the redis-pause fault).
+    redis_socket_timeout: float = Field(default=0.05, gt=0)
     redis_connect_timeout: float = Field(default=0.1, gt=0)
     redis_max_connections: int = Field(default=64, ge=1)
     redis_breaker_failures: int = Field(default=3, ge=1)

@@ -88,6 +88,7 @@ class OptionalRedis:
         self._pending_deletes: dict[str, None] = {}  # an ordered set
         self._sending = asyncio.Lock()
         self._resender: asyncio.Task[None] | None = None
+        self._probe: asyncio.Task[object] | None = None  # the half-open probe (run)
         # Told the keys whose missed delete was just sent (the near cache announces them
         # again: a copy taken from Redis meanwhile must go too).
         self.on_resent: Callable[..., None] | None = None
@@ -111,8 +112,18 @@ class OptionalRedis:
 
     async def run[T](self, operation: Callable[[Redis], Awaitable[T]]) -> T | None:
         """Run `operation` on the client, or skip it (None) while the breaker is open."""
+        was_closed = self.breaker.state is BreakerState.CLOSED
         if not self.breaker.allow():
             return None
+        if not was_closed:
+            # This call would be the half-open probe. A request must not pay for it (a
+            # silent Redis costs the probe its full socket timeout, every cool-down, in
+            # each worker): the probe is a PING of its own, and this call skips Redis.
+            self._probe = asyncio.create_task(self._call(lambda redis: redis.ping()))
+            return None
+        return await self._call(operation)
+
+    async def _call[T](self, operation: Callable[[Redis], Awaitable[T]]) -> T | None:
         try:
             if self._deletes_due():
                 await self._send_waiting_deletes()
@@ -221,6 +232,8 @@ class OptionalRedis:
             self.on_resent(*keys)
 
     async def aclose(self) -> None:
+        if self._probe is not None:
+            self._probe.cancel()
         if self._resender is not None:
             self._resender.cancel()
             with contextlib.suppress(asyncio.CancelledError):
