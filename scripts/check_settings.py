@@ -1,12 +1,13 @@
-"""Part of `make lint`: every setting the app reads is documented in .env.example and
-passed through by docker-compose.yml, so `SETTING=… make up` and .env always work;
-and .env.example names no setting the app no longer reads."""
+"""Part of `make lint`: every setting the app reads is documented in .env.example, with
+its default, and passed through by docker-compose.yml, so `SETTING=… make up` and .env
+always work; and .env.example names no setting the app no longer reads."""
 
 from __future__ import annotations
 
 import re
 import sys
 from pathlib import Path
+from typing import Any
 
 from app.core.config import Settings
 
@@ -31,9 +32,31 @@ def main() -> None:
         f"{name}: not passed by docker-compose.yml (x-app environment)"
         for name in sorted(settings - passed - SET_BY_COMPOSE)
     ]
+    problems += [
+        f"{name}: .env.example says {value!r}, the default is {default!r}"
+        for name, value, default in example_defaults_differ(app_part, settings)
+    ]
     if problems:
         sys.exit("settings out of step:\n  " + "\n  ".join(problems))
-    print(f"settings: all {len(settings)} in .env.example and docker-compose.yml")
+    print(f"settings: all {len(settings)} in .env.example, with their defaults, and compose")
+
+
+def example_defaults_differ(app_part: str, settings: set[str]) -> list[tuple[str, str, Any]]:
+    """The settings whose value in .env.example is not their default, each read as the
+    app reads it (its own validators: a comma list). An empty value is the default (the
+    app ignores an empty variable)."""
+    values = dict(re.findall(r"^([A-Z0-9_]+)=(.*)$", app_part, re.MULTILINE))
+    required = {"database_url": values.get("DATABASE_URL", "")}  # no default to compare
+    differ = []
+    for name, value in values.items():
+        field = name.lower()
+        if name not in settings or field in required or not value:
+            continue
+        read = Settings(_env_file=None, _secrets_dir=None, **required, **{field: value})
+        default = Settings.model_fields[field].get_default(call_default_factory=True)
+        if getattr(read, field) != default:
+            differ.append((name, value, default))
+    return differ
 
 
 if __name__ == "__main__":
