@@ -34,7 +34,7 @@ TEST := docker compose -p $(PROJECT)-test -f docker-compose.test.yml
 MYPY_SCRIPTS := $(filter-out scripts/k8s_%,$(wildcard scripts/*.py)) deploy/backup/pgbackup.py
 SHELL_SCRIPTS := $(wildcard scripts/*.sh scripts/*/*.sh deploy/*/*.sh template/*.sh .ci/run)
 LINT := status=0; \
-	for check in "ruff check ." "ruff format --check ." "mypy" "mypy $(MYPY_SCRIPTS)" "mypy bench/floors.py" "mypy bench/unauthenticated.py" "mypy bench/jobs.py" \
+	for check in "ruff check ." "ruff format --check ." "mypy" "mypy $(MYPY_SCRIPTS)" "mypy bench/floors.py" "mypy bench/unauthenticated.py" "mypy bench/jobless.py" "mypy bench/jobs.py" \
 	  "hadolint Dockerfile Dockerfile.dev" "shellcheck --severity=warning $(SHELL_SCRIPTS)" \
 	  "python -m scripts.check_settings" "lint-imports --no-cache"; do \
 	  echo "--- $$check"; $$check || { status=1; failed="$$failed\n  $$check"; }; \

@@ -1,6 +1,6 @@
 """`python - N KEY < seed.py` in the app's container (Python, no curl): N items created
 through the HTTP API, whatever the app's schema becomes, with KEY (items:write); prints
-the first one's id.
+their ids, one a line.
 """
 
 from __future__ import annotations
@@ -39,4 +39,4 @@ if __name__ == "__main__":
     call(urllib.request.Request(f"{BASE}/health/ready"))  # noqa: S310  # Postgres and Redis answer
     with ThreadPoolExecutor(max_workers=8) as pool:
         ids = list(pool.map(create, range(int(sys.argv[1]))))
-    print(ids[0])
+    print("\n".join(ids))
