@@ -11,9 +11,10 @@ sets them for `make test`); the run's own database replaces the one named there.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import cast
@@ -135,6 +136,15 @@ async def settings(
         auth_audience=AUDIENCE,
     )
     await make_database.drop_all()
+
+
+async def until(condition: Callable[[], bool], seconds: float = 5.0) -> None:
+    """Wait for `condition()` to hold (polled); fail after `seconds`."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"still false after {seconds} s")
+        await asyncio.sleep(0.01)
 
 
 def with_overrides(settings: Settings, **changes: object) -> Settings:

@@ -21,7 +21,7 @@ from app.core.db import create_engine
 from app.core.metrics import UNMATCHED, publish_worker_gauges
 from app.core.redis import OptionalRedis, create_redis_client
 from app.core.state import EngineDep, RedisDep
-from tests.conftest import UNREACHABLE_REDIS, AppClientMaker, with_overrides
+from tests.conftest import UNREACHABLE_REDIS, AppClientMaker, until, with_overrides
 
 router = APIRouter(prefix="/metrics-probe")
 
@@ -205,10 +205,11 @@ async def test_breaker_state_and_openings(settings: Settings) -> None:
         assert state() == 0
         assert await down.run(lambda redis: redis.ping()) is None
         assert (state(), sample("redis_breaker_openings_total")) == (2, openings + 1)
-        now[0] = 10  # the cool-down is over: the next call is a probe
+        now[0] = 10  # the cool-down is over: the next call starts the probe, a PING
         assert state() == 1
+        assert await up.run(lambda redis: redis.ping()) is None
+        await until(lambda: state() == 0)
         assert await up.run(lambda redis: redis.ping()) is True
-        assert state() == 0
     finally:
         await down.aclose()
         await up.aclose()

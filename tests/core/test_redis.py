@@ -22,7 +22,7 @@ from app.core.redis import (
     RESEND_SECONDS,
     OptionalRedis,
 )
-from tests.conftest import UNREACHABLE_POSTGRES, UNREACHABLE_REDIS, with_overrides
+from tests.conftest import UNREACHABLE_POSTGRES, UNREACHABLE_REDIS, until, with_overrides
 
 
 @pytest.fixture
@@ -80,10 +80,35 @@ async def test_redis_down_is_skipped_and_comes_back(settings: Settings) -> None:
     live = OptionalRedis(Redis.from_url(str(settings.redis_url)), redis.breaker)
     await asyncio.sleep(0.15)
     assert await live.run(ping) is None
-    await asyncio.sleep(0.05)
-    assert live.state is BreakerState.CLOSED
+    await until(lambda: live.state is BreakerState.CLOSED)
     assert await live.run(ping) is True
     await live.aclose()
+
+
+async def test_no_request_waits_for_the_probe_of_a_silent_redis(
+    settings: Settings, silent_server: str
+) -> None:
+    """Once the cool-down is over, the call that finds it over starts the probe and
+    skips Redis: a paused Redis costs the probe its timeout, not a client's request."""
+    redis = OptionalRedis.from_settings(
+        with_overrides(
+            settings,
+            redis_url=silent_server,
+            redis_socket_timeout=0.5,
+            redis_breaker_failures=1,
+            redis_breaker_cooldown=0.1,
+        )
+    )
+    await timed_calls(redis, 1)  # a timeout: the breaker opens
+    states = [redis.state]
+    await asyncio.sleep(0.15)
+    durations = await timed_calls(redis, 3)  # the first starts the probe
+    assert all(d < 0.05 for d in durations), durations
+    states.append(redis.state)
+    assert states == [BreakerState.OPEN, BreakerState.HALF_OPEN]
+    # The probe times out on its own and opens the breaker again.
+    await until(lambda: redis.state is BreakerState.OPEN)
+    await redis.aclose()
 
 
 async def test_a_delete_redis_missed_happens_once_it_answers_again(
