@@ -120,22 +120,31 @@ def is_examples_mark(decorator: ast.expr) -> bool:
     return ast.unparse(decorator) == "pytest.mark.examples"
 
 
-def names_used(tree: ast.Module) -> set[str]:
-    """Every name the code reads, string annotations included. Comments and docstrings
-    do not count: a word there is not a use."""
+def names_used(tree: ast.AST) -> set[str]:
+    """Every name the code reads. A string that parses as an expression counts too
+    (string annotations, `cast("T", x)`, `__all__`, type aliases); a docstring or a
+    comment does not: a word there is not a use."""
+    docstrings = {
+        id(node.body[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+        and node.body
+        and isinstance(node.body[0], ast.Expr)
+        and isinstance(node.body[0].value, ast.Constant)
+    }
     used: set[str] = set()
-    annotations: list[ast.expr] = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Name):
             used.add(node.id)
-        elif isinstance(node, ast.arg | ast.AnnAssign) and node.annotation is not None:
-            annotations.append(node.annotation)
-        elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.returns:
-            annotations.append(node.returns)
-    for annotation in annotations:
-        for node in ast.walk(annotation):
-            if isinstance(node, ast.Constant) and isinstance(node.value, str):
-                used |= names_used(ast.parse(node.value))
+        elif (
+            isinstance(node, ast.Constant)
+            and isinstance(node.value, str)
+            and id(node) not in docstrings
+        ):
+            try:
+                used |= names_used(ast.parse(node.value.strip(), mode="eval"))
+            except (SyntaxError, ValueError):  # prose, or not text at all (a surrogate)
+                continue
     return used
 
 
