@@ -110,8 +110,8 @@ class Settings(LoggingSettings):
 
     # Redis is a cache and a limiter: a few milliseconds on a LAN, then it is skipped. A
     # silent Redis (paused or hung: no reset) costs every request in flight this timeout
-    # before the breaker opens, so it stays well under what a cache miss costs in Postgres
-    # (docs/chaos.md, the redis-pause fault).
+    # before the breaker opens (docs/chaos.md, the redis-pause fault). It also bounds the
+    # wait for a pooled connection: a stall that long counts as a failure of Redis.
     redis_socket_timeout: float = Field(default=0.05, gt=0)
     redis_connect_timeout: float = Field(default=0.1, gt=0)
     redis_max_connections: int = Field(default=64, ge=1)

@@ -88,7 +88,7 @@ class OptionalRedis:
         self._pending_deletes: dict[str, None] = {}  # an ordered set
         self._sending = asyncio.Lock()
         self._resender: asyncio.Task[None] | None = None
-        self._probe: asyncio.Task[object] | None = None  # the half-open probe (run)
+        self._probe: asyncio.Task[None] | None = None  # the half-open probe (run)
         # Told the keys whose missed delete was just sent (the near cache announces them
         # again: a copy taken from Redis meanwhile must go too).
         self.on_resent: Callable[..., None] | None = None
@@ -119,9 +119,19 @@ class OptionalRedis:
             # This call would be the half-open probe. A request must not pay for it (a
             # silent Redis costs the probe its full socket timeout, every cool-down, in
             # each worker): the probe is a PING of its own, and this call skips Redis.
-            self._probe = asyncio.create_task(self._call(lambda redis: redis.ping()))
+            self._probe = asyncio.create_task(self._probe_once())
             return None
         return await self._call(operation)
+
+    async def _probe_once(self) -> None:
+        """The half-open probe: a PING, after the missed deletes (`_call` sends them
+        first). Whatever else goes wrong counts as a failure too: the breaker never stays
+        half-open with no probe under way."""
+        try:
+            await self._call(lambda redis: redis.ping())
+        except Exception as exc:
+            self.breaker.record_failure()
+            logger.warning("redis probe failed", error=repr(exc))
 
     async def _call[T](self, operation: Callable[[Redis], Awaitable[T]]) -> T | None:
         try:
@@ -149,7 +159,8 @@ class OptionalRedis:
         """Delete `keys` now or, if Redis is unavailable, as soon as it answers again: a
         cached copy of data that changed during an outage (a paused Redis keeps its data)
         must not be served for the rest of its TTL afterwards. Kept in Postgres, which
-        outlives this process; in memory if Postgres fails too. True if deleted now."""
+        outlives this process; in memory if Postgres fails too. True if deleted now (not
+        when this call is the one that starts the breaker's probe: kept, then sent)."""
         if await self.run(lambda redis: redis.delete(*keys)) is not None:
             return True
         if self._kept is not None:
@@ -171,7 +182,7 @@ class OptionalRedis:
 
     async def _resend(self) -> None:
         """Send the missed deletes once Redis answers, without waiting for this worker's
-        next call: a ping is the call that sends them (`run`), or that the breaker skips."""
+        next call: a ping sends them (`run`), or starts the breaker's probe, which does."""
         while self._pending_deletes or self._kept_waiting:
             # Only deletes kept in Postgres, which failed the last send: not before it
             # may be tried again.
@@ -232,10 +243,9 @@ class OptionalRedis:
             self.on_resent(*keys)
 
     async def aclose(self) -> None:
-        if self._probe is not None:
-            self._probe.cancel()
-        if self._resender is not None:
-            self._resender.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._resender
+        for task in (self._probe, self._resender):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self.client.aclose()
