@@ -3,12 +3,20 @@
 -- bench/jobless.py does not.
 -- Usage: wrk ... -s order.lua URL -- <run-prefix> <item id>...
 dofile("/bench/report.lua")
-local items = {}
+local threads, items = 0, {}
+
+-- Each wrk thread has its own Lua state, and the same random sequence unless seeded.
+function setup(thread)
+  threads = threads + 1
+  thread:set("thread_number", threads)
+end
 
 function init(args)
   for i = 2, #args do
     items[#items + 1] = args[i]
   end
+  assert(#items > 0, "order.lua: no item ids given")
+  math.randomseed(os.time() * 100 + thread_number)
   wrk.method = "POST"
   wrk.headers["Content-Type"] = "application/json"
 end

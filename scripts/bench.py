@@ -9,7 +9,7 @@ Settings (environment): BENCH_SHORT=1 (a few seconds a row), BENCH_ROWS=health,p
 always fails), BENCH_ROUNDS, BENCH_SECONDS, BENCH_WARMUP_SECONDS, BENCH_CPUS (each
 server's CPU limit, default 2), BENCH_IMAGE (an image built elsewhere; skips the build),
 BENCH_KEEP=1 (leave the stack running), BENCH_JOBS (no-op jobs a round),
-BENCH_WRITE_ROUNDS, BENCH_WRITE_SECONDS (the order transaction rows). docs/benchmarks.md says
+BENCH_WRITE_ROUNDS, BENCH_WRITE_SECONDS (the order pairs). docs/benchmarks.md says
 how it measures. Standard library only: runs on the host's python3.
 """
 
@@ -50,7 +50,7 @@ ROUNDS = env_int("BENCH_ROUNDS", 2 if SHORT else 3)
 SECONDS = env_int("BENCH_SECONDS", 3 if SHORT else 10)
 WARMUP_SECONDS = env_int("BENCH_WARMUP_SECONDS", 2 if SHORT else 5)
 JOBS = env_int("BENCH_JOBS", 5_000 if SHORT else 20_000)
-# Two variants of one transaction, close in cost: more, shorter rounds, and the median.
+# The order pairs, each two variants close in cost: more, shorter rounds, and the median.
 WRITE_ROUNDS = env_int("BENCH_WRITE_ROUNDS", 7 if SHORT else 9)
 WRITE_SECONDS = env_int("BENCH_WRITE_SECONDS", 3 if SHORT else 5)
 
@@ -67,10 +67,9 @@ class Row:
     driver: str = ""
     connections: int = 64  # wrk's, in flight at once
 
-    @property
-    def writes(self) -> bool:
-        """One of the order write pair, close in cost: more, shorter rounds, the median."""
-        return self.driver.startswith("write")
+    # One of a pair so close in cost that a best round would mostly measure the noise
+    # (an order with its job and without): more, shorter rounds, the median kept.
+    close_pair: bool = False
 
 
 # A create holds a pooled connection for its whole transaction: past the servers' pools
@@ -103,19 +102,33 @@ ROWS = (
         script="create.lua keyed",
         connections=WRITERS,
     ),
+    Row("jobs-drain", "no-op jobs/s, a backlog drained", "jobs", driver="drain {jobs}"),
+    Row("jobs-live", "no-op jobs/s, enqueued as it runs", "jobs", driver="live {jobs}"),
     # An order request enqueues its confirmation job; the reference switches that off.
-    Row("order", f"POST {ORDERS}", "app", ORDERS, script="order.lua {ids}", connections=WRITERS),
+    Row(
+        *("order", f"POST {ORDERS}", "app", ORDERS),
+        script="order.lua {ids}",
+        connections=WRITERS,
+        close_pair=True,
+    ),
     Row(
         *("order-jobless", f"POST {ORDERS}, no job enqueued", "jobless", ORDERS),
         script="order.lua {ids}",
         connections=WRITERS,
+        close_pair=True,
     ),
-    Row("jobs-drain", "no-op jobs/s, a backlog drained", "jobs", driver="drain {jobs}"),
-    Row("jobs-live", "no-op jobs/s, enqueued as it runs", "jobs", driver="live {jobs}"),
     # The same pair as a transaction alone, without HTTP's costs around it: the enqueue's
     # own share, larger than a request's (a diagnostic, with no bar of its own).
-    Row("order-write", "order write, its job enqueued (tx/s)", "jobs", driver=WRITE_ON),
-    Row("order-write-bare", "order write, no enqueue (tx/s)", "jobs", driver=WRITE_OFF),
+    Row(
+        *("order-write", "order write, its job enqueued (tx/s)", "jobs"),
+        driver=WRITE_ON,
+        close_pair=True,
+    ),
+    Row(
+        *("order-write-bare", "order write, no enqueue (tx/s)", "jobs"),
+        driver=WRITE_OFF,
+        close_pair=True,
+    ),
 )
 
 
@@ -159,7 +172,7 @@ class RowResult:
     def kept(self) -> Measurement:
         """The best round; for the write pair, the round of median rate."""
         ordered = sorted(self.rounds, key=lambda m: m.rps)
-        return ordered[(len(ordered) - 1) // 2] if self.row.writes else ordered[-1]
+        return ordered[(len(ordered) - 1) // 2] if self.row.close_pair else ordered[-1]
 
 
 @dataclass(frozen=True)
@@ -313,14 +326,15 @@ def one_round(row: Row, target: Target, seconds: int) -> Measurement:
 def measure(rows: list[Row], target: Target) -> dict[str, RowResult]:
     results = {row.key: RowResult(row) for row in rows}
     reads = [row for row in rows if not row.driver and not row.script]
-    creates = [row for row in rows if row.script]
-    jobs = [row for row in rows if row.driver and not row.writes]
-    writes = [row for row in rows if row.writes]
+    creates = [row for row in rows if row.script and not row.close_pair]
+    jobs = [row for row in rows if row.driver and not row.close_pair]
+    # After the job rows: the orders leave jobs no worker takes, which the drain must not see.
+    pairs = [row for row in rows if row.close_pair]
     for group, rounds, seconds in (
         (reads, ROUNDS, SECONDS),
         (creates, ROUNDS, SECONDS),
         (jobs, ROUNDS, SECONDS),  # each round a fresh start of its own: no warm-up
-        (writes, WRITE_ROUNDS, WRITE_SECONDS),
+        (pairs, WRITE_ROUNDS, WRITE_SECONDS),
     ):
         if group and group is not jobs:
             log(f"warm-up, {WARMUP_SECONDS} s a row: {', '.join(r.key for r in group)}")
@@ -331,12 +345,13 @@ def measure(rows: list[Row], target: Target) -> dict[str, RowResult]:
             for row in group if number % 2 else reversed(group):
                 measured = one_round(row, target, seconds)
                 results[row.key].rounds.append(measured)
-                unit = "transactions/s" if row.writes else "jobs/s" if row.driver else "requests/s"
+                unit = "requests/s" if not row.driver else "tx/s" if row.close_pair else "jobs/s"
                 log(f"round {number} {row.key:16} {measured.rps:9,.0f} {unit}")
-    if "order-write" in results and "order-write-bare" in results:
-        pairs = zip(results["order-write"].rounds, results["order-write-bare"].rounds, strict=True)
-        ratios = ", ".join(f"{with_job.rps / bare.rps:.3f}" for with_job, bare in pairs)
-        log(f"order writes, with over without, round by round: {ratios}")
+    for with_job, alone in (("order", "order-jobless"), ("order-write", "order-write-bare")):
+        if with_job in results and alone in results:
+            side_by_side = zip(results[with_job].rounds, results[alone].rounds, strict=True)
+            ratios = ", ".join(f"{a.rps / b.rps:.3f}" for a, b in side_by_side)
+            log(f"{with_job} over {alone}, round by round: {ratios}")
     return results
 
 
@@ -366,9 +381,9 @@ def print_table(results: dict[str, RowResult], bars: list[dict[str, Any]]) -> No
             mark = "ok  " if bar["met"] else "MISS"
             print(f"  {mark}  {bar['label']:36} {bar['ratio']:.3f} (bar {bar['at_least']:.2f})")
     print(f"\n  {ROUNDS} rounds x {SECONDS} s, best kept; rev {revision()}")
-    if any(r.row.driver for r in results.values()):
+    if any(r.row.close_pair or r.row.driver for r in results.values()):
         print(
-            f"  jobs/s: {JOBS:,} no-op jobs a round, best kept; order writes: tx/s, "
+            f"  jobs/s: {JOBS:,} no-op jobs a round, best kept; the order pairs: "
             f"{WRITE_ROUNDS} alternating rounds x {WRITE_SECONDS} s, median kept"
         )
 
