@@ -102,7 +102,8 @@ if "requires(" not in text:
     open(path, "w", encoding="utf-8").write(text)
 PY
 make --no-print-directory fmt >/dev/null
-commit "Scopes on our own routes, as the upgrade notes say"
+# Nothing to do for a fork made at a release that already asked for scopes.
+[ -z "$(git status --porcelain)" ] || commit "Scopes on our own routes, as the upgrade notes say"
 
 # A fork with other init options and no changes of its own, updated: exactly the fork
 # `make init` makes at HEAD with those options (nothing it deleted comes back). Then an
