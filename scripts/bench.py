@@ -170,7 +170,7 @@ class RowResult:
 
     @property
     def kept(self) -> Measurement:
-        """The best round; for the write pair, the round of median rate."""
+        """The best round; for a close pair's rows, the round of median rate."""
         ordered = sorted(self.rounds, key=lambda m: m.rps)
         return ordered[(len(ordered) - 1) // 2] if self.row.close_pair else ordered[-1]
 

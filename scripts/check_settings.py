@@ -36,8 +36,8 @@ def main() -> None:
         for name in sorted(settings - passed - SET_BY_COMPOSE)
     ]
     problems += [
-        f"{name}: .env.example says {value!r}, the default is {default!r}"
-        for name, value, default in example_defaults_differ(app_part, settings)
+        f"{name}: .env.example says {value!r} ({read}), the default is {default!r}"
+        for name, value, read, default in example_defaults_differ(app_part, settings)
     ]
     if problems:
         sys.exit("settings out of step:\n  " + "\n  ".join(problems))
@@ -60,7 +60,7 @@ class ExampleSettings(Settings):
         return (init_settings,)
 
 
-def example_defaults_differ(app_part: str, settings: set[str]) -> list[tuple[str, str, Any]]:
+def example_defaults_differ(app_part: str, settings: set[str]) -> list[tuple[str, str, Any, Any]]:
     """The settings whose value in .env.example is not their default, each read as the
     app reads it (its own validators: a comma list). An empty value is the default (the
     app ignores an empty variable)."""
@@ -77,7 +77,7 @@ def example_defaults_differ(app_part: str, settings: set[str]) -> list[tuple[str
         except ValidationError as error:
             read = f"refused: {error.errors()[0]['msg']}"
         if read != default:
-            differ.append((name, value, default))
+            differ.append((name, value, read, default))
     return differ
 
 
