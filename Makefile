@@ -73,8 +73,12 @@ debug: ## `make up`, with debugpy listening on localhost:DEBUGPY_PORT (5678) for
 	@echo "  Debugger: attach to localhost:$(DEBUGPY_PORT) (.vscode/launch.json)"
 
 .PHONY: restart
-restart: ## Recreate the API after a .env change (code changes reload by themselves)
-	$(DEV) up --detach --wait --force-recreate --no-deps api
+restart: ## Recreate the API and the job worker after a .env change (code changes reload by themselves)
+	$(DEV) up --detach --wait --force-recreate --no-deps api worker
+
+.PHONY: url
+url: ## Print the development API's URL (its port is in .env)
+	@echo "http://localhost:$(API_PORT)"
 
 .PHONY: down
 down: ## Stop the development stack (keeps the database; `make down v=1` drops it)

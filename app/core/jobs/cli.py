@@ -10,8 +10,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from collections.abc import Sequence
-from typing import cast
+from collections.abc import Mapping, Sequence
+from typing import Any, cast
 
 import asyncpg
 from pgqueuer import Queries
@@ -33,12 +33,15 @@ _STATUSES = "SELECT id, status::text FROM pgqueuer WHERE id = ANY($1::bigint[])"
 # error, until the nightly cleanup's retention.
 _DROP = "DELETE FROM pgqueuer WHERE id = ANY($1::bigint[]) AND status = 'failed' RETURNING id"
 # As the jobs_oldest_waiting_seconds gauge counts (app/core/jobs/metrics.py): a job
-# waiting out a retry's back-off is not waiting yet.
+# waiting out a retry's back-off is not waiting yet; it is counted apart, as due later.
 _BACKLOG = """
-SELECT entrypoint, count(*) AS waiting,
-       extract(epoch FROM now() - min(execute_after))::float8 AS oldest
+SELECT entrypoint,
+       count(*) FILTER (WHERE execute_after <= now()) AS waiting,
+       count(*) FILTER (WHERE execute_after > now()) AS later,
+       extract(epoch FROM now() - min(execute_after) FILTER (WHERE execute_after <= now()))::float8
+           AS oldest
 FROM pgqueuer
-WHERE status = 'queued' AND execute_after <= now()
+WHERE status = 'queued'
 GROUP BY entrypoint ORDER BY entrypoint
 """
 
@@ -84,11 +87,17 @@ async def _run(args: argparse.Namespace) -> str:
                 raise CommandError("\n".join(refused))
             return ""
         rows = await queries.driver.fetch(_BACKLOG)
-        lines = [
-            f"{row['entrypoint']}\t{row['waiting']} waiting, the oldest for {row['oldest']:.0f} s"
-            for row in rows
-        ]
-        return "backlog:\n" + "\n".join(lines) if lines else "backlog: none waiting"
+        return "backlog:\n" + "\n".join(map(_backlog_line, rows)) if rows else "backlog: none"
+
+
+def _backlog_line(row: Mapping[str, Any]) -> str:
+    waiting = (
+        f"{row['waiting']} waiting, the oldest for {row['oldest']:.0f} s"
+        if row["waiting"]
+        else "none waiting"
+    )
+    later = f"; {row['later']} due later (a retry's back-off, or scheduled)" if row["later"] else ""
+    return f"{row['entrypoint']}\t{waiting}{later}"
 
 
 async def _requeue(queries: Queries, ids: list[int]) -> tuple[list[int], dict[int, str]]:
