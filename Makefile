@@ -30,7 +30,7 @@ DEV := docker compose -p $(PROJECT) -f docker-compose.yml $(if $(filter 1 true,$
 TEST := docker compose -p $(PROJECT)-test -f docker-compose.test.yml
 # Every checker runs, even after one fails; the exit status says whether any did.
 # The Python scripts outside the mypy `files` of pyproject.toml, checked the same way
-# (k8s_*.py run in a venv of their own: make k8s-validate). One module name per run.
+# (k8s_*.py, where kept, run in a venv of their own). One module name per run.
 MYPY_SCRIPTS := $(filter-out scripts/k8s_%,$(wildcard scripts/*.py)) deploy/backup/pgbackup.py
 SHELL_SCRIPTS := $(wildcard scripts/*.sh scripts/*/*.sh deploy/*/*.sh template/*.sh .ci/run)
 LINT := status=0; \
@@ -120,7 +120,7 @@ test: ## Run the tests with coverage in a throw-away stack of their own
 	$(TEST) run --rm tests; status=$$?; $(TEST) down --volumes --remove-orphans >/dev/null 2>&1; exit $$status
 
 .PHONY: lint
-lint: ## Run every checker (ruff, ruff format, mypy --strict, hadolint, shellcheck), then fail if any failed
+lint: ## Run every checker (ruff, mypy --strict, hadolint, shellcheck, import contracts, settings), then fail if any failed
 	$(DEV) run --rm --no-deps --build api sh -c '$(LINT)'
 
 .PHONY: pytest

@@ -2,8 +2,8 @@
 
 Development: `make api-key name=ci-bot scopes="items:read items:write"`.
 Production (VM): `docker compose -f docker-compose.prod.yml exec api-a
-python -m app.core.auth.keys create ci-bot items:read`. docs/auth.md has Swarm and
-Kubernetes. A new key is printed once, on stdout alone, so a script can capture it.
+python -m app.core.auth.keys create ci-bot items:read`. docs/auth.md has the other
+deploy targets. A new key is printed once, on stdout alone, so a script can capture it.
 """
 
 from __future__ import annotations

@@ -72,7 +72,10 @@ class JobExecutor(DatabaseRetryEntrypointExecutor):
         except Exception:
             DURATION.labels(name, "failed").observe(time.perf_counter() - started)
             raise
-        DURATION.labels(name, "success").observe(time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        DURATION.labels(name, "success").observe(elapsed)
+        # The line that says the work was done, as an access line says a request was.
+        logger.info("job done", job_name=name, job_id=job.id, seconds=round(elapsed, 3))
 
     async def _refuse_a_job_that_keeps_dying(self, job: Job) -> None:
         age = (datetime.now(UTC) - job.created).total_seconds()

@@ -136,6 +136,7 @@ async def test_a_job_past_its_timeout_fails_and_is_retried_with_the_worker_s_own
     assert runs(job_name) == {"success": 1, "retry": 1, "failed": 0}
     retried = [line["error"] for line in logged if line["event"] == "job failed, retrying"]
     assert [error.split(":")[0] for error in retried] == ["TimeoutError"]
+    assert [line["job_name"] for line in logged if line["event"] == "job done"] == [job_name]
 
 
 async def test_a_cut_run_s_statement_ends_on_the_server_too(
