@@ -103,6 +103,15 @@ async def query_driver(session: SessionDep, sql: str = "SELECT 1") -> int | None
     return value if isinstance(value, int) else None
 
 
+@router.get("/driver-closed")
+async def query_a_closed_driver(session: SessionDep) -> None:
+    """/driver on a connection found closed between two statements (Postgres ended it,
+    and asyncpg has seen the end), as a restart can leave it just before an enqueue."""
+    raw = await driver_connection(session)
+    raw.terminate()
+    await raw.fetchval("SELECT 1")
+
+
 @router.post("/lose-transaction-state")
 async def lose_transaction_state(session: SessionDep) -> None:
     """Leaves this request's pooled connection as a cancel that lands on BEGIN does:

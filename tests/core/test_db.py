@@ -88,6 +88,19 @@ async def test_terminated_backend_is_503_then_recovers(
     assert statuses[-1] == 200  # the dead connection was dropped from the pool
 
 
+async def test_a_driver_connection_found_closed_is_503_then_recovers(
+    make_core_client: CoreClientMaker, settings: Settings
+) -> None:
+    """asyncpg's own "connection is closed" has no SQLSTATE, so app/core/errors.py does
+    not classify it; the session's rollback then meets the closed connection, which
+    SQLAlchemy counts as a disconnect: the request is a 503 (never a 500), and the
+    connection is dropped, not pooled again."""
+    client = await make_core_client(with_overrides(settings, db_pool_size=1), isolated=False)
+    assert_problem(await client.get("/probe/driver-closed"), 503)
+    statuses = [(await client.get("/probe/driver")).status_code for _ in range(2)]
+    assert statuses == [200, 200]  # the dead connection was not pooled again
+
+
 async def test_a_connection_that_lost_track_of_its_transaction_is_dropped(
     make_core_client: CoreClientMaker, settings: Settings
 ) -> None:
