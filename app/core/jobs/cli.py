@@ -130,7 +130,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     retry.add_argument("ids", nargs="+", type=_job_id, metavar="ID")
     drop = commands.add_parser("drop", help="delete failed jobs that should never run again")
     drop.add_argument("ids", nargs="+", type=_job_id, metavar="ID")
-    commands.add_parser("backlog", help="jobs waiting, per job, and the oldest one's age")
+    commands.add_parser(
+        "backlog",
+        help="jobs waiting, per job, the oldest one's age, and those due later",
+    )
     args = parser.parse_args(argv)
     try:
         if output := asyncio.run(_run(args)):

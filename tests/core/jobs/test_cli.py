@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 
 import pytest
 from sqlalchemy import text
@@ -106,6 +107,24 @@ async def test_a_job_waiting_out_a_retrys_back_off_is_due_later_not_waiting(
         )
     assert await asyncio.to_thread(main, ["backlog"]) == 0
     assert f"{job_name}\tnone waiting; 1 due later" in capsys.readouterr().out
+
+
+async def test_the_backlog_counts_jobs_due_now_and_later_apart(
+    engine: AsyncEngine, job_name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async with engine.begin() as connection:
+        await connection.execute(
+            text(
+                "INSERT INTO pgqueuer (priority, status, entrypoint, execute_after) VALUES"
+                " (0, 'queued', :n, now() - interval '90 seconds'),"
+                " (0, 'queued', :n, now() - interval '10 seconds'),"
+                " (0, 'queued', :n, now() + interval '1 hour')"
+            ),
+            {"n": job_name},
+        )
+    assert await asyncio.to_thread(main, ["backlog"]) == 0
+    listed = capsys.readouterr().out
+    assert re.search(rf"{job_name}\t2 waiting, the oldest for (9\d) s; 1 due later", listed)
 
 
 async def test_retrying_a_job_that_is_not_failed_says_so_and_fails(
