@@ -9,8 +9,8 @@ Settings (environment): BENCH_SHORT=1 (a few seconds a row), BENCH_ROWS=health,p
 always fails), BENCH_ROUNDS, BENCH_SECONDS, BENCH_WARMUP_SECONDS, BENCH_CPUS (each
 server's CPU limit, default 2), BENCH_IMAGE (an image built elsewhere; skips the build),
 BENCH_KEEP=1 (leave the stack running), BENCH_JOBS (no-op jobs a round),
-BENCH_WRITE_ROUNDS, BENCH_WRITE_SECONDS (the order pairs). docs/benchmarks.md says
-how it measures. Standard library only: runs on the host's python3.
+BENCH_WRITE_ROUNDS, BENCH_WRITE_SECONDS (the close pairs: the creates, the orders).
+docs/benchmarks.md says how it measures. Standard library only: runs on the host's python3.
 """
 
 from __future__ import annotations
@@ -50,7 +50,8 @@ ROUNDS = env_int("BENCH_ROUNDS", 2 if SHORT else 3)
 SECONDS = env_int("BENCH_SECONDS", 3 if SHORT else 10)
 WARMUP_SECONDS = env_int("BENCH_WARMUP_SECONDS", 2 if SHORT else 5)
 JOBS = env_int("BENCH_JOBS", 5_000 if SHORT else 20_000)
-# The order pairs, each two variants close in cost: more, shorter rounds, and the median.
+# The close pairs (the creates, the orders), each two variants close in cost: more,
+# shorter rounds, and the median.
 WRITE_ROUNDS = env_int("BENCH_WRITE_ROUNDS", 7 if SHORT else 9)
 WRITE_SECONDS = env_int("BENCH_WRITE_SECONDS", 3 if SHORT else 5)
 
@@ -68,7 +69,8 @@ class Row:
     connections: int = 64  # wrk's, in flight at once
 
     # One of a pair so close in cost that a best round would mostly measure the noise
-    # (an order with its job and without): more, shorter rounds, the median kept.
+    # (a create with its key and without, an order with its job and without): more,
+    # shorter rounds, the median kept.
     close_pair: bool = False
 
 
@@ -96,11 +98,18 @@ ROWS = (
     # Both send the same token, so they differ only in its check (bench/unauthenticated.py).
     Row("item-open", "cached read, no authentication", "unauthenticated", ITEM, bearer=True),
     Row("item-bearer", "cached read, bearer token", "app", ITEM, bearer=True),
-    Row("create", f"POST {ITEMS}", "app", ITEMS, script="create.lua", connections=WRITERS),
+    # A create with its Idempotency-Key and without: a close pair, as the orders are.
+    Row(
+        *("create", f"POST {ITEMS}", "app", ITEMS),
+        script="create.lua",
+        connections=WRITERS,
+        close_pair=True,
+    ),
     Row(
         *("create-keyed", f"POST {ITEMS}, Idempotency-Key", "app", ITEMS),
         script="create.lua keyed",
         connections=WRITERS,
+        close_pair=True,
     ),
     Row("jobs-drain", "no-op jobs/s, a backlog drained", "jobs", driver="drain {jobs}"),
     Row("jobs-live", "no-op jobs/s, enqueued as it runs", "jobs", driver="live {jobs}"),
@@ -129,6 +138,12 @@ ROWS = (
         driver=WRITE_OFF,
         close_pair=True,
     ),
+)
+# Each close pair's rows, printed side by side round by round.
+CLOSE_PAIRS = (
+    ("create-keyed", "create"),
+    ("order", "order-jobless"),
+    ("order-write", "order-write-bare"),
 )
 
 
@@ -325,14 +340,12 @@ def one_round(row: Row, target: Target, seconds: int) -> Measurement:
 
 def measure(rows: list[Row], target: Target) -> dict[str, RowResult]:
     results = {row.key: RowResult(row) for row in rows}
-    reads = [row for row in rows if not row.driver and not row.script]
-    creates = [row for row in rows if row.script and not row.close_pair]
+    reads = [row for row in rows if not row.driver and not row.close_pair]
     jobs = [row for row in rows if row.driver and not row.close_pair]
     # After the job rows: the orders leave jobs no worker takes, which the drain must not see.
     pairs = [row for row in rows if row.close_pair]
     for group, rounds, seconds in (
         (reads, ROUNDS, SECONDS),
-        (creates, ROUNDS, SECONDS),
         (jobs, ROUNDS, SECONDS),  # each round a fresh start of its own: no warm-up
         (pairs, WRITE_ROUNDS, WRITE_SECONDS),
     ):
@@ -347,7 +360,7 @@ def measure(rows: list[Row], target: Target) -> dict[str, RowResult]:
                 results[row.key].rounds.append(measured)
                 unit = "requests/s" if not row.driver else "tx/s" if row.close_pair else "jobs/s"
                 log(f"round {number} {row.key:16} {measured.rps:9,.0f} {unit}")
-    for with_job, alone in (("order", "order-jobless"), ("order-write", "order-write-bare")):
+    for with_job, alone in CLOSE_PAIRS:
         if with_job in results and alone in results:
             side_by_side = zip(results[with_job].rounds, results[alone].rounds, strict=True)
             ratios = ", ".join(f"{a.rps / b.rps:.3f}" for a, b in side_by_side)
@@ -383,7 +396,7 @@ def print_table(results: dict[str, RowResult], bars: list[dict[str, Any]]) -> No
     print(f"\n  {ROUNDS} rounds x {SECONDS} s, best kept; rev {revision()}")
     if any(r.row.close_pair or r.row.driver for r in results.values()):
         print(
-            f"  jobs/s: {JOBS:,} no-op jobs a round, best kept; the order pairs: "
+            f"  jobs/s: {JOBS:,} no-op jobs a round, best kept; the close pairs: "
             f"{WRITE_ROUNDS} alternating rounds x {WRITE_SECONDS} s, median kept"
         )
 
