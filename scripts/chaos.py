@@ -126,11 +126,13 @@ class Connection:
     def __init__(self) -> None:
         self._streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
         self.resent = 0  # requests sent again after StaleConnectionError
+        self.reused = False  # whether the last request went on a kept-alive connection
+        self.failures: Counter[str] = Counter()  # why requests failed (see send)
 
     async def request(
         self, method: str, path: str, body: bytes | None, headers: str
     ) -> tuple[int, dict[str, str], bytes]:
-        reused = self._streams is not None
+        reused = self.reused = self._streams is not None
         if self._streams is None:
             self._streams = await asyncio.open_connection("127.0.0.1", HTTP_PORT)
         reader, writer = self._streams
@@ -198,7 +200,16 @@ async def send(
     except CutShortError:
         conn.close()
         return CUT_SHORT, {}, b""
-    except (OSError, EOFError, ValueError, IndexError, StaleConnectionError):  # refused, reset
+    except (
+        OSError,
+        EOFError,
+        ValueError,
+        IndexError,
+        StaleConnectionError,
+    ) as exc:  # refused, reset
+        conn.failures[
+            f"{type(exc).__name__} ({'kept-alive' if conn.reused else 'new'} connection)"
+        ] += 1
         conn.close()
         await asyncio.sleep(FAILED_PAUSE)
         return FAILED, {}, b""
@@ -216,6 +227,7 @@ class Load:
     answered: Callable[[int, bytes], None] | None = None
     samples: list[Sample] = field(default_factory=list)
     resent: int = 0  # requests sent again on a new connection (see send)
+    failures: Counter[str] = field(default_factory=Counter)  # why requests failed
     t0: float = field(default_factory=time.monotonic)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -232,6 +244,7 @@ class Load:
                 self.answered(status, body)
         conn.close()
         self.resent += conn.resent
+        self.failures += conn.failures
 
     async def run(self) -> None:
         await asyncio.gather(*(self._client() for _ in range(CLIENTS)))
@@ -1766,6 +1779,8 @@ async def run_fault(stack: Stack, fault: Fault, phases: Phases) -> Result:
     restarts = restarts_between(containers, await asyncio.to_thread(stack.api_containers))
     if load.resent:
         log(f"{load.resent} GETs sent again on a new connection: their kept-alive one closed")
+    if load.failures:
+        log("failed requests: " + ", ".join(f"{why} x{n}" for why, n in load.failures.items()))
     return Result(
         fault, load.samples, inject_at, injected_at, back_at, end_at, readiness, error,
         restarts, verified,
