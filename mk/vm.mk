@@ -34,7 +34,7 @@ prod-down: .env ## Stop the production stack (keeps its volumes)
 # The file goes in through stdin: a single-file bind mount stays on the file it was
 # given, and `git pull` (like most editors) replaces the file rather than edit it.
 .PHONY: proxy-reload
-proxy-reload: .env ## Apply deploy/Caddyfile to the running proxy with no failed request (caddy reload)
+proxy-reload: .env ## Apply deploy/Caddyfile to the running proxy without a restart's gap (caddy reload)
 	$(PROD) exec -T proxy sh -c 'cat >/tmp/Caddyfile && caddy reload --config /tmp/Caddyfile --adapter caddyfile' <deploy/Caddyfile
 
 .PHONY: prod-logs
