@@ -13,6 +13,7 @@ from fastapi.routing import APIRoute, iter_route_contexts
 from httpx import AsyncClient
 
 from app.core.auth.dependencies import authenticate, requires
+from app.core.auth.dependencies import declared_scopes as routes_scopes
 from app.core.config import Settings
 from app.main import create_app
 from tests.conftest import AppClientMaker, declared_scopes
@@ -121,3 +122,9 @@ def test_a_dev_token_that_names_no_scope_holds_every_scope_the_routes_declare(
     claims = jwt.decode(token, options={"verify_signature": False})
     assert "widgets:read" in claims["scope"].split()
     assert claims["scope"] == declared_scopes(app)
+
+
+def test_the_scopes_a_key_may_be_given_are_those_the_routes_require(settings: Settings) -> None:
+    # What `python -m app.core.auth.keys create` checks a key's scopes against: the
+    # service's own routes (and the tests' probe routes, imported by now).
+    assert set(declared_scopes(create_app(settings)).split()) <= routes_scopes()

@@ -11,9 +11,6 @@ Two ways for a handler to reach Postgres, on the same pool:
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-import pkgutil
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, cast
@@ -31,8 +28,8 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.orm import DeclarativeBase, ORMExecuteState, Session
 
-import app
 from app.core.config import Settings
+from app.core.domains import import_from_every_domain
 from app.core.state import ReadSessionFactoryDep, SessionFactoryDep
 
 logger = structlog.get_logger(__name__)
@@ -59,9 +56,7 @@ class Base(DeclarativeBase):
 def load_all_models() -> None:
     """Import every `app/<domain>/models.py`, so Base.metadata knows every table
     (Alembic's autogenerate needs them all) without a list to keep up to date."""
-    for module in pkgutil.iter_modules(app.__path__):
-        if module.ispkg and importlib.util.find_spec(f"app.{module.name}.models"):
-            importlib.import_module(f"app.{module.name}.models")
+    import_from_every_domain("models")
 
 
 def _milliseconds(seconds: float) -> str:

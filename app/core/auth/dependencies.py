@@ -25,6 +25,7 @@ from redis.asyncio import Redis
 
 from app.core.auth.api_keys import HEADER as API_KEY_HEADER
 from app.core.auth.errors import MissingScope, NotAuthenticated
+from app.core.domains import import_from_every_domain
 from app.core.principal import Authenticator, Principal
 from app.core.rate_limit import RateLimited, client_key, hit
 from app.core.redis import OptionalRedis
@@ -127,11 +128,24 @@ async def authorize(
     return principal
 
 
+# Every scope a `requires` names, as the routers are imported: what a credential's scopes
+# are checked against when it is made (app/core/auth/keys.py), so a typo is refused there
+# instead of becoming a key that every route answers with 403.
+_declared_scopes: set[str] = set()
+
+
 def requires(*scopes: str) -> params.Security:
     """A dependency that lets in only principals holding every one of `scopes` (403
     otherwise), and gives the handler the Principal."""
+    _declared_scopes.update(scopes)
     security: params.Security = Security(authorize, scopes=list(scopes))
     return security
+
+
+def declared_scopes() -> frozenset[str]:
+    """The scopes the service's routes require: every domain's router, imported."""
+    import_from_every_domain("router")
+    return frozenset(_declared_scopes)
 
 
 PrincipalDep = Annotated[Principal, Depends(authenticate)]

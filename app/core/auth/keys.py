@@ -20,6 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.auth.api_keys import ApiKey, generate_key, subject_of
+from app.core.auth.dependencies import declared_scopes
 from app.core.config import SettingsError, load_settings
 from app.core.db import create_engine, create_session_factory
 
@@ -90,6 +91,11 @@ def _parser() -> argparse.ArgumentParser:
     # None is allowed: a route that needs only an identity lets a scope-less key in.
     create.add_argument("scopes", nargs="*", help="e.g. items:read orders:write")
     create.add_argument(
+        "--allow-undeclared",
+        action="store_true",
+        help="allow scopes no route requires yet (a typo is otherwise refused)",
+    )
+    create.add_argument(
         "--expires-in-days", type=_days, default=None, help=f"1 to {MAX_DAYS} (default: never)"
     )
     revoke = commands.add_parser("revoke", help="revoke a key by name")
@@ -99,14 +105,17 @@ def _parser() -> argparse.ArgumentParser:
 
 
 async def _run(args: argparse.Namespace) -> str:
+    if args.command == "create":
+        _check(args.name, NAME_PATTERN, "name")
+        for scope in args.scopes:
+            _check(scope, SCOPE_PATTERN, "scope")
+        if not args.allow_undeclared:
+            _check_declared(args.scopes)
     settings = load_settings()
     engine = create_engine(settings)
     try:
         async with create_session_factory(engine)() as session, session.begin():
             if args.command == "create":
-                _check(args.name, NAME_PATTERN, "name")
-                for scope in args.scopes:
-                    _check(scope, SCOPE_PATTERN, "scope")
                 expires = (
                     datetime.now(UTC) + timedelta(days=args.expires_in_days)
                     if args.expires_in_days is not None
@@ -124,6 +133,17 @@ async def _run(args: argparse.Namespace) -> str:
 def _check(value: str, pattern: str, what: str) -> None:
     if not re.fullmatch(pattern, value):
         raise ApiKeyCommandError(f"{what} {value!r} does not match {pattern}")
+
+
+def _check_declared(scopes: Sequence[str]) -> None:
+    declared = declared_scopes()
+    undeclared = sorted(set(scopes) - declared)
+    if undeclared:
+        raise ApiKeyCommandError(
+            f"no route requires {', '.join(map(repr, undeclared))}; the scopes the routes"
+            f" require are: {' '.join(sorted(declared)) or 'none yet'} (--allow-undeclared"
+            " for a route not deployed yet)"
+        )
 
 
 def _describe(key: ApiKey) -> str:
