@@ -82,6 +82,21 @@ GROUP BY entrypoint
 """
 
 
+OUTCOMES = ("success", "retry", "failed")
+
+
+def declare(job_names: Iterable[str]) -> None:
+    """Every job's series, at 0, from the worker's start. prometheus_client makes a labelled
+    series at its first sample, so a job's first failure would appear at 1, and
+    `increase()` (the JobRunFailed alert) sees no rise from a series' first sample: a
+    periodic job that fails once a night would never be seen failing."""
+    for name in job_names:
+        WAIT.labels(name)
+        RERUNS.labels(name)
+        for outcome in OUTCOMES:
+            DURATION.labels(name, outcome)
+
+
 _reported: set[str] = set()
 
 

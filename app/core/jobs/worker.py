@@ -206,6 +206,7 @@ async def build_worker(settings: Settings, jobs: Jobs) -> AsyncIterator[PgQueuer
         )
     for name, (cron, periodic) in jobs.periodic.items():
         worker.schedule(name, cron)(_periodic(sessions, name, periodic, settings.jobs_timeout))
+    metrics.declare([*jobs.handlers, *jobs.periodic])
     alive = asyncio.create_task(_keep_alive(driver, jobs))
     logger.info("worker started", jobs=sorted(jobs.handlers), periodic=sorted(jobs.periodic))
     try:

@@ -188,6 +188,28 @@ async def test_a_failing_periodic_job_is_measured(
     assert runs(job_name)["failed"] == 1
 
 
+async def test_a_job_s_series_start_at_zero_so_that_its_first_failure_is_a_rise(
+    settings: Settings, job_name: str
+) -> None:
+    """An alert on `increase()` sees no rise from a series' first sample: a failure that
+    created its series at 1 (a nightly job's, once) would never be seen."""
+    jobs = Jobs()
+
+    @jobs.job(job_name)
+    async def noop(session: AsyncSession, payload: dict[str, Any]) -> None:
+        pass
+
+    @jobs.every(f"{job_name}-nightly", "15 3 * * *")
+    async def nightly(session: AsyncSession) -> None:
+        pass
+
+    async with build_worker(settings, jobs):
+        for name in (job_name, f"{job_name}-nightly"):
+            for outcome in ("success", "retry", "failed"):
+                labels = {"job_name": name, "outcome": outcome}
+                assert metrics.REGISTRY.get_sample_value("job_duration_seconds_count", labels) == 0
+
+
 def runs(job: str) -> dict[str, float]:
     """The worker's metrics: its runs of `job` by outcome."""
     return {
