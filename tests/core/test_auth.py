@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Annotated
 
+import httpx
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -254,6 +255,25 @@ async def test_cached_keys_keep_serving_while_the_issuer_is_down(
         issuer.start()
 
 
+async def test_a_worker_that_never_got_the_issuer_s_keys_answers_503_not_401(
+    make_auth_client: Maker, issuer: Issuer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The token may be good: a 401 would tell its client to get another, and would count
+    against the client's address as a guess."""
+    monkeypatch.setattr(tokens, "REFRESH_MIN_INTERVAL_SECONDS", 0.0)
+    issuer.stop()
+    try:
+        client = await make_auth_client(rate_limit_auth_failures=2)
+        for _ in range(4):  # past the limit on failures: none of these is one
+            response = await client.get(READ)
+            assert response.status_code == 503, response.text
+            assert response.headers["retry-after"].isdigit()
+            assert "identity provider" in response.json()["detail"]
+    finally:
+        issuer.start()
+    assert (await client.get(READ)).status_code == 200
+
+
 async def test_bearer_tokens_are_off_without_an_issuer(
     make_auth_client: Maker, issuer: Issuer
 ) -> None:
@@ -348,7 +368,11 @@ async def test_an_expired_api_key_is_refused(
     assert "expired" in response.json()["detail"]
 
 
-async def test_guessing_is_slowed_per_address(make_auth_client: Maker) -> None:
+async def test_guessing_is_slowed_per_address_and_a_valid_key_from_it_still_gets_in(
+    make_auth_client: Maker, api_key: str
+) -> None:
+    # The guesser and the key's holder share the address (a NAT, a load balancer): only
+    # the guesses are held back.
     client = await make_auth_client(None, rate_limit_auth_failures=3)
     statuses = [
         (await client.get(READ, headers={"X-API-Key": generate_key().plaintext})).status_code
@@ -356,6 +380,9 @@ async def test_guessing_is_slowed_per_address(make_auth_client: Maker) -> None:
     ]
     assert statuses[:3] == [401, 401, 401]
     assert statuses[3:] == [429, 429]
+    assert (await client.get(READ, headers={"X-API-Key": api_key})).status_code == 200
+    guess = await client.get(READ, headers={"X-API-Key": generate_key().plaintext})
+    assert guess.status_code == 429
 
 
 async def test_a_withdrawn_key_stops_its_tokens_even_once_verified(
@@ -579,3 +606,14 @@ async def test_a_discovery_document_for_another_issuer_is_refused(issuer: Issuer
     keys = tokens.KeySet(issuer=issuer.url + "/", jwks_url=None)
     assert await keys.key(issuer.signing_key()[0]) is None
     assert await tokens.KeySet(issuer=issuer.url, jwks_url=None).key(issuer.signing_key()[0])
+
+
+async def test_an_https_issuer_s_keys_are_never_fetched_over_plain_http() -> None:
+    def answer(request: httpx.Request) -> httpx.Response:
+        document = {"issuer": "https://issuer.example", "jwks_uri": "http://issuer.example/k"}
+        return httpx.Response(200, json=document)
+
+    keys = tokens.KeySet(issuer="https://issuer.example", jwks_url=None)
+    async with httpx.AsyncClient(transport=httpx.MockTransport(answer)) as client:
+        with pytest.raises(ValueError, match="jwks_uri is not https"):
+            await keys._discover(client)

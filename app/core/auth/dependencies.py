@@ -68,8 +68,8 @@ async def _record_failure(
     authenticator: Authenticator, client: str, redis: OptionalRedis, per_minute: int
 ) -> None:
     """Failed authentications per client address, counted in Redis across workers.
-    Past RATE_LIMIT_AUTH_FAILURES a minute the address gets 429, before its credential
-    is even looked at, so guessing keys is slow. Each worker remembers the addresses it
+    Past RATE_LIMIT_AUTH_FAILURES a minute the address's failures get 429 instead of 401,
+    so guessing keys is slow. Each worker remembers the addresses it
     saw go over, so a request that authenticates costs no Redis round trip."""
     if per_minute == 0:
         return
@@ -102,12 +102,14 @@ async def authenticate(request: Request) -> Principal:
     state = app_state(request)
     authenticator = state["auth"]
     client = client_key(request)
-    _check_not_blocked(authenticator, client)
     try:
         principal = await authenticator.principal(
             _one(request, "authorization"), _one(request, API_KEY_HEADER), state["session_factory"]
         )
     except NotAuthenticated:
+        # Only a failing request is held back: a valid credential from a blocked address
+        # (a NAT, a load balancer shared with whoever guesses) still gets in.
+        _check_not_blocked(authenticator, client)
         per_minute = state["settings"].rate_limit_auth_failures
         await _record_failure(authenticator, client, state["redis"], per_minute)
         raise

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from http import HTTPStatus
 
-from app.core.errors import AppError
+from app.core.errors import RETRY_UNAVAILABLE_AFTER_SECONDS, AppError
 
 
 class NotAuthenticated(AppError):
@@ -30,3 +30,15 @@ class MissingScope(AppError):
         self.headers = {
             "WWW-Authenticate": f'Bearer error="insufficient_scope", scope="{" ".join(scopes)}"'
         }
+
+
+class IssuerUnavailable(AppError):
+    """A token arrived, and this worker has never fetched the issuer's keys to check it
+    with (the provider was unreachable since the worker started): 503, not the 401 that
+    would tell the client its token is bad. Not counted as a failed authentication."""
+
+    status_code = HTTPStatus.SERVICE_UNAVAILABLE
+    headers = {"Retry-After": str(RETRY_UNAVAILABLE_AFTER_SECONDS)}  # noqa: RUF012  # read-only
+
+    def __init__(self) -> None:
+        super().__init__("The identity provider's keys could not be fetched; try again shortly.")

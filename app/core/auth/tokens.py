@@ -30,7 +30,7 @@ import httpx
 import jwt
 import structlog
 
-from app.core.auth.errors import NotAuthenticated
+from app.core.auth.errors import IssuerUnavailable, NotAuthenticated
 from app.core.principal import MAX_SUBJECT_LENGTH, RESERVED_SUBJECT_PREFIXES, Principal
 
 LEEWAY_SECONDS = 30
@@ -127,6 +127,11 @@ class KeySet:
         if stale and self._may_fetch(now):
             self._refresh_in_background()
 
+    @property
+    def fetched(self) -> bool:
+        """Whether a fetch ever succeeded: a worker whose first fetch failed holds no key."""
+        return bool(self._keys)
+
     async def key(self, kid: str) -> SigningKey | None:
         """The key named `kid`, refreshing the set first if it is unknown (rate-limited)."""
         found = self._keys.get(kid)
@@ -190,6 +195,9 @@ class KeySet:
         url = document.get("jwks_uri")
         if not isinstance(url, str):
             raise ValueError("the discovery document names no jwks_uri")
+        # An https issuer's keys over plain http could be anyone's keys on the path.
+        if self._issuer.startswith("https://") and not url.startswith("https://"):
+            raise ValueError(f"the discovery document's jwks_uri is not https: {url!r}")
         self._jwks_url = url
         return url
 
@@ -233,15 +241,7 @@ class TokenVerifier:
 
     async def _verify(self, token: str) -> tuple[Principal, float]:
         algorithm, kid = self._header(token)
-        key = await self.keys.key(kid)
-        if key is None:
-            raise _refused("is signed with a key the issuer does not publish")
-        # A key that names no `alg` (as many providers publish them) still fits only its
-        # own family: an RS256 header with an EC key is refused, not handed to PyJWT.
-        if key.algorithm not in (algorithm, None) or key.jwk.key_type != _KEY_TYPES.get(
-            algorithm[:2]
-        ):
-            raise _refused("is signed with an algorithm its key does not allow")
+        key = await self._key(algorithm, kid)
         try:
             claims = jwt.decode(
                 token,
@@ -282,6 +282,22 @@ class TokenVerifier:
             raise _refused("has an expiry that is not a time") from None
         principal = Principal(subject=subject, scopes=scopes_of(claims), kind="token")
         return principal, expires
+
+    async def _key(self, algorithm: str, kid: str) -> SigningKey:
+        """The issuer's key named `kid`, if it may verify `algorithm`."""
+        key = await self.keys.key(kid)
+        if key is None and not self.keys.fetched:
+            # Not the token's fault: this worker has no keys to check it with yet.
+            raise IssuerUnavailable
+        if key is None:
+            raise _refused("is signed with a key the issuer does not publish")
+        # A key that names no `alg` (as many providers publish them) still fits only its
+        # own family: an RS256 header with an EC key is refused, not handed to PyJWT.
+        if key.algorithm not in (algorithm, None) or key.jwk.key_type != _KEY_TYPES.get(
+            algorithm[:2]
+        ):
+            raise _refused("is signed with an algorithm its key does not allow")
+        return key
 
     def _header(self, token: str) -> tuple[str, str]:
         """The token's algorithm and key id, once the token looks like one we accept."""
