@@ -2,6 +2,7 @@
 # Restore the production stack's database (`make restore [at=TIME]`, docs/backups.md).
 #   scripts/restore.sh                              the latest state
 #   scripts/restore.sh "2026-12-06 10:00:00+00"     the state at that time
+#   scripts/restore.sh 20261129-031500F             a backup older than the window, to its end
 # Each step is one command, logged as it starts: one that fails can be run on by hand.
 # Reads ENV_FILE (default .env) like the stack; COMPOSE_PROJECT_NAME picks another project.
 # FORCE=1: restore even if the newest WAL cannot be archived first (its writes are lost).
@@ -28,11 +29,12 @@ serve_again() {
 # 0. A time pgBackRest cannot read (its format) or Postgres cannot (a 13th month) is
 #    refused before anything is stopped: pgBackRest would refuse it once the stack is down.
 TIME_FORMAT='^[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?[+-][0-9]{2}(:?[0-9]{2})?$'
-if [ -n "$target" ] && { ! [[ "$target" =~ $TIME_FORMAT ]] || { db_running &&
+LABEL_FORMAT='^[0-9]{8}-[0-9]{6}F(_[0-9]{8}-[0-9]{6}[DI])?$'  # `make backups` lists them
+if [ -n "$target" ] && ! [[ "$target" =~ $LABEL_FORMAT ]] && { ! [[ "$target" =~ $TIME_FORMAT ]] || { db_running &&
   ! printf '%s\n' "SELECT :'target'::timestamptz" |
   "${COMPOSE[@]}" exec -T db psql -X -q -v ON_ERROR_STOP=1 -v target="$target" -U postgres -d app >/dev/null 2>&1; }; }; then
   log "FAILED: not a time pgBackRest reads: $target (write \"2026-12-06 10:00:00+00\", with the" >&2
-  log "zone); nothing was stopped" >&2
+  log "zone, or a backup's label from make backups); nothing was stopped" >&2
   exit 2
 fi
 
@@ -88,7 +90,8 @@ log "restoring ${target:-the latest state}"
 status=0
 "${COMPOSE[@]}" run --rm --no-deps backup pgbackup restore "$target" || status=$?
 # pgBackRest's codes for a restore refused before it touched anything: 75, no backup
-# set before that time; 29, a time it cannot read.
+# set before that time (pgbackup's too, for a time before the window); 29, a time it
+# cannot read.
 if [ "$status" = 75 ] || [ "$status" = 29 ]; then
   log "FAILED: no backup reaches ${target:-the latest state} (make backups shows the window)" >&2
   serve_again

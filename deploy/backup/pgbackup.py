@@ -24,11 +24,13 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -51,9 +53,16 @@ FULL_EVERY = seconds(os.environ.get("BACKUP_FULL_EVERY") or "7d")
 PITR_DAYS = float(os.environ.get("BACKUP_PITR_DAYS") or "7")
 WAL_MAX_AGE = seconds(os.environ.get("BACKUP_WAL_MAX_AGE") or "5m")
 METRICS_PORT = int(os.environ.get("BACKUP_METRICS_PORT") or "9188")
-# pgBackRest keeps the WAL of the newest N backups (full or differential): N backups,
-# one per BACKUP_EVERY, span BACKUP_PITR_DAYS.
-WAL_RETENTION = max(1, math.ceil(PITR_DAYS * 86400 / EVERY))
+# pgBackRest keeps the WAL from the start of the newest N backups (full or differential)
+# onward. N - 1 intervals of BACKUP_EVERY must span BACKUP_PITR_DAYS: just after a backup,
+# the oldest of N daily ones is N - 1 days old.
+WAL_RETENTION = max(1, math.ceil(PITR_DAYS * 86400 / EVERY)) + 1
+# What pgBackRest counts for that retention (repo1-retention-archive-type), by type.
+RETENTION_COUNTS = {"full": {"full"}, "diff": {"full", "diff"}, "incr": {"full", "diff", "incr"}}
+# A backup's label, for a restore to the end of a backup older than the window.
+LABEL = re.compile(r"^\d{8}-\d{6}F(_\d{8}-\d{6}[DI])?$")
+# pgBackRest's exit code for "no backup set reaches that target" (nothing touched).
+NO_BACKUP_REACHES = 75
 SOCKET_DIR = os.environ.get("PGBACKREST_PG1_SOCKET_PATH", "/var/run/postgresql")
 # The container's own in-memory /tmp: the scheduler's last result, for `pgbackup check`.
 STATE_FILE = Path("/tmp/pgbackup-state.json")  # noqa: S108
@@ -128,6 +137,20 @@ def stop_time(backup: Json) -> float:
     return float(backup["timestamp"]["stop"])
 
 
+def window(stanza: Json) -> tuple[list[Json], list[Json]]:
+    """The backups a restore can go on from to any later second, and the older ones, kept
+    without their later WAL: each restores only to its own end. pgBackRest keeps the WAL
+    from the start of the newest repo1-retention-archive backups of the counted types."""
+    done = current_backups(stanza)
+    counted = RETENTION_COUNTS.get(ENV.get("PGBACKREST_REPO1_RETENTION_ARCHIVE_TYPE", "full"))
+    kept = int(ENV.get("PGBACKREST_REPO1_RETENTION_ARCHIVE") or 0)
+    anchors = [n for n, b in enumerate(done) if b.get("type") in (counted or {"full"})]
+    if not kept or len(anchors) <= kept:
+        return done, []
+    first = anchors[-kept]
+    return done[first:], done[:first]
+
+
 def wal_timeline(backup: Json) -> int:
     start = backup.get("archive", {}).get("start")
     return int(str(start)[:8], 16) if start else 0
@@ -153,10 +176,15 @@ def due_type(stanza: Json, now: float) -> str | None:
     return None
 
 
-def take_backup(kind: str) -> bool:
+def take_backup(kind: str, *, scheduled: bool = True) -> bool:
+    """One backup. The schedule's records its run and outcome in the state the healthcheck
+    reads; one taken by hand (`pgbackup now`, another process) records only a success,
+    which clears an earlier failure: its own failure is the operator's to read, and must
+    not mark the schedule's backup, running meanwhile or not, as failed."""
     log(f"{kind} backup starting")
     started = time.time()
-    update_state(running_since=started)
+    if scheduled:
+        update_state(running_since=started)
     try:
         run("pgbackrest", "backup", f"--type={kind}")
         log(f"{kind} backup done in {time.time() - started:.1f} s")
@@ -164,13 +192,18 @@ def take_backup(kind: str) -> bool:
     except RuntimeError as failure:
         log(f"{kind} backup FAILED:\n{failure}", error=True)
         error = str(failure)[-500:]
-    update_state(
-        running_since=None,
-        last_attempt=started,
-        last_duration=time.time() - started,
-        last_error=error,
-    )
+    outcome = {"last_attempt": started, "last_duration": time.time() - started, "last_error": error}
+    if scheduled:
+        update_state(running_since=None, **outcome)
+    elif not error:
+        update_state(**outcome)
     return not error
+
+
+def running_since() -> float | None:
+    """When the schedule's backup under way began, if one is."""
+    since = read_state().get("running_since")
+    return since if isinstance(since, float) and time.time() - since < EVERY else None
 
 
 def read_state() -> dict[str, Any]:
@@ -183,7 +216,8 @@ def read_state() -> dict[str, Any]:
 
 def update_state(**changes: object) -> None:
     with STATE_LOCK:
-        tmp = STATE_FILE.with_suffix(".tmp")
+        # A file of this process's own: `pgbackup now` runs beside the schedule.
+        tmp = STATE_FILE.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps(read_state() | changes))
         tmp.replace(STATE_FILE)
 
@@ -197,8 +231,7 @@ def measure() -> tuple[dict[str, float], list[str]]:
     # A backup under way is the remedy for an old or a failed one: while it runs (for up
     # to BACKUP_EVERY) neither is a problem. On Swarm an unhealthy task is replaced,
     # which would kill the backup that a long outage made overdue, again and again.
-    running_since = state.get("running_since")
-    running = isinstance(running_since, float) and now - running_since < EVERY
+    running = running_since() is not None
     values["pgbackup_backup_running"] = float(running)
     try:
         stanza = info()
@@ -209,7 +242,9 @@ def measure() -> tuple[dict[str, float], list[str]]:
             values["pgbackup_last_backup_age_seconds"] = last_age
             delta = done[-1].get("info", {}).get("repository", {}).get("delta", 0)
             values["pgbackup_last_backup_size_bytes"] = float(delta)
-            values["pgbackup_recovery_window_start_timestamp_seconds"] = stop_time(done[0])
+            reach, _ = window(stanza)
+            if reach:
+                values["pgbackup_recovery_window_start_timestamp_seconds"] = stop_time(reach[0])
             fulls = [b for b in done if b.get("type") == "full"]
             if fulls:
                 values["pgbackup_last_full_backup_age_seconds"] = now - stop_time(fulls[-1])
@@ -334,28 +369,66 @@ def list_backups() -> int:
         print(error)
         return 1
     found = current_backups(stanza)
-    if found:
-        start = time.strftime("%Y-%m-%d %H:%M:%S+00", time.gmtime(stop_time(found[0])))
+    reach, older = window(stanza)
+    if reach:
+        start = utc(stop_time(reach[0]))
         archive = stanza.get("archive", [])
         newest = archive[-1].get("max") if archive else None
         try:
             end = sql("SELECT date_trunc('second', last_archived_time) FROM pg_stat_archiver")
         except RuntimeError:
             end = ""
-        print(f"\nrecovery window: from {start} (the end of the oldest backup)")
+        print(f"\nrecovery window: from {start} (the end of {reach[0].get('label')})")
         print(f"                 to {end or '?'} (the newest archived WAL segment, {newest})")
         print("restore to a time inside it: make restore at='YYYY-MM-DD HH:MM:SS+00'")
+    if older:
+        print("\nolder backups, without the WAL after their end: each restores to its end only,")
+        print("make restore at=LABEL")
+        for backup in older:
+            print(f"  {backup.get('label')}  ended {utc(stop_time(backup))}")
     if len(found) < len(stanza.get("backup", [])):
         print("the backups under 'db (prior)' are an older PostgreSQL version's: they")
         print("restore only with that version's images (docs/backups.md, upgrading)")
     return 0
 
 
+def utc(timestamp: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S+00", time.gmtime(timestamp))
+
+
+def before_window(target: str) -> str | None:
+    """Why no backup reaches `target`, a time before the window (a restore there would
+    overwrite the data directory, then stop short of the target); None if it may."""
+    try:
+        wanted = datetime.fromisoformat(target).timestamp()
+    except ValueError:
+        return None  # pgBackRest reads it, or refuses it, itself
+    reach, _ = window(info())
+    if not reach or wanted >= stop_time(reach[0]):
+        return None
+    return (
+        f"{target} is before the recovery window, which starts at {utc(stop_time(reach[0]))};"
+        " an older backup restores to its end only (make backups lists them: make restore"
+        " at=LABEL)"
+    )
+
+
 def restore(target: str) -> int:
     # hot_standby off: Postgres accepts no connection, so its healthcheck fails, until
     # the WAL is replayed to the target and the database is promoted.
     args = ["restore", "--delta", "--recovery-option=hot_standby=off"]
-    if target:
+    if LABEL.fullmatch(target):
+        # The backup's own end: its WAL up to the point it is consistent, no further.
+        args += [f"--set={target}", "--type=immediate", "--target-action=promote"]
+    elif target:
+        try:
+            refused = before_window(target)
+        except (RuntimeError, ValueError, KeyError, TypeError) as error:
+            refused = None  # the repository unread: pgBackRest's own restore says why
+            log(f"the recovery window could not be read: {error}", error=True)
+        if refused:
+            log(refused, error=True)
+            return NO_BACKUP_REACHES
         args += ["--type=time", f"--target={target}", "--target-action=promote"]
     log(f"restoring {'to ' + target if target else 'the latest state'}")
     return subprocess.run(["pgbackrest", *args], env=ENV, check=False).returncode
@@ -367,17 +440,29 @@ def check() -> int:
     return 1 if problems else 0
 
 
+def backup_now(kind: str) -> int:
+    if kind not in ("", "full", "diff", "incr"):
+        # A usage error, not a failed backup: the healthcheck must not turn on a typo.
+        print(f"pgbackup now: {kind!r} is not full, diff or incr", file=sys.stderr)
+        return 2
+    if (since := running_since()) is not None:
+        print(
+            f"pgbackup now: the schedule's backup runs since {utc(since)}: it is the one"
+            " to wait for (pgbackup list when it is done)",
+            file=sys.stderr,
+        )
+        return 1
+    kind = kind or due_type(info(), time.time()) or "incr"
+    return 0 if take_backup(kind, scheduled=False) else 1
+
+
 def main(argv: list[str]) -> int:
     command, *args = argv or ["schedule"]
     arg = args[0] if args else ""
     if command == "schedule":
         schedule()
     if command == "now":
-        if arg not in ("", "full", "diff", "incr"):
-            # A usage error, not a failed backup: the healthcheck must not turn on a typo.
-            print(f"pgbackup now: {arg!r} is not full, diff or incr", file=sys.stderr)
-            return 2
-        return 0 if take_backup(arg or due_type(info(), time.time()) or "incr") else 1
+        return backup_now(arg)
     if command == "list":
         return list_backups()
     if command == "restore":

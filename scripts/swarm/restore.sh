@@ -2,6 +2,7 @@
 # Restore the Swarm stack's database (docs/swarm.md), from a manager:
 #   scripts/swarm/restore.sh                              the latest state
 #   scripts/swarm/restore.sh "2026-12-06 10:00:00+00"     the state at that time
+#   scripts/swarm/restore.sh 20261129-031500F             an older backup, to its end
 # What scripts/restore.sh does on the VM, with Swarm's verbs:
 #   1. scales the api and the worker, then the backup service and the db, to 0 (the
 #      proxy answers 502; no job runs against a database being replaced);
