@@ -2,9 +2,11 @@
 first attempt's response back, and nothing is written twice.
 
 The header follows the IETF httpapi draft "The Idempotency-Key HTTP Header Field".
-A route opts in with one line, `dependencies=[idempotent]`, on a router made with
-`route_class=IdempotentRoute` (tests/test_idempotency_routes.py finds a POST without
-the first; a key sent to a route without the second is a 500 that says so).
+A route opts in with one line, `dependencies=[idempotent]` (after its `requires(...)`:
+a route that reads the key before it authenticates is refused when it is made), on a
+router made with `route_class=IdempotentRoute` (tests/test_idempotency_routes.py finds
+a POST without the first; a key sent to a route without the second is a 500 that says
+so).
 
 How it stays correct without a second store or a lock service:
 1. The handler runs first. Its response (status, Location, body) is stored with the key
@@ -32,13 +34,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from http import HTTPStatus
 from typing import Annotated, Any
 
 from fastapi import Depends, Header, Request, Response
+from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 from sqlalchemy import DateTime, Integer, LargeBinary, String, delete, func, select
 from sqlalchemy.dialects.postgresql import JSONB
@@ -46,6 +49,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
+from app.core.auth.dependencies import authenticate
 from app.core.db import Base, SessionDep, discard
 from app.core.db_errors import sqlstate
 from app.core.errors import AppError
@@ -247,6 +251,13 @@ async def _stored_response(keyed: _Keyed) -> Response | None:
     return replay
 
 
+def _calls_in_order(dependant: Dependant) -> Iterator[Callable[..., Any] | None]:
+    """The dependencies' callables in the order FastAPI runs them: each one's own first."""
+    for dependency in dependant.dependencies:
+        yield from _calls_in_order(dependency)
+        yield dependency.call
+
+
 class IdempotentRoute(APIRoute):
     """Stores a keyed request's response with its key, in its transaction, and sends
     replays.
@@ -254,6 +265,19 @@ class IdempotentRoute(APIRoute):
     FastAPI builds the whole response inside the handler this wraps, before the
     function-scoped SessionDep commits: so the response is written in the same
     transaction as the data, and a replay can still discard the handler's writes."""
+
+    def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
+        super().__init__(path, endpoint, **kwargs)
+        # The key is filed under the caller that authentication found: read before it,
+        # on a route that authenticates, it would be filed as anonymous, and another
+        # caller from the same address could replay this one's response.
+        calls = list(_calls_in_order(self.dependant))
+        keyed_first = _read_key in calls and authenticate in calls
+        if keyed_first and calls.index(_read_key) < calls.index(authenticate):
+            raise RuntimeError(
+                f"{path}: idempotent runs before authentication here; put requires(...)"
+                " before it in dependencies=[...]"
+            )
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handle = super().get_route_handler()

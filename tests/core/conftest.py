@@ -11,7 +11,7 @@ from typing import Annotated, Any, cast
 
 import asyncpg
 import pytest
-from fastapi import APIRouter, FastAPI, Response
+from fastapi import APIRouter, Depends, FastAPI, Response
 from httpx import AsyncClient
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy import DateTime, MetaData, String, func, select, text
@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from app.core.application import build_app
-from app.core.auth.dependencies import requires
+from app.core.auth.dependencies import authenticate, requires
 from app.core.config import Settings
 from app.core.db import NAMING_CONVENTION, ReadSessionDep, SessionDep, driver_connection
 from app.core.db_errors import UNIQUE_VIOLATION, flush_or_raise
@@ -172,7 +172,10 @@ async def create_widget(
     return WidgetRead.model_validate(widget)
 
 
-@idempotent_router.post("/scoped-widgets", status_code=201, dependencies=[idempotent])
+# Authenticated first, as every /api/v1 router is (app/core/application.py).
+@idempotent_router.post(
+    "/scoped-widgets", status_code=201, dependencies=[Depends(authenticate), idempotent]
+)
 async def create_scoped_widget(
     body: WidgetRead,
     session: SessionDep,

@@ -6,15 +6,25 @@ import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator
+from typing import Annotated
 
 import pytest
+from fastapi import APIRouter
 from httpx import AsyncClient
 from sqlalchemy import delete, func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
+from app.core.auth.dependencies import requires
 from app.core.config import Settings
-from app.core.idempotency import HEADER, REPLAYED_HEADER, IdempotencyKey, delete_expired_keys
-from app.core.principal import ANONYMOUS_SUBJECT_PREFIX
+from app.core.idempotency import (
+    HEADER,
+    REPLAYED_HEADER,
+    IdempotencyKey,
+    IdempotentRoute,
+    delete_expired_keys,
+    idempotent,
+)
+from app.core.principal import ANONYMOUS_SUBJECT_PREFIX, Principal
 from tests.conftest import with_overrides
 from tests.core.conftest import CoreClientMaker, ProbeBase, Widget
 from tests.core.problems import assert_problem
@@ -365,3 +375,16 @@ async def test_a_store_cut_short_by_a_cancel_is_a_503_not_a_409(
     assert retry.headers["retry-after"]
     async with engine.connect() as connection:
         assert await count_widgets(connection) == 0
+
+
+def test_a_key_read_before_authentication_is_refused_when_the_route_is_made() -> None:
+    """Filed as anonymous, the key would let another caller from the same address replay
+    this caller's response."""
+    router = APIRouter(route_class=IdempotentRoute)
+
+    async def create(_: Annotated[Principal, requires("widgets:write")]) -> None:
+        pass
+
+    with pytest.raises(RuntimeError, match="idempotent runs before authentication"):
+        router.post("/widgets", dependencies=[idempotent])(create)
+    router.post("/widgets", dependencies=[requires("widgets:write"), idempotent])(create)
