@@ -9,6 +9,11 @@ current turn (`call_soon`): a busy worker writes dozens of lines at once, an idl
 writes each line a few microseconds later. Public APIs only: structlog's logger
 factory protocol and a `logging.Handler` (tests/core/test_log_output.py).
 
+A batch goes out in writes of at most PIPE_BUF bytes, each of whole lines: every
+Gunicorn worker writes to the same stdout pipe, and only a write that size is atomic,
+so a larger one, split when the pipe is full, would let another worker's lines land
+inside one of ours.
+
 Nothing waits on a timer, so nothing is held back: a line is out before the loop
 sleeps again. A worker killed with SIGKILL loses only the lines of the turn it was
 in. Outside the loop (start-up, scripts, other threads) a line is written at once.
@@ -21,9 +26,14 @@ from __future__ import annotations
 import asyncio
 import atexit
 import logging
+import select
 import sys
 import threading
+from collections.abc import Iterator
 from typing import Any, BinaryIO
+
+# The most a write to a pipe may carry and stay whole beside other processes' writes.
+ATOMIC_WRITE = getattr(select, "PIPE_BUF", 512)
 
 
 class CoalescedOutput:
@@ -56,8 +66,23 @@ class CoalescedOutput:
             self._flush_scheduled = False
         if lines:
             stream = self._stream or sys.stdout.buffer
-            stream.write(b"".join(lines))
-            stream.flush()
+            for chunk in _atomic_chunks(lines):
+                stream.write(chunk)
+                stream.flush()  # one write() each: the buffer would join them again
+
+
+def _atomic_chunks(lines: list[bytes]) -> Iterator[bytes]:
+    """The lines, joined into chunks of at most ATOMIC_WRITE bytes (a longer line alone)."""
+    chunk: list[bytes] = []
+    size = 0
+    for line in lines:
+        if chunk and size + len(line) > ATOMIC_WRITE:
+            yield b"".join(chunk)
+            chunk, size = [], 0
+        chunk.append(line)
+        size += len(line)
+    if chunk:
+        yield b"".join(chunk)
 
 
 STDOUT = CoalescedOutput()

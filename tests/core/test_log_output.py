@@ -7,16 +7,23 @@ import io
 import logging
 import threading
 
-from app.core.log_output import CoalescedHandler, CoalescedLoggerFactory, CoalescedOutput
+from app.core.log_output import (
+    ATOMIC_WRITE,
+    CoalescedHandler,
+    CoalescedLoggerFactory,
+    CoalescedOutput,
+)
 
 
 class CountingStream(io.BytesIO):
     def __init__(self) -> None:
         super().__init__()
         self.writes = 0
+        self.sizes: list[int] = []
 
     def write(self, data: bytes) -> int:  # type: ignore[override]
         self.writes += 1
+        self.sizes.append(len(data))
         return super().write(data)
 
 
@@ -29,6 +36,25 @@ async def test_lines_of_one_loop_turn_go_out_in_one_write_in_order() -> None:
     await asyncio.sleep(0)
     assert stream.getvalue() == b"".join(f"line {n}\n".encode() for n in range(5))
     assert stream.writes == 1
+
+
+async def test_a_large_turn_goes_out_in_atomic_writes_of_whole_lines() -> None:
+    """Every worker shares stdout's pipe: a write over PIPE_BUF may be split, and another
+    worker's lines land inside one of this one's."""
+    stream = CountingStream()
+    output = CoalescedOutput(stream)
+    lines = [f"{n:04d} {'x' * 195}\n".encode() for n in range(100)]  # 20,000 bytes
+    long_line = b"y" * (ATOMIC_WRITE + 10) + b"\n"
+    for line in [*lines[:50], long_line, *lines[50:]]:
+        output.write_line(line)
+    await asyncio.sleep(0)
+    assert stream.getvalue() == b"".join([*lines[:50], long_line, *lines[50:]])
+    assert len(long_line) in stream.sizes  # alone
+    assert all(size <= ATOMIC_WRITE for size in stream.sizes if size != len(long_line))
+    assert stream.writes <= 2 + 20_000 // (ATOMIC_WRITE - 200)  # still batched
+    written = stream.getvalue()
+    ends = [sum(stream.sizes[: n + 1]) for n in range(len(stream.sizes))]
+    assert all(written[end - 1 : end] == b"\n" for end in ends)  # each write whole lines
 
 
 async def test_each_turn_is_written_before_the_next() -> None:
