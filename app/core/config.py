@@ -8,6 +8,7 @@ from a setting's name is logged at start, with the name it likely means.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
@@ -235,12 +236,22 @@ class Settings(LoggingSettings):
 
     @property
     def sqlalchemy_url(self) -> str:
-        return str(self.database_url)
+        # SQLAlchemy hands the URL's query to asyncpg.connect() as arguments: TLS is its
+        # `ssl`, where a provider's libpq-style URL says `sslmode` (same values).
+        return _rename_query_parameter(str(self.database_url), "sslmode", "ssl")
 
     @property
     def postgres_dsn(self) -> str:
         """The same database as a plain postgresql:// URL, for asyncpg used directly."""
-        return self.sqlalchemy_url.replace("postgresql+asyncpg://", "postgresql://", 1)
+        # asyncpg reads a DSN as libpq does: `sslmode`; an `ssl` there would be sent to
+        # the server as a setting, and refused.
+        dsn = str(self.database_url).replace("postgresql+asyncpg://", "postgresql://", 1)
+        return _rename_query_parameter(dsn, "ssl", "sslmode")
+
+
+def _rename_query_parameter(url: str, old: str, new: str) -> str:
+    base, separator, query = url.partition("?")
+    return base + separator + re.sub(rf"(^|&){old}=", rf"\g<1>{new}=", query)
 
 
 def describe_validation_error(exc: ValidationError) -> str:

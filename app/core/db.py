@@ -118,17 +118,19 @@ def _close_at_once(dbapi_connection: Any, connection_record: Any, exception: Any
 # gets a 503 (app/core/db_errors.py: an invalidated connection is transient), the next
 # one a fresh connection. The rest of the pool is kept. Not a write refused by a
 # read-only database (25006, a replica after a failover): that connection is sound, and
-# dropping it on every refused write would only add a reconnect to each.
+# dropping it on every refused write would only add a reconnect to each. Nor a statement
+# in a transaction an earlier error aborted (25P02): code that caught an error and went
+# on is a bug, a 500 with its traceback, not an outage for the client to retry.
 _QUERY_CANCELED = "57014"
 _INVALID_TRANSACTION_STATE_CLASS = "25"
-_READ_ONLY_SQL_TRANSACTION = "25006"
+_SOUND_CONNECTION_SQLSTATES = frozenset({"25006", "25P02"})
 
 
 def _drop_connection_in_doubt(context: ExceptionContext) -> None:
     code = getattr(context.original_exception, "sqlstate", None)
     if (
         isinstance(code, str)
-        and code != _READ_ONLY_SQL_TRANSACTION
+        and code not in _SOUND_CONNECTION_SQLSTATES
         and (code == _QUERY_CANCELED or code.startswith(_INVALID_TRANSACTION_STATE_CLASS))
     ):
         context.is_disconnect = True
@@ -141,8 +143,10 @@ def create_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSessi
 
 
 def after_commit(session: AsyncSession, hook: AfterCommit) -> None:
-    """Run `hook` once the request's transaction has committed (never if it rolls back).
-    For work that must not happen before the data is durable: cache invalidation."""
+    """Run `hook` once the request's transaction has committed, or once its COMMIT failed
+    (a connection lost after the server committed: whether it did is unknown); never
+    if the request failed before its commit. For work that must not happen before the
+    data is durable and is harmless if it did not become so: cache invalidation."""
     session.info.setdefault(_AFTER_COMMIT, []).append(hook)
 
 
@@ -186,7 +190,13 @@ async def get_session(session_factory: SessionFactoryDep) -> AsyncIterator[Async
         try:
             yield session
             if session.in_transaction():  # a cache hit never touched the database
-                await session.commit()
+                try:
+                    await session.commit()
+                except Exception:
+                    # The client gets its 503, but the write may stand: an entry left
+                    # in the cache would serve the old row for its whole TTL.
+                    await _run_after_commit(session)
+                    raise
         except TimeoutError:
             # The server stopped answering mid-statement: a ROLLBACK would wait for it as
             # long as it stays silent. Drop the connection without a round trip.

@@ -3,6 +3,7 @@ table below: they must pass with every domain package deleted."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import uuid
 from collections.abc import Awaitable, Callable
@@ -15,6 +16,7 @@ from fastapi import APIRouter, Depends, FastAPI, Response
 from httpx import AsyncClient
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy import DateTime, MetaData, String, func, select, text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -110,6 +112,15 @@ async def query_a_closed_driver(session: SessionDep) -> None:
     raw = await driver_connection(session)
     raw.terminate()
     await raw.fetchval("SELECT 1")
+
+
+@router.get("/after-a-swallowed-error")
+async def query_after_a_swallowed_error(session: SessionDep) -> int | None:
+    """A bug: a failed statement's error caught, and its aborted transaction used again."""
+    with contextlib.suppress(DBAPIError):
+        await session.execute(text("SELECT 1 / 0"))
+    value = await session.scalar(text("SELECT 1"))
+    return value if isinstance(value, int) else None
 
 
 @router.post("/lose-transaction-state")

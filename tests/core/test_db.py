@@ -10,6 +10,7 @@ from collections.abc import AsyncGenerator
 from contextlib import AsyncExitStack
 from typing import cast
 
+import asyncpg
 import pytest
 from httpx import AsyncClient
 from sqlalchemy import event, make_url, select, text
@@ -114,6 +115,15 @@ async def test_a_connection_that_lost_track_of_its_transaction_is_dropped(
     assert statuses == [503, 200, 200]
 
 
+async def test_a_transaction_used_after_its_error_was_swallowed_is_a_500_not_an_outage(
+    make_core_client: CoreClientMaker, settings: Settings
+) -> None:
+    # 25P02 is a bug in the caller: not a 503 with Retry-After, and the connection is kept.
+    client = await make_core_client(with_overrides(settings, db_pool_size=1), isolated=False)
+    assert_problem(await client.get("/probe/after-a-swallowed-error"), 500)
+    assert (await client.get("/probe/db")).status_code == 200
+
+
 @THROUGH_EVERY_SESSION
 async def test_a_bug_in_sql_stays_500(core_client: AsyncClient, route: str) -> None:
     response = await core_client.get(route, params={"sql": "SELECT * FROM nowhere"})
@@ -168,6 +178,39 @@ async def test_after_commit_hooks_run_only_after_a_commit(
     with pytest.raises(RuntimeError):
         await rolled_back.athrow(RuntimeError("the handler failed"))
     assert ran == ["hook"]
+
+
+async def test_after_commit_hooks_run_when_the_commit_s_outcome_is_unknown(
+    session_factory: async_sessionmaker[AsyncSession],
+    widgets_table: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The server committed, and the connection broke before its answer: the client gets
+    an error, the row stands, and its cached copy must go all the same."""
+    from app.core.db import get_session  # noqa: PLC0415
+
+    ran: list[str] = []
+
+    async def invalidate() -> None:
+        ran.append("invalidated")
+
+    commit = AsyncSession.commit
+
+    async def commit_then_lose_the_answer(self: AsyncSession) -> None:
+        await commit(self)
+        raise ConnectionResetError("the answer to COMMIT never arrived")
+
+    request = cast("AsyncGenerator[AsyncSession]", get_session(session_factory))
+    session = await anext(request)
+    session.add(Widget(name="committed"))
+    after_commit(session, invalidate)
+    monkeypatch.setattr(AsyncSession, "commit", commit_then_lose_the_answer)
+    with pytest.raises(ConnectionResetError):
+        await anext(request)
+    monkeypatch.undo()
+    assert ran == ["invalidated"]
+    async with session_factory() as reader:
+        assert list(await reader.scalars(select(Widget.name))) == ["committed"]
 
 
 async def test_discard_drops_the_hooks_of_the_work_it_rolls_back(
@@ -328,3 +371,24 @@ async def test_a_silent_server_costs_a_request_the_statement_timeout_not_more(
     finally:
         await engine.dispose()
         proxy.close()
+
+
+@pytest.mark.parametrize("tls", ["sslmode=disable", "ssl=disable"])
+async def test_a_url_with_either_spelling_of_its_tls_mode_connects_both_ways(
+    settings: Settings, tls: str
+) -> None:
+    """Providers hand out libpq URLs (`sslmode`); asyncpg's connect() takes `ssl`. The
+    engine and asyncpg used directly (the worker, the near cache) both connect."""
+    url = make_url(settings.sqlalchemy_url)
+    configured = with_overrides(settings, database_url=f"{url.render_as_string(False)}?{tls}")
+    engine = create_engine(configured)
+    try:
+        async with engine.connect() as connection:
+            assert await connection.scalar(text("SELECT 1")) == 1
+    finally:
+        await engine.dispose()
+    direct = await asyncpg.connect(configured.postgres_dsn)
+    try:
+        assert await direct.fetchval("SELECT 1") == 1
+    finally:
+        await direct.close()
