@@ -149,14 +149,19 @@ class NearCache:
         """Invalidate `keys` on every worker again, once their Redis entries are gone.
         The commit's NOTIFY can reach a worker before the writer's Redis delete: a read
         in between finds the old body in Redis, after the invalidation, and would keep it
-        until its TTL. Sent in the background, so the response does not wait for it."""
-        if self._connection is None:
+        until its TTL. Sent in the background, so the response does not wait for it; kept
+        until this worker's listener is connected (at start, after a lost connection)."""
+        if not self.enabled:
             return
         for key in keys:
             self._to_announce[key] = None
         while len(self._to_announce) > MAX_ANNOUNCE:  # past it, copies live to their TTL
             del self._to_announce[next(iter(self._to_announce))]
-        if self._announcer is None or self._announcer.done():
+        self._start_announcer()
+
+    def _start_announcer(self) -> None:
+        running = self._announcer is not None and not self._announcer.done()
+        if self._connection is not None and self._to_announce and not running:
             self._announcer = asyncio.create_task(self._send_announcements())
 
     async def _send_announcements(self) -> None:
@@ -247,6 +252,7 @@ class NearCache:
             await connection.add_listener(heartbeats, on_heartbeat)
             self._forget_all()  # whatever changed before we listened
             self._connection = connection
+            self._start_announcer()  # what was announced while this worker was not connected
             for beat in itertools.count():
                 sent_at = self._clock()
                 async with self._statement:

@@ -329,3 +329,21 @@ async def test_a_copy_taken_from_redis_before_the_writers_delete_is_dropped(
     await one.cache.invalidate(old.id)  # the writer's after-commit hook
     await until(lambda: two.near.get(key) is None)
     assert await two.read(new) == new
+
+
+async def test_a_key_announced_while_the_writer_s_listener_is_down_goes_out_once_it_is_up(
+    start_worker: WorkerMaker, settings: Settings, engine: AsyncEngine
+) -> None:
+    """The writer's own listener not connected yet (its worker starting) or again (after
+    a lost connection): the announcement waits for it, instead of being dropped."""
+    writer, reader = await start_worker(settings, listen=False), await start_worker(settings)
+    old = Thing(id=uuid.uuid4(), name="old")
+    await reader.read(old)
+    key = reader.cache.key(old.id)
+    async with AsyncSession(engine) as session, session.begin():
+        await writer.cache.invalidate_on_commit(session, old.id)
+    await until(lambda: reader.near.get(key) is None)
+    assert await reader.read(Thing(id=old.id, name="new")) == old  # copied from Redis again
+    await writer.cache.invalidate(old.id)  # the Redis delete, announced: no listener yet
+    async with writer.near.listening():
+        await until(lambda: reader.near.get(key) is None)
