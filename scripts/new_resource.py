@@ -28,8 +28,9 @@ NAME_MAX_LENGTH = 16
 # Names the template itself uses for something else.
 RESERVED = {"app", "core", "main", "tests", "alembic", "scripts", "migrations"}
 # Plurals whose singular is not the name without its s (category, address, box, batch,
-# wish): asked for rather than guessed.
-ASK_FOR_SINGULAR = re.compile(r"(ies|sses|xes|ches|shes)$")
+# wish), and words in -us or -is that are not plurals at all (status, analysis): asked
+# for rather than guessed.
+ASK_FOR_SINGULAR = re.compile(r"(ies|sses|xes|ches|shes|us|is)$")
 # Words that start with a vowel letter and a consonant sound: "a user", "a unit".
 _CONSONANT_SOUND = ("uni", "use", "usu", "uti", "ure", "eu", "one")
 
@@ -83,8 +84,8 @@ def check_names(root: Path, plural: str, singular: str | None) -> Names:
     if singular is None:
         if not plural.endswith("s") or len(plural) < 2:  # "s" alone
             raise ScaffoldError(
-                f"{plural!r}: the name is a plural ending in s; otherwise give the singular"
-                " (singular=… with make, --singular with the script)"
+                f"{plural!r} does not end in s: give its singular (singular=… with make,"
+                " --singular with the script)"
             )
         if ASK_FOR_SINGULAR.search(plural):
             raise ScaffoldError(
@@ -92,9 +93,13 @@ def check_names(root: Path, plural: str, singular: str | None) -> Names:
                 f" script): it is not always {plural.removesuffix('s')!r}"
             )
         singular = plural.removesuffix("s")
-    if not NAME_PATTERN.match(singular) or singular == plural:
-        raise ScaffoldError(f"singular {singular!r}: a lowercase identifier other than {plural!r}")
-    for name in (plural, singular):
+    if not NAME_PATTERN.match(singular) or singular == plural or len(singular) > NAME_MAX_LENGTH:
+        raise ScaffoldError(
+            f"singular {singular!r}: a lowercase identifier of at most {NAME_MAX_LENGTH}"
+            f" characters, other than {plural!r}"
+        )
+    class_name = Names(plural, singular).substitutions()["Singular"]
+    for name in (plural, singular, class_name):  # the class: `nones` would make `None`
         if keyword.iskeyword(name) or name in RESERVED:
             raise ScaffoldError(f"{name!r} is reserved; choose another name")
     # The singular names the generated code's variables (the plural never stands alone).
@@ -216,6 +221,9 @@ def wire_router(main: str, names: Names) -> str:
         raise ScaffoldError("app/main.py: no `api_routers=[` line to add the router to")
     end = next(n for n in range(start, len(lines)) if lines[n].strip() == "],")
     indent = lines[start][: len(lines[start]) - len(lines[start].lstrip())]
+    if lines[end - 1].strip() == "# none yet":  # what `make init examples=no` leaves
+        del lines[end - 1]
+        end -= 1
     lines.insert(end, f"{indent}    {alias},\n")
     first_app_import = next(n for n, line in enumerate(lines) if line.startswith("from app."))
     lines.insert(first_app_import, f"from app.{names.plural}.router import router as {alias}\n")

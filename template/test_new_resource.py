@@ -51,6 +51,10 @@ def checkout(tmp_path: Path) -> Path:
         ("probe_categories", None),  # not "probe_categorie": give the singular
         ("probe_addresses", None),
         ("api_keys", None),  # core's table (only the migrations say so)
+        ("nones", None),  # its class would be `None`
+        ("statuses", "x" * 17),  # a singular too long for the templates' lines
+        ("status", None),  # not a plural: `statu` was guessed
+        ("analysis", None),
     ],
 )
 def test_bad_names_are_refused_and_write_nothing(
@@ -87,6 +91,13 @@ def test_migrations_chain_on_the_current_head(checkout: Path) -> None:
     (second,) = (checkout / "alembic" / "versions").glob("*_create_probe_lines.py")
     assert new_head is not None
     assert new_head in second.name
+
+
+def test_the_placeholder_of_a_fork_without_examples_goes_with_its_first_router() -> None:
+    main = "from app.core.application import build_app\n\napi_routers=[\n    # none yet\n],\n"
+    wired = new_resource.wire_router(main, new_resource.Names("probes", "probe"))
+    assert "# none yet" not in wired
+    assert "api_routers=[\n    probes_router,\n],\n" in wired
 
 
 def test_main_and_the_contract_are_wired_once(checkout: Path) -> None:
