@@ -103,7 +103,8 @@ wait_for_rollout() {
 }
 
 current=$(docker service inspect -f '{{.Spec.TaskTemplate.ContainerSpec.Image}}' "${STACK}_api" 2>/dev/null || true)
-current=${current%@*} # a digest pinned by --resolve-image
+# Kept with the digest --resolve-image pinned: without it, a tag pushed again (CI's :main)
+# would resolve to the new build, and the api would roll onto it beside the migration.
 if [ -z "$current" ]; then
   # Nor workers: the queue's tables do not exist before the migration.
   log "first deploy: infrastructure and the migration job, no api or worker replicas yet"
