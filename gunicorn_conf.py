@@ -36,7 +36,10 @@ from app.core.config import (
 from app.core.logging import build_logging_config
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from prometheus_client import Counter
+    from prometheus_client.metrics_core import Metric
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 METRICS_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
@@ -165,6 +168,7 @@ def when_ready(server: Any) -> None:
 
     registry = CollectorRegistry()
     MultiProcessCollector(registry)  # type: ignore[no-untyped-call]  # untyped upstream
+    registry.register(MetricsDirUsage(Path(os.environ[METRICS_DIR_VARIABLE])))
     start_http_server(_server.metrics_port, addr=_server.host, registry=registry)
     server.log.info("metrics on %s:%s", _server.host, _server.metrics_port)
 
@@ -178,6 +182,43 @@ def child_exit(server: Any, worker: Any) -> None:
 
     mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]  # untyped upstream
     _worker_restarts().inc()
+    used = metrics_dir_used(Path(os.environ[METRICS_DIR_VARIABLE]))
+    if used > METRICS_DIR_WARN_AT:
+        server.log.warning(
+            "the metric files' tmpfs is %.0f%% full (the workers that exited left theirs):"
+            " restart this container (make deploy) before it is full, or every new worker"
+            " dies at its first sample",
+            used * 100,
+        )
+
+
+# Past this share full, each worker exit warns (and the ApiMetricsDirFilling alert fires).
+METRICS_DIR_WARN_AT = 0.8
+
+
+def metrics_dir_used(directory: Path) -> float:
+    """How full the metric files' filesystem is, 0 to 1."""
+    stats = os.statvfs(directory)
+    return 1 - stats.f_bavail / stats.f_blocks if stats.f_blocks else 0.0
+
+
+class MetricsDirUsage:
+    """A collector for the master's registry: each worker that exits leaves its counter
+    and histogram files (they stay in the sum) until the container restarts, so the
+    tmpfs fills with every recycle and crash; once full, a new worker dies at its first
+    sample (SIGBUS)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def collect(self) -> Iterator[Metric]:
+        from prometheus_client.core import GaugeMetricFamily  # noqa: PLC0415
+
+        yield GaugeMetricFamily(
+            "gunicorn_metrics_dir_used_ratio",
+            "How full the metric files' tmpfs is: exited workers' files stay until a restart.",
+            value=metrics_dir_used(self.directory),
+        )
 
 
 @functools.cache

@@ -154,3 +154,5 @@ async def test_counts_sum_across_workers_and_survive_a_killed_one(gunicorn: Guni
     await gunicorn.get_many("/health", 10)
     final = await gunicorn.scrape()
     assert final.total(COUNT, route="/health") == REQUESTS + 10
+    # How full the files' filesystem is: the killed worker's files stay on it.
+    assert 0 < final.total("gunicorn_metrics_dir_used_ratio") < 1

@@ -8,6 +8,7 @@ from __future__ import annotations
 import ast
 import json
 import re
+import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from prometheus_client import REGISTRY, Metric
 
 import app.core.metrics  # noqa: F401  # registers the api's metrics on REGISTRY
 from app.core.jobs.metrics import REGISTRY as JOBS_REGISTRY
-from gunicorn_conf import _worker_restarts
+from gunicorn_conf import MetricsDirUsage, _worker_restarts
 
 PROMETHEUS = Path(__file__).resolve().parent.parent / "deploy" / "prometheus"
 BACKUP_EXPORTER = PROMETHEUS.parent / "backup" / "pgbackup.py"
@@ -54,6 +55,7 @@ def exported() -> set[str]:
         series(REGISTRY.collect())
         | series(JOBS_REGISTRY.collect())
         | series(_worker_restarts().collect())  # the Gunicorn master's own
+        | series(MetricsDirUsage(Path(tempfile.gettempdir())).collect())
         | backup_exporter_series()
         | PROMETHEUS_OWN
     )
