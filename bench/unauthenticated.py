@@ -38,6 +38,9 @@ class NoVerification:
     ) -> Principal:
         return PRINCIPAL
 
+    def known(self, authorization: str | None, api_key: str | None) -> bool:
+        return True
+
     async def aclose(self) -> None:
         pass
 

@@ -28,9 +28,9 @@ NAME_MAX_LENGTH = 16
 # Names the template itself uses for something else.
 RESERVED = {"app", "core", "main", "tests", "alembic", "scripts", "migrations"}
 # Plurals whose singular is not the name without its s (category, address, box, batch,
-# wish), and words in -us or -is that are not plurals at all (status, analysis): asked
-# for rather than guessed.
-ASK_FOR_SINGULAR = re.compile(r"(ies|sses|xes|ches|shes|us|is)$")
+# wish), and words in -us or -sis that are not plurals at all (status, analysis): asked
+# for rather than guessed. (A plural in -us, menus or skus, is asked for too.)
+ASK_FOR_SINGULAR = re.compile(r"(ies|sses|xes|ches|shes|us|sis)$")
 # Words that start with a vowel letter and a consonant sound: "a user", "a unit".
 _CONSONANT_SOUND = ("uni", "use", "usu", "uti", "ure", "eu", "one")
 

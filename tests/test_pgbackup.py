@@ -6,6 +6,7 @@ thing is `make restore-check`."""
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 import time
 from pathlib import Path
@@ -15,13 +16,19 @@ from typing import Any
 import pytest
 
 DAY = 86400.0
+NO_SUCH_PID = 2**22 + 1  # above Linux's largest pid_max
 NOW = 1_800_000_000.0
 
 
 @pytest.fixture
 def pgbackup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
     """The program as the backup image runs it, with its defaults and a state file here."""
-    for name in ("BACKUP_EVERY", "BACKUP_PITR_DAYS", "PGBACKREST_REPO1_RETENTION_ARCHIVE"):
+    for name in (
+        "BACKUP_EVERY",
+        "BACKUP_PITR_DAYS",
+        "PGBACKREST_REPO1_RETENTION_ARCHIVE",
+        "PGBACKREST_REPO1_RETENTION_ARCHIVE_TYPE",
+    ):
         monkeypatch.delenv(name, raising=False)
     path = Path(__file__).resolve().parent.parent / "deploy" / "backup" / "pgbackup.py"
     spec = importlib.util.spec_from_file_location("pgbackup", path)
@@ -117,3 +124,14 @@ def test_a_backup_by_hand_never_marks_the_schedule_s_as_failed(
     pgbackup.update_state(last_error="an earlier failure")
     assert pgbackup.backup_now("full") == 0
     assert pgbackup.read_state()["last_error"] == ""  # a success clears it
+
+
+def test_the_schedule_waits_for_a_backup_by_hand_unless_its_process_is_gone(
+    pgbackup: ModuleType,
+) -> None:
+    now = pgbackup.time.time()
+    pgbackup.update_state(manual_since=now, manual_pid=os.getpid())
+    assert pgbackup.running_since() == now  # the schedule starts none; not overdue
+    assert pgbackup.backup_now("") == 1  # nor does a second one by hand
+    pgbackup.update_state(manual_pid=NO_SUCH_PID)  # killed before it could say it was done
+    assert pgbackup.running_since() is None

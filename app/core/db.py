@@ -143,9 +143,9 @@ def create_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSessi
 
 
 def after_commit(session: AsyncSession, hook: AfterCommit) -> None:
-    """Run `hook` once the request's transaction has committed, or once its COMMIT failed
-    (a connection lost after the server committed: whether it did is unknown); never
-    if the request failed before its commit. For work that must not happen before the
+    """Run `hook` once the request's transaction has committed, or once its commit failed
+    (whether it took effect can be unknown: a connection lost after the server
+    committed); never if the handler failed. For work that must not happen before the
     data is durable and is harmless if it did not become so: cache invalidation."""
     session.info.setdefault(_AFTER_COMMIT, []).append(hook)
 
@@ -184,8 +184,9 @@ async def _run_after_commit(session: AsyncSession) -> None:
 
 async def get_session(session_factory: SessionFactoryDep) -> AsyncIterator[AsyncSession]:
     """One session per request, and the only place that commits: services flush, this
-    commits if the handler succeeded, then runs the after-commit hooks. On an error,
-    leaving the `async with` rolls back and the hooks are dropped with the session."""
+    commits if the handler succeeded, then runs the after-commit hooks. On the handler's
+    error, leaving the `async with` rolls back and the hooks are dropped with the session;
+    on the commit's own error, they run first (see after_commit)."""
     async with session_factory() as session:
         try:
             yield session
@@ -193,8 +194,9 @@ async def get_session(session_factory: SessionFactoryDep) -> AsyncIterator[Async
                 try:
                     await session.commit()
                 except Exception:
-                    # The client gets its 503, but the write may stand: an entry left
-                    # in the cache would serve the old row for its whole TTL.
+                    # The client gets an error, but the write may stand (a connection
+                    # lost after the server committed): an entry left in the cache would
+                    # serve the old row for its whole TTL. Harmless if it rolled back.
                     await _run_after_commit(session)
                     raise
         except TimeoutError:

@@ -3,7 +3,7 @@ first attempt's response back, and nothing is written twice.
 
 The header follows the IETF httpapi draft "The Idempotency-Key HTTP Header Field".
 A route opts in with one line, `dependencies=[idempotent]` (after its `requires(...)`:
-a route that reads the key before it authenticates is refused when it is made), on a
+a key read before authentication is a 500 that says so), on a
 router made with `route_class=IdempotentRoute` (tests/test_idempotency_routes.py finds
 a POST without the first; a key sent to a route without the second is a 500 that says
 so).
@@ -27,7 +27,7 @@ How it stays correct without a second store or a lock service:
    writes. A wait on the key past DB_LOCK_TIMEOUT is a 409 with Retry-After (one on a
    row the handler writes, a 503 like any other lock wait).
 Keys are scoped to the caller (the principal) and expire after IDEMPOTENCY_KEY_TTL_SECONDS; an
-expired key is stored afresh, and `delete_expired_keys` removes old ones.
+expired key is stored afresh, and the nightly cleanup removes old ones (EXPIRED_KEYS).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from typing import Annotated, Any
 from fastapi import Depends, Header, Request, Response
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
-from sqlalchemy import DateTime, Integer, LargeBinary, String, delete, func, select
+from sqlalchemy import DateTime, Integer, LargeBinary, String, func, select, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -158,8 +158,14 @@ async def _read_key(
         return
     if len(request.headers.getlist(HEADER)) > 1:
         raise IdempotencyKeyRepeated
-    if not isinstance(request.scope.get("route"), IdempotentRoute):
+    route = request.scope.get("route")
+    if not isinstance(route, IdempotentRoute):
         raise RuntimeError(f"{request.url.path}: idempotent needs route_class=IdempotentRoute")
+    if route.keyed_before_authentication:
+        raise RuntimeError(
+            f"{request.url.path}: idempotent runs before authentication here; put"
+            " requires(...) before it in dependencies=[...]"
+        )
     principal = request.scope.get("auth")  # set by authentication, which runs first
     request.scope[_KEYED] = _Keyed(
         session=session,
@@ -270,14 +276,16 @@ class IdempotentRoute(APIRoute):
         super().__init__(path, endpoint, **kwargs)
         # The key is filed under the caller that authentication found: read before it,
         # on a route that authenticates, it would be filed as anonymous, and another
-        # caller from the same address could replay this one's response.
+        # caller from the same address could replay this one's response. Known only
+        # once the route is included where it is served (under /api/v1, authentication
+        # comes first): _read_key refuses such a route's keys, and
+        # tests/test_idempotency_routes.py finds it.
         calls = list(_calls_in_order(self.dependant))
-        keyed_first = _read_key in calls and authenticate in calls
-        if keyed_first and calls.index(_read_key) < calls.index(authenticate):
-            raise RuntimeError(
-                f"{path}: idempotent runs before authentication here; put requires(...)"
-                " before it in dependencies=[...]"
-            )
+        self.keyed_before_authentication = (
+            _read_key in calls
+            and authenticate in calls
+            and calls.index(_read_key) < calls.index(authenticate)
+        )
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handle = super().get_route_handler()
@@ -310,11 +318,11 @@ class IdempotentRoute(APIRoute):
         return handle_idempotently
 
 
-async def delete_expired_keys(session: AsyncSession, ttl_seconds: float) -> int:
-    """Remove keys older than `ttl_seconds`; returns how many. For the periodic cleanup."""
-    result = await session.execute(
-        delete(IdempotencyKey).where(
-            IdempotencyKey.created_at < func.now() - timedelta(seconds=ttl_seconds)
-        )
-    )
-    return int(getattr(result, "rowcount", 0) or 0)
+# Keys stored before :cutoff (their TTL past), at most :batch of them: the periodic
+# cleanup's statement (app/core/jobs/cleanup.py), run until it deletes fewer. Not indexed
+# on created_at (a keyed write would pay for it): each batch scans from the table's start,
+# where the oldest rows are.
+EXPIRED_KEYS = text("""
+DELETE FROM idempotency_keys WHERE ctid = ANY(ARRAY(
+    SELECT ctid FROM idempotency_keys WHERE created_at < :cutoff LIMIT :batch))
+""")

@@ -57,4 +57,9 @@ class Authenticator(Protocol):
         `sessions`), or NotAuthenticated."""
         ...
 
+    def known(self, authorization: str | None, api_key: str | None) -> bool:
+        """Whether this worker verified this credential before (it may have been revoked
+        since: `principal` decides), from memory alone."""
+        ...
+
     async def aclose(self) -> None: ...

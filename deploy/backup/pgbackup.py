@@ -7,8 +7,9 @@
                                    differential); serves metrics on BACKUP_METRICS_PORT
     pgbackup now [full|diff|incr]  take a backup now (default: what the schedule has due, else incr)
     pgbackup list                  the backups and the window a restore can reach
-    pgbackup restore [TIME]        with the db stopped: restore the latest state, or
-                                   the state at TIME ("2026-12-06 10:00:00+00")
+    pgbackup restore [TIME|LABEL]  with the db stopped: restore the latest state, the
+                                   state at TIME ("2026-12-06 10:00:00+00"), or a
+                                   backup older than the window to its end (LABEL)
     pgbackup check                 the healthcheck: fails while a backup or the WAL
                                    archive is overdue (the reason is printed)
 
@@ -177,14 +178,16 @@ def due_type(stanza: Json, now: float) -> str | None:
 
 
 def take_backup(kind: str, *, scheduled: bool = True) -> bool:
-    """One backup. The schedule's records its run and outcome in the state the healthcheck
-    reads; one taken by hand (`pgbackup now`, another process) records only a success,
-    which clears an earlier failure: its own failure is the operator's to read, and must
-    not mark the schedule's backup, running meanwhile or not, as failed."""
+    """One backup, marked running in the state the healthcheck reads (the schedule's
+    under `running_since`, one taken by hand, `pgbackup now` in another process, under
+    `manual_since`: the schedule starts none while either runs). The schedule's records
+    its outcome; one by hand records only a success, which clears an earlier failure:
+    its own failure is the operator's to read, not the schedule's."""
     log(f"{kind} backup starting")
     started = time.time()
-    if scheduled:
-        update_state(running_since=started)
+    marker = "running_since" if scheduled else "manual_since"
+    update_state(**{marker: started}, **({} if scheduled else {"manual_pid": os.getpid()}))
+    error = "interrupted"
     try:
         run("pgbackrest", "backup", f"--type={kind}")
         log(f"{kind} backup done in {time.time() - started:.1f} s")
@@ -192,18 +195,37 @@ def take_backup(kind: str, *, scheduled: bool = True) -> bool:
     except RuntimeError as failure:
         log(f"{kind} backup FAILED:\n{failure}", error=True)
         error = str(failure)[-500:]
-    outcome = {"last_attempt": started, "last_duration": time.time() - started, "last_error": error}
-    if scheduled:
-        update_state(running_since=None, **outcome)
-    elif not error:
-        update_state(**outcome)
+    finally:
+        outcome = {"last_attempt": started, "last_duration": time.time() - started}
+        update_state(
+            **{marker: None},
+            **({**outcome, "last_error": error} if scheduled or not error else {}),
+        )
     return not error
 
 
 def running_since() -> float | None:
-    """When the schedule's backup under way began, if one is."""
-    since = read_state().get("running_since")
-    return since if isinstance(since, float) and time.time() - since < EVERY else None
+    """When the backup under way (the schedule's, or one by hand) began, if one is."""
+    state = read_state()
+    for marker in ("running_since", "manual_since"):
+        since = state.get(marker)
+        if isinstance(since, float) and time.time() - since < EVERY:
+            if marker == "manual_since" and not alive(state.get("manual_pid")):
+                continue  # its process was killed before it could say it was done
+            return since
+    return None
+
+
+def alive(pid: object) -> bool:
+    if not isinstance(pid, int):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def read_state() -> dict[str, Any]:
@@ -356,7 +378,7 @@ def schedule() -> NoReturn:
             except RuntimeError as error:
                 log(f"cannot read the repository: {error}", error=True)
                 kind = None
-            if kind:
+            if kind and running_since() is None:  # not beside one taken by hand
                 take_backup(kind)
         time.sleep(TICK_SECONDS)
 
@@ -447,8 +469,8 @@ def backup_now(kind: str) -> int:
         return 2
     if (since := running_since()) is not None:
         print(
-            f"pgbackup now: the schedule's backup runs since {utc(since)}: it is the one"
-            " to wait for (pgbackup list when it is done)",
+            f"pgbackup now: a backup runs since {utc(since)}: it is the one to wait for"
+            " (pgbackup list when it is done)",
             file=sys.stderr,
         )
         return 1

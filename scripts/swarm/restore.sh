@@ -92,7 +92,24 @@ docker service create --quiet --detach --name "$job" --mode replicated-job \
   --mount "type=volume,source=${STACK}_pgdata,target=/var/lib/postgresql/data" \
   --mount "type=volume,source=${STACK}_pgbackrest,target=/var/lib/pgbackrest" \
   "${env[@]}" "$image" pgbackup restore "$target" >/dev/null
-wait_job "$job"
+# pgBackRest's codes for a restore refused before it touched anything (75: no backup
+# reaches the target, pgbackup's too for a time before the window; 29: a time it cannot
+# read): the stack is scaled back as it was, unchanged.
+refused() {
+  local code
+  code=$(docker service ps -q "$job" | xargs -r docker inspect     -f '{{.Status.ContainerStatus.ExitCode}}' 2>/dev/null | head -n 1)
+  [ "$code" = 75 ] || [ "$code" = 29 ]
+}
+if ! (wait_job "$job"); then
+  if refused; then
+    docker service logs --raw "$job" 2>&1 | sed 's/^/  /'
+    log "no backup reaches ${target:-the latest state} (make backups shows the window);" \
+      "nothing was changed: scaling the stack back" >&2
+    docker service scale --detach "${STACK}_db=1" "${STACK}_backup=1" \
+      "${STACK}_api=$replicas" "${STACK}_worker=$workers" >/dev/null
+  fi
+  exit 1
+fi
 docker service logs --raw "$job" 2>&1 | sed 's/^/  /'
 docker service rm "$job" >/dev/null
 

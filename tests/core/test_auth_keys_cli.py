@@ -65,6 +65,14 @@ def test_refusals_say_why(key_name: str, capsys: pytest.CaptureFixture[str]) -> 
     assert (status, error) == (1, f"error: no active key named '{key_name}-never-made'")
 
 
+def test_a_resource_s_admin_scope_may_be_given(
+    key_name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Held, not required by a route: Principal.can_administer("widgets") reads it.
+    status, _, error = run(capsys, "create", key_name, SCOPE, "widgets:admin")
+    assert (status, error) == (0, "")
+
+
 def test_a_scope_no_route_requires_yet_is_allowed_when_asked(
     key_name: str, capsys: pytest.CaptureFixture[str]
 ) -> None:

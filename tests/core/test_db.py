@@ -119,9 +119,13 @@ async def test_a_transaction_used_after_its_error_was_swallowed_is_a_500_not_an_
     make_core_client: CoreClientMaker, settings: Settings
 ) -> None:
     # 25P02 is a bug in the caller: not a 503 with Retry-After, and the connection is kept.
-    client = await make_core_client(with_overrides(settings, db_pool_size=1), isolated=False)
+    client = await make_core_client(
+        with_overrides(settings, db_pool_size=1, db_max_overflow=0), isolated=False
+    )
+    backend = {"sql": "SELECT pg_backend_pid()"}
+    before = (await client.get("/probe/db", params=backend)).json()
     assert_problem(await client.get("/probe/after-a-swallowed-error"), 500)
-    assert (await client.get("/probe/db")).status_code == 200
+    assert (await client.get("/probe/db", params=backend)).json() == before
 
 
 @THROUGH_EVERY_SESSION

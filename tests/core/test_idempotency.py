@@ -4,26 +4,29 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
 import pytest
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 from httpx import AsyncClient
 from sqlalchemy import delete, func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
-from app.core.auth.dependencies import requires
+from app.core.auth.dependencies import authenticate, requires
 from app.core.config import Settings
 from app.core.idempotency import (
+    EXPIRED_KEYS,
     HEADER,
     REPLAYED_HEADER,
     IdempotencyKey,
     IdempotentRoute,
-    delete_expired_keys,
     idempotent,
 )
+from app.core.jobs.cleanup import delete_in_batches
 from app.core.principal import ANONYMOUS_SUBJECT_PREFIX, Principal
 from tests.conftest import with_overrides
 from tests.core.conftest import CoreClientMaker, ProbeBase, Widget
@@ -244,8 +247,10 @@ async def test_expired_keys_are_deleted(
         .where(IdempotencyKey.key == "old")
         .values(created_at=func.now() - text("interval '2 days'"))
     )
+    cutoff = datetime.now(UTC) - timedelta(days=1)
     async with session_factory() as session:
-        assert await delete_expired_keys(session, 24 * 60 * 60) == 1
+        deadline = time.monotonic() + 10
+        assert await delete_in_batches(session, EXPIRED_KEYS, cutoff, deadline) == (1, True)
         await session.commit()
     remaining = (await connection.scalars(select(IdempotencyKey.key))).all()
     assert remaining == ["new"]
@@ -377,14 +382,22 @@ async def test_a_store_cut_short_by_a_cancel_is_a_503_not_a_409(
         assert await count_widgets(connection) == 0
 
 
-def test_a_key_read_before_authentication_is_refused_when_the_route_is_made() -> None:
+def test_a_route_that_reads_the_key_before_it_authenticates_is_found() -> None:
     """Filed as anonymous, the key would let another caller from the same address replay
-    this caller's response."""
+    this caller's response (_read_key refuses such a route's keys with a 500)."""
     router = APIRouter(route_class=IdempotentRoute)
 
     async def create(_: Annotated[Principal, requires("widgets:write")]) -> None:
         pass
 
-    with pytest.raises(RuntimeError, match="idempotent runs before authentication"):
-        router.post("/widgets", dependencies=[idempotent])(create)
-    router.post("/widgets", dependencies=[requires("widgets:write"), idempotent])(create)
+    router.post("/late", dependencies=[idempotent])(create)
+    router.post("/first", dependencies=[requires("widgets:write"), idempotent])(create)
+    late, first = router.routes
+    assert isinstance(late, IdempotentRoute)
+    assert isinstance(first, IdempotentRoute)
+    assert late.keyed_before_authentication
+    assert not first.keyed_before_authentication
+    # Served under /api/v1, authentication comes first: the same route is sound there.
+    api = APIRouter()
+    api.include_router(router, dependencies=[Depends(authenticate)])
+    assert not any(getattr(r, "keyed_before_authentication", False) for r in api.routes)

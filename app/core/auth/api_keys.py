@@ -99,6 +99,11 @@ class ApiKeyVerifier:
     def __init__(self) -> None:
         self._cache: dict[str, _Verified] = {}
 
+    def knows(self, presented: str) -> bool:
+        """Whether this worker has read the key's row: checked from memory, no lookup."""
+        match = KEY_FORMAT.fullmatch(presented)
+        return match is not None and match["id"] in self._cache
+
     async def verify(self, presented: str, sessions: async_sessionmaker[AsyncSession]) -> Principal:
         match = KEY_FORMAT.fullmatch(presented)
         if match is None:

@@ -26,7 +26,7 @@ from redis.asyncio import Redis
 from app.core.auth.api_keys import HEADER as API_KEY_HEADER
 from app.core.auth.errors import MissingScope, NotAuthenticated
 from app.core.domains import import_from_every_domain
-from app.core.principal import Authenticator, Principal
+from app.core.principal import ADMIN_SUFFIX, Authenticator, Principal
 from app.core.rate_limit import RateLimited, client_key, hit
 from app.core.redis import OptionalRedis
 from app.core.state import app_state
@@ -68,9 +68,10 @@ async def _record_failure(
     authenticator: Authenticator, client: str, redis: OptionalRedis, per_minute: int
 ) -> None:
     """Failed authentications per client address, counted in Redis across workers.
-    Past RATE_LIMIT_AUTH_FAILURES a minute the address's failures get 429 instead of 401,
-    so guessing keys is slow. Each worker remembers the addresses it
-    saw go over, so a request that authenticates costs no Redis round trip."""
+    Past RATE_LIMIT_AUTH_FAILURES a minute the address gets 429 for any credential this
+    worker has not verified before, without looking it up, so guessing keys is slow.
+    Each worker remembers the addresses it saw go over, so a request that authenticates
+    costs no Redis round trip."""
     if per_minute == 0:
         return
 
@@ -103,12 +104,14 @@ async def authenticate(request: Request) -> Principal:
     authenticator = state["auth"]
     client = client_key(request)
     try:
-        principal = await authenticator.principal(
-            _one(request, "authorization"), _one(request, API_KEY_HEADER), state["session_factory"]
-        )
+        authorization, api_key = _one(request, "authorization"), _one(request, API_KEY_HEADER)
+        # A blocked address is answered from memory, so its guesses cost no lookup: a
+        # credential this worker verified before still gets in (a client behind the same
+        # NAT as whoever guesses), anything else gets 429.
+        if not authenticator.known(authorization, api_key):
+            _check_not_blocked(authenticator, client)
+        principal = await authenticator.principal(authorization, api_key, state["session_factory"])
     except NotAuthenticated:
-        # Only a failing request is held back: a valid credential from a blocked address
-        # (a NAT, a load balancer shared with whoever guesses) still gets in.
         _check_not_blocked(authenticator, client)
         per_minute = state["settings"].rate_limit_auth_failures
         await _record_failure(authenticator, client, state["redis"], per_minute)
@@ -145,9 +148,11 @@ def requires(*scopes: str) -> params.Security:
 
 
 def declared_scopes() -> frozenset[str]:
-    """The scopes the service's routes require: every domain's router, imported."""
+    """The scopes the service's routes require (every domain's router, imported), and
+    `<resource>:admin` for each of their resources (Principal.can_administer)."""
     import_from_every_domain("router")
-    return frozenset(_declared_scopes)
+    resources = {scope.partition(":")[0] for scope in _declared_scopes}
+    return frozenset(_declared_scopes | {f"{r}{ADMIN_SUFFIX}" for r in resources})
 
 
 PrincipalDep = Annotated[Principal, Depends(authenticate)]

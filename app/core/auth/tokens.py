@@ -221,6 +221,10 @@ class TokenVerifier:
         # token -> (principal, exp, key generation): see verify.
         self._verified: dict[str, tuple[Principal, float, int]] = {}
 
+    def knows(self, token: str) -> bool:
+        """Whether this worker verified `token` already: checked from memory."""
+        return token in self._verified
+
     async def verify(self, token: str) -> Principal:
         """A client sends the same token on every request until it expires: its
         signature and claims are checked once per worker, and the result is kept until

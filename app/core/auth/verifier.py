@@ -51,6 +51,12 @@ class CredentialVerifier:
             )
         return await self.tokens.verify(token.strip())
 
+    def known(self, authorization: str | None, api_key: str | None) -> bool:
+        if api_key is not None:
+            return self.api_keys.knows(api_key)
+        scheme, _, token = (authorization or "").partition(" ")
+        return self.tokens is not None and scheme.lower() == "bearer" and self.tokens.knows(token)
+
     async def aclose(self) -> None:
         if self.tokens is not None:
             await self.tokens.aclose()

@@ -2,10 +2,10 @@
 rows older than JOBS_RETENTION_DAYS, and Idempotency-Keys past their TTL. Failed jobs
 stay, with their log rows (what they died of), until someone retries them.
 
-The job log is deleted in batches, within a time budget under JOBS_TIMEOUT: a night
-with more rows than fit in one run commits what it deleted and leaves the rest to the
-next run (logged), instead of timing out, deleting nothing, and having more to do the
-next night."""
+The keys and the job log are deleted in batches, within a time budget under
+JOBS_TIMEOUT: a night with more rows than fit in one run commits what it deleted and
+leaves the rest to the next run (logged), instead of timing out, deleting nothing, and
+having more to do the next night."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from sqlalchemy import TextClause, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.config import Settings
-from app.core.idempotency import delete_expired_keys
+from app.core.idempotency import EXPIRED_KEYS
 from app.core.jobs.worker import Jobs
 
 NIGHTLY = "15 3 * * *"  # 03:15 UTC: away from the hour, when other crons pile up
@@ -37,6 +37,7 @@ DELETE FROM pgqueuer_log WHERE id IN (
     LIMIT :batch)
 """)
 OLD_STATISTICS = text("DELETE FROM pgqueuer_statistics WHERE created < :cutoff")
+
 
 logger = structlog.get_logger(__name__)
 
@@ -62,17 +63,21 @@ def register_cleanup(jobs: Jobs, settings: Settings) -> None:
     @jobs.every("cleanup", NIGHTLY)
     async def cleanup(session: AsyncSession) -> None:
         deadline = time.monotonic() + settings.jobs_timeout * BUDGET_SHARE
-        cutoff = datetime.now(UTC) - timedelta(days=settings.jobs_retention_days)
-        # Keys first: a table every keyed write adds to, and one statement.
-        keys = await delete_expired_keys(session, settings.idempotency_key_ttl_seconds)
-        await session.execute(OLD_STATISTICS, {"cutoff": cutoff})
-        rows, finished = await delete_in_batches(session, OLD_LOG_ROWS, cutoff, deadline)
+        now = datetime.now(UTC)
+        # Keys first: a table every keyed write adds to.
+        key_cutoff = now - timedelta(seconds=settings.idempotency_key_ttl_seconds)
+        keys, finished = await delete_in_batches(session, EXPIRED_KEYS, key_cutoff, deadline)
+        cutoff = now - timedelta(days=settings.jobs_retention_days)
+        await session.execute(OLD_STATISTICS, {"cutoff": cutoff})  # one row a minute a job
+        rows = 0
+        if finished:
+            rows, finished = await delete_in_batches(session, OLD_LOG_ROWS, cutoff, deadline)
         if finished:
             logger.info("cleanup done", job_log_rows=rows, idempotency_keys=keys)
         else:
             logger.warning(
-                "cleanup stopped at its time budget: older job log rows are left for the "
-                "next run (if this repeats, run the cleanup more often than nightly)",
+                "cleanup stopped at its time budget: older rows are left for the next run "
+                "(if this repeats, run the cleanup more often than nightly)",
                 job_log_rows=rows,
                 idempotency_keys=keys,
             )
