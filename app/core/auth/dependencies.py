@@ -108,7 +108,8 @@ async def authenticate(request: Request) -> Principal:
         # A blocked address is answered from memory, so its guesses cost no lookup: a
         # credential this worker verified before still gets in (a client behind the same
         # NAT as whoever guesses), anything else gets 429.
-        if not authenticator.known(authorization, api_key):
+        blocked = client in authenticator.blocked_until  # one dict lookup when not
+        if blocked and not authenticator.known(authorization, api_key):
             _check_not_blocked(authenticator, client)
         principal = await authenticator.principal(authorization, api_key, state["session_factory"])
     except NotAuthenticated:
