@@ -99,7 +99,8 @@ def token(keys: Path, *, issuer: str, audience: str, subject: str, scopes: str, 
         "nbf": now,
         "exp": now + ttl,
     }
-    return jwt.encode(claims, private, algorithm=ALGORITHM, headers={"kid": kid})
+    # RFC 9068's type for an access token, as a provider that follows it signs them.
+    return jwt.encode(claims, private, algorithm=ALGORITHM, headers={"kid": kid, "typ": "at+jwt"})
 
 
 def self_signed_certificate(tls_dir: Path, hostname: str) -> tuple[Path, Path]:

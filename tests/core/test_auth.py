@@ -101,6 +101,15 @@ async def test_a_valid_token_gets_in(make_auth_client: Maker) -> None:
     assert me.json() == {"subject": "alice", "kind": "token"}
 
 
+@pytest.mark.parametrize("typ", ["at+jwt", "application/at+jwt", "JWT", None])
+async def test_an_access_token_gets_in_whichever_typ_its_provider_gives(
+    anonymous: AsyncClient, issuer: Issuer, typ: str | None
+) -> None:
+    token = issuer.token("probes:read", headers={"typ": typ})
+    response = await anonymous.get(READ, headers=bearer(token))
+    assert response.status_code == 200, response.text
+
+
 async def test_no_credentials_is_401_with_the_bare_challenge(anonymous: AsyncClient) -> None:
     response = await anonymous.get(READ)
     assert_refused(response)
@@ -161,6 +170,9 @@ ATTACKS: dict[str, Callable[[Issuer], str]] = {
     "tampered payload": lambda issuer: tamper(issuer.token("probes:read")),
     "a JWE (five segments)": lambda issuer: "eyJhbGciOiJSU0EtT0FFUCJ9.a.b.c.d",
     "a nested token": lambda issuer: issuer.token("probes:read", headers={"cty": "JWT"}),
+    # The issuer's other JWTs, signed with the same keys, for the same audience.
+    "a logout token": lambda issuer: issuer.token("probes:read", headers={"typ": "logout+jwt"}),
+    "a DPoP proof": lambda issuer: issuer.token("probes:read", headers={"typ": "dpop+jwt"}),
     "a 100 kB token": lambda issuer: issuer.token("probes:read", padding="x" * 100_000),
     "garbage": lambda issuer: "not-a-jwt",
     "a subject too long to record": lambda issuer: issuer.token("probes:read", sub="x" * 201),

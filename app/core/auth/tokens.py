@@ -3,6 +3,8 @@ locally, against the keys it publishes (its JWKS). No call to the provider per r
 
 - Only the asymmetric algorithms in AUTH_ALGORITHMS are accepted (the settings refuse
   `none` and HMAC), so a token cannot choose how it is checked.
+- Another kind of JWT from the same issuer (a logout token, a DPoP proof...) is refused
+  by its `typ` header (ACCESS_TOKEN_TYPES).
 - The key is the one the token's `kid` names. PyJWT checks the signature, `iss`, `aud`,
   `exp`, `nbf` and `iat`, with LEEWAY_SECONDS for clocks that disagree a little.
 - Keys are cached per worker. An unknown `kid` refreshes them at once (a rotated key
@@ -46,6 +48,12 @@ MAX_DOCUMENT_BYTES = 512 * 1024
 VERIFIED_TOKENS_MAX = 10_000
 DISCOVERY_PATH = "/.well-known/openid-configuration"
 REQUIRED_CLAIMS = ["exp", "iat", "iss", "aud", "sub"]
+# The `typ` headers an access token may carry (RFC 9068's `at+jwt`; most providers send
+# `JWT` or nothing). The issuer's other JWTs name their own (`logout+jwt`, `dpop+jwt`,
+# `secevent+jwt`...) and are signed with the same keys: explicit typing (RFC 8725 3.11)
+# keeps them from passing as access tokens. Compared without case and without an
+# `application/` prefix, which RFC 7515 lets a sender omit.
+ACCESS_TOKEN_TYPES = frozenset({"jwt", "at+jwt"})
 # The JWK key type (`kty`) each family of accepted algorithms signs with.
 _KEY_TYPES = {"RS": "RSA", "PS": "RSA", "ES": "EC", "Ed": "OKP"}
 
@@ -320,6 +328,8 @@ class TokenVerifier:
         # A nested token (a JWT as the payload of another) is never an access token.
         if str(header.get("cty", "")).upper() == "JWT":
             raise _refused("is a nested token")
+        if "typ" in header and _media_type(header["typ"]) not in ACCESS_TOKEN_TYPES:
+            raise _refused("is not an access token (its typ)")
         if not isinstance(kid, str):
             raise _refused("names no signing key (kid)")
         return str(algorithm), kid
@@ -339,6 +349,11 @@ def scopes_of(claims: dict[str, Any]) -> frozenset[str]:
         elif isinstance(value, list):
             found.update(item for item in value if isinstance(item, str))
     return frozenset(found)
+
+
+def _media_type(value: object) -> str:
+    text = str(value).lower()
+    return text.removeprefix("application/")
 
 
 def _refused(reason: str) -> NotAuthenticated:
