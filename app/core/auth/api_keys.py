@@ -100,9 +100,15 @@ class ApiKeyVerifier:
         self._cache: dict[str, _Verified] = {}
 
     def knows(self, presented: str) -> bool:
-        """Whether this worker has read the key's row: checked from memory, no lookup."""
+        """Whether this worker has read the key's row and the secret is its own: checked
+        from memory, no lookup (a known id with a guessed secret is not known)."""
         match = KEY_FORMAT.fullmatch(presented)
-        return match is not None and match["id"] in self._cache
+        if match is None:
+            return False
+        entry = self._cache.get(match["id"])
+        return entry is not None and hmac.compare_digest(
+            entry.secret_sha256, _sha256(match["secret"])
+        )
 
     async def verify(self, presented: str, sessions: async_sessionmaker[AsyncSession]) -> Principal:
         match = KEY_FORMAT.fullmatch(presented)
