@@ -10,7 +10,7 @@ having more to do the next night."""
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import structlog
 from sqlalchemy import TextClause, text
@@ -63,7 +63,9 @@ def register_cleanup(jobs: Jobs, settings: Settings) -> None:
     @jobs.every("cleanup", NIGHTLY)
     async def cleanup(session: AsyncSession) -> None:
         deadline = time.monotonic() + settings.jobs_timeout * BUDGET_SHARE
-        now = datetime.now(UTC)
+        # The database's clock, which stamps the keys' created_at and checks their expiry
+        # on every keyed request: a worker whose clock runs ahead must not delete live keys.
+        now: datetime = await session.scalar(text("SELECT now()"))
         # Keys first: a table every keyed write adds to.
         key_cutoff = now - timedelta(seconds=settings.idempotency_key_ttl_seconds)
         keys, finished = await delete_in_batches(session, EXPIRED_KEYS, key_cutoff, deadline)

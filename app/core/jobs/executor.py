@@ -21,6 +21,7 @@ from pgqueuer import DatabaseRetryEntrypointExecutor, Job
 from pgqueuer.errors import RetryRequested
 from pgqueuer.models import Context
 from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.core.jobs.metrics import DURATION, RERUNS, WAIT
@@ -53,6 +54,16 @@ class JobExecutor(DatabaseRetryEntrypointExecutor):
         except JobKeepsDyingError:
             DURATION.labels(name, "failed").observe(0)
             raise
+        except (SQLAlchemyError, OSError) as error:
+            # The count failed (a pooled connection a failover closed, a timeout): the job
+            # runs, as a younger one would. Raised to PgQueuer, it would be kept as failed
+            # without a single run, and wait for `retry` by hand.
+            logger.warning(
+                "job runs not counted, running it",
+                job_name=name,
+                job_id=job.id,
+                error=f"{type(error).__name__}: {error}",
+            )
         WAIT.labels(name).observe(max(0.0, time.time() - job.execute_after.timestamp()))
         started = time.perf_counter()
         try:

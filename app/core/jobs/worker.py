@@ -213,6 +213,9 @@ async def build_worker(settings: Settings, jobs: Jobs) -> AsyncIterator[PgQueuer
         yield worker
     finally:
         alive.cancel()
+        # Not mid-query on the connection closed next.
+        with contextlib.suppress(asyncio.CancelledError):
+            await alive
         # Bounded: after a lost connection, a server that does not answer must not hold
         # up the restart (past the timeout, asyncpg drops the socket).
         await connection.close(timeout=settings.db_connect_timeout)

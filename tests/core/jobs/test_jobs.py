@@ -222,6 +222,54 @@ def runs(job: str) -> dict[str, float]:
     }
 
 
+async def test_a_job_whose_runs_cannot_be_counted_still_runs(
+    engine: AsyncEngine, settings: Settings, job_name: str
+) -> None:
+    """An old job (past the heartbeat timeout) has its earlier runs counted first. When
+    that count fails, here on a pooled connection Postgres closed (a failover), the
+    job runs anyway: it is not kept as failed without ever running."""
+    pids: list[int] = []
+    ran: list[str] = []
+    jobs = Jobs()
+
+    @jobs.job(job_name)
+    async def record(session: AsyncSession, payload: dict[str, Any]) -> None:
+        pids.append(int(await session.scalar(text("SELECT pg_backend_pid()")) or 0))
+        ran.append(payload["n"])
+
+    async with AsyncSession(engine) as session, session.begin():
+        await enqueue(session, job_name, {"n": "first"})
+    old_enqueued = False
+
+    async def settled() -> bool:
+        nonlocal old_enqueued
+        if not pids:
+            return False
+        if not old_enqueued:
+            # The worker's pool keeps the first job's connection: close it under it, then
+            # queue a job that looks an hour old.
+            async with engine.begin() as connection:
+                await connection.execute(text("SELECT pg_terminate_backend(:p)"), {"p": pids[0]})
+            async with AsyncSession(engine) as session, session.begin():
+                await enqueue(session, job_name, {"n": "old"})
+                await session.execute(
+                    text(
+                        "UPDATE pgqueuer SET created = now() - interval '1 hour'"
+                        " WHERE entrypoint = :n AND status = 'queued'"
+                    ),
+                    {"n": job_name},
+                )
+            old_enqueued = True
+            return False
+        return "old" in ran or any(
+            j["status"] == "failed" for j in await jobs_named(engine, job_name)
+        )
+
+    await run_worker_until(settings, jobs, settled)
+    assert ran == ["first", "old"]
+    assert await jobs_named(engine, job_name) == []
+
+
 async def test_a_job_that_keeps_failing_is_kept_as_failed_with_its_error(
     engine: AsyncEngine, settings: Settings, job_name: str
 ) -> None:
