@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import tomllib
+import urllib.parse
 from collections import Counter
 from collections.abc import Collection
 from datetime import UTC, datetime
@@ -46,12 +47,23 @@ TARGET_DOCS = {"vm": "docs/deploy.md", "swarm": "docs/swarm.md", "k8s": "docs/ku
 EXAMPLES_CODE = "app/items"
 
 
+def without_credentials(url: str) -> str:
+    """The address with no user or token in it (`https://user:token@host/...`): recorded in
+    a committed file and printed, so it must not carry a secret. git asks its credential
+    helper for them instead."""
+    parts = urllib.parse.urlsplit(url)
+    if "@" not in parts.netloc or not parts.scheme:  # scp-like `git@host:path`: no secret
+        return url
+    return urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+
+
 def git(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(  # noqa: S603  # git, with arguments built here
         [GIT, *args], cwd=ROOT, capture_output=True, text=True, check=False
     )
     if check and result.returncode != 0:
-        sys.exit(f"update: git {' '.join(args)} failed:\n{result.stderr.strip()}")
+        shown = " ".join(map(without_credentials, args))
+        sys.exit(f"update: git {shown} failed:\n{result.stderr.strip()}")
     return result
 
 
@@ -220,9 +232,33 @@ def merge_both(path: str, ours: Version, base: Version | None, theirs: Version) 
     if merged is None:  # binary (git cannot merge it line by line) or a symlink
         beside = Path(f"{path}.template")
         write(ROOT / beside, theirs)
+        unmerged(path, base, ours, theirs)
         return f"CONFLICT (binary or symlink: yours kept, the template's in {beside})"
     write(ROOT / path, (mode or ours[0], merged[0]))
+    if merged[1] == "CONFLICT":
+        unmerged(path, base, ours, theirs)
     return merged[1]
+
+
+def unmerged(path: str, base: Version | None, ours: Version, theirs: Version) -> None:
+    """Record the three versions in git's index, as `git merge` does: `git status` lists
+    the file as unmerged and `git commit` refuses until `git add` marks it resolved (so
+    conflict markers are not committed by mistake); `git checkout --theirs` and
+    `git mergetool` work on it."""
+    entries = []
+    for stage, side in ((1, base), (2, ours), (3, theirs)):
+        if side is not None:
+            blob = subprocess.run(  # noqa: S603  # git, with arguments built here
+                [GIT, "hash-object", "-w", "--stdin"],
+                cwd=ROOT, input=side[1], capture_output=True, check=True,
+            ).stdout.decode().strip()  # fmt: skip
+            entries.append(f"{side[0]} {blob} {stage}\t{path}\0")
+    # A mode-0 entry first removes the path's resolved entry (the fork's committed one).
+    info = f"0 {'0' * len(blob)}\t{path}\0" + "".join(entries)
+    subprocess.run(  # noqa: S603  # git, with arguments built here
+        [GIT, "update-index", "-z", "--index-info"],
+        cwd=ROOT, input=info.encode(), capture_output=True, check=True,
+    )  # fmt: skip
 
 
 def merge_file(ours: bytes, base: bytes, theirs: bytes) -> tuple[bytes, str] | None:
@@ -243,7 +279,7 @@ def merge_file(ours: bytes, base: bytes, theirs: bytes) -> tuple[bytes, str] | N
 
 def fetch(url: str, ref: str) -> str:
     """The template's commit for a tag, branch or commit, fetched into refs/template/*."""
-    print(f"update: fetching the template from {url}")
+    print(f"update: fetching the template from {without_credentials(url)}")
     git("fetch", "--quiet", "--no-tags", "--force", url, "HEAD:refs/template/HEAD",
         "refs/heads/*:refs/template/heads/*", "refs/tags/*:refs/template/tags/*")  # fmt: skip
     candidates = [f"refs/template/{kind}{ref}" for kind in ("tags/", "heads/", "")] + [ref]
@@ -287,11 +323,28 @@ def self_update(base_revision: str, target: str) -> None:
     this file is as the recorded revision had it (a fork's own changes win)."""
     me = Path(__file__).resolve()
     mine, newer = me.read_bytes(), show(target, "scripts/update.py")
-    if newer is None or newer == mine or mine != show(base_revision, "scripts/update.py"):
+    if newer is None or newer == mine or not templates_own(mine, target):
         return
     me.write_bytes(newer)
     print("update: running the template's newer scripts/update.py")
     os.execv(sys.executable, [sys.executable, str(me), *sys.argv[1:], "--self-updated"])  # noqa: S606
+
+
+def templates_own(data: bytes, target: str) -> bool:
+    """Whether scripts/update.py is a copy the template has had (the recorded revision's,
+    or another taken by hand as an upgrade note says), not one the fork changed."""
+    blob = (
+        subprocess.run(  # noqa: S603  # git, with arguments built here
+            [GIT, "hash-object", "--stdin"], cwd=ROOT, input=data, capture_output=True, check=True
+        )
+        .stdout.decode()
+        .strip()
+    )
+    history = git(
+        "log", "--format=", "--raw", "--no-abbrev", target, "--glob=refs/template/*",
+        "--", "scripts/update.py",
+    )  # fmt: skip
+    return any(blob in line.split()[2:4] for line in history.stdout.splitlines() if line)
 
 
 ALEMBIC_ID = re.compile(r"^(down_)?revision(?:: [^=]+)? = (.+)$", re.MULTILINE)
@@ -498,19 +551,37 @@ def update(args: argparse.Namespace) -> None:
     # yours (or a migration of yours would be joined to the template's by merge_heads).
     dirty = git("status", "--porcelain", "--untracked-files=all").stdout.splitlines()
     if [line for line in dirty if not (args.self_updated and line.endswith("scripts/update.py"))]:
+        if git("diff", "--quiet", "HEAD", "--", RECORD.name, check=False).returncode != 0:
+            sys.exit(
+                "update: an update is in progress (.template.toml is changed): resolve its"
+                " conflicts (git status),\n        `git add -A` and commit it; or abandon it:"
+                " git reset --hard && git clean -fd"
+            )
         listed = "".join(f"\n  {line}" for line in dirty[:10])
-        sys.exit(f"update: commit, stash (git stash -u) or remove your changes first:{listed}")
+        more = f"\n  ... and {len(dirty) - 10} more" if len(dirty) > 10 else ""
+        sys.exit(
+            f"update: commit, stash (git stash -u) or remove your changes first:{listed}{more}"
+        )
+    # Markers an earlier update left, committed with `git add -A`: resolve them first.
+    markers = git("grep", "-l", "-I", "-e", "^<<<<<<< yours$", check=False).stdout.split()
+    if markers:
+        listed = "".join(f"\n  {path}" for path in markers)
+        sys.exit(f"update: conflict markers left by an earlier update; resolve them first:{listed}")
     target = fetch(url, args.ref or "HEAD")
     if show(target, RECORD.name) is not None:
         sys.exit(
-            f"update: {url} is a fork (it has {RECORD.name}), not the template: "
-            "make update from=<the template's address>"
+            f"update: {without_credentials(url)} is a fork (it has {RECORD.name}), not the "
+            "template: make update from=<the template's address>"
         )
     base_revision = in_template(str(recorded["revision"]), target)
     if git("merge-base", "--is-ancestor", target, base_revision, check=False).returncode == 0:
         # The same revision, or an older one: an update never takes a fork back.
         where = "at it" if target == base_revision else f"at {base_revision[:12]}, which has it"
         print(f"update: up to date with {target[:12]} (this fork is {where}); nothing to do")
+        # Except two migration heads an earlier updater left (one that did not join them).
+        joined = merge_heads()
+        if joined:
+            print(f"update: your migrations had two heads; joined by {joined}: commit it")
         return
     if git("merge-base", "--is-ancestor", base_revision, target, check=False).returncode != 0:
         sys.exit(f"update: {target[:12]} does not follow {base_revision[:12]}: not an update")
@@ -528,13 +599,14 @@ def update(args: argparse.Namespace) -> None:
         listed = "".join(f"    {json.dumps(path)},\n" for path in sorted({*removed, *newer}))
         text = re.sub(r"^removed = \[.*?^\]", f"removed = [\n{listed}]", text, flags=re.M | re.S)
     if args.url:  # from=: the address the next update uses too
-        text = re.sub(r"^url = .*$", f"url = {json.dumps(args.url)}", text, flags=re.M)
+        address = json.dumps(without_credentials(args.url))
+        text = re.sub(r"^url = .*$", f"url = {address}", text, flags=re.M)
     RECORD.write_text(text, encoding="utf-8")
     report(base_revision, target, outcomes, left_out)
-    finish(outcomes)
+    finish(outcomes, f"{args.ref or 'HEAD'} ({target[:12]})")
 
 
-def finish(outcomes: dict[str, list[str]]) -> None:
+def finish(outcomes: dict[str, list[str]], to: str) -> None:
     """Join the migrations if need be, and say what is left to do."""
     merged = merge_heads()
     if merged:
@@ -544,14 +616,15 @@ def finish(outcomes: dict[str, list[str]]) -> None:
         print("update: decide on each kept file: the template no longer has it (git rm it,")
         print("        or keep it as yours)")
     review = "`git status` and `git diff` (new files are untracked until `git add -A`)"
+    commit = f'`git add -A && git commit -m "Update from the template to {to}"`'
     if conflicts:
-        print(f"update: {len(conflicts)} conflicts: resolve the <<<<<<< markers (a binary or")
-        print("        symlink: the template's version is beside it, .template), then review")
-        print(
-            f"        {review} and commit; to abandon the update: git reset --hard && git clean -fd"
-        )
+        print(f"update: {len(conflicts)} conflicts, unmerged in git's index until resolved:")
+        print("".join(f"    {path}\n" for path in conflicts), end="")
+        print("        resolve the <<<<<<< markers (a binary or symlink: the template's version")
+        print(f"        is beside it, .template), review {review}, then {commit};")
+        print("        to abandon the update: git reset --hard && git clean -fd")
         sys.exit(1)
-    print(f'next: review {review}, then `git add -A && git commit -m "Update from the template"`')
+    print(f"next: review {review}, then {commit}")
 
 
 if __name__ == "__main__":

@@ -27,6 +27,9 @@ from collections.abc import Collection
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+from update import without_credentials  # noqa: E402  # the fork's own updater, shared
+
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
 NAME_MAX_LENGTH = 50
 # Written here, read and rewritten by `make update` (scripts/update.py).
@@ -340,7 +343,8 @@ def drop_marked_text(kept: list[str]) -> None:
 def make_fork(name: str, targets: list[str], examples: bool) -> None:
     current = project_name()
     revision = run("git", "rev-parse", "HEAD").stdout.strip() or "unknown"
-    url = run("git", "remote", "get-url", "origin").stdout.strip()
+    # Committed in .template.toml: never a token a clone URL may carry.
+    url = without_credentials(run("git", "remote", "get-url", "origin").stdout.strip())
     rename(current, name)
     removed = remove(TEMPLATE_ONLY)
     for target, paths in TARGETS.items():

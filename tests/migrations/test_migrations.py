@@ -7,6 +7,7 @@ import asyncio
 import os
 import sys
 
+from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, inspect, pool, text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -21,6 +22,16 @@ def table_names(connection: Connection) -> set[str]:
 
 async def fresh_engine(make_database: DatabaseMaker) -> AsyncEngine:
     return create_async_engine(await make_database.create(), poolclass=pool.NullPool)
+
+
+def test_the_migrations_form_one_line() -> None:
+    """Two heads (a fork's migration and the template's, both after one revision) make
+    `alembic upgrade head` refuse to run: say how to join them."""
+    heads = ScriptDirectory.from_config(alembic_config()).get_heads()
+    assert len(heads) == 1, (
+        f"alembic/versions has {len(heads)} heads ({', '.join(heads)}): join them with an "
+        "empty migration after both (`make update` does, run again; or `alembic merge heads`)"
+    )
 
 
 async def test_upgrade_downgrade_upgrade(make_database: DatabaseMaker) -> None:
