@@ -10,6 +10,8 @@
 #      (confirmed_at set) within 30 s.
 #   4. Makes a bad update (a database_url secret with a wrong password: new tasks
 #      never turn healthy) under load: Swarm must roll back by itself, zero failures.
+#      Then deploys an image whose api exits at once: deploy.sh must fail, with the api
+#      (Swarm) and the worker (deploy.sh) back on the previous image, zero failures.
 #   5. NODES=2: shows replicas on both nodes, drains node 2 and shows its tasks move.
 #   6. Restore drill: deletes the orders and items, then scripts/swarm/restore.sh restores the
 #      database to the time before it; the rows must be back, the stack serving again.
@@ -33,6 +35,7 @@ ADDR_POOL=${SWARM_ADDR_POOL:-10.201.0.0/16}
 BASE="http://127.0.0.1:${HTTP_PORT}"
 IMAGE_A=$SERVICE_NAME:swarm-a
 IMAGE_B=$SERVICE_NAME:swarm-b
+IMAGE_BAD=$SERVICE_NAME:swarm-bad # IMAGE_B whose api exits at once (its worker runs)
 # deploy/backup/Dockerfile's two targets, under tags of this script's own.
 export DB_IMAGE=$SERVICE_NAME-postgres:swarm-e2e BACKUP_IMAGE=$SERVICE_NAME-backup:swarm-e2e
 OWNER_LABEL=fsswarm.e2e # marks a swarm this script created
@@ -81,7 +84,7 @@ cleanup() {
   elif [ "$node2_started" = 1 ]; then
     scripts/swarm/node2.sh down
   fi
-  docker image rm "$IMAGE_A" "$IMAGE_B" "$DB_IMAGE" "$BACKUP_IMAGE" >/dev/null 2>&1
+  docker image rm "$IMAGE_A" "$IMAGE_B" "$IMAGE_BAD" "$DB_IMAGE" "$BACKUP_IMAGE" >/dev/null 2>&1
   rm -rf "$WORK"
   log "engine swarm state: $(docker info --format '{{.Swarm.LocalNodeState}}')"
   exit "$status"
@@ -106,6 +109,7 @@ trap cleanup EXIT
 log "building $IMAGE_A and $IMAGE_B (one Dockerfile, two revisions)"
 docker build -q -t "$IMAGE_A" --build-arg REVISION=swarm-a . >/dev/null
 docker build -q -t "$IMAGE_B" --build-arg REVISION=swarm-b . >/dev/null
+printf 'FROM %s\nCMD ["false"]\n' "$IMAGE_B" | docker build -q -t "$IMAGE_BAD" - >/dev/null
 log "building $DB_IMAGE and $BACKUP_IMAGE (deploy/backup/Dockerfile)"
 docker build -q --target db -t "$DB_IMAGE" deploy/backup >/dev/null
 docker build -q --target backup -t "$BACKUP_IMAGE" deploy/backup >/dev/null
@@ -357,6 +361,20 @@ secret=$(docker service inspect -f '{{range .Spec.TaskTemplate.ContainerSpec.Sec
 wait_ready 60
 api_tasks
 
+log "bad deploy: $IMAGE_BAD's api exits at once; Swarm rolls the api back, deploy.sh the worker"
+start_load
+t=$SECONDS
+if scripts/swarm/deploy.sh "$IMAGE_BAD"; then fail "deploy.sh succeeded with $IMAGE_BAD"; fi
+bad_deploy_seconds=$((SECONDS - t))
+stop_load "bad deploy and both rolled back ($bad_deploy_seconds s)"
+for service in api worker; do
+  image=$(docker service inspect -f '{{.Spec.TaskTemplate.ContainerSpec.Image}}' "${STACK}_$service")
+  [ "$image" = "$IMAGE_B" ] || fail "after the failed deploy the $service is on $image, not $IMAGE_B"
+done
+wait_ready 60
+worker_tasks
+order_confirmed "after the failed deploy"
+
 if [ "$NODES" = 2 ]; then
   worker=$(docker node ls --filter role=worker -q | head -1)
   if [ "$(api_tasks | awk '{print $3}' | sort -u | wc -l)" != 2 ]; then
@@ -416,4 +434,4 @@ orders_after=$(psql_as postgres "SELECT count(*) FROM orders")
 log "restore drill: $items_after of $items_before items and $orders_after of $orders_before orders back, restored to $target in $restore_seconds s (scale down to serving)"
 order_confirmed "after the restore (the worker scaled back up)"
 
-log "PASSED: first full backup ${full_seconds} s, WAL archived ${archive_seconds} s after a switch, rolling update ${update_seconds} s, rollback ${rollback_seconds} s${drain_seconds:+, drain ${drain_seconds} s}, restore ${restore_seconds} s, zero failed requests"
+log "PASSED: first full backup ${full_seconds} s, WAL archived ${archive_seconds} s after a switch, rolling update ${update_seconds} s, rollback ${rollback_seconds} s, bad deploy rolled back ${bad_deploy_seconds} s${drain_seconds:+, drain ${drain_seconds} s}, restore ${restore_seconds} s, zero failed requests"

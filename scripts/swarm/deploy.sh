@@ -117,6 +117,24 @@ wait_for_migration
 log "migration complete; rolling the api and the worker out to $IMAGE"
 stack_deploy "$IMAGE" "$IMAGE" "$API_REPLICAS" "$WORKER_REPLICAS"
 # Both roll at once (separate services); a failed worker rollout fails the deploy too.
-wait_for_rollout api "$API_REPLICAS"
-wait_for_rollout worker "$WORKER_REPLICAS"
-log "api: $API_REPLICAS replicas on $IMAGE; worker: $WORKER_REPLICAS"
+failed=()
+wait_for_rollout api "$API_REPLICAS" || failed+=(api)
+wait_for_rollout worker "$WORKER_REPLICAS" || failed+=(worker)
+if [ ${#failed[@]} = 0 ]; then
+  log "api: $API_REPLICAS replicas on $IMAGE; worker: $WORKER_REPLICAS"
+  exit 0
+fi
+# Swarm rolled back only the service that failed. The other goes back too, so the api
+# and the worker run one version, the one from before this deploy (which suits the
+# migrated schema: migrations suit the old code).
+for name in api worker; do
+  [[ " ${failed[*]} " == *" $name "* ]] && continue
+  log "rolling the $name back too, to the version the ${failed[0]} runs again"
+  docker service rollback --detach=false --quiet "${STACK}_$name" >/dev/null ||
+    log "the $name's rollback did not complete: docker service ps ${STACK}_$name"
+done
+for name in api worker; do
+  log "$name now on $(docker service inspect -f '{{.Spec.TaskTemplate.ContainerSpec.Image}}' "${STACK}_$name")"
+done
+log "deploy of $IMAGE failed (${failed[*]}); the migration stays applied"
+exit 1
