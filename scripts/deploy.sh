@@ -88,7 +88,20 @@ if ! output=$("${COMPOSE[@]}" up --no-deps --force-recreate --exit-code-from mig
   die "migrations failed; the api still runs the old version"
 fi
 
+# An interrupted deploy (Ctrl-C, an SSH session that drops: SIGHUP) must not leave an
+# api stopped: `unless-stopped` would keep it stopped through a reboot too.
+replacing=
+interrupted() {
+  if [ -n "$replacing" ]; then
+    log "interrupted: starting $replacing again before exiting" >&2
+    "${COMPOSE[@]}" up --detach --no-deps "$replacing" >/dev/null 2>&1 || true
+  fi
+  exit 130
+}
+trap interrupted INT HUP TERM
+
 for service in "${APIS[@]}"; do
+  replacing=$service
   log "$service: stopping it (Gunicorn drains it: in-flight requests finish)"
   # Out of rotation before SIGTERM, where the app supports it: /health/ready answers
   # 503 while /tmp/draining exists, and the proxy's next check stops sending to it.
@@ -99,6 +112,7 @@ for service in "${APIS[@]}"; do
   sleep "$PROXY_SETTLE"
   "${COMPOSE[@]}" up --detach --no-deps --force-recreate "$service" >/dev/null 2>&1 ||
     die "$service: could not start the new container; the other api serves"
+  replacing=
   new=$(running "$service")
   if ! wait_ready "$new"; then
     docker logs --tail 50 "$new" >&2 || true

@@ -51,7 +51,16 @@ log "stopping ${writers[*]} backup"
 if "${COMPOSE[@]}" run --rm --no-deps --entrypoint test backup -s /var/lib/postgresql/data/PG_VERSION; then
   log "archiving the newest WAL first"
   if ! "${COMPOSE[@]}" up --detach --no-deps --wait --wait-timeout 120 db >/dev/null 2>&1; then
-    log "WARNING: db does not start on its volume (damaged?): its WAL not yet archived is lost" >&2
+    if [ "${FORCE:-}" != 1 ]; then
+      # Its WAL not yet archived holds acknowledged writes: a restore would lose them.
+      "${COMPOSE[@]}" logs --no-color --tail 30 db >&2 || true
+      log "FAILED: db does not start on its volume within 120 s (its log is above): the" >&2
+      log "writes in its WAL not yet archived would be lost. Let it start (a long crash" >&2
+      log "recovery; a full disk: free space), or restore without them: FORCE=1 make restore" >&2
+      log "nothing was changed; the other services are left stopped: make prod-up starts them" >&2
+      exit 1
+    fi
+    log "WARNING: db does not start on its volume; FORCE=1: its WAL not yet archived is lost" >&2
   else
     segment=$(psql_app "SELECT pg_walfile_name(pg_switch_wal())") ||
       { log "FAILED: could not switch the WAL (the db's log says why)" >&2; serve_again; }
@@ -91,9 +100,13 @@ status=0
 "${COMPOSE[@]}" run --rm --no-deps backup pgbackup restore "$target" || status=$?
 # pgBackRest's codes for a restore refused before it touched anything: 75, no backup
 # set before that time (pgbackup's too, for a time before the window); 29, a time it
-# cannot read.
+# cannot read; 38, a postmaster.pid left in the data directory (a killed Postgres).
 if [ "$status" = 75 ] || [ "$status" = 29 ]; then
   log "FAILED: no backup reaches ${target:-the latest state} (make backups shows the window)" >&2
+  serve_again
+elif [ "$status" = 38 ]; then
+  log "FAILED: postmaster.pid is in the data directory (a Postgres killed there); make sure" >&2
+  log "none runs, remove it (docs/backups.md) and run make restore again" >&2
   serve_again
 elif [ "$status" != 0 ]; then
   log "FAILED: pgBackRest's restore (above): the data directory may be partly restored;" >&2
