@@ -50,7 +50,7 @@ help: ## List the targets
 # On the template's own checkout, a name first makes the fork (template/make_fork.py).
 FORK = $(and $(name),$(wildcard template/make_fork.py))
 init: ## Write .env (fresh secrets, free ports); on the template, `make init name=acme-orders [targets=vm,swarm,k8s] [examples=no]` makes your fork
-	$(if $(or $(targets),$(examples)),$(if $(FORK),,$(error targets= and examples= go with name=, on the template's checkout)))
+	$(if $(or $(targets),$(examples)),$(if $(FORK),,$(error $(if $(wildcard template/make_fork.py),targets= and examples= go with name= (make init name=acme-orders targets=vm),targets= and examples= choose what a fork keeps as it is made from the template; this checkout is a fork: remove what it does not use by hand (docs/adding-a-resource.md, "Removing a resource")))))
 	$(if $(FORK),python3 template/make_fork.py --name "$$name" $(if $(targets),--targets "$$targets") $(if $(examples),--examples "$$examples"))
 	python3 scripts/init.py $(if $(name),--name "$$name")
 
@@ -60,8 +60,13 @@ update: ## Merge the template's changes since .template.toml's revision: make up
 
 ##@ Development stack
 .PHONY: up
+# A service that never turns healthy (a bad setting, a failed migration): its own last
+# lines say why, not only Compose's "is unhealthy".
+SAY_WHY = || { $(DEV) logs --no-color --tail 12 migrate api worker >&2; \
+  echo "the services' last lines are above (all of them: make logs)" >&2; exit 1; }
+
 up: ## Start Postgres, Redis, migrations, the API and the job worker, with auto-reload
-	$(DEV) up --build --detach --wait api worker
+	$(DEV) up --build --detach --wait api worker $(SAY_WHY)
 	@echo
 	@echo "  API:  http://localhost:$(API_PORT)          (project $(PROJECT))"
 	@echo "  Docs: http://localhost:$(API_PORT)/docs"
@@ -74,7 +79,7 @@ debug: ## `make up`, with debugpy listening on localhost:DEBUGPY_PORT (5678) for
 
 .PHONY: restart
 restart: ## Recreate the API and the job worker after a .env change (code changes reload by themselves)
-	$(DEV) up --detach --wait --force-recreate --no-deps api worker
+	$(DEV) up --detach --wait --force-recreate --no-deps api worker $(SAY_WHY)
 
 .PHONY: url
 url: ## Print the development API's URL (its port is in .env)
@@ -99,7 +104,7 @@ psql: ## Open psql on the development database
 .PHONY: migrate
 migrate: ## Apply migrations to the development database, then print its revision and head
 	$(DEV) run --rm migrate sh -c \
-	  'alembic upgrade head && echo "database at: $$(alembic current 2>/dev/null)" && echo "latest:      $$(alembic heads 2>/dev/null)"'
+	  'alembic upgrade head && echo "database at: $$(LOG_LEVEL=WARNING alembic current 2>/dev/null)" && echo "latest:      $$(LOG_LEVEL=WARNING alembic heads 2>/dev/null)"'
 
 .PHONY: revision
 # The message reaches alembic through the environment, never through a shell's quoting:
@@ -115,9 +120,9 @@ client: ## Generate a typed Python client from the OpenAPI schema into clients/p
 
 ##@ Quality
 .PHONY: test
-test: ## Run the tests with coverage in a throw-away stack of their own
+test: ## Run the tests with coverage in a throw-away stack of their own; make test only=tests/widgets: those alone, no coverage
 	$(TEST) build tests
-	$(TEST) run --rm tests; status=$$?; $(TEST) down --volumes --remove-orphans >/dev/null 2>&1; exit $$status
+	$(TEST) run --rm tests $(if $(only),pytest --no-cov $(only)); status=$$?; $(TEST) down --volumes --remove-orphans >/dev/null 2>&1; exit $$status
 
 .PHONY: lint
 lint: ## Run every checker (ruff, mypy --strict, hadolint, shellcheck, import contracts, settings), then fail if any failed

@@ -10,9 +10,10 @@ token: ## Print a dev token, valid 1 h, with every scope the API declares: make 
 	  token --audience "$(AUTH_AUDIENCE)" $(if $(scopes),--scopes "$$scopes") $(if $(sub),--sub "$$sub")
 
 .PHONY: api-key
-api-key: ## Make an API key, printed once: make api-key name=ci-bot scopes="items:read items:write"
-	@test -n "$$name" || { echo 'usage: make api-key name=ci-bot scopes="items:read"'; exit 2; }
-	@$(DEV) exec -T api $(KEYS) create "$$name" $$scopes
+api-key: ## Make an API key, printed once: make api-key name=ci-bot scopes="items:read items:write" [expires=90 (days)]
+	@test -n "$$name" && test -n "$$scopes" || \
+	  { echo 'usage: make api-key name=ci-bot scopes="items:read" [expires=DAYS]'; exit 2; }
+	@$(DEV) exec -T api $(KEYS) create "$$name" $$scopes $(if $(expires),--expires-in-days "$$expires")
 
 .PHONY: api-keys
 api-keys: ## List the API keys: name, scopes, expiry, last use (never the secrets)

@@ -27,8 +27,8 @@ from collections.abc import Collection
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "scripts"))
-from update import without_credentials  # noqa: E402  # the fork's own updater, shared
+sys.path.insert(0, str(ROOT))
+from scripts.update import without_credentials  # noqa: E402  # the fork's own updater's
 
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
 NAME_MAX_LENGTH = 50

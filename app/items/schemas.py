@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
 from pydantic.json_schema import SkipJsonSchema
 
 from app.core.text import multi_line, single_line
@@ -32,12 +32,13 @@ class ItemUpdate(BaseModel):
     name: ItemName | SkipJsonSchema[None] = None
     description: ItemDescription | None = None
 
+    # Each field whose column is NOT NULL: a new one goes in this list too.
     @field_validator("name")
     @classmethod
-    def _name_not_null(cls, value: str | None) -> str:
+    def _not_null(cls, value: object, info: ValidationInfo) -> object:
         # Runs only when the field is sent: leaving it out is fine, sending null is not.
         if value is None:
-            raise ValueError("name cannot be null; leave it out to keep the current name")
+            raise ValueError(f"{info.field_name} cannot be null; leave it out to keep it as is")
         return value
 
 

@@ -24,7 +24,7 @@ ITEM_PAGES = Paginator(select(Item), (Item.created_at, Item.id))
 
 
 async def create_item(session: AsyncSession, data: ItemCreate) -> Item:
-    item = Item(name=data.name, description=data.description)
+    item = Item(**data.model_dump())
     session.add(item)
     await flush_or_raise(session, NAME_TAKEN)
     return item
