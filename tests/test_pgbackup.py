@@ -5,9 +5,11 @@ thing is `make restore-check`."""
 
 from __future__ import annotations
 
+import http.server
 import importlib.util
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 from types import ModuleType
@@ -135,3 +137,29 @@ def test_the_schedule_waits_for_a_backup_by_hand_unless_its_process_is_gone(
     assert pgbackup.backup_now("") == 1  # nor does a second one by hand
     pgbackup.update_state(manual_pid=NO_SUCH_PID)  # killed before it could say it was done
     assert pgbackup.running_since() is None
+
+
+def test_a_ping_reaches_the_dead_man_s_switch_and_a_failed_one_is_only_logged(
+    pgbackup: ModuleType, capsys: pytest.CaptureFixture[str]
+) -> None:
+    seen: list[str] = []
+
+    class Switch(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append(self.path)
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *_: object) -> None:  # quiet
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Switch)
+    threading.Thread(target=server.handle_request, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}/ping/abc"
+    try:
+        assert pgbackup.ping(url)
+    finally:
+        server.server_close()
+    assert seen == ["/ping/abc"]
+    assert not pgbackup.ping(url)  # nothing listens there now
+    assert "BACKUP_PING_URL did not answer" in capsys.readouterr().err

@@ -30,6 +30,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -54,6 +55,13 @@ FULL_EVERY = seconds(os.environ.get("BACKUP_FULL_EVERY") or "7d")
 PITR_DAYS = float(os.environ.get("BACKUP_PITR_DAYS") or "7")
 WAL_MAX_AGE = seconds(os.environ.get("BACKUP_WAL_MAX_AGE") or "5m")
 METRICS_PORT = int(os.environ.get("BACKUP_METRICS_PORT") or "9188")
+# A dead man's switch (healthchecks.io, Uptime Kuma's push monitor, Cronitor...): pinged
+# every PING_EVERY_SECONDS while nothing is overdue. The pings stop when backups or the
+# archive fall behind, and when the VM, Docker or this service is gone: the service
+# then tells a person, which nothing on the VM itself can.
+PING_URL = os.environ.get("BACKUP_PING_URL", "")
+PING_EVERY_SECONDS = 300.0
+PING_TIMEOUT_SECONDS = 10.0
 # pgBackRest keeps the WAL from the start of the newest N backups (full or differential)
 # onward. N - 1 intervals of BACKUP_EVERY must span BACKUP_PITR_DAYS: just after a backup,
 # the oldest of N daily ones is N - 1 days old.
@@ -334,8 +342,19 @@ class LatestMeasurement(Collector):
             yield GaugeMetricFamily(name, HELP[name], value=value)
 
 
+def ping(url: str) -> bool:
+    """One ping of the dead man's switch; a failure is logged, never raised."""
+    try:
+        with urllib.request.urlopen(url, timeout=PING_TIMEOUT_SECONDS):  # noqa: S310  # the operator's URL
+            return True
+    except (OSError, ValueError) as error:
+        log(f"BACKUP_PING_URL did not answer: {error}", error=True)
+        return False
+
+
 def monitor(latest: LatestMeasurement) -> NoReturn:
     warned: list[str] = []
+    pinged = -math.inf
     while True:
         latest.values, problems = measure()
         update_state(problems=problems)
@@ -343,6 +362,9 @@ def monitor(latest: LatestMeasurement) -> NoReturn:
             for problem in problems:
                 log(f"WARNING {problem}", error=True)
             warned = problems
+        if PING_URL and not problems and time.monotonic() - pinged >= PING_EVERY_SECONDS:
+            ping(PING_URL)
+            pinged = time.monotonic()
         time.sleep(TICK_SECONDS)
 
 
