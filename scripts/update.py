@@ -326,7 +326,7 @@ def self_update(base_revision: str, target: str) -> None:
     if newer is None or newer == mine or not templates_own(mine, target):
         return
     me.write_bytes(newer)
-    print("update: running the template's newer scripts/update.py")
+    print(f"update: running the template's scripts/update.py at {target[:12]}")
     os.execv(sys.executable, [sys.executable, str(me), *sys.argv[1:], "--self-updated"])  # noqa: S606
 
 
@@ -621,8 +621,12 @@ def finish(outcomes: dict[str, list[str]], to: str) -> None:
         print(f"update: {len(conflicts)} conflicts, unmerged in git's index until resolved:")
         print("".join(f"    {path}\n" for path in conflicts), end="")
         print("        resolve the <<<<<<< markers (a binary or symlink: the template's version")
-        print(f"        is beside it, .template), review {review}, then {commit};")
+        print("        is beside it, .template: delete that copy once resolved), review")
+        print(f"        {review}, then {commit};")
         print("        to abandon the update: git reset --hard && git clean -fd")
+        if any(path == "Makefile" or path.startswith("mk/") for path in conflicts):
+            print("        make cannot read a Makefile with markers: until they are resolved,")
+            print("        run the updater as python3 scripts/update.py")
         sys.exit(1)
     print(f"next: review {review}, then {commit}")
 
