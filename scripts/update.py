@@ -52,7 +52,8 @@ def without_credentials(url: str) -> str:
     a committed file and printed, so it must not carry a secret. git asks its credential
     helper for them instead."""
     parts = urllib.parse.urlsplit(url)
-    if "@" not in parts.netloc or not parts.scheme:  # scp-like `git@host:path`: no secret
+    # Over SSH the user (`git@`) is no secret, and the key is elsewhere.
+    if "@" not in parts.netloc or parts.scheme not in ("http", "https"):
         return url
     return urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
@@ -598,8 +599,12 @@ def update(args: argparse.Namespace) -> None:
     if newer and not set(newer) <= set(removed):
         listed = "".join(f"    {json.dumps(path)},\n" for path in sorted({*removed, *newer}))
         text = re.sub(r"^removed = \[.*?^\]", f"removed = [\n{listed}]", text, flags=re.M | re.S)
-    if args.url:  # from=: the address the next update uses too
-        address = json.dumps(without_credentials(args.url))
+    # from=: the address the next update uses too. A token an older `make init` recorded
+    # goes (a committed file): git's credential helper supplies it from now on.
+    if args.url or without_credentials(url) != url:
+        if without_credentials(url) != url:
+            print(f"update: {RECORD.name}'s url no longer carries the credentials it had")
+        address = json.dumps(without_credentials(url))
         text = re.sub(r"^url = .*$", f"url = {address}", text, flags=re.M)
     RECORD.write_text(text, encoding="utf-8")
     report(base_revision, target, outcomes, left_out)
