@@ -591,6 +591,13 @@ def update(args: argparse.Namespace) -> None:
 
     removed = [str(path) for path in recorded["removed"]]
     outcomes, left_out = merge_all(base_revision, target, removed, args)
+    record(target, base_revision, removed, url)
+    report(base_revision, target, outcomes, left_out)
+    finish(outcomes, f"{args.ref or 'HEAD'} ({target[:12]})")
+
+
+def record(target: str, base_revision: str, removed: list[str], url: str) -> None:
+    """.template.toml, rewritten for the revision the fork is now at."""
     text = RECORD.read_text(encoding="utf-8")
     text = re.sub(r"^revision = .*$", f"revision = {json.dumps(target)}", text, flags=re.M)
     # A deploy target newer than the fork's revision was left out: recorded as removed,
@@ -599,16 +606,13 @@ def update(args: argparse.Namespace) -> None:
     if newer and not set(newer) <= set(removed):
         listed = "".join(f"    {json.dumps(path)},\n" for path in sorted({*removed, *newer}))
         text = re.sub(r"^removed = \[.*?^\]", f"removed = [\n{listed}]", text, flags=re.M | re.S)
-    # from=: the address the next update uses too. A token an older `make init` recorded
-    # goes (a committed file): git's credential helper supplies it from now on.
-    if args.url or without_credentials(url) != url:
-        if without_credentials(url) != url:
-            print(f"update: {RECORD.name}'s url no longer carries the credentials it had")
-        address = json.dumps(without_credentials(url))
-        text = re.sub(r"^url = .*$", f"url = {address}", text, flags=re.M)
+    # The address the next update uses too (from= changes it). A token an older `make
+    # init` recorded goes (a committed file): git's credential helper supplies it now.
+    if without_credentials(url) != url:
+        print(f"update: {RECORD.name}'s url no longer carries the credentials it had")
+    address = json.dumps(without_credentials(url))
+    text = re.sub(r"^url = .*$", f"url = {address}", text, flags=re.M)
     RECORD.write_text(text, encoding="utf-8")
-    report(base_revision, target, outcomes, left_out)
-    finish(outcomes, f"{args.ref or 'HEAD'} ({target[:12]})")
 
 
 def finish(outcomes: dict[str, list[str]], to: str) -> None:
