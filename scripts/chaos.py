@@ -650,6 +650,9 @@ def kill_worker(stack: Stack) -> None:
 # The VM target's zero-downtime deploy; a fork made without that target
 # (`make init targets=k8s`) has no such script, and no `deploy` fault.
 DEPLOY_SCRIPT = ROOT / "scripts" / "deploy.sh"
+READY_PROBE = (
+    "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/health/ready', timeout=2)"
+)
 
 
 def deploy(stack: Stack) -> None:
@@ -667,16 +670,30 @@ def deploy(stack: Stack) -> None:
     for line in cut.stdout or ():
         output.append(line)
         if f"{first}: stopping" in line:
-            time.sleep(1)  # within its `compose stop`, or the wait after it
-            os.killpg(cut.pid, signal.SIGHUP)
             break
     else:
         raise RuntimeError(f"deploy.sh never stopped {first}:\n{''.join(output[-5:])}")
+    # Cut off once the api is down: not while it drains, before that.
+    deadline = time.monotonic() + 60
+    while stack.compose("ps", "--quiet", "--status", "running", first, check=False).strip():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"deploy.sh did not stop {first} within 60 s")
+        time.sleep(0.2)
+    os.killpg(cut.pid, signal.SIGHUP)
     output += cut.stdout.readlines() if cut.stdout else []
     cut.wait(timeout=120)
-    if not stack.compose("ps", "--quiet", "--status", "running", first, check=False).strip():
-        raise RuntimeError(f"a deploy cut off left {first} stopped:\n{''.join(output[-5:])}")
-    log(f"the cut-off deploy started {first} again; now the whole deploy")
+    deadline = time.monotonic() + 60
+    while True:  # back in rotation: running, and ready (not stopped, not draining)
+        try:
+            stack.exec(first, "python", "-c", READY_PROBE, timeout=10)
+            break
+        except (RuntimeError, subprocess.SubprocessError):
+            if time.monotonic() > deadline:
+                last = "".join(output[-4:])
+                stuck = f"a deploy cut off left {first} out of rotation:\n{last}"
+                raise RuntimeError(stuck) from None
+            time.sleep(1)
+    log(f"the cut-off deploy put {first} back in rotation; now the whole deploy")
     stack.run(str(DEPLOY_SCRIPT), timeout=600)
 
 

@@ -93,8 +93,9 @@ fi
 replacing=
 interrupted() {
   if [ -n "$replacing" ]; then
+    # Recreated: stopped, or still running but draining (out of rotation for good).
     log "interrupted: starting $replacing again before exiting" >&2
-    "${COMPOSE[@]}" up --detach --no-deps "$replacing" >/dev/null 2>&1 || true
+    "${COMPOSE[@]}" up --detach --no-deps --force-recreate "$replacing" >/dev/null 2>&1 || true
   fi
   exit 130
 }
