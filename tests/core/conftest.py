@@ -143,6 +143,11 @@ async def limited_by_scope() -> None:
     return None
 
 
+@router.post("/limited-caller", dependencies=[Depends(authenticate), rate_limit("writes")])
+async def limited_per_caller() -> None:
+    """/limited behind authentication: counted per principal, not per address."""
+
+
 WIDGET_PAGES = Paginator(select(Widget), (Widget.created_at, Widget.id))
 
 

@@ -129,6 +129,33 @@ async def test_the_same_key_with_another_body_is_refused(
     assert await count_widgets(connection) == 1
 
 
+async def test_the_same_key_and_body_on_another_query_string_is_refused(
+    core_client: AsyncClient, connection: AsyncConnection
+) -> None:
+    """The query string is part of the request (`?dry_run=true`, a version): a retry
+    sends the same one, so another is another request under the same key."""
+    body = widget()
+    first = await core_client.post(KEYED, json=body, params={"x": "1"}, headers={HEADER: "k-q"})
+    assert first.status_code == 201
+    assert_problem(await core_client.post(KEYED, json=body, headers={HEADER: "k-q"}), 422)
+    assert await count_widgets(connection) == 1
+
+
+async def test_each_principal_has_its_own_keys(
+    make_core_client: CoreClientMaker, settings: Settings, connection: AsyncConnection
+) -> None:
+    """Two subjects behind one address using the same key: each its own request, neither
+    replaying nor refused by the other's."""
+    alice = await make_core_client(settings, sub="alice")
+    bob = await make_core_client(settings, sub="bob")
+    scoped = "/probe/scoped-widgets"
+    assert (await alice.post(scoped, json=widget("a"), headers={HEADER: "k-p"})).status_code == 201
+    theirs = await bob.post(scoped, json=widget("b"), headers={HEADER: "k-p"})
+    assert theirs.status_code == 201
+    assert REPLAYED_HEADER not in theirs.headers
+    assert await count_widgets(connection) == 2
+
+
 async def test_the_same_json_in_other_bytes_is_another_body(
     core_client: AsyncClient, connection: AsyncConnection
 ) -> None:

@@ -32,6 +32,19 @@ async def test_scopes_have_their_own_budgets(
     assert (await client.post("/probe/limited")).status_code == 200
 
 
+async def test_an_authenticated_caller_has_a_budget_of_its_own_whatever_its_address(
+    make_core_client: CoreClientMaker, settings: Settings
+) -> None:
+    """Two principals behind one address (a NAT, an office): one spending its budget
+    leaves the other's whole."""
+    limited = with_overrides(settings, rate_limit_writes=1)
+    alice = await make_core_client(limited, sub="alice")
+    bob = await make_core_client(limited, sub="bob")
+    assert (await alice.post("/probe/limited-caller")).status_code == 200
+    assert_problem(await alice.post("/probe/limited-caller"), 429)
+    assert (await bob.post("/probe/limited-caller")).status_code == 200
+
+
 async def test_limit_is_per_client(redis: Redis) -> None:
     for _ in range(2):
         assert await hit(redis, "ratelimit:test:a", limit=2) is None

@@ -65,12 +65,16 @@ async def test_a_job_queue_locked_past_the_lock_timeout_is_a_503_and_keeps_no_or
     retryable 503, and the order's own insert is rolled back with it."""
     client = await make_client(with_overrides(settings, db_lock_timeout=0.2), isolated=False)
     item = await create(client, "queue locked")
-    async with engine.connect() as holder:
-        await holder.execute(text("LOCK TABLE pgqueuer IN EXCLUSIVE MODE"))
-        try:
-            response = await client.post(ORDERS, json={"item_id": item["id"], "quantity": 1})
-        finally:
-            await holder.rollback()
-    assert_problem(response, 503)
-    assert response.headers["Retry-After"]
-    assert (await client.get(ORDERS, params={"item_id": item["id"]})).json()["items"] == []
+    try:
+        async with engine.connect() as holder:
+            await holder.execute(text("LOCK TABLE pgqueuer IN EXCLUSIVE MODE"))
+            try:
+                response = await client.post(ORDERS, json={"item_id": item["id"], "quantity": 1})
+            finally:
+                await holder.rollback()
+        assert_problem(response, 503)
+        assert response.headers["Retry-After"]
+        assert (await client.get(ORDERS, params={"item_id": item["id"]})).json()["items"] == []
+    finally:  # committed (isolated=False): the tests after this one must not see it
+        async with engine.begin() as cleanup:
+            await cleanup.execute(text("DELETE FROM items WHERE id = :id"), {"id": item["id"]})

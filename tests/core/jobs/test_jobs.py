@@ -7,6 +7,7 @@ dedupe keys of its own and deletes its rows afterwards."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -16,6 +17,7 @@ from typing import Any, cast
 
 import pgqueuer
 import pytest
+import sqlalchemy.exc
 import structlog
 from pgqueuer import Job
 from pgqueuer.models import Schedule
@@ -138,6 +140,23 @@ async def test_a_job_past_its_timeout_fails_and_is_retried_with_the_worker_s_own
     retried = [line["error"] for line in logged if line["event"] == "job failed, retrying"]
     assert [error.split(":")[0] for error in retried] == ["TimeoutError"]
     assert [line["job_name"] for line in logged if line["event"] == "job done"] == [job_name]
+
+
+async def test_the_worker_has_a_connection_for_each_job_and_one_for_a_periodic_job(
+    settings: Settings,
+) -> None:
+    """JOBS_CONCURRENCY jobs at once and a periodic one each hold a connection for their
+    whole run: one fewer, and the periodic job would wait for a job to end."""
+    limits = with_overrides(settings, jobs_concurrency=3, jobs_timeout=1.0)
+    worker_db = worker_engine(limits)
+    try:
+        async with contextlib.AsyncExitStack() as held:
+            for _ in range(limits.jobs_concurrency + 1):  # none waits: all fit
+                await held.enter_async_context(worker_db.connect())
+            with pytest.raises(sqlalchemy.exc.TimeoutError):  # and no more
+                await held.enter_async_context(worker_db.connect())
+    finally:
+        await worker_db.dispose()
 
 
 async def test_a_cut_run_s_statement_ends_on_the_server_too(
