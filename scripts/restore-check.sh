@@ -217,7 +217,9 @@ log "Postgres killed, volume intact: $kept of $acked_before_kill acknowledged wr
 # read (before anything stops), and one before the oldest backup (after).
 for refused in "yesterday|not a time pgBackRest reads" "2000-01-01 00:00:00+00|no backup reaches"; do
   reason=${refused#*|} refused=${refused%%|*}
-  ! scripts/restore.sh "$refused" >"$WORK/restore-refused.log" 2>&1 ||
+  # A restore seconds after another stops the backup service's own full backup; one cut
+  # off mid-upload can hold the bucket's next WAL push past restore.sh's default wait.
+  ! ARCHIVE_WAIT=300 scripts/restore.sh "$refused" >"$WORK/restore-refused.log" 2>&1 ||
     fail "restore to '$refused' did not fail"
   grep -q "$reason" "$WORK/restore-refused.log" ||
     { cat "$WORK/restore-refused.log" >&2; fail "restore to '$refused' was refused, but not because '$reason'"; }
