@@ -189,8 +189,9 @@ def declared_scopes(openapi_url: str) -> str:
             return scopes_in(json.load(response))
     except (URLError, OSError, ValueError) as exc:
         sys.exit(
-            f"token: could not read the API's scopes from {openapi_url} ({exc}); "
-            'name them: make token scopes="items:read"'
+            f"token: could not read the API's scopes from {openapi_url} ({exc}). "
+            "Is the api running and healthy (`make up`, `make logs`)? Or name the "
+            'scopes yourself: make token scopes="items:read"'
         )
 
 
