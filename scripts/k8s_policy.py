@@ -32,6 +32,10 @@ PROBES = ("startupProbe", "livenessProbe", "readinessProbe")
 RESOURCES = ("requests.cpu", "requests.memory", "limits.cpu", "limits.memory")
 # The image's default (gunicorn_conf.py) when the setting is not given.
 DEFAULT_GRACEFUL_TIMEOUT = 20
+# The job worker's: JOBS_TIMEOUT's default (app/core/config.py), and the rollback a job
+# cut at that timeout may still take (ROLLBACK_SECONDS, app/core/jobs/worker.py).
+DEFAULT_JOBS_TIMEOUT = 50.0
+JOB_ROLLBACK_SECONDS = 2.0
 # Documentation addresses (RFC 5737): the base's placeholders, never a real server.
 PLACEHOLDER_NETWORKS = [
     ipaddress.ip_network(n) for n in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24")
@@ -161,12 +165,24 @@ def _setting(container: Manifest, name: str, config_maps: dict[str, Manifest]) -
 def check_grace(
     where: str, pod_spec: Manifest, container: Manifest, config_maps: dict[str, Manifest]
 ) -> Iterator[Finding]:
-    """SIGKILL must not come before the preStop sleep and Gunicorn's drain have ended."""
+    """SIGKILL must not come before the preStop sleep and Gunicorn's drain have ended, nor,
+    for the job worker, before the jobs it runs have finished or timed out."""
+    grace = pod_spec.get("terminationGracePeriodSeconds", 30)
+    if "app.worker" in [*(container.get("command") or []), *(container.get("args") or [])]:
+        timeout = float(_setting(container, "JOBS_TIMEOUT", config_maps) or DEFAULT_JOBS_TIMEOUT)
+        if grace <= timeout + JOB_ROLLBACK_SECONDS:
+            yield Finding(
+                "grace",
+                where,
+                f"terminationGracePeriodSeconds {grace} is not longer than JOBS_TIMEOUT "
+                f"({timeout:g} s) plus a job's rollback ({JOB_ROLLBACK_SECONDS:g} s): every "
+                "deploy would kill jobs still running, each kill one of their attempts",
+            )
+        return
     pre_stop = _get(container, "lifecycle.preStop.sleep.seconds") or 0
     graceful = int(
         _setting(container, "GUNICORN_GRACEFUL_TIMEOUT", config_maps) or DEFAULT_GRACEFUL_TIMEOUT
     )
-    grace = pod_spec.get("terminationGracePeriodSeconds", 30)
     if grace <= pre_stop + graceful:
         yield Finding(
             "grace",

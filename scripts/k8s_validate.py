@@ -141,6 +141,12 @@ def _pod(docs: list[Manifest], kind: str = "Deployment") -> dict[str, Any]:
     return spec
 
 
+def _pod_of(docs: list[Manifest], name: str) -> dict[str, Any]:
+    """The pod spec of the Deployment called `name`."""
+    spec: dict[str, Any] = _find(docs, "Deployment", name)["spec"]["template"]["spec"]
+    return spec
+
+
 def _api(docs: list[Manifest]) -> dict[str, Any]:
     """The api container in the api Deployment."""
     container: dict[str, Any] = _pod(docs)["containers"][0]
@@ -219,6 +225,15 @@ POLICY_CASES: list[tuple[str, Mutation, str]] = [
     (
         "grace period shorter than preStop + drain",
         lambda d: _pod(d).update(terminationGracePeriodSeconds=30),
+        "grace",
+    ),
+    (
+        "JOBS_TIMEOUT raised past the worker's grace period",
+        lambda d: (
+            _pod_of(d, "worker")["containers"][0]
+            .setdefault("env", [])
+            .append({"name": "JOBS_TIMEOUT", "value": "120"})
+        ),
         "grace",
     ),
     ("image :latest", lambda d: _api(d).update(image="api:latest"), "image"),

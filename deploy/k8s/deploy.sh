@@ -28,6 +28,13 @@ kubectl kustomize "$overlay" >"$rendered"
 namespace=$(awk '/^  namespace: / {print $2; exit}' "$rendered")
 echo "deploying $overlay_name into namespace $namespace"
 
+# A Job still running is another deploy's migration: deleting it would kill that
+# migration mid-way, and each deploy would then wait on the other's Job.
+active=$(kubectl get job api-migrate -n "$namespace" --ignore-not-found -o jsonpath='{.status.active}')
+if [[ -n $active ]]; then
+  echo "a migration is still running (another deploy?): nothing was changed; deploy again once it has ended" >&2
+  exit 1
+fi
 kubectl delete job api-migrate -n "$namespace" --ignore-not-found --wait=true
 kubectl apply -f "$rendered" -l 'app.kubernetes.io/component in (config,migrate)'
 

@@ -82,7 +82,7 @@ wait_for_migration() {
 # wait_for_rollout NAME REPLICAS: until the service is at REPLICAS tasks on IMAGE, or
 # Swarm gives up.
 wait_for_rollout() {
-  local name=$1 replicas=$2 service="${STACK}_$1" deadline=$((SECONDS + TIMEOUT)) state running cause=
+  local name=$1 replicas=$2 service="${STACK}_$1" deadline=$((SECONDS + TIMEOUT)) state running want cause=
   while :; do
     state=$(docker service inspect -f '{{if .UpdateStatus}}{{.UpdateStatus.State}}{{end}}' "$service")
     case $state in
@@ -92,8 +92,13 @@ wait_for_rollout() {
         log "the $name update ended as $state: $(docker service inspect -f '{{.UpdateStatus.Message}}' "$service")"
         return 1 ;;
     esac
-    running=$(docker service ps "$service" --filter desired-state=running \
-      --format '{{.Image}} {{.CurrentState}}' | grep -c "^$IMAGE Running" || true)
+    # The tasks running the service's current image, compared in full: `service ps`
+    # shortens its Image column (no digest, no docker.io/), which never matched an
+    # IMAGE given with either, and the deploy then timed out after it had succeeded.
+    want=$(docker service inspect -f '{{.Spec.TaskTemplate.ContainerSpec.Image}}' "$service")
+    running=$(docker service ps -q --filter desired-state=running "$service" |
+      xargs -r docker inspect --type task -f '{{.Spec.ContainerSpec.Image}} {{.Status.State}}' |
+      grep -cxF "$want running" || true)
     if [ "$running" -ge "$replicas" ] && [[ $state == "" || $state == completed ]]; then
       return 0
     fi

@@ -47,16 +47,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.core.config import Settings, misspelled_settings
 from app.core.db import create_engine, create_session_factory
-from app.core.jobs import metrics
-from app.core.jobs.alive import ALIVE_FILE
+from app.core.jobs import alive, metrics
 from app.core.jobs.executor import JobExecutor
 
 Handler = Callable[[AsyncSession, dict[str, Any]], Awaitable[None]]
 Periodic = Callable[[AsyncSession], Awaitable[None]]
 
-# How often ALIVE_FILE is touched while the database answers (the healthcheck,
-# app/core/jobs/alive.py, reads its age), and the queue gauges sampled: finer than any
-# scrape interval.
+# How often the liveness file is touched, and the readiness file while the database
+# answers (the healthchecks, app/core/jobs/alive.py, read their ages), and the queue
+# gauges sampled: finer than any scrape interval.
 ALIVE_EVERY_SECONDS = 5.0
 # A lost database connection (a restart, a failover, a read-only standby) ends the
 # worker's PgQueuer, not its process: it starts a new one this long after, on fresh
@@ -146,14 +145,14 @@ def _periodic(
 
 
 async def _keep_alive(driver: AsyncpgDriver, jobs: Jobs) -> None:
-    """Sample the queue for the gauges, and touch ALIVE_FILE while that works. Through
+    """Sample the queue for the gauges, and touch alive.ALIVE_FILE while that works. Through
     the driver: it serializes the connection's users (a second query at once is an
     error)."""
     while True:
         with contextlib.suppress(Exception):
             rows = await asyncio.wait_for(driver.fetch(metrics.QUEUE_SAMPLE), ALIVE_EVERY_SECONDS)
             metrics.record_queue(rows, jobs.handlers)
-            ALIVE_FILE.touch()  # a tmpfs inode: no disk to wait for
+            alive.ALIVE_FILE.touch()  # a tmpfs inode: no disk to wait for
         await asyncio.sleep(ALIVE_EVERY_SECONDS)
 
 
@@ -207,15 +206,15 @@ async def build_worker(settings: Settings, jobs: Jobs) -> AsyncIterator[PgQueuer
     for name, (cron, periodic) in jobs.periodic.items():
         worker.schedule(name, cron)(_periodic(sessions, name, periodic, settings.jobs_timeout))
     metrics.declare([*jobs.handlers, *jobs.periodic])
-    alive = asyncio.create_task(_keep_alive(driver, jobs))
+    sampler = asyncio.create_task(_keep_alive(driver, jobs))
     logger.info("worker started", jobs=sorted(jobs.handlers), periodic=sorted(jobs.periodic))
     try:
         yield worker
     finally:
-        alive.cancel()
+        sampler.cancel()
         # Not mid-query on the connection closed next.
         with contextlib.suppress(asyncio.CancelledError):
-            await alive
+            await sampler
         # Bounded: after a lost connection, a server that does not answer must not hold
         # up the restart (past the timeout, asyncpg drops the socket).
         await connection.close(timeout=settings.db_connect_timeout)
@@ -233,20 +232,35 @@ async def queries_for(settings: Settings) -> AsyncIterator[Queries]:
         await connection.close()
 
 
+async def _loop_alive() -> None:
+    """Touch alive.LOOP_FILE for as long as the event loop turns (the liveness check):
+    through database outages too, which the worker outlives by itself."""
+    while True:
+        with contextlib.suppress(OSError):  # unwritable: the check then fails, visibly
+            alive.LOOP_FILE.touch()
+        await asyncio.sleep(ALIVE_EVERY_SECONDS)
+
+
 async def work(settings: Settings, jobs: Jobs, shutdown: asyncio.Event | None = None) -> None:
     """Run the worker until `shutdown` is set; without one, until SIGTERM or SIGINT
     (PgQueuer handles both)."""
-    await pgqueuer.run(
-        partial(build_worker, settings, jobs),
-        heartbeat_timeout=timedelta(seconds=settings.jobs_heartbeat_timeout),
-        # Woken by NOTIFY when a job is enqueued; the timeout only bounds a missed one.
-        dequeue_timeout=timedelta(seconds=5),
-        batch_size=max(1, settings.jobs_concurrency // 2),
-        max_concurrent_tasks=settings.jobs_concurrency,
-        shutdown=shutdown,
-        restart_on_failure=True,
-        restart_delay=RESTART_DELAY,
-    )
+    loop_alive = asyncio.create_task(_loop_alive())
+    try:
+        await pgqueuer.run(
+            partial(build_worker, settings, jobs),
+            heartbeat_timeout=timedelta(seconds=settings.jobs_heartbeat_timeout),
+            # Woken by NOTIFY when a job is enqueued; the timeout only bounds a missed one.
+            dequeue_timeout=timedelta(seconds=5),
+            batch_size=max(1, settings.jobs_concurrency // 2),
+            max_concurrent_tasks=settings.jobs_concurrency,
+            shutdown=shutdown,
+            restart_on_failure=True,
+            restart_delay=RESTART_DELAY,
+        )
+    finally:
+        loop_alive.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await loop_alive
 
 
 def run(settings: Settings, jobs: Jobs) -> None:
