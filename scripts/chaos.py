@@ -79,6 +79,7 @@ def stack_settings(extra: dict[str, str]) -> dict[str, str]:
         "DOMAIN": "http://localhost",
         "POSTGRES_PASSWORD": secrets.token_hex(16),
         "APP_DB_PASSWORD": secrets.token_hex(16),
+        "REDIS_PASSWORD": secrets.token_hex(16),
         "HTTP_PORT": str(HTTP_PORT),
         "HTTPS_PORT": str(HTTPS_PORT),
         "EDGE_SUBNET": SUBNET,
@@ -348,7 +349,12 @@ class RunOptions(TypedDict, total=False):
 
 
 # The command, run in each service, that succeeds once the service is back for its clients.
-READY_COMMANDS = {"db": ("pg_isready", "-d", "app"), "redis": ("redis-cli", "ping")}
+# redis-cli exits 0 on an error reply too (NOAUTH): only a PONG counts. It authenticates
+# with the container's REDISCLI_AUTH.
+READY_COMMANDS = {
+    "db": ("pg_isready", "-d", "app"),
+    "redis": ("sh", "-c", "redis-cli ping | grep -x PONG"),
+}
 
 
 class Stack:

@@ -274,6 +274,13 @@ if docker exec "$("${COMPOSE[@]}" ps -q api-a)" env | grep -qF "$db_password"; t
 fi
 log "postgres: app role cannot CREATE TABLE (nor TEMP, ROLE, ALTER, DROP); tables owned by app_owner"
 
+# Redis: a client without the password is refused; the api holds it only inside REDIS_URL.
+noauth=$("${COMPOSE[@]}" exec -T redis env -u REDISCLI_AUTH redis-cli ping 2>&1) || true
+[[ "$noauth" == NOAUTH* ]] || fail "redis answered a client without its password: $noauth" redis
+[ -z "$(docker exec "$("${COMPOSE[@]}" ps -q api-a)" printenv REDIS_PASSWORD)" ] ||
+  fail "the api's environment holds REDIS_PASSWORD" api
+log "redis: a client without the password gets NOAUTH"
+
 api=$("${COMPOSE[@]}" ps -q api-a)
 [ "$(docker exec "$api" id -u)" = 10001 ] || fail "api runs as uid $(docker exec "$api" id -u)" api
 [ "$(docker inspect -f '{{.HostConfig.ReadonlyRootfs}}' "$api")" = true ] || fail "api root filesystem is writable" api

@@ -137,7 +137,8 @@ log "migrations: upgrade to head, then alembic check"
 #    serve rows the restore took back until they expire. (Rate limits start afresh too.)
 if [ -z "$("${COMPOSE[@]}" ps -q --status running redis)" ]; then
   log "redis is not running: it starts empty (it keeps nothing on disk)"
-elif "${COMPOSE[@]}" exec -T redis timeout 10 redis-cli FLUSHDB >/dev/null 2>&1; then
+# Its reply, not its exit status: redis-cli exits 0 on an error reply (NOAUTH) too.
+elif [ "$("${COMPOSE[@]}" exec -T redis timeout 10 redis-cli FLUSHDB 2>/dev/null)" = OK ]; then
   log "cache emptied (redis FLUSHDB)"
 else
   log "WARNING: redis did not answer: the cache may serve rows from before the restore until" >&2

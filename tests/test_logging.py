@@ -3,7 +3,7 @@ no frame locals, each unhandled exception once, and quiet health probes.
 
 The app runs under a real uvicorn process, as in production (the repeated "Exception in
 ASGI application" comes from uvicorn itself, so an in-process client cannot show it);
-its database URL carries a known password, and Postgres and Redis are unreachable.
+its database and Redis URLs carry a known password, and Postgres and Redis are unreachable.
 """
 
 from __future__ import annotations
@@ -33,10 +33,10 @@ from app.core.logging import REDACTED, app_processors, build_logging_config
 from app.core.request_id import set_request_id
 from app.core.state import app_state
 from app.main import create_app
-from tests.conftest import UNREACHABLE_REDIS
 
 KNOWN_PASSWORD = "KNOWN-PASSWORD-123"
 DATABASE_URL = f"postgresql://app:{KNOWN_PASSWORD}@127.0.0.1:1/x"
+REDIS_URL = f"redis://:{KNOWN_PASSWORD}@127.0.0.1:1/0"  # Redis's password alone: no user
 # Credentials the requests carry and the careless route logs: none may reach a line.
 KNOWN_API_KEY = generate_key().plaintext
 KNOWN_TOKEN = jwt.encode({"sub": "mallory"}, "not-a-real-key-but-a-real-jwt-shape", "HS256")
@@ -65,9 +65,15 @@ def app_that_fails() -> FastAPI:
     async def log_carelessly(request: Request) -> dict[str, str]:
         settings = app_state(request)["settings"]
         structlog.get_logger("tests.careless").warning(
-            "connecting", url=settings.sqlalchemy_url, password=KNOWN_PASSWORD, settings=settings
+            "connecting",
+            url=settings.sqlalchemy_url,
+            redis_url=settings.redis_url,  # not a str: rendered as text, then masked
+            password=KNOWN_PASSWORD,
+            settings=settings,
         )
-        logging.getLogger("tests.careless").warning("connecting to %s", settings.sqlalchemy_url)
+        logging.getLogger("tests.careless").warning(
+            "connecting to %s and %s", settings.sqlalchemy_url, settings.redis_url
+        )
         careless = structlog.get_logger("tests.careless")
         careless.warning(f"caller sent {request.headers.get('authorization')}")
         careless.warning("caller", presented=request.headers.get("x-api-key"))
@@ -105,7 +111,7 @@ def run_server(directory: Path, log_level: str, requests: list[tuple[str, str, s
         "LOG_LEVEL": log_level,
         "LOG_FORMAT": "json",
         "DATABASE_URL": DATABASE_URL,
-        "REDIS_URL": UNREACHABLE_REDIS,
+        "REDIS_URL": REDIS_URL,
     }
     command = [sys.executable, "-m", "uvicorn", "--factory", f"{__name__}:app_that_fails"]
     output: list[str] = []
@@ -193,14 +199,18 @@ def test_every_line_is_json_in_one_format(info_run: ServerRun) -> None:
         assert {"event", "level", "logger", "timestamp"} <= line.keys()
 
 
-def test_no_line_contains_the_database_password(info_run: ServerRun) -> None:
+def test_no_line_contains_the_database_or_redis_password(info_run: ServerRun) -> None:
     assert info_run.output.count("KNOWN-PASSWORD") == 0
     # The careless lines were written, with the secrets masked.
     structured, stdlib = info_run.of_request("careless-1")[:2]
     assert structured["password"] == REDACTED
     assert structured["url"] == f"postgresql+asyncpg://app:{REDACTED}@127.0.0.1:1/x"
+    assert structured["redis_url"] == f"redis://:{REDACTED}@127.0.0.1:1/0"
     assert structured["settings"] == "<Settings omitted>"
-    assert stdlib["event"] == f"connecting to postgresql+asyncpg://app:{REDACTED}@127.0.0.1:1/x"
+    assert stdlib["event"] == (
+        f"connecting to postgresql+asyncpg://app:{REDACTED}@127.0.0.1:1/x"
+        f" and redis://:{REDACTED}@127.0.0.1:1/0"
+    )
 
 
 def test_no_line_contains_a_token_or_an_api_key(info_run: ServerRun) -> None:

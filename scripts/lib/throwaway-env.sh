@@ -10,7 +10,7 @@ log() { printf '%s [%3ds] %s\n' "$(basename "$0" .sh)" "$SECONDS" "$*"; }
 random_secret() { head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n'; }
 
 # write_throwaway_env FILE HTTP_PORT HTTPS_PORT SUBNET PROXY_IP IMAGE [SETTING=value ...]:
-# fresh random database passwords, plain HTTP on localhost, the proxy on a subnet of
+# fresh random database and Redis passwords, plain HTTP on localhost, the proxy on a subnet of
 # its own (apart from a real deployment's and from the other scripts'), and any extra
 # app settings given.
 write_throwaway_env() {
@@ -20,6 +20,7 @@ write_throwaway_env() {
     echo "DOMAIN=http://localhost"
     echo "POSTGRES_PASSWORD=$(random_secret)"
     echo "APP_DB_PASSWORD=$(random_secret)"
+    echo "REDIS_PASSWORD=$(random_secret)"
     echo "HTTP_PORT=$http_port"
     echo "HTTPS_PORT=$https_port"
     echo "EDGE_SUBNET=$subnet"

@@ -10,9 +10,10 @@ import pytest
 from app.core.config import Settings, SettingsError, load_settings, misspelled_settings
 
 SECRET = "a-perfectly-fine-database-password"
+REDIS_SECRET = "a-perfectly-fine-redis-password"
 VALID = {
     "DATABASE_URL": f"postgresql://app:{SECRET}@db:5432/app",
-    "REDIS_URL": "redis://redis:6379/0",
+    "REDIS_URL": f"redis://:{REDIS_SECRET}@redis:6379/0",
 }
 
 
@@ -98,7 +99,9 @@ def test_secrets_are_read_from_files(env: pytest.MonkeyPatch, tmp_path: Path) ->
 
 
 def test_secret_never_appears_in_repr(env: pytest.MonkeyPatch) -> None:
-    assert SECRET not in repr(load_settings())
+    shown = repr(load_settings())
+    assert SECRET not in shown
+    assert REDIS_SECRET not in shown
 
 
 @pytest.mark.parametrize(
