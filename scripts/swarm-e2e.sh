@@ -147,6 +147,9 @@ printf %s "$password" | docker secret create "${STACK}_app_db_password" - >/dev/
 printf %s "postgresql://app:${password}@db:5432/app" | docker secret create "${STACK}_database_url" - >/dev/null
 printf %s "postgresql://app_owner:${owner_password}@db:5432/app" |
   docker secret create "${STACK}_migrate_database_url" - >/dev/null
+redis_password=$(random)
+printf %s "$redis_password" | docker secret create "${STACK}_redis_password" - >/dev/null
+printf %s "redis://:${redis_password}@redis:6379/0" | docker secret create "${STACK}_redis_url" - >/dev/null
 # pgBackRest's secret options: an encrypted repository, as an off-site one must be.
 printf '[global]\nrepo1-cipher-type=aes-256-cbc\nrepo1-cipher-pass=%s\n' "$(random)" |
   docker secret create "${STACK}_backup_conf" - >/dev/null

@@ -12,7 +12,8 @@
 #
 # The secrets must exist first (docs/swarm.md): ${STACK}_postgres_password (app_owner's),
 # ${STACK}_app_db_password (the api role's), ${STACK}_database_url (the api's, as app),
-# ${STACK}_migrate_database_url (the migrations', as app_owner) and ${STACK}_backup_conf
+# ${STACK}_migrate_database_url (the migrations', as app_owner), ${STACK}_redis_password
+# (Redis's), ${STACK}_redis_url (the app's, carrying it) and ${STACK}_backup_conf
 # (pgBackRest's secret options). Settings: STACK (pyproject.toml's name),
 # DOMAIN (required: the API's host name, or :80 for plain HTTP), EDGE_SUBNET, HTTP_PORT (80), HTTPS_PORT (443), API_REPLICAS (2), WORKER_REPLICAS (1),
 # LOG_LEVEL (INFO), MAX_BODY_SIZE (1048576: the proxy's 413 above it),
@@ -56,7 +57,8 @@ stack_deploy() { # stack_deploy API_IMAGE MIGRATE_IMAGE API_REPLICAS WORKER_REPL
     --prune -c stack.yml "$STACK" >/dev/null
 }
 
-for secret in database_url migrate_database_url postgres_password app_db_password backup_conf; do
+for secret in database_url migrate_database_url postgres_password app_db_password \
+  redis_password redis_url backup_conf; do
   docker secret inspect "${STACK}_${secret}" >/dev/null 2>&1 ||
     { echo "deploy: no secret ${STACK}_${secret}: see docs/swarm.md" >&2; exit 1; }
 done

@@ -128,10 +128,15 @@ networks=()
 for network in $(inspect '{{range .Spec.TaskTemplate.Networks}}{{.Target}} {{end}}' redis); do
   networks+=(--network "$network")
 done
+# With the password secret Redis's service has (a rotation gives it another name), read
+# through REDISCLI_AUTH; the reply is checked, as redis-cli exits 0 on NOAUTH too.
+password=$(inspect '{{range .Spec.TaskTemplate.ContainerSpec.Secrets}}{{if eq .File.Name "redis_password"}}{{.SecretName}}{{end}}{{end}}' redis)
 if ! docker service create --quiet --detach --name "$flush" --mode replicated-job \
   --restart-condition none --no-healthcheck --no-resolve-image "${networks[@]}" \
+  --secret "source=$password,target=redis_password" \
   "$(inspect '{{.Spec.TaskTemplate.ContainerSpec.Image}}' redis)" \
-  timeout 10 redis-cli -h redis FLUSHDB >/dev/null || ! (TIMEOUT=60 wait_job "$flush") 2>/dev/null; then
+  sh -c 'REDISCLI_AUTH=$(cat /run/secrets/redis_password) timeout 10 redis-cli -h redis FLUSHDB | grep -qx OK' \
+  >/dev/null || ! (TIMEOUT=60 wait_job "$flush") 2>/dev/null; then
   log "WARNING: redis did not answer: the cache may serve rows from before the restore until" >&2
   log "they expire (CACHE_TTL_SECONDS); empty it once redis is back (redis-cli FLUSHDB)" >&2
 fi
