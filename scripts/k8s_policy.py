@@ -6,7 +6,7 @@
 Prints one line per finding and exits 1 if there is any. A schema validator says a
 manifest is well-formed; this says it is safe to run: every container has resources,
 the hardened security context and (if long-running) its probes; the grace period
-covers the drain; the image is pinned; every Deployment has a PDB and a
+covers the drain; the image is pinned; the URLs that carry passwords come from a Secret; every Deployment has a PDB and a
 NetworkPolicy; the Ingress is served on HTTPS only. scripts/k8s_validate.py runs it,
 and proves each rule can fail.
 """
@@ -36,6 +36,9 @@ DEFAULT_GRACEFUL_TIMEOUT = 20
 # cut at that timeout may still take (ROLLBACK_SECONDS, app/core/jobs/worker.py).
 DEFAULT_JOBS_TIMEOUT = 50.0
 JOB_ROLLBACK_SECONDS = 2.0
+# Settings whose URL carries a password: read from the Secret's files, never from `env` or
+# a ConfigMap, where a value would be in the clear and win over the file.
+SECRET_SETTINGS = ("DATABASE_URL", "REDIS_URL")
 # Documentation addresses (RFC 5737): the base's placeholders, never a real server.
 PLACEHOLDER_NETWORKS = [
     ipaddress.ip_network(n) for n in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24")
@@ -162,6 +165,16 @@ def _setting(container: Manifest, name: str, config_maps: dict[str, Manifest]) -
     return None
 
 
+def check_secret_settings(
+    where: str, container: Manifest, config_maps: dict[str, Manifest]
+) -> Iterator[Finding]:
+    for name in SECRET_SETTINGS:
+        if _setting(container, name, config_maps) is not None:
+            yield Finding(
+                "secrets", where, f"{name} is set in env or a ConfigMap: it belongs in the Secret"
+            )
+
+
 def check_grace(
     where: str, pod_spec: Manifest, container: Manifest, config_maps: dict[str, Manifest]
 ) -> Iterator[Finding]:
@@ -213,6 +226,7 @@ def check_workload(doc: Manifest, docs: list[Manifest]) -> Iterator[Finding]:
         yield from check_resources(where, container)
         yield from check_security(where, spec, container)
         yield from check_image(where, container)
+        yield from check_secret_settings(where, container, config_maps)
         if long_running and not is_init:
             yield from check_probes(where, container)
             yield from check_grace(where, spec, container, config_maps)

@@ -238,6 +238,11 @@ POLICY_CASES: list[tuple[str, Mutation, str]] = [
     ),
     ("image :latest", lambda d: _api(d).update(image="api:latest"), "image"),
     (
+        "REDIS_URL in the ConfigMap (no password, and it would win over the Secret's)",
+        lambda d: _find(d, "ConfigMap")["data"].update(REDIS_URL="redis://10.10.1.5:6379/0"),
+        "secrets",
+    ),
+    (
         "replicas next to an HPA",
         lambda d: _find(d, "Deployment")["spec"].update(replicas=3),
         "coverage",
