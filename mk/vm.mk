@@ -42,7 +42,7 @@ prod-logs: .env ## Follow the production stack's logs
 	$(PROD) logs --follow --tail=100
 
 .env:
-	@echo "No .env: cp .env.prod.example .env, then fill in DOMAIN, POSTGRES_PASSWORD and APP_DB_PASSWORD." >&2
+	@echo "No .env: cp .env.prod.example .env, then fill in DOMAIN, POSTGRES_PASSWORD, APP_DB_PASSWORD and REDIS_PASSWORD." >&2
 	@exit 1
 
 .PHONY: deploy-check
