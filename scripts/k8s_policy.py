@@ -6,9 +6,10 @@
 Prints one line per finding and exits 1 if there is any. A schema validator says a
 manifest is well-formed; this says it is safe to run: every container has resources,
 the hardened security context and (if long-running) its probes; the grace period
-covers the drain; the image is pinned; the URLs that carry passwords come from a Secret; every Deployment has a PDB and a
-NetworkPolicy; the Ingress is served on HTTPS only. scripts/k8s_validate.py runs it,
-and proves each rule can fail.
+covers the drain (and the job worker's jobs); the image is pinned; the URLs that carry
+passwords come from a Secret; every Deployment has a PDB and a NetworkPolicy; the
+Ingress is served on HTTPS only. scripts/k8s_validate.py runs it, and proves each rule
+can fail.
 """
 
 from __future__ import annotations
