@@ -49,6 +49,9 @@ UNREACHABLE_POSTGRES = "postgresql://nobody:nothing@127.0.0.1:1/none"
 UNREACHABLE_REDIS = "redis://127.0.0.1:1/0"
 # The tests empty this Redis database after each test; nothing else should use it.
 TEST_REDIS_DB = 15
+# The run's Redis timeouts: long enough for a loaded machine, short enough that a test
+# that hangs on Redis fails in seconds.
+REDIS_TIMEOUT_SECONDS = 5.0
 
 
 def alembic_config(connection: Connection | None = None) -> Config:
@@ -131,6 +134,11 @@ async def settings(
         base_settings,
         database_url=url,
         redis_url=redis_url.geturl(),
+        # The app's Redis timeouts are a LAN's few milliseconds: on a busy test machine a
+        # live Redis misses them now and then, and a cache fill or a rate limit is skipped.
+        # A test of a silent Redis sets the short timeout it needs (tests/core/test_redis.py).
+        redis_socket_timeout=REDIS_TIMEOUT_SECONDS,
+        redis_connect_timeout=REDIS_TIMEOUT_SECONDS,
         environment="test",
         auth_issuer=issuer.url,
         auth_audience=AUDIENCE,

@@ -31,6 +31,13 @@ async def silent_port() -> AsyncIterator[int]:
     await server.wait_closed()
 
 
+# A Redis paused (CLIENT PAUSE) for PAUSE_MS, against a timeout well under it: the call
+# made during the pause times out, and the calls made after it have the same timeout,
+# long enough for a busy machine.
+PAUSE_MS = 2000
+PAUSED_TIMEOUT_S = 0.5
+
+
 def checks(body: dict[str, object]) -> dict[str, dict[str, object]]:
     raw = body["checks"]
     assert isinstance(raw, dict)
@@ -53,11 +60,7 @@ async def test_liveness_passes_without_touching_dependencies(
 async def test_ready_passes_with_both_dependencies_up(
     make_client: AppClientMaker, settings: Settings
 ) -> None:
-    # Generous cache timeouts: this checks the report, not the budget, and a busy
-    # machine can take over the default 100 ms to open the first connection.
-    client = await make_client(
-        with_overrides(settings, redis_connect_timeout=2, redis_socket_timeout=2)
-    )
+    client = await make_client(settings)  # the run's Redis timeouts: a busy machine's
     response = await client.get("/health/ready")
     assert response.status_code == 200
     body = response.json()
@@ -104,13 +107,18 @@ async def test_ready_warns_while_the_breaker_is_open_though_redis_answers(
     """Redis alive but silent long enough to open the breaker (CLIENT PAUSE), then
     back: the probe passes, yet requests still skip Redis until the cool-down ends."""
     client = await make_client(
-        with_overrides(settings, redis_breaker_failures=1, redis_breaker_cooldown=30)
+        with_overrides(
+            settings,
+            redis_socket_timeout=PAUSED_TIMEOUT_S,
+            redis_breaker_failures=1,
+            redis_breaker_cooldown=30,
+        )
     )
     item = (await client.post("/api/v1/items", json={"name": "paused"})).json()
-    await redis.client_pause(500, all=True)  # milliseconds
+    await redis.client_pause(PAUSE_MS, all=True)
     # Its cache lookup times out, the breaker opens, Postgres answers.
     assert (await client.get(f"/api/v1/items/{item['id']}")).status_code == 200
-    await asyncio.sleep(0.6)  # the pause is over
+    await asyncio.sleep(PAUSE_MS / 1000 + 0.1)  # the pause is over
     response = await client.get("/health/ready")
     assert response.status_code == 200
     body = response.json()
@@ -126,12 +134,17 @@ async def test_ready_closes_the_breaker_once_its_cool_down_is_over_and_redis_ans
     """With no request using Redis after the outage, readiness's own PING is the probe:
     the worker does not stay half-open, and `warn`, until traffic comes."""
     client = await make_client(
-        with_overrides(settings, redis_breaker_failures=1, redis_breaker_cooldown=0.5)
+        with_overrides(
+            settings,
+            redis_socket_timeout=PAUSED_TIMEOUT_S,
+            redis_breaker_failures=1,
+            redis_breaker_cooldown=0.5,  # over before the pause is
+        )
     )
     item = (await client.post("/api/v1/items", json={"name": "idle"})).json()
-    await redis.client_pause(300, all=True)  # milliseconds
+    await redis.client_pause(PAUSE_MS, all=True)
     assert (await client.get(f"/api/v1/items/{item['id']}")).status_code == 200  # opens it
-    await asyncio.sleep(0.8)  # the pause and the cool-down are over
+    await asyncio.sleep(PAUSE_MS / 1000 + 0.1)  # the pause and the cool-down are over
     body = (await client.get("/health/ready")).json()
     assert body["status"] == "pass"
     assert checks(body)["redis"]["breaker"] == "closed"
