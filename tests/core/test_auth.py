@@ -11,7 +11,9 @@ import hmac
 import json
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Annotated
@@ -24,7 +26,8 @@ from fastapi import APIRouter, FastAPI
 from httpx import AsyncClient, Response
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.core.application import build_app
 from app.core.auth import api_keys, tokens
@@ -33,8 +36,9 @@ from app.core.auth.dependencies import requires
 from app.core.auth.errors import NotAuthenticated
 from app.core.auth.keys import create_api_key, revoke_api_key
 from app.core.config import Settings
+from app.core.db import create_engine
 from app.core.principal import Principal
-from tests.conftest import AppClientMaker, with_overrides
+from tests.conftest import UNREACHABLE_POSTGRES, AppClientMaker, with_overrides
 from tests.issuer import Issuer
 
 router = APIRouter(prefix="/probe-auth")
@@ -351,9 +355,7 @@ async def test_a_use_is_recorded_only_once_the_secret_matched(
     show an idle key as in use."""
     monkeypatch.setattr(api_keys, "REVALIDATE_SECONDS", 0.0)  # each request reads the row
     last_used = text("SELECT last_used_at FROM api_keys WHERE name = 'probe-bot'")
-    secret = api_key[21:]
-    wrong = api_key[:21] + ("B" if secret[0] == "A" else "A") + secret[1:]
-    assert_refused(await anonymous.get(READ, headers={"X-API-Key": wrong}))
+    assert_refused(await anonymous.get(READ, headers={"X-API-Key": with_wrong_secret(api_key)}))
     assert await connection.scalar(last_used) is None
     assert (await anonymous.get(READ, headers={"X-API-Key": api_key})).status_code == 200
     assert await connection.scalar(last_used) is not None
@@ -442,6 +444,119 @@ async def test_an_api_key_gets_in_while_the_database_refuses_writes(
     )
     response = await anonymous.get(READ, headers={"X-API-Key": api_key})
     assert response.status_code == 200, response.text
+
+
+def with_wrong_secret(key: str) -> str:
+    """The key's id with another secret: sak_<16 hex>_<secret>, the secret may hold "_"."""
+    secret = key[21:]
+    return key[:21] + ("B" if secret[0] == "A" else "A") + secret[1:]
+
+
+async def test_a_key_s_last_use_is_written_at_most_once_per_interval(
+    anonymous: AsyncClient,
+    api_key: str,
+    connection: AsyncConnection,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Bookkeeping, not a write per request: a use within LAST_USED_PRECISION of the
+    recorded one writes nothing; once the recorded one is older, the next use writes."""
+    monkeypatch.setattr(api_keys, "REVALIDATE_SECONDS", 0.0)  # each use reads the row
+    # Counts every write of a use, of the same value too (now() is the test
+    # transaction's); a backdate, below, moves the time back and is not one.
+    for statement in (
+        "CREATE TABLE last_use_writes (at timestamptz)",
+        "CREATE FUNCTION note_last_use() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+        "INSERT INTO last_use_writes VALUES (NEW.last_used_at); RETURN NEW; END $$",
+        "CREATE TRIGGER note_last_use AFTER UPDATE OF last_used_at ON api_keys FOR EACH ROW "
+        "WHEN (OLD.last_used_at IS NULL OR NEW.last_used_at >= OLD.last_used_at) "
+        "EXECUTE FUNCTION note_last_use()",
+    ):
+        await connection.execute(text(statement))
+
+    async def writes_after_a_use() -> int:
+        assert (await anonymous.get(READ, headers={"X-API-Key": api_key})).status_code == 200
+        return int(await connection.scalar(text("SELECT count(*) FROM last_use_writes")) or 0)
+
+    async def recorded_ago(age: timedelta) -> None:
+        await connection.execute(
+            text(
+                "UPDATE api_keys SET last_used_at = now() - CAST(:age AS interval)"
+                " WHERE name = 'probe-bot'"
+            ),
+            {"age": age},
+        )
+
+    assert [await writes_after_a_use() for _ in range(3)] == [1, 1, 1]
+    await recorded_ago(api_keys.LAST_USED_PRECISION / 2)
+    assert await writes_after_a_use() == 1  # still within the interval
+    await recorded_ago(api_keys.LAST_USED_PRECISION + timedelta(seconds=1))
+    assert [await writes_after_a_use() for _ in range(2)] == [2, 2]
+
+
+@pytest.fixture
+async def committed_key(engine: AsyncEngine) -> AsyncIterator[str]:
+    """A key committed on the run's database, so that another connection can lock its
+    table (the test's own transaction would hold that lock up); deleted afterwards."""
+    name = f"stale-bot-{uuid.uuid4().hex[:8]}"
+    async with async_sessionmaker(engine)() as session, session.begin():
+        key = await create_api_key(session, name, ["probes:read"])
+    yield key
+    async with engine.begin() as connection:
+        await connection.execute(text("DELETE FROM api_keys WHERE name = :n"), {"n": name})
+
+
+@asynccontextmanager
+async def database_unreachable(
+    settings: Settings, _: AsyncEngine
+) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+    """Sessions on a server that refuses connections (Postgres down, restarting)."""
+    failing = create_engine(with_overrides(settings, database_url=UNREACHABLE_POSTGRES))
+    try:
+        yield async_sessionmaker(failing)
+    finally:
+        await failing.dispose()
+
+
+@asynccontextmanager
+async def table_locked(
+    settings: Settings, engine: AsyncEngine
+) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+    """Sessions whose read of the key waits for a lock another transaction holds, and
+    ends as a lock timeout (SQLSTATE 55P03: a migration holding the table, say)."""
+    failing = create_engine(with_overrides(settings, db_lock_timeout=0.2))
+    try:
+        async with engine.connect() as holder, holder.begin():
+            await holder.execute(text("LOCK TABLE api_keys IN ACCESS EXCLUSIVE MODE"))
+            yield async_sessionmaker(failing)
+    finally:
+        await failing.dispose()
+
+
+@pytest.mark.parametrize("fault", [database_unreachable, table_locked])
+async def test_a_verified_key_keeps_working_while_the_database_fails(
+    fault: Callable[
+        [Settings, AsyncEngine], AbstractAsyncContextManager[async_sessionmaker[AsyncSession]]
+    ],
+    committed_key: str,
+    settings: Settings,
+    engine: AsyncEngine,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Stale-if-error: a key this worker verified in the last STALE_IF_ERROR_SECONDS is
+    let in from its cache when the row cannot be read; any other key gets the error
+    (a 503: the key may be good)."""
+    verifier = api_keys.ApiKeyVerifier()
+    principal = await verifier.verify(committed_key, async_sessionmaker(engine))
+    monkeypatch.setattr(api_keys, "REVALIDATE_SECONDS", 0.0)  # each use reads the row
+    async with fault(settings, engine) as failing:
+        assert await verifier.verify(committed_key, failing) == principal
+        with pytest.raises(NotAuthenticated):  # the cached secret still decides
+            await verifier.verify(with_wrong_secret(committed_key), failing)
+        with pytest.raises((DBAPIError, OSError)):  # a worker that never read the row
+            await api_keys.ApiKeyVerifier().verify(committed_key, failing)
+        monkeypatch.setattr(api_keys, "STALE_IF_ERROR_SECONDS", 0.0)  # its entry too old
+        with pytest.raises((DBAPIError, OSError)):
+            await verifier.verify(committed_key, failing)
 
 
 # --- A misbehaving provider
