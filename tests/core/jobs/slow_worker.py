@@ -5,8 +5,8 @@
 
 The job appends a JSON line to SLOW_JOB_LOG when it starts and another once it has
 slept SLOW_JOB_SECONDS: a file, so the test sees what a process did even after that
-process was killed. Settings come from the
-environment, as for `python -m app.worker`.
+process was killed. Settings come from the environment, and the logs go out, as for
+`python -m app.worker`.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.config import load_settings
 from app.core.jobs.worker import Jobs, run
+from app.core.logging import configure_logging
 
 
 def record(log: Path, event: str, payload: dict[str, Any]) -> None:
@@ -51,7 +52,9 @@ def main() -> int:
         float(os.environ["SLOW_JOB_SECONDS"]),
         Path(os.environ["SLOW_JOB_LOG"]),
     )
-    run(load_settings(), jobs)
+    settings = load_settings()
+    configure_logging(settings.log_level, settings.effective_log_format)
+    run(settings, jobs)
     return 0
 
 

@@ -21,6 +21,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -30,6 +31,7 @@ from typing import Any
 
 import orjson
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
@@ -37,6 +39,7 @@ from app.core.config import Settings
 from app.core.jobs.enqueue import enqueue
 from app.core.jobs.worker import APPLICATION_NAME
 from tests.core.jobs.conftest import last_error
+from tests.issuer import free_port
 
 ROOT = Path(__file__).resolve().parents[3]
 # The smallest the settings allow: a killed worker's job is taken again within seconds.
@@ -83,17 +86,18 @@ def worker(
     running when the block ends."""
     env = (
         os.environ
-        | settings_env
         | {
             "DATABASE_URL": settings.sqlalchemy_url,
             "ENVIRONMENT": "test",
             "JOBS_HEARTBEAT_TIMEOUT": str(HEARTBEAT_TIMEOUT),
             "JOBS_CONCURRENCY": "2",
-            "METRICS_ENABLED": "false",  # several workers at once: no port to share
+            # Several workers at once: no port to share, unless a test gives one its own.
+            "METRICS_ENABLED": "false",
             "SLOW_JOB_NAME": probe.name,
             "SLOW_JOB_SECONDS": str(JOB_SECONDS),
             "SLOW_JOB_LOG": str(probe.log),
         }
+        | settings_env
     )
     with (
         output.open("ab") as sink,
@@ -132,6 +136,18 @@ async def eventually(
         await asyncio.sleep(0.05)
 
 
+def scraped(port: int, sample: str, job_name: str, **labels: str) -> float | None:
+    """A sample of the worker's metrics, as Prometheus would read them."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        exposition = response.read().decode()
+    wanted = {"job_name": job_name, **labels}
+    for family in text_string_to_metric_families(exposition):
+        for found in family.samples:
+            if found.name == sample and found.labels == wanted:
+                return found.value
+    return None
+
+
 async def enqueue_one(engine: AsyncEngine, name: str, label: str) -> None:
     async with AsyncSession(engine) as session, session.begin():
         await enqueue(session, name, {"label": label})
@@ -166,7 +182,9 @@ async def test_a_job_whose_worker_was_killed_runs_again_on_another_worker(
     # the new worker's start-up, its first look at the queue finds the job stale (an
     # earlier look would find it still taken, and the next comes 5 s later).
     await asyncio.sleep(HEARTBEAT_TIMEOUT / 2)
-    with worker(settings, probe, output) as second:
+    port = free_port()
+    metrics_env = {"METRICS_ENABLED": "true", "JOBS_METRICS_PORT": str(port)}
+    with worker(settings, probe, output, **metrics_env) as second:
         await eventually(
             lambda: bool(probe.of("done", "A")), WORKER_START_S, "A never finished", output
         )
@@ -174,6 +192,9 @@ async def test_a_job_whose_worker_was_killed_runs_again_on_another_worker(
         assert rerun["at"] >= killed_at + HEARTBEAT_TIMEOUT / 2
         [done] = probe.of("done", "A")
         assert done["pid"] == second.pid
+        # The run of a job an earlier run of which never finished: what job_reruns counts.
+        assert scraped(port, "job_reruns_total", probe.name) == 1
+        assert scraped(port, "job_duration_seconds_count", probe.name, outcome="success") == 1
 
         async def gone() -> bool:  # the worker deletes a job once it has committed
             return await statuses(engine, probe.name) == []
@@ -223,7 +244,11 @@ async def test_on_sigterm_the_worker_finishes_its_job_takes_no_new_one_and_exits
         )
         process.send_signal(signal.SIGTERM)
         stopped_at = time.monotonic()
-        await asyncio.sleep(0.3)  # the signal handled: the worker is stopping
+
+        def stopping() -> bool:  # PgQueuer's line, as it sets its shutdown event
+            return f"Signal {signal.SIGTERM.value} received" in written(output)
+
+        await eventually(stopping, 10, "the worker never handled SIGTERM", output)
         # Committed while the worker stops, with a free slot (concurrency 2) and its
         # NOTIFY sent: a worker still taking jobs would start it.
         await enqueue_one(engine, probe.name, "B")
