@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import jwt
@@ -15,8 +17,9 @@ from httpx import AsyncClient
 from app.core.auth.dependencies import authenticate, requires
 from app.core.auth.dependencies import declared_scopes as routes_scopes
 from app.core.config import Settings
+from app.core.principal import ADMIN_SUFFIX
 from app.main import create_app
-from tests.conftest import AppClientMaker, declared_scopes
+from tests.conftest import ROOT, AppClientMaker, declared_scopes
 from tests.issuer import Issuer
 
 # Routes anyone may call: probes and the API's description (the docs only outside
@@ -125,6 +128,24 @@ def test_a_dev_token_that_names_no_scope_holds_every_scope_the_routes_declare(
 
 
 def test_the_scopes_a_key_may_be_given_are_those_the_routes_require(settings: Settings) -> None:
-    # What `python -m app.core.auth.keys create` checks a key's scopes against: the
-    # service's own routes (and the tests' probe routes, imported by now).
-    assert set(declared_scopes(create_app(settings)).split()) <= routes_scopes()
+    """What `python -m app.core.auth.keys create` checks a key's scopes against: in a
+    process of its own, as the command runs (no router imported yet, nor the tests' probe
+    routes), exactly the scopes the service's routes declare and `<resource>:admin` for
+    each of their resources (Principal.can_administer)."""
+    declared = set(declared_scopes(create_app(settings)).split())
+    assert declared, "the service's routes declare no scope"
+    expected = declared | {f"{scope.partition(':')[0]}{ADMIN_SUFFIX}" for scope in declared}
+    listed = subprocess.run(  # our own interpreter and module
+        [
+            sys.executable,
+            "-c",
+            "import app.core.auth.dependencies as m; print(*m.declared_scopes())",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    assert set(listed.stdout.split()) == expected
+    assert declared <= routes_scopes()  # and in this process, the probe routes' besides

@@ -608,12 +608,26 @@ def provider() -> Iterator[type[_Provider]]:
 
 @pytest.mark.parametrize("body", [b"[]", b"null", b'"jwks"'])
 async def test_a_discovery_document_that_is_not_an_object_keeps_the_keys_held(
-    provider: type[_Provider], body: bytes
+    provider: type[_Provider], body: bytes, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(tokens, "REFRESH_MIN_INTERVAL_SECONDS", 0.0)
     provider.body = body
     keys = tokens.KeySet(issuer=provider.url, jwks_url=None)
-    await keys.refresh()  # logged and kept, not raised into the request that asked
-    assert await keys.key("any") is None
+    async with httpx.AsyncClient() as client:
+        with pytest.raises(ValueError, match="the discovery document is not a JSON object"):
+            await keys._discover(client)
+    await keys.refresh()  # logged, not raised into the request that asked
+    assert not keys.fetched
+    # Once found, the keys outlive a provider that answers the same at its keys' address.
+    public_key = rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key()
+    jwk = {**RSAAlgorithm.to_jwk(public_key, as_dict=True), "kid": "k1"}
+    # Served at every path: the discovery document and the JWKS in one.
+    document = {"issuer": provider.url, "jwks_uri": f"{provider.url}/jwks", "keys": [jwk]}
+    provider.body = json.dumps(document).encode()
+    assert await keys.key("k1") is not None
+    provider.body = body
+    await keys.refresh()
+    assert await keys.key("k1") is not None
 
 
 async def test_a_provider_that_trickles_its_keys_holds_no_request_past_the_fetch_timeout(
