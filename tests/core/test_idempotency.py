@@ -275,10 +275,8 @@ async def test_expired_keys_are_deleted(
         .values(created_at=func.now() - text("interval '2 days'"))
     )
     cutoff = datetime.now(UTC) - timedelta(days=1)
-    async with session_factory() as session:
-        deadline = time.monotonic() + 10
-        assert await delete_in_batches(session, EXPIRED_KEYS, cutoff, deadline) == (1, True)
-        await session.commit()
+    deadline = time.monotonic() + 10
+    assert await delete_in_batches(session_factory, EXPIRED_KEYS, cutoff, deadline) == (1, True)
     remaining = (await connection.scalars(select(IdempotencyKey.key))).all()
     assert remaining == ["new"]
 

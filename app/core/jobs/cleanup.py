@@ -2,10 +2,12 @@
 rows older than JOBS_RETENTION_DAYS, and Idempotency-Keys past their TTL. Failed jobs
 stay, with their log rows (what they died of), until someone retries them.
 
-The keys and the job log are deleted in batches, within a time budget under
-JOBS_TIMEOUT: a night with more rows than fit in one run commits what it deleted and
-leaves the rest to the next run (logged), instead of timing out, deleting nothing, and
-having more to do the next night."""
+The keys and the job log are deleted in batches, each a transaction of its own,
+committed before the next: a deleted row's lock (which a request reusing an expired key
+waits for) lasts one batch, not the run, and a run cut short (its time limit, a killed
+worker) keeps what its batches committed. Within a time budget under JOBS_TIMEOUT: a
+night with more rows than fit in one run leaves the rest to the next run (logged),
+instead of timing out with more to do the next night."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from datetime import datetime, timedelta
 
 import structlog
 from sqlalchemy import TextClause, text
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.core.config import Settings
 from app.core.idempotency import EXPIRED_KEYS
@@ -22,7 +24,8 @@ from app.core.jobs.worker import Jobs
 
 NIGHTLY = "15 3 * * *"  # 03:15 UTC: away from the hour, when other crons pile up
 BATCH_ROWS = 10_000
-# The share of JOBS_TIMEOUT the deletions may take: the rest is the commit's.
+# The share of JOBS_TIMEOUT the deletions may start batches in: the rest is for the
+# batch running when it ends, and its commit.
 BUDGET_SHARE = 0.5
 
 # A job still in the queue (failed, or waiting to retry) keeps its history: `make jobs`
@@ -43,14 +46,19 @@ logger = structlog.get_logger(__name__)
 
 
 async def delete_in_batches(
-    session: AsyncSession, statement: TextClause, cutoff: datetime, deadline: float
+    sessions: async_sessionmaker[AsyncSession],
+    statement: TextClause,
+    cutoff: datetime,
+    deadline: float,
 ) -> tuple[int, bool]:
-    """Run `statement` (a DELETE of at most :batch rows older than :cutoff) until it
-    deletes fewer than a batch, or `deadline` (time.monotonic()) passes; how many rows it
-    deleted, and whether it finished."""
+    """Run `statement` (a DELETE of at most :batch rows older than :cutoff), each time in
+    a transaction of its own committed before the next, until it deletes fewer than a
+    batch, or `deadline` (time.monotonic()) passes; how many rows it deleted, and whether
+    it finished."""
     deleted = 0
     while True:
-        result = await session.execute(statement, {"cutoff": cutoff, "batch": BATCH_ROWS})
+        async with sessions() as session, session.begin():
+            result = await session.execute(statement, {"cutoff": cutoff, "batch": BATCH_ROWS})
         batch = int(getattr(result, "rowcount", 0) or 0)
         deleted += batch
         if batch < BATCH_ROWS:
@@ -60,20 +68,22 @@ async def delete_in_batches(
 
 
 def register_cleanup(jobs: Jobs, settings: Settings) -> None:
-    @jobs.every("cleanup", NIGHTLY)
-    async def cleanup(session: AsyncSession) -> None:
+    @jobs.every_with_sessions("cleanup", NIGHTLY)
+    async def cleanup(sessions: async_sessionmaker[AsyncSession]) -> None:
         deadline = time.monotonic() + settings.jobs_timeout * BUDGET_SHARE
         # The database's clock, which stamps the keys' created_at and checks their expiry
         # on every keyed request: a worker whose clock runs ahead must not delete live keys.
-        now: datetime = await session.scalar(text("SELECT now()"))
+        async with sessions() as session:
+            now: datetime = await session.scalar(text("SELECT now()"))
         # Keys first: a table every keyed write adds to.
         key_cutoff = now - timedelta(seconds=settings.idempotency_key_ttl_seconds)
-        keys, finished = await delete_in_batches(session, EXPIRED_KEYS, key_cutoff, deadline)
+        keys, finished = await delete_in_batches(sessions, EXPIRED_KEYS, key_cutoff, deadline)
         cutoff = now - timedelta(days=settings.jobs_retention_days)
-        await session.execute(OLD_STATISTICS, {"cutoff": cutoff})  # one row a minute a job
+        async with sessions() as session, session.begin():
+            await session.execute(OLD_STATISTICS, {"cutoff": cutoff})  # one row a minute a job
         rows = 0
         if finished:
-            rows, finished = await delete_in_batches(session, OLD_LOG_ROWS, cutoff, deadline)
+            rows, finished = await delete_in_batches(sessions, OLD_LOG_ROWS, cutoff, deadline)
         if finished:
             logger.info("cleanup done", job_log_rows=rows, idempotency_keys=keys)
         else:

@@ -6,7 +6,10 @@
     async def confirm_order(session: AsyncSession, payload: dict[str, Any]) -> None: ...
 
 A handler gets a session in a transaction and the job's payload; the worker commits
-when it returns (one owner of the transaction, as SessionDep is for requests). What
+when it returns (one owner of the transaction, as SessionDep is for requests). A
+periodic job gets one too (`every`), or, when one transaction would be too long (a
+cleanup in batches), the worker's session factory (`every_with_sessions`): each of its
+`async with sessions() as session, session.begin():` blocks commits as it ends. What
 the library gives, and what this module only wires:
 - a job that raises is retried with exponential backoff (JOBS_MAX_ATTEMPTS), then
   kept as `failed` with its error (`python -m app.core.jobs.cli failed`, `retry`);
@@ -52,6 +55,8 @@ from app.core.jobs.executor import JobExecutor
 
 Handler = Callable[[AsyncSession, dict[str, Any]], Awaitable[None]]
 Periodic = Callable[[AsyncSession], Awaitable[None]]
+# A periodic job that opens its own transactions, from the worker's session factory.
+PeriodicWithSessions = Callable[[async_sessionmaker[AsyncSession]], Awaitable[None]]
 
 # How often the liveness file is touched, and the readiness file while the database
 # answers (the healthchecks, app/core/jobs/alive.py, read their ages), and the queue
@@ -76,7 +81,9 @@ class Jobs:
     """The jobs and periodic jobs a worker runs; each domain registers its own."""
 
     handlers: dict[str, Handler] = field(default_factory=dict)
-    periodic: dict[str, tuple[str, Periodic]] = field(default_factory=dict)
+    # Each run as the worker calls it: with its session factory (`every` wraps the
+    # handler in one transaction).
+    periodic: dict[str, tuple[str, PeriodicWithSessions]] = field(default_factory=dict)
 
     def job(self, name: str) -> Callable[[Handler], Handler]:
         def register(handler: Handler) -> Handler:
@@ -88,8 +95,32 @@ class Jobs:
         return register
 
     def every(self, name: str, cron: str) -> Callable[[Periodic], Periodic]:
-        """A job run once per period of `cron` (e.g. "0 3 * * *"), by one worker."""
+        """A job run once per period of `cron` (e.g. "0 3 * * *"), by one worker, in one
+        transaction: the worker commits when it returns."""
+        self._check_periodic(name, cron)
 
+        def register(handler: Periodic) -> Periodic:
+            self.periodic[name] = (cron, _in_one_transaction(handler))
+            return handler
+
+        return register
+
+    def every_with_sessions(
+        self, name: str, cron: str
+    ) -> Callable[[PeriodicWithSessions], PeriodicWithSessions]:
+        """As `every`, for a handler that gets the worker's session factory and opens its
+        own transactions, each committed before the next: its locks last one
+        transaction, and a run cut short (JOBS_TIMEOUT, a killed worker) keeps what it
+        committed. Its runs are time-limited the same way."""
+        self._check_periodic(name, cron)
+
+        def register(handler: PeriodicWithSessions) -> PeriodicWithSessions:
+            self.periodic[name] = (cron, handler)
+            return handler
+
+        return register
+
+    def _check_periodic(self, name: str, cron: str) -> None:
         # Checked here, as `job` checks its names: PgQueuer would refuse either only
         # when the worker starts, and the worker would restart forever.
         if not croniter.is_valid(cron):
@@ -97,11 +128,13 @@ class Jobs:
         if name in self.periodic:
             raise ValueError(f"periodic job {name!r} is registered twice")
 
-        def register(handler: Periodic) -> Periodic:
-            self.periodic[name] = (cron, handler)
-            return handler
 
-        return register
+def _in_one_transaction(handler: Periodic) -> PeriodicWithSessions:
+    async def run(sessions: async_sessionmaker[AsyncSession]) -> None:
+        async with sessions() as session, session.begin():
+            await handler(session)
+
+    return run
 
 
 def _transactional(
@@ -123,20 +156,20 @@ def _transactional(
 
 
 def _periodic(
-    sessions: async_sessionmaker[AsyncSession], name: str, handler: Periodic, timeout: float
+    sessions: async_sessionmaker[AsyncSession],
+    name: str,
+    handler: PeriodicWithSessions,
+    timeout: float,
 ) -> Callable[[Schedule], Awaitable[None]]:
     async def run(_: Schedule) -> None:
         # PgQueuer only logs a periodic job's error (it runs again next period): measured
         # here like a job's runs, so a failing one shows in job_duration_seconds.
         started, outcome = time.perf_counter(), "failed"
         try:
-            async with (
-                asyncio.timeout(timeout + ROLLBACK_SECONDS),
-                sessions() as session,
-                session.begin(),
-                asyncio.timeout(timeout),
-            ):
-                await handler(session)
+            # As for a job: past the timeout, the transaction open then still rolls back
+            # (leaving its `async with`), within ROLLBACK_SECONDS.
+            async with asyncio.timeout(timeout + ROLLBACK_SECONDS), asyncio.timeout(timeout):
+                await handler(sessions)
             outcome = "success"
         finally:
             metrics.DURATION.labels(name, outcome).observe(time.perf_counter() - started)

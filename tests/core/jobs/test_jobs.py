@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from functools import partial
 from types import SimpleNamespace
 from typing import Any, cast
@@ -26,9 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.core.config import Settings
 from app.core.db import create_session_factory
-from app.core.jobs import cleanup as cleanup_module
 from app.core.jobs import metrics
-from app.core.jobs.cleanup import OLD_LOG_ROWS, delete_in_batches, register_cleanup
 from app.core.jobs.enqueue import enqueue
 from app.core.jobs.worker import Jobs, _periodic, _transactional, build_worker, worker_engine
 from tests.conftest import with_overrides
@@ -199,7 +197,7 @@ async def test_a_failing_periodic_job_is_measured(
 ) -> None:
     """PgQueuer only logs a periodic job's error: the run is counted as failed too."""
 
-    async def broken(session: AsyncSession) -> None:
+    async def broken(sessions: async_sessionmaker[AsyncSession]) -> None:
         raise RuntimeError("broken")
 
     run = _periodic(session_factory, job_name, broken, timeout=5)
@@ -368,61 +366,5 @@ def test_a_periodic_job_with_a_bad_schedule_or_a_taken_name_is_refused_at_once()
     jobs.every("report", "* * * * *")(report)
     with pytest.raises(ValueError, match="registered twice"):
         jobs.every("report", "0 * * * *")
-
-
-async def test_the_cleanup_deletes_in_batches_and_stops_at_its_time_budget(
-    session_factory: async_sessionmaker[AsyncSession],
-    job_name: str,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """A night with more rows than one run can delete commits what it did, instead of
-    timing out with nothing done (and more to do the next night)."""
-    monkeypatch.setattr(cleanup_module, "BATCH_ROWS", 2)
-    insert = text(
-        "INSERT INTO pgqueuer_log (created, job_id, status, priority, entrypoint)"
-        " SELECT now() - interval '30 days', -n, 'successful', 0, :n FROM generate_series(1, 5) n"
-    )
-    cutoff = datetime.now(UTC) - timedelta(days=7)
-    mine = text("SELECT count(*) FROM pgqueuer_log WHERE entrypoint = :n")
-    async with session_factory() as session, session.begin():
-        await session.execute(text("DELETE FROM pgqueuer_log WHERE created < :c"), {"c": cutoff})
-        await session.execute(insert, {"n": job_name})
-        # The budget spent at once: one batch, then it stops.
-        assert await delete_in_batches(session, OLD_LOG_ROWS, cutoff, deadline=0.0) == (2, False)
-        assert await session.scalar(mine, {"n": job_name}) == 3
-        far = time.monotonic() + 60
-        assert await delete_in_batches(session, OLD_LOG_ROWS, cutoff, far) == (3, True)
-        assert await session.scalar(mine, {"n": job_name}) == 0
-
-
-async def test_the_nightly_cleanup_drops_old_log_rows_and_expired_keys(
-    settings: Settings, session_factory: async_sessionmaker[AsyncSession], job_name: str
-) -> None:
-    jobs = Jobs()
-    register_cleanup(jobs, settings)
-    cron, cleanup = jobs.periodic["cleanup"]
-    assert cron == "15 3 * * *"
-    async with session_factory() as session, session.begin():
-        failed = await session.scalar(
-            text(
-                "INSERT INTO pgqueuer (priority, status, entrypoint, attempts)"
-                " VALUES (0, 'failed', :n, 6) RETURNING id"
-            ),
-            {"n": job_name},
-        )
-        await session.execute(
-            text(
-                "INSERT INTO pgqueuer_log (created, job_id, status, priority, entrypoint)"
-                " VALUES (now() - interval '30 days', -1, 'successful', 0, :n),"
-                " (now(), -2, 'successful', 0, :n),"
-                " (now() - interval '30 days', :failed, 'exception', 0, :n)"
-            ),
-            {"n": job_name, "failed": failed},
-        )
-        await cleanup(session)
-        left = await session.scalars(
-            text("SELECT job_id FROM pgqueuer_log WHERE entrypoint = :n ORDER BY job_id"),
-            {"n": job_name},
-        )
-    # The recent row stays, and so does a failed job's: what it died of.
-    assert list(left) == [-2, failed]
+    with pytest.raises(ValueError, match="registered twice"):
+        jobs.every_with_sessions("report", "0 * * * *")
