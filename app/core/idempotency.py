@@ -321,8 +321,11 @@ class IdempotentRoute(APIRoute):
 # Keys stored before :cutoff (their TTL past), at most :batch of them: the periodic
 # cleanup's statement (app/core/jobs/cleanup.py), run until it deletes fewer. Not indexed
 # on created_at (a keyed write would pay for it): each batch scans from the table's start,
-# where the oldest rows are.
+# where the oldest rows are. The cutoff again outside: a key a request stored afresh
+# while the DELETE waited for its row is checked again as re-stored, and kept, rather
+# than relying on the server to recheck a TID scan's ctid after such a wait.
 EXPIRED_KEYS = text("""
 DELETE FROM idempotency_keys WHERE ctid = ANY(ARRAY(
     SELECT ctid FROM idempotency_keys WHERE created_at < :cutoff LIMIT :batch))
+    AND created_at < :cutoff
 """)

@@ -27,6 +27,12 @@ BATCH_ROWS = 10_000
 # The share of JOBS_TIMEOUT the deletions may start batches in: the rest is for the
 # batch running when it ends, and its commit.
 BUDGET_SHARE = 0.5
+# A request judges a key's expiry by its own transaction's now(), which for one in
+# flight when the run starts is earlier than the run's: keys are deleted only once
+# expired this much longer (far more than a request's transaction lasts), so that none
+# a request still sees as live disappears under it (its retry would run again instead
+# of being replayed).
+KEY_GRACE = timedelta(hours=1)
 
 # A job still in the queue (failed, or waiting to retry) keeps its history: `make jobs`
 # shows the error a failed job died of from these rows. Oldest first, on the log's
@@ -76,7 +82,7 @@ def register_cleanup(jobs: Jobs, settings: Settings) -> None:
         async with sessions() as session:
             now: datetime = await session.scalar(text("SELECT now()"))
         # Keys first: a table every keyed write adds to.
-        key_cutoff = now - timedelta(seconds=settings.idempotency_key_ttl_seconds)
+        key_cutoff = now - timedelta(seconds=settings.idempotency_key_ttl_seconds) - KEY_GRACE
         keys, finished = await delete_in_batches(sessions, EXPIRED_KEYS, key_cutoff, deadline)
         cutoff = now - timedelta(days=settings.jobs_retention_days)
         async with sessions() as session, session.begin():

@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, a
 
 from app.core.config import Settings
 from app.core.db import create_session_factory
-from app.core.idempotency import _STORE
+from app.core.idempotency import _STORE, EXPIRED_KEYS
 from app.core.jobs import cleanup as cleanup_module
 from app.core.jobs.cleanup import OLD_LOG_ROWS, delete_in_batches, register_cleanup
 from app.core.jobs.worker import Jobs, PeriodicWithSessions, _periodic, worker_engine
@@ -273,3 +273,62 @@ async def test_a_run_cut_short_keeps_what_its_batches_committed(
         finally:
             await locker.rollback()
     assert await log_rows_left(engine, job_name) == [-3, -4, -5]
+
+
+async def test_a_key_stored_afresh_while_a_batch_waits_for_it_is_kept(
+    engine: AsyncEngine,
+    worker_sessions: async_sessionmaker[AsyncSession],
+    principal: str,
+) -> None:
+    """An expired key a request reuses: the request's store updates the row, and the
+    batch that picked that row waits for the request's commit, then must see the row as
+    stored afresh, not delete the new response (a retry would then run again)."""
+    await expired_key(engine, principal, "reused")
+    cutoff = datetime.now(UTC) - timedelta(days=1)
+    async with engine.connect() as request:
+        await begin_open_ended(request)
+        assert await store(request, principal, "reused", timedelta(days=1))
+        batch = asyncio.create_task(
+            delete_in_batches(worker_sessions, EXPIRED_KEYS, cutoff, time.monotonic() + 60)
+        )
+        try:
+
+            async def batch_waits() -> bool:
+                return bool(await statements_running(engine, "DELETE FROM idempotency_keys", True))
+
+            await eventually(batch_waits)
+        finally:
+            await request.commit()
+            deleted, _ = await asyncio.wait_for(batch, 20)
+    assert deleted == 0
+    async with engine.connect() as connection:
+        fingerprint = await connection.scalar(
+            text("SELECT fingerprint FROM idempotency_keys WHERE principal = :p"), {"p": principal}
+        )
+    assert fingerprint == "fresh"
+
+
+async def test_a_key_still_live_for_a_request_in_flight_is_not_deleted(
+    engine: AsyncEngine,
+    settings: Settings,
+    worker_sessions: async_sessionmaker[AsyncSession],
+    principal: str,
+) -> None:
+    """A request judges expiry by its own transaction's now(), earlier than the run's
+    when it began first: a key it still sees as live must be there to replay, not
+    deleted under it (its retry would run again)."""
+    ttl = 1
+    async with engine.begin() as connection:
+        await connection.execute(
+            text("INSERT INTO idempotency_keys (principal, key, fingerprint) VALUES (:p, 'k', '')"),
+            {"p": principal},
+        )
+    async with engine.connect() as request:
+        await begin_open_ended(request)  # its now(), from here on
+        await asyncio.sleep(ttl + 0.5)  # expired by the run's clock, not by the request's
+        await nightly_cleanup(with_overrides(settings, idempotency_key_ttl_seconds=ttl))(
+            worker_sessions
+        )
+        taken = not await store(request, principal, "k", timedelta(seconds=ttl))
+        await request.rollback()
+    assert taken
