@@ -493,13 +493,14 @@ class Stack:
 
     def create_api_key(self) -> None:
         """The key every request of this script carries but the bearer faults' load, made in
-        an api container as an operator would (docs/auth.md): the stack has no identity
-        provider. No request goes without one: a request that fails to authenticate counts
-        towards the limit per address (RATE_LIMIT_AUTH_FAILURES), which the load shares."""
-        self.api_key = self.exec(
-            self.api_services[0], "python", "-m", "app.core.auth.keys", "create",
-            f"chaos-{secrets.token_hex(3)}", "items:read", "items:write", "orders:read",
-            "orders:write", timeout=60,
+        a one-off of the migrate service as an operator would (docs/auth.md): the stack has
+        no identity provider. No request goes without one: a request that fails to
+        authenticate counts towards the limit per address (RATE_LIMIT_AUTH_FAILURES), which
+        the load shares."""
+        self.api_key = self.compose(
+            "run", "--rm", "--no-deps", "-T", "migrate", "python", "-m", "app.core.auth.keys",
+            "create", f"chaos-{secrets.token_hex(3)}", "items:read", "items:write",
+            "orders:read", "orders:write", timeout=60,
         ).strip()  # fmt: skip
 
     def issuer(self, *args: str) -> str:

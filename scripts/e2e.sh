@@ -117,7 +117,7 @@ log "migrate exited 0, its lines JSON"
 # provider, so the checks use an API key, made the way an operator would.
 scopes=()
 scopes=(items:read items:write orders:read orders:write) # only:examples
-API_KEY=$(make_api_key api-a e2e "${scopes[@]}" -- "${COMPOSE[@]}") || fail "could not make an API key" api-a
+API_KEY=$(make_api_key e2e "${scopes[@]}" -- "${COMPOSE[@]}") || fail "could not make an API key" db
 
 expect 200 "liveness" GET /health
 contains '"status":"pass"' "liveness"
@@ -257,9 +257,12 @@ log "request ids: the proxy's UUID reaches the api's log lines; a client's own i
 psql_as() { "${COMPOSE[@]}" exec -T db psql -X -q -t -A -v ON_ERROR_STOP=1 -U "$1" -d app -c "$2" 2>&1; }
 # idempotency_keys: a table of core's, which every service has.
 [ "$(psql_as app 'SELECT count(*) >= 0 FROM idempotency_keys')" = t ] || fail "app role cannot read a table" db
+# Refused: DDL, and the writes only the owner makes (an API key: docs/auth.md; the revision).
 for statement in "CREATE TABLE e2e_probe (id int)" "CREATE TEMP TABLE e2e_probe (id int)" \
   "CREATE ROLE e2e_probe" "ALTER TABLE idempotency_keys ADD COLUMN e2e_probe int" \
-  "DROP TABLE idempotency_keys"; do
+  "DROP TABLE idempotency_keys" \
+  "INSERT INTO api_keys (id, name, secret_sha256, scopes) VALUES ('0000e2e0probe000', 'e2e-probe', '\\x00', '{}')" \
+  "UPDATE api_keys SET revoked_at = now()" "UPDATE alembic_version SET version_num = 'e2e_probe'"; do
   if out=$(psql_as app "$statement"); then fail "app role could run: $statement" db; fi
   [[ "$out" == *"permission denied"* || "$out" == *"must be owner"* ]] ||
     fail "app role: '$statement' failed for another reason: $out" db
@@ -272,7 +275,7 @@ db_password=$(sed -nE 's/^POSTGRES_PASSWORD=(.*)$/\1/p' "$ENV_FILE")
 if docker exec "$("${COMPOSE[@]}" ps -q api-a)" env | grep -qF "$db_password"; then
   fail "the api's environment holds the owner's password" api
 fi
-log "postgres: app role cannot CREATE TABLE (nor TEMP, ROLE, ALTER, DROP); tables owned by app_owner"
+log "postgres: app role cannot CREATE TABLE (nor TEMP, ROLE, ALTER, DROP), write API keys nor the revision; tables owned by app_owner"
 
 # Redis: a client without the password is refused; the api holds it only inside REDIS_URL.
 noauth=$("${COMPOSE[@]}" exec -T redis env -u REDISCLI_AUTH redis-cli ping 2>&1) || true

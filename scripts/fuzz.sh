@@ -131,7 +131,7 @@ print(" ".join(sorted({
 })))')
 [ ${#scopes[@]} -gt 0 ] || fail "no scopes in the schema's security requirements" --logs
 log "making the fuzzer's API key: ${scopes[*]}"
-api_key=$(make_api_key api-a "fuzz" "${scopes[@]}" -- "${COMPOSE[@]}") &&
+api_key=$(make_api_key "fuzz" "${scopes[@]}" -- "${COMPOSE[@]}") &&
   [ -n "$api_key" ] || fail "could not make an API key" --logs
 
 mkdir -p "$REPORT_DIR"

@@ -122,7 +122,7 @@ fi
 "${COMPOSE[@]}" up --detach --wait --wait-timeout 180 >/dev/null 2>&1 || fail "stack did not become healthy"
 # The writer's credential (every /api/v1 route needs one), made before anything else:
 # a key lives in the database, so a restore to T keeps only the keys made before T.
-API_KEY=$(make_api_key api-a restore-check items:read items:write -- "${COMPOSE[@]}") ||
+API_KEY=$(make_api_key restore-check items:read items:write -- "${COMPOSE[@]}") ||
   fail "could not make an API key"
 full_backup() { "${COMPOSE[@]}" exec -T backup pgbackup list 2>/dev/null | grep -q 'full backup'; }
 until_within 120 "no full backup after 120 s" full_backup

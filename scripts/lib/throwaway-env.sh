@@ -38,16 +38,17 @@ remove_stack() {
   "$@" down --volumes --remove-orphans --timeout 5 >/dev/null 2>&1 || true
 }
 
-# make_api_key SERVICE NAME SCOPES... -- COMPOSE_COMMAND...: an API key for the scripts'
-# own requests (every /api/v1 route needs one; docs/auth.md), made in a running api
-# container the way an operator would, and printed (once) on stdout.
+# make_api_key NAME SCOPES... -- COMPOSE_COMMAND...: an API key for the scripts' own
+# requests (every /api/v1 route needs one; docs/auth.md), made the way an operator would:
+# in a one-off of the migrate service, the owner's role (the api's may not write keys).
+# Printed (once) on stdout.
 make_api_key() {
-  local service=$1 name=$2
-  shift 2
+  local name=$1
+  shift
   local scopes=()
   while [ $# -gt 0 ] && [ "$1" != "--" ]; do scopes+=("$1"); shift; done
   shift
-  "$@" exec -T "$service" python -m app.core.auth.keys create "$name" "${scopes[@]}"
+  "$@" run --rm --no-deps -T migrate python -m app.core.auth.keys create "$name" "${scopes[@]}"
 }
 
 # needs_examples WHAT: stop unless the example resources are here. The load and restore
