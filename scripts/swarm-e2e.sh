@@ -198,18 +198,30 @@ wait_ready 120
 log "ready through the proxy, $((SECONDS - t)) s after the first deploy started"
 api_tasks
 
-# Every /api/v1 route needs a credential: an API key, made as docs/swarm.md says (in an api
-# task's container on this node; printed once, on stdout alone). AUTH_ISSUER is empty here.
-api_container=$(docker ps -q --filter "label=com.docker.swarm.service.name=${STACK}_api" | head -1)
-[ -n "$api_container" ] || fail "no container of ${STACK}_api on this node"
-API_KEY=$(docker exec "$api_container" python -m app.core.auth.keys create swarm-e2e \
-  items:read items:write orders:read orders:write) || fail "making an API key in the api's container"
-[[ "$API_KEY" == sak_* ]] || fail "the key command printed no key"
+# Every /api/v1 route needs a credential: an API key, made as docs/swarm.md says (a one-off
+# job with the migrations' secret: the api's role may not write keys; printed once).
+# AUTH_ISSUER is empty here.
+image=$(docker service inspect -f '{{.Spec.TaskTemplate.ContainerSpec.Image}}' "${STACK}_api")
+docker service create --detach -q --name "${STACK}_api-key" --mode replicated-job \
+  --restart-condition none --no-healthcheck --no-resolve-image --network "${STACK}_backend" \
+  --env ENVIRONMENT=production \
+  --secret "source=${STACK}_migrate_database_url,target=database_url,uid=10001,gid=10001,mode=0400" \
+  "$image" python -m app.core.auth.keys create swarm-e2e \
+  items:read items:write orders:read orders:write >/dev/null || fail "could not create the API key job"
+deadline=$((SECONDS + 120))
+until [[ "$(docker service ps --format '{{.CurrentState}}' "${STACK}_api-key")" =~ ^(Complete|Failed|Rejected) ]]; do
+  [ $SECONDS -lt $deadline ] || fail "the API key job did not end within 120 s"
+  sleep 1
+done
+API_KEY=$(docker service logs --raw "${STACK}_api-key" 2>&1 | grep '^sak_' | head -n 1 || true)
+[[ "$API_KEY" == sak_* ]] ||
+  fail "the key job printed no key: $(docker service logs --raw "${STACK}_api-key" 2>&1 | tail -n 5)"
+docker service rm "${STACK}_api-key" >/dev/null
 export API_KEY # load.py's, too
 auth=(-H "X-API-Key: $API_KEY")
 [ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 "$BASE/api/v1/items?limit=1")" = 401 ] ||
   fail "an unauthenticated request was not refused with 401"
-log "auth: an API key made in an api task (docker exec); without it, 401"
+log "auth: an API key made by a one-off job as the owner; without it, 401"
 
 # X-Forwarded-* only from the edge overlay (EDGE_SUBNET, the proxy's): through the proxy,
 # the api logs the client; from a task on another network, not the address it claims.
@@ -237,13 +249,16 @@ log "forwarded headers trusted from the edge overlay ($edge) only: client $proxi
 db_container=$(docker ps -q --filter "label=com.docker.swarm.service.name=${STACK}_db" | head -1)
 psql_as() { docker exec "$db_container" psql -X -q -t -A -v ON_ERROR_STOP=1 -U "$1" -d app -c "$2" 2>&1; }
 [ "$(psql_as app 'SELECT count(*) >= 0 FROM items')" = t ] || fail "the api's role cannot read items"
-if out=$(psql_as app "CREATE TABLE swarm_probe (id int)"); then fail "the api's role could create a table"; fi
-[[ "$out" == *"permission denied"* ]] || fail "CREATE TABLE as app failed for another reason: $out"
+for statement in "CREATE TABLE swarm_probe (id int)" "UPDATE api_keys SET scopes = '{}'" \
+  "UPDATE alembic_version SET version_num = 'swarm_probe'"; do
+  if out=$(psql_as app "$statement"); then fail "the api's role could run: $statement"; fi
+  [[ "$out" == *"permission denied"* ]] || fail "'$statement' as app failed for another reason: $out"
+done
 [ "$(psql_as postgres "SELECT rolsuper FROM pg_roles WHERE rolname = 'app'")" = f ] ||
   fail "the api's role is a superuser"
 [ "$(psql_as postgres "SELECT tableowner FROM pg_tables WHERE tablename = 'items'")" = app_owner ] ||
   fail "items is not owned by app_owner"
-log "postgres: the api's role cannot CREATE TABLE; the tables belong to app_owner"
+log "postgres: the api's role cannot CREATE TABLE, write API keys nor the revision; the tables belong to app_owner"
 
 # Backups as on the VM: the backup service's first full backup, then a row's WAL
 # segment in the repository. `docker exec` on the task's container: it runs on this node.

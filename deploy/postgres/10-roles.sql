@@ -2,7 +2,9 @@
 -- postgres image runs /docker-entrypoint-initdb.d/* as the superuser, then never again).
 --   app_owner  owns the database and its tables; the `migrate` service logs in as it.
 --   app        the api's role: reads and writes the tables, and nothing else (no DDL,
---              no temporary tables, no roles, no other database).
+--              no temporary tables, no roles, no other database). A migration takes
+--              back its writes on api_keys (but a key's last use) and alembic_version:
+--              keys are made as app_owner (docs/auth.md).
 --   postgres   the superuser: its password is removed, so it can log in only over the
 --              container's local socket (`docker compose exec db psql -U postgres app`).
 -- Passwords come from the container's environment (POSTGRES_PASSWORD, APP_DB_PASSWORD)

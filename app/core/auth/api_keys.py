@@ -1,5 +1,6 @@
 """API keys for machines: created and revoked with `python -m app.core.auth.keys`
-(`make api-key`), sent in the `X-API-Key` header.
+(`make api-key`), as the owner role in production, sent in the `X-API-Key` header. The
+api's role reads the table and writes `last_used_at`, nothing else (migration bc7f196e296a).
 
 A key reads `sak_<id>_<secret>`: the prefix lets secret scanners find a leaked one, the
 id finds its row, and only a SHA-256 of the secret is stored. The secret is 256 random

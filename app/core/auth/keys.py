@@ -1,9 +1,10 @@
 """Create, list and revoke API keys: `python -m app.core.auth.keys --help`.
 
 Development: `make api-key name=ci-bot scopes="items:read items:write"`.
-Production (VM): `docker compose -f docker-compose.prod.yml exec api-a
-python -m app.core.auth.keys create ci-bot items:read`. docs/auth.md has the other
-deploy targets. A new key is printed once, on stdout alone, so a script can capture it.
+Production (VM): `docker compose -f docker-compose.prod.yml run --rm --no-deps migrate
+python -m app.core.auth.keys create ci-bot items:read`: as the owner role, since the api's
+may not write keys. docs/auth.md has the other deploy targets. A new key is printed
+once, on stdout alone, so a script can capture it.
 """
 
 from __future__ import annotations
