@@ -146,8 +146,8 @@ class Settings(LoggingSettings):
 
     # Background jobs (app/core/jobs/, docs/jobs.md): jobs each worker runs at once.
     jobs_concurrency: int = Field(default=10, ge=2)
-    # Retries before a job is kept as failed (it runs once more than this); they back off
-    # exponentially (1 s to 5 min).
+    # Retries before a job is kept as failed (it runs once more than this); each waits
+    # twice the last, from 1 s, at most 5 min: 5 retries span about 30 s, 10 about 13.5 min.
     jobs_max_attempts: int = Field(default=5, ge=1)
     # Seconds without a heartbeat before a running job counts as abandoned and runs again.
     jobs_heartbeat_timeout: float = Field(default=30, ge=2)
