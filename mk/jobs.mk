@@ -20,6 +20,6 @@ retry-job: ## Queue failed jobs again, attempts reset: make retry-job id="12 13"
 	@$(JOBS_CLI) retry $$id
 
 .PHONY: drop-job
-drop-job: ## Delete failed jobs that must never run: make drop-job id="12 13" (their log stays)
+drop-job: ## Delete failed or queued jobs that must never run: make drop-job id="12 13" (their log stays)
 	@$(CHECK_JOB_IDS)
 	@$(JOBS_CLI) drop $$id

@@ -29,9 +29,13 @@ WHERE job_id = ANY($1::bigint[]) AND traceback IS NOT NULL
 ORDER BY job_id, id DESC
 """
 _STATUSES = "SELECT id, status::text FROM pgqueuer WHERE id = ANY($1::bigint[])"
-# Failed ones only, whatever changed since they were read. Their log rows stay, with the
-# error, until the nightly cleanup's retention.
-_DROP = "DELETE FROM pgqueuer WHERE id = ANY($1::bigint[]) AND status = 'failed' RETURNING id"
+# Failed or queued ones (one no handler runs), never one a worker has picked, whatever
+# changed since they were read. Their log rows stay until the nightly cleanup's retention.
+_DROPPABLE = ("failed", "queued")
+_DROP = """
+DELETE FROM pgqueuer WHERE id = ANY($1::bigint[]) AND status IN ('failed', 'queued')
+RETURNING id
+"""
 # As the jobs_oldest_waiting_seconds gauge counts (app/core/jobs/metrics.py): a job
 # waiting out a retry's back-off is not waiting yet; it is counted apart, as due later.
 _BACKLOG = """
@@ -39,11 +43,16 @@ SELECT entrypoint,
        count(*) FILTER (WHERE execute_after <= now()) AS waiting,
        count(*) FILTER (WHERE execute_after > now()) AS later,
        extract(epoch FROM now() - min(execute_after) FILTER (WHERE execute_after <= now()))::float8
-           AS oldest
+           AS oldest,
+       (array_agg(id ORDER BY execute_after, id))[1:$1::int] AS ids
 FROM pgqueuer
 WHERE status = 'queued'
 GROUP BY entrypoint ORDER BY entrypoint
 """
+
+
+# The ids the backlog lists per job, the first due first: enough to drop a few by hand.
+_BACKLOG_IDS = 10
 
 
 class CommandError(Exception):
@@ -65,7 +74,8 @@ async def _run(args: argparse.Namespace) -> str:
         if args.command in ("retry", "drop"):
             rows = await queries.driver.fetch(_STATUSES, args.ids)
             statuses = {cast("int", row["id"]): cast("str", row["status"]) for row in rows}
-            found = sorted(job_id for job_id, status in statuses.items() if status == "failed")
+            wanted = ("failed",) if args.command == "retry" else _DROPPABLE
+            found = sorted(job_id for job_id, status in statuses.items() if status in wanted)
             if found and args.command == "retry":
                 found, taken = await _requeue(queries, found)
                 print(f"queued again: {', '.join(map(str, found)) or 'none'}")
@@ -77,7 +87,7 @@ async def _run(args: argparse.Namespace) -> str:
             refused = [
                 f"{job_id}: {statuses[job_id]}"
                 if statuses.get(job_id, "").startswith("its dedupe key")
-                else f"{job_id}: not failed ({statuses[job_id]})"
+                else f"{job_id}: not {' or '.join(wanted)} ({statuses[job_id]})"
                 if job_id in statuses and job_id not in found
                 else f"{job_id}: no such job in the queue (a finished job leaves it)"
                 for job_id in dict.fromkeys(args.ids)
@@ -86,7 +96,7 @@ async def _run(args: argparse.Namespace) -> str:
             if refused:
                 raise CommandError("\n".join(refused))
             return ""
-        rows = await queries.driver.fetch(_BACKLOG)
+        rows = await queries.driver.fetch(_BACKLOG, _BACKLOG_IDS)
         return "backlog:\n" + "\n".join(map(_backlog_line, rows)) if rows else "backlog: none"
 
 
@@ -97,7 +107,9 @@ def _backlog_line(row: Mapping[str, Any]) -> str:
         else "none waiting"
     )
     later = f"; {row['later']} due later (a retry's back-off, or scheduled)" if row["later"] else ""
-    return f"{row['entrypoint']}\t{waiting}{later}"
+    more = " …" if row["waiting"] + row["later"] > len(row["ids"]) else ""
+    ids = f"\tids: {' '.join(map(str, row['ids']))}{more}"
+    return f"{row['entrypoint']}\t{waiting}{later}{ids}"
 
 
 async def _requeue(queries: Queries, ids: list[int]) -> tuple[list[int], dict[int, str]]:
@@ -128,11 +140,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     failed.add_argument("--limit", type=int, default=50)
     retry = commands.add_parser("retry", help="queue failed jobs again, attempts reset")
     retry.add_argument("ids", nargs="+", type=_job_id, metavar="ID")
-    drop = commands.add_parser("drop", help="delete failed jobs that should never run again")
+    drop = commands.add_parser(
+        "drop", help="delete failed or queued jobs that should never run (not running ones)"
+    )
     drop.add_argument("ids", nargs="+", type=_job_id, metavar="ID")
     commands.add_parser(
         "backlog",
-        help="jobs waiting, per job, the oldest one's age, and those due later",
+        help="jobs waiting, per job, the oldest one's age, those due later, and their ids",
     )
     args = parser.parse_args(argv)
     try:

@@ -75,6 +75,14 @@ ROLLBACK_SECONDS = 2.0
 
 logger = structlog.get_logger(__name__)
 
+# Jobs queued under a name this worker has no handler for (a typo, a job renamed or
+# removed by a deploy): nothing runs them, and nothing else would say so.
+_UNHANDLED = """
+SELECT DISTINCT entrypoint FROM pgqueuer
+WHERE status = 'queued' AND entrypoint <> ALL($1::text[])
+ORDER BY entrypoint
+"""
+
 
 @dataclass
 class Jobs:
@@ -242,6 +250,13 @@ async def build_worker(settings: Settings, jobs: Jobs) -> AsyncIterator[PgQueuer
     sampler = asyncio.create_task(_keep_alive(driver, jobs))
     logger.info("worker started", jobs=sorted(jobs.handlers), periodic=sorted(jobs.periodic))
     try:
+        # Through the driver, which the sampler shares (one query at a time).
+        if unhandled := await driver.fetch(_UNHANDLED, [*jobs.handlers, *jobs.periodic]):
+            logger.warning(
+                "queued jobs no handler runs: they wait until one is registered, or are"
+                " dropped (make jobs, make drop-job)",
+                jobs=[row["entrypoint"] for row in unhandled],
+            )
         yield worker
     finally:
         sampler.cancel()

@@ -56,11 +56,13 @@ async def test_a_failed_job_is_listed_and_queued_again(
     assert job_name in capsys.readouterr().out
 
 
-async def test_a_failed_job_can_be_dropped_keeping_its_error_in_the_log(
+async def test_a_failed_or_queued_job_can_be_dropped_a_running_one_not(
     engine: AsyncEngine, job_name: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """A queued job may be one no handler runs (renamed, removed): dropped as a failed one
+    is. One a worker has picked is left to it."""
     async with engine.begin() as connection:
-        failed, waiting = [
+        failed, waiting, running = [
             await connection.scalar(
                 text(
                     "INSERT INTO pgqueuer (priority, status, entrypoint, attempts)"
@@ -68,7 +70,7 @@ async def test_a_failed_job_can_be_dropped_keeping_its_error_in_the_log(
                 ),
                 {"n": job_name, "s": status},
             )
-            for status in ("failed", "queued")
+            for status in ("failed", "queued", "picked")
         ]
         await connection.execute(
             text(
@@ -77,15 +79,16 @@ async def test_a_failed_job_can_be_dropped_keeping_its_error_in_the_log(
             ),
             {"i": failed, "n": job_name},
         )
-    assert await asyncio.to_thread(main, ["drop", str(failed), str(waiting)]) == 1
+    ids = [str(failed), str(waiting), str(running)]
+    assert await asyncio.to_thread(main, ["drop", *ids]) == 1
     said = capsys.readouterr()
-    assert said.out.strip() == f"dropped: {failed}"
-    assert f"{waiting}: not failed (queued)" in said.err  # only failed jobs are dropped
+    assert said.out.strip() == f"dropped: {failed}, {waiting}"
+    assert f"{running}: not failed or queued (picked)" in said.err
     async with engine.connect() as connection:
         left = await connection.scalars(
             text("SELECT id FROM pgqueuer WHERE entrypoint = :n"), {"n": job_name}
         )
-        assert list(left) == [waiting]
+        assert list(left) == [running]
         logged = await connection.scalar(
             text("SELECT count(*) FROM pgqueuer_log WHERE job_id = :i"), {"i": failed}
         )
@@ -127,12 +130,40 @@ async def test_the_backlog_counts_jobs_due_now_and_later_apart(
     assert re.search(rf"{job_name}\t2 waiting, the oldest for (9\d) s; 1 due later", listed)
 
 
-async def test_retrying_a_job_that_is_not_failed_says_so_and_fails(
-    capsys: pytest.CaptureFixture[str],
+async def test_the_backlog_lists_the_ids_to_drop_the_first_due_first(
+    engine: AsyncEngine, job_name: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert await asyncio.to_thread(main, ["retry", "999999999"]) == 1
+    async with engine.begin() as connection:
+        ids = await connection.scalars(
+            text(
+                "INSERT INTO pgqueuer (priority, status, entrypoint, execute_after)"
+                " SELECT 0, 'queued', :n, now() - make_interval(secs => 20 - s)"
+                " FROM generate_series(1, 12) AS s RETURNING id"
+            ),
+            {"n": job_name},
+        )
+        first = sorted(ids)[:10]
+    assert await asyncio.to_thread(main, ["backlog"]) == 0
+    listed = capsys.readouterr().out
+    assert f"{job_name}\t12 waiting" in listed
+    assert f"\tids: {' '.join(map(str, first))} …" in listed  # the first ten, and more
+
+
+async def test_retrying_a_job_that_is_not_failed_says_so_and_fails(
+    engine: AsyncEngine, job_name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async with engine.begin() as connection:
+        waiting = await connection.scalar(
+            text(
+                "INSERT INTO pgqueuer (priority, status, entrypoint) VALUES (0, 'queued', :n)"
+                " RETURNING id"
+            ),
+            {"n": job_name},
+        )
+    assert await asyncio.to_thread(main, ["retry", "999999999", str(waiting)]) == 1
     said = capsys.readouterr()
     assert "999999999: no such job in the queue" in said.err
+    assert f"{waiting}: not failed (queued)" in said.err  # retry is for failed jobs only
     assert said.out == ""  # nothing queued, nothing said to be
 
 

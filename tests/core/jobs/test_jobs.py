@@ -228,6 +228,34 @@ async def test_a_job_s_series_start_at_zero_so_that_its_first_failure_is_a_rise(
                 assert metrics.REGISTRY.get_sample_value("job_duration_seconds_count", labels) == 0
 
 
+async def test_a_worker_names_the_queued_jobs_it_has_no_handler_for_when_it_starts(
+    engine: AsyncEngine, settings: Settings, job_name: str
+) -> None:
+    """A job renamed or removed by a deploy, or a typo: nothing would run its queued rows,
+    and nothing else would say so."""
+    async with AsyncSession(engine) as session, session.begin():
+        await enqueue(session, job_name, {})
+    jobs = Jobs()
+
+    @jobs.job(f"{job_name}-renamed")
+    async def renamed(session: AsyncSession, payload: dict[str, Any]) -> None:
+        pass
+
+    with structlog.testing.capture_logs() as logged:
+        async with build_worker(settings, jobs):
+            pass
+    warned = [line for line in logged if line["event"].startswith("queued jobs no handler")]
+    assert len(warned) == 1
+    assert job_name in warned[0]["jobs"]
+    assert f"{job_name}-renamed" not in warned[0]["jobs"]
+
+    with structlog.testing.capture_logs() as logged:
+        async with build_worker(settings, Jobs(handlers={job_name: renamed})):
+            pass
+    warned = [line for line in logged if line["event"].startswith("queued jobs no handler")]
+    assert all(job_name not in line["jobs"] for line in warned)
+
+
 def runs(job: str) -> dict[str, float]:
     """The worker's metrics: its runs of `job` by outcome."""
     return {
