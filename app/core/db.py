@@ -146,7 +146,9 @@ def after_commit(session: AsyncSession, hook: AfterCommit) -> None:
     """Run `hook` once the request's transaction has committed, or once its commit failed
     (whether it took effect can be unknown: a connection lost after the server
     committed); never if the handler failed. For work that must not happen before the
-    data is durable and is harmless if it did not become so: cache invalidation."""
+    data is durable and is harmless if it did not become so: cache invalidation. A hook
+    must not write or enqueue a job through the session: its transaction is over, and
+    nothing would commit what it wrote."""
     session.info.setdefault(_AFTER_COMMIT, []).append(hook)
 
 
@@ -158,17 +160,32 @@ async def discard(session: AsyncSession) -> None:
     session.info.pop(_AFTER_COMMIT, None)
 
 
+class NoTransactionError(RuntimeError):
+    """driver_connection on a session without a transaction: a bug in the caller (500)."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "this session autocommits (ReadSessionDep): what its driver connection writes,"
+            " a job's enqueue, would commit at once; write through SessionDep"
+        )
+
+
 async def driver_connection(session: AsyncSession) -> asyncpg.Connection[Any]:
     """The session's own asyncpg connection, inside its transaction: for a library that
     speaks asyncpg, such as PgQueuer's enqueue. What it writes commits or rolls back with
     the session. Its errors are asyncpg's, not SQLAlchemy's: app/core/errors.py answers
-    them the same way (a lock or statement timeout, a lost connection: 503)."""
+    them the same way (a lock or statement timeout, a lost connection: 503). Raises
+    NoTransactionError on a session that autocommits (a read session)."""
     connection = await session.connection()
     raw = cast("asyncpg.Connection[Any]", (await connection.get_raw_connection()).driver_connection)
     if not raw.is_in_transaction():
         # SQLAlchemy sends its BEGIN with the session's first statement: send one, or
         # what goes through `raw` would run outside the transaction.
         await connection.execute(text("SELECT 1"))
+    if not raw.is_in_transaction():
+        # An AUTOCOMMIT session (ReadSessionDep) sends no BEGIN: a job enqueued through it
+        # would commit at once, even if the request then failed.
+        raise NoTransactionError
     return raw
 
 

@@ -6,7 +6,8 @@ its job. Redis plays no part.
                   dedupe_key=f"confirm_order:{order.id}")
 
 PgQueuer inserts through the session's own asyncpg connection (`driver_connection`),
-inside its transaction.
+inside its transaction. A session without one (ReadSessionDep autocommits) is refused
+with NoTransactionError, not committed at once.
 """
 
 from __future__ import annotations

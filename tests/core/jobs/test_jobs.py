@@ -25,7 +25,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.core.config import Settings
-from app.core.db import create_session_factory
+from app.core.db import NoTransactionError, create_read_session_factory, create_session_factory
 from app.core.jobs import metrics
 from app.core.jobs.enqueue import enqueue
 from app.core.jobs.worker import Jobs, _periodic, _transactional, build_worker, worker_engine
@@ -48,6 +48,17 @@ async def test_a_job_enqueued_in_a_rolled_back_transaction_never_exists(
     async with AsyncSession(engine) as session:
         await enqueue(session, job_name, {"n": 1})
         await session.rollback()
+    assert await jobs_named(engine, job_name) == []
+
+
+async def test_a_job_enqueued_on_a_read_session_is_refused_never_committed_at_once(
+    engine: AsyncEngine, job_name: str
+) -> None:
+    """A read session autocommits (ReadSessionDep): an enqueue through it would be
+    committed at once, whatever became of the request. A bug, said as one."""
+    async with create_read_session_factory(engine)() as session:
+        with pytest.raises(NoTransactionError, match="SessionDep"):
+            await enqueue(session, job_name, {"n": 1})
     assert await jobs_named(engine, job_name) == []
 
 
