@@ -1133,9 +1133,8 @@ from sqlalchemy import text
 from app.core.config import load_settings
 from app.core.db import create_engine, create_session_factory
 from app.core.jobs.enqueue import enqueue
-from app.orders.jobs import CONFIRM_ORDER
 from app.orders.schemas import OrderCreate
-from app.orders.service import create_order
+from app.orders.service import CONFIRM_ORDER, create_order
 
 class RequestFailed(Exception):
     pass

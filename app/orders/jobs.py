@@ -15,8 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.jobs.worker import Jobs
 from app.orders.models import Order
-
-CONFIRM_ORDER = "confirm_order"
+from app.orders.service import CONFIRM_ORDER
 
 
 async def confirm_order(session: AsyncSession, payload: dict[str, Any]) -> None:

@@ -17,9 +17,12 @@ from app.core.db_errors import flush_or_raise
 from app.core.jobs.enqueue import enqueue
 from app.core.pagination import PageParams, Paginator
 from app.orders.exceptions import OrderNotFound, UnknownItem
-from app.orders.jobs import CONFIRM_ORDER
 from app.orders.models import ITEM_FOREIGN_KEY, Order
 from app.orders.schemas import OrderCreate
+
+# The jobs this service enqueues, named here: their handlers (jobs.py) may then use the
+# service, which never imports them.
+CONFIRM_ORDER = "confirm_order"
 
 WITH_ITEM = joinedload(Order.item)
 # Oldest first, the id breaking ties; each filter a bound value ("owner", "item_id").

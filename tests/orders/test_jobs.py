@@ -9,7 +9,8 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.core.config import Settings
-from app.orders.jobs import CONFIRM_ORDER, confirm_order
+from app.orders.jobs import confirm_order
+from app.orders.service import CONFIRM_ORDER
 from tests.conftest import AppClientMaker, with_overrides
 from tests.core.problems import assert_problem
 from tests.items.helpers import create
