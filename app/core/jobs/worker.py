@@ -23,7 +23,8 @@ the library gives, and what this module only wires:
 What it adds: a time limit on every run (JOBS_TIMEOUT), which also bounds a shutdown
 and a restart; a pool sized for the jobs that run at once; every run counts as an
 attempt, even one that took its worker down (executor.py); each run is measured,
-periodic ones too (metrics.py).
+periodic ones too (metrics.py); a warning at start naming the queued jobs it has no
+handler for (renamed or removed by a deploy), which would otherwise wait unseen.
 """
 
 from __future__ import annotations
