@@ -132,8 +132,9 @@ def test_the_scopes_a_key_may_be_given_are_those_the_routes_require(settings: Se
     process of its own, as the command runs (no router imported yet, nor the tests' probe
     routes), exactly the scopes the service's routes declare and `<resource>:admin` for
     each of their resources (Principal.can_administer)."""
+    # Empty in a service whose routes declare no scope (a fork made with examples=no):
+    # then the command must list none either.
     declared = set(declared_scopes(create_app(settings)).split())
-    assert declared, "the service's routes declare no scope"
     expected = declared | {f"{scope.partition(':')[0]}{ADMIN_SUFFIX}" for scope in declared}
     listed = subprocess.run(  # our own interpreter and module
         [
